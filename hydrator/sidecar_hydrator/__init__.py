@@ -1,0 +1,1 @@
+"""sidecar-state hydrator: keeps the Pod's Redis in step with a Kafka event stream."""

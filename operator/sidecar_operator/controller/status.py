@@ -1,0 +1,139 @@
+"""A StateBinding's status, computed from the binding and the Pods of its namespace."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sidecar_operator.api.models import StateBinding
+from sidecar_operator.api.quantity import format_bytes, quantity_bytes
+from sidecar_operator.injection import UnknownBinding, select_bindings
+from sidecar_operator.injection import annotations as ann
+from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.pod import skip_reason
+
+# How many un-injected Pod names the status lists; the count is always exact.
+MAX_LISTED = 20
+
+
+def _live(pod: Mapping[str, Any]) -> bool:
+    phase = (pod.get("status") or {}).get("phase")
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and phase not in {
+        "Succeeded",
+        "Failed",
+    }
+
+
+def _selects(binding: StateBinding, pod: Mapping[str, Any], others: Sequence[StateBinding]) -> bool:
+    try:
+        return binding.name in {b.name for b in select_bindings(pod, others)}
+    except UnknownBinding:
+        return False
+
+
+def pod_counts(
+    binding: StateBinding,
+    *,
+    pods: Iterable[Mapping[str, Any]],
+    bindings: Sequence[StateBinding],
+    defaults: InjectionDefaults,
+) -> tuple[int, int, list[str]]:
+    """(matched, injected, names of matched Pods without sidecars) for one binding."""
+    matched = injected = 0
+    missing: list[str] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if not _live(pod):
+            continue
+        if ann.INJECTED_BINDINGS in annotations:
+            if binding.name in ann.split_names(annotations[ann.INJECTED_BINDINGS]):
+                matched += 1
+                injected += 1
+            continue
+        if not _selects(binding, pod, bindings):
+            continue
+        namespace = meta.get("namespace") or binding.namespace
+        if skip_reason(pod, namespace=namespace, defaults=defaults) is not None:
+            continue
+        matched += 1
+        missing.append(str(meta.get("name")))
+    return matched, injected, sorted(missing)
+
+
+def _condition(
+    kind: str, ok: bool, reason: str, message: str, *, generation: int | None, now: str
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+        "observedGeneration": generation,
+    }
+
+
+def _keep_transition_times(
+    new: list[dict[str, Any]], old: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in old}
+    for condition in new:
+        before = previous.get(condition["type"])
+        if before and before.get("status") == condition["status"]:
+            condition["lastTransitionTime"] = before.get("lastTransitionTime")
+    return new
+
+
+def build_status(
+    binding: StateBinding,
+    *,
+    pods: Iterable[Mapping[str, Any]],
+    bindings: Sequence[StateBinding],
+    defaults: InjectionDefaults,
+    previous: Mapping[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The whole ``status`` of a binding; conditions keep their transition times."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    generation = binding.metadata.get("generation")
+    matched, injected, missing = pod_counts(
+        binding, pods=pods, bindings=bindings, defaults=defaults
+    )
+    memory = binding.spec.store.max_memory or defaults.max_memory
+    if missing:
+        shown = ", ".join(missing[:MAX_LISTED]) + (" ..." if len(missing) > MAX_LISTED else "")
+        injected_condition = _condition(
+            "PodsInjected", False, "MissedInjection",
+            f"{len(missing)} selected Pod(s) run without the sidecars: {shown}. They were "
+            "probably created while the webhook was unavailable; delete them (or roll their "
+            "workload) to re-create them with the sidecars.",
+            generation=generation, now=stamp,
+        )  # fmt: skip
+    else:
+        injected_condition = _condition(
+            "PodsInjected", True, "AllInjected",
+            f"{injected} of {matched} selected Pod(s) carry the sidecars",
+            generation=generation, now=stamp,
+        )  # fmt: skip
+    ready = _condition(
+        "Ready", True, "Accepted",
+        f"injecting Pods selected by this binding with topics "
+        f"{', '.join(binding.spec.source.kafka.topics)}",
+        generation=generation, now=stamp,
+    )  # fmt: skip
+    previous = previous or {}
+    conditions = _keep_transition_times(
+        [ready, injected_condition], previous.get("conditions") or []
+    )
+    return {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "matchedPods": matched,
+        "injectedPods": injected,
+        "uninjectedPods": missing[:MAX_LISTED],
+        "topics": ",".join(binding.spec.source.kafka.topics),
+        "memory": format_bytes(quantity_bytes(memory)),
+        "ready": "True",
+    }

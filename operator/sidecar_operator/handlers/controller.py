@@ -1,0 +1,154 @@
+"""The controller: status, roll-outs, Deployment annotations, and the missed-injection watchdog.
+
+Every handler is level-triggered — it recomputes what should be from the index and the API,
+and writes the difference — so a missed event or an operator restart costs nothing. Blocking
+API calls run in threads (:mod:`sidecar_operator.kube`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from sidecar_operator import kube, metrics
+from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
+from sidecar_operator.controller.owned import owned_binding
+from sidecar_operator.controller.rollout import plan_rollouts
+from sidecar_operator.controller.status import build_status
+from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.injection import annotations as ann
+from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.settings import OperatorSettings
+
+
+async def reconcile_namespace(
+    namespace: str,
+    *,
+    index: kopf.Index[str, StateBinding],
+    defaults: InjectionDefaults,
+    roll: bool,
+    logger: kopf.Logger,
+) -> None:
+    """Bring every binding's status, and every workload's roll-out, in line for a namespace."""
+    bindings = bindings_in(index, namespace)
+    pods = await asyncio.to_thread(kube.list_pods, namespace)
+    if roll:
+        workloads = await asyncio.to_thread(kube.list_workloads, namespace)
+        for rollout in plan_rollouts(
+            workloads=workloads, pods=pods, bindings=bindings,
+            namespace=namespace, defaults=defaults,
+        ):  # fmt: skip
+            logger.info(f"Rolling {rollout.kind} {rollout.name}: {rollout.reason}")
+            await asyncio.to_thread(
+                kube.patch_workload, rollout.kind, rollout.name, namespace, rollout.patch()
+            )
+    for binding in bindings:
+        current = await asyncio.to_thread(kube.get_binding, binding.name, namespace)
+        if current is None:
+            continue
+        previous = current.get("status") or {}
+        live = parse_binding({**current, "metadata": binding.metadata | {
+            "generation": current["metadata"].get("generation")}})  # fmt: skip
+        status = build_status(
+            live, pods=pods, bindings=bindings, defaults=defaults, previous=previous
+        )
+        metrics.UNINJECTED_PODS.labels(namespace, binding.name).set(len(status["uninjectedPods"]))
+        if status["uninjectedPods"] and status["uninjectedPods"] != previous.get("uninjectedPods"):
+            kopf.warn(binding_ref(binding), reason="MissedInjection",
+                      message=status["conditions"][1]["message"])  # fmt: skip
+        if {k: previous.get(k) for k in status} != status:
+            await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def statebinding_reconcile(
+    namespace: str,
+    memo: Any,
+    logger: kopf.Logger,
+    bindings_by_namespace: kopf.Index[str, StateBinding],
+    **_: Any,
+) -> None:
+    settings: OperatorSettings = memo.settings
+    await reconcile_namespace(
+        namespace,
+        index=bindings_by_namespace,
+        defaults=memo.injection_defaults,
+        roll=settings.rollout_workloads,
+        logger=logger,
+    )
+
+
+def _owned_by(binding: StateBinding, deployment: str) -> bool:
+    labels = binding.metadata.get("labels") or {}
+    return labels.get(ann.OWNER_LABEL) == deployment
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(
+    body: kopf.Body,
+    type: str | None,
+    namespace: str,
+    name: str,
+    logger: kopf.Logger,
+    bindings_by_namespace: kopf.Index[str, StateBinding],
+    **_: Any,
+) -> None:
+    """Keep the StateBinding that a Deployment's annotations ask for, and only that one."""
+    if type == "DELETED":
+        return  # the owner reference lets the garbage collector delete the binding
+    existing = next(
+        (b for b in bindings_in(bindings_by_namespace, namespace) if b.name == name), None
+    )
+    wants_binding = ann.TOPICS in body.metadata.annotations
+    if not wants_binding:
+        if existing is not None and _owned_by(existing, name):
+            logger.info(f"Annotation {ann.TOPICS} removed: deleting StateBinding {name}")
+            await asyncio.to_thread(kube.delete_binding, name, namespace)
+        return
+    try:
+        desired = owned_binding(body)
+    except ValueError as error:
+        kopf.warn(body, reason="InvalidAnnotations", message=str(error))
+        return
+    if desired is None:
+        return
+    if existing is None:
+        logger.info(f"Creating StateBinding {name} from the Deployment's annotations")
+        await asyncio.to_thread(kube.create_binding, desired)
+        kopf.info(body, reason="BindingCreated", message=f"StateBinding {name} created")
+    elif not _owned_by(existing, name):
+        kopf.warn(body, reason="BindingExists",
+                  message=f"StateBinding {name} exists and is not managed by this Deployment; "
+                  "rename one of them")  # fmt: skip
+    elif existing.spec.to_api() != parse_binding(desired).spec.to_api():
+        logger.info(f"Updating StateBinding {name} from the Deployment's annotations")
+        await asyncio.to_thread(kube.replace_binding_spec, name, namespace, desired["spec"])
+
+
+async def watchdog(
+    *,
+    memo: Any,
+    index: kopf.Index[str, StateBinding],
+    logger: kopf.Logger,
+) -> None:
+    """Find Pods that should carry the sidecars but do not, on every binding's status.
+
+    A loop of our own rather than a kopf timer: timers put a finalizer on every binding, which
+    would block deleting bindings once the operator is uninstalled.
+    """
+    settings: OperatorSettings = memo.settings
+    while True:
+        await asyncio.sleep(settings.watchdog_interval_seconds)
+        for namespace in list(index):
+            try:
+                await reconcile_namespace(
+                    namespace, index=index, defaults=memo.injection_defaults,
+                    roll=False, logger=logger,
+                )  # fmt: skip
+            except Exception as error:  # keep watching the other namespaces
+                logger.warning(f"Watchdog could not check namespace {namespace}: {error}")

@@ -1,0 +1,101 @@
+"""Start-up and clean-up: the health server, index readiness, the watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import kopf
+import kubernetes
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidecar_operator import kube
+from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding
+from sidecar_operator.settings import OperatorSettings
+
+
+def _listed_bindings() -> set[tuple[str, str]]:
+    api = kubernetes.client.CustomObjectsApi(kube.client())
+    listed: dict[str, Any] = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    return {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed["items"]}
+
+
+async def mark_ready_when_indexed(
+    *, memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
+) -> None:
+    """Ready means: every StateBinding that existed at start is in the in-memory index.
+
+    Until then the webhook would decide without bindings it should know, and inject nothing.
+    Bindings that fail validation never enter the index, so after a grace period we go ready
+    anyway rather than never.
+    """
+    expected = await asyncio.to_thread(_listed_bindings)
+    for _ in range(300):
+        indexed = {(ns, b.name) for ns in list(index) for b in index.get(ns, ())}
+        if expected <= indexed:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        logger.warning(f"Not indexed after 30 s: {sorted(expected - indexed)}; going ready")
+    memo.index_ready.set()
+    logger.info(f"Index ready with {len(expected)} StateBinding(s)")
+
+
+async def serve_health(*, memo: Any, port: int) -> None:
+    async def livez(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if memo.index_ready.is_set():
+            return web.Response(text="ready")
+        return web.Response(status=503, text="loading StateBindings")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.add_routes([web.get("/livez", livez), web.get("/readyz", readyz),
+                    web.get("/metrics", metrics)])  # fmt: skip
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "0.0.0.0", port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+@kopf.on.startup()
+async def operator_startup(
+    memo: Any,
+    logger: kopf.Logger,
+    bindings_by_namespace: kopf.Index[str, StateBinding],
+    **_: Any,
+) -> None:
+    settings: OperatorSettings = memo.settings
+    memo.index_ready = asyncio.Event()
+    tasks = [
+        asyncio.create_task(serve_health(memo=memo, port=settings.health_port)),
+        asyncio.create_task(
+            mark_ready_when_indexed(memo=memo, index=bindings_by_namespace, logger=logger)
+        ),
+    ]
+    if settings.role in {"all", "controller"}:
+        # Imported here: importing registers the controller's handlers, which the webhook
+        # role must not run.
+        from sidecar_operator.handlers.controller import watchdog
+
+        tasks.append(
+            asyncio.create_task(watchdog(memo=memo, index=bindings_by_namespace, logger=logger))
+        )
+    memo.background_tasks = tasks
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: Any, **_: Any) -> None:
+    for task in getattr(memo, "background_tasks", []):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

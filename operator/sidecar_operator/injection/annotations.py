@@ -1,0 +1,49 @@
+"""Every annotation and label sidecar-state reads or writes, in one place.
+
+Inputs are set by users on Pods, pod templates or Deployments; outputs are written by the
+webhook and the controller and are what make injection idempotent and roll-outs deliberate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sidecar_operator.api.models import GROUP
+
+# Inputs (set by users).
+INJECT = f"{GROUP}/inject"
+"""``"false"`` opts a Pod out, whatever binding selects it."""
+BINDINGS = f"{GROUP}/bindings"
+"""Comma-separated StateBinding names that this Pod uses, instead of selector matching."""
+TOPICS = f"{GROUP}/topics"
+"""On a Deployment: topics to bind; the operator creates a StateBinding owned by it."""
+MEMORY = f"{GROUP}/memory"
+KEY_PREFIX = f"{GROUP}/key-prefix"
+BOOTSTRAP_SERVERS = f"{GROUP}/bootstrap-servers"
+FORMAT = f"{GROUP}/format"
+
+# Outputs (written by sidecar-state).
+INJECTED_BINDINGS = f"{GROUP}/injected-bindings"
+"""The marker: a Pod that carries it has our sidecars and is never injected again."""
+CONFIG_HASH = f"{GROUP}/config-hash"
+"""Hash of what was injected: tells which configuration a running Pod has."""
+TEMPLATE_HASH = f"{GROUP}/template-hash"
+"""On pod templates: the bindings' hash; changing it rolls the workload."""
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+OWNER_LABEL = f"{GROUP}/owner"
+"""On StateBindings made from Deployment annotations: the owning Deployment's name."""
+
+
+def split_names(value: str | None) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: the shape of every list-valued annotation."""
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def opted_out(annotations: Mapping[str, str]) -> bool:
+    return annotations.get(INJECT, "").strip().lower() in {"false", "no", "0", "off"}
+
+
+def already_injected(annotations: Mapping[str, str]) -> bool:
+    return INJECTED_BINDINGS in annotations

@@ -1,0 +1,47 @@
+"""Operator-wide defaults that every injection starts from.
+
+They come from the operator's settings (environment, Helm values) in the cluster and from flags
+in the CLI; the engine takes them as a plain value so that it stays a pure function.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sidecar_operator import __version__
+
+SidecarMode = Literal["native", "containers"]
+
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+
+
+class InjectionDefaults(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_image: str = "redis:7.4-alpine"
+    hydrator_image: str = f"ghcr.io/sidecar-state/hydrator:{__version__}"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    bootstrap_servers: tuple[str, ...] = ("kafka.kafka.svc:9092",)
+    max_memory: str = "64Mi"
+    sidecar_mode: SidecarMode = "native"
+    excluded_namespaces: frozenset[str] = SYSTEM_NAMESPACES
+    socket_dir: str = "/var/run/sidecar-state"
+    hydrator_port: int = Field(default=9464, ge=1, le=65535)
+    redis_user: int = 999
+    hydrator_user: int = 65532
+    socket_group: int = Field(
+        default=7379, description="gid that owns the socket; added to the Pod's groups"
+    )
+    hydrator_cpu_request: str = "50m"
+    hydrator_cpu_limit: str = "500m"
+    hydrator_memory_request: str = "64Mi"
+    hydrator_memory_limit: str = "128Mi"
+    redis_cpu_request: str = "50m"
+    redis_cpu_limit: str = "500m"
+    hydration_timeout_seconds: int = Field(default=600, ge=10)
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.socket_dir}/redis.sock"

@@ -1,0 +1,70 @@
+"""The hydrator sidecar: reads the bindings' topics and keeps the Pod's Redis current."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar_hydrator.config import CONFIG_ENV
+from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.names import HYDRATOR_CONTAINER, SOCKET_VOLUME
+from sidecar_operator.injection.plan import SidecarPlan
+from sidecar_operator.injection.security import hardened_security_context
+
+
+def _secret_env(plan: SidecarPlan) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    for secret in plan.secrets:
+        for var, key in ((secret.username_env, "username"), (secret.password_env, "password")):
+            reference: dict[str, Any] = {"name": secret.secret_name, "key": key, "optional": True}
+            env.append(
+                {
+                    "name": var,
+                    "valueFrom": {"secretKeyRef": reference},
+                }
+            )
+    return env
+
+
+def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) -> dict[str, Any]:
+    port = defaults.hydrator_port
+
+    def probe(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": port}, **timing}
+
+    mounts: list[dict[str, Any]] = [{"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir}]
+    mounts += [
+        {"name": s.volume_name, "mountPath": s.mount_path, "readOnly": True}
+        for s in plan.secrets
+        if s.tls
+    ]
+    return {
+        "name": HYDRATOR_CONTAINER,
+        "image": defaults.hydrator_image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "args": ["sidecar-state-hydrator"],
+        "env": [
+            {"name": CONFIG_ENV, "value": plan.hydrator_config.to_env_value()},
+            *_secret_env(plan),
+        ],
+        "ports": [{"name": "state-metrics", "containerPort": port, "protocol": "TCP"}],
+        "resources": {
+            "requests": {
+                "cpu": defaults.hydrator_cpu_request,
+                "memory": defaults.hydrator_memory_request,
+            },
+            "limits": {
+                "cpu": defaults.hydrator_cpu_limit,
+                "memory": defaults.hydrator_memory_limit,
+            },
+        },
+        "volumeMounts": mounts,
+        # The startup probe means "hydrated": with native sidecars the app starts only then.
+        "startupProbe": probe(
+            "/startupz", periodSeconds=1, failureThreshold=defaults.hydration_timeout_seconds
+        ),
+        "readinessProbe": probe("/readyz", periodSeconds=5),
+        "livenessProbe": probe("/livez", periodSeconds=10, timeoutSeconds=2),
+        "securityContext": hardened_security_context(
+            user=defaults.hydrator_user, group=defaults.socket_group
+        ),
+    }

@@ -1,0 +1,209 @@
+"""The injection engine: Pod (or pod template) + bindings + defaults -> injected Pod.
+
+A pure function, shared by the admission webhook, ``sidecar-state inject`` and the
+controller's hash computation, so that all three agree by construction. It never mutates its
+input and never does I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar_operator.api.models import StateBinding
+from sidecar_operator.injection import annotations as ann
+from sidecar_operator.injection.app_containers import wire_app_container
+from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.hydrator_container import build_hydrator_container
+from sidecar_operator.injection.names import CONTAINER_NAMES, SOCKET_VOLUME
+from sidecar_operator.injection.plan import SidecarPlan, plan_sidecars
+from sidecar_operator.injection.redis_container import build_redis_container
+from sidecar_operator.injection.selector import selector_matches
+from sidecar_operator.injection.volumes import build_volumes
+
+
+class InjectionConflict(ValueError):
+    """The Pod already uses one of our names for something else; injecting would clobber it."""
+
+
+class UnknownBinding(ValueError):
+    """The Pod names a StateBinding (``sidecarstate.dev/bindings``) that does not exist."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Injected:
+    pod: dict[str, Any]
+    bindings: tuple[str, ...]
+    config_hash: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skipped:
+    reason: str
+    bindings: tuple[str, ...] = ()
+
+
+Outcome = Injected | Skipped
+
+
+def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return pod.get("metadata") or {}
+
+
+def select_bindings(pod: Mapping[str, Any], bindings: Iterable[StateBinding]) -> list[StateBinding]:
+    """The bindings this Pod uses: those it names, or else those whose selector matches.
+
+    Bindings must already be those of the Pod's namespace: a selector never reaches across.
+    """
+    meta = _meta(pod)
+    available = {b.name: b for b in bindings}
+    named = ann.split_names((meta.get("annotations") or {}).get(ann.BINDINGS))
+    if named:
+        missing = [name for name in named if name not in available]
+        if missing:
+            raise UnknownBinding(
+                f"annotation {ann.BINDINGS} names StateBinding(s) {', '.join(missing)} "
+                "that do not exist in this namespace; create them or fix the annotation"
+            )
+        return [available[name] for name in named]
+    labels = meta.get("labels") or {}
+    return [b for b in available.values() if selector_matches(b.spec.selector, labels)]
+
+
+def skip_reason(
+    pod: Mapping[str, Any], *, namespace: str, defaults: InjectionDefaults
+) -> str | None:
+    """Why this Pod is never injected, whatever binds it; ``None`` when it may be."""
+    annotations = _meta(pod).get("annotations") or {}
+    spec = pod.get("spec") or {}
+    if namespace in defaults.excluded_namespaces:
+        return f"namespace {namespace} is excluded"
+    if ann.opted_out(annotations):
+        return f"opted out with {ann.INJECT}: false"
+    if ann.already_injected(annotations):
+        return "already injected"
+    if spec.get("hostNetwork"):
+        return "hostNetwork Pods are never injected"
+    return None
+
+
+def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) -> None:
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    for container in containers:
+        if container.get("name") in CONTAINER_NAMES:
+            raise InjectionConflict(
+                f"container name {container['name']!r} is reserved by sidecar-state; rename "
+                f'the container or opt the Pod out with {ann.INJECT}: "false"'
+            )
+        for mount in container.get("volumeMounts") or []:
+            if mount.get("mountPath") == defaults.socket_dir:
+                raise InjectionConflict(
+                    f"container {container.get('name')!r} already mounts {defaults.socket_dir}, "
+                    "where sidecar-state puts its socket"
+                )
+    for volume in spec.get("volumes") or []:
+        if volume.get("name") == SOCKET_VOLUME:
+            raise InjectionConflict(
+                f"volume name {SOCKET_VOLUME!r} is reserved by sidecar-state; rename the volume"
+            )
+
+
+def config_hash(sidecars: Sequence[Mapping[str, Any]], volumes: Sequence[Any]) -> str:
+    """A short, stable digest of what we inject: equal hashes mean equal sidecars."""
+    text = json.dumps([sidecars, volumes], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_sidecars(
+    *, plan: SidecarPlan, defaults: InjectionDefaults
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Our containers (Redis first: the hydrator needs it) and our volumes."""
+    containers = [
+        build_redis_container(plan=plan, defaults=defaults),
+        build_hydrator_container(plan=plan, defaults=defaults),
+    ]
+    return containers, build_volumes(plan=plan)
+
+
+def _add_supplemental_group(spec: dict[str, Any], group: int) -> None:
+    context = dict(spec.get("securityContext") or {})
+    groups = list(context.get("supplementalGroups") or [])
+    if group not in groups:
+        groups.append(group)
+    context["supplementalGroups"] = groups
+    spec["securityContext"] = context
+
+
+def inject_pod(
+    pod: Mapping[str, Any],
+    *,
+    bindings: Iterable[StateBinding],
+    namespace: str,
+    defaults: InjectionDefaults,
+) -> Outcome:
+    """Inject one Pod or pod template (``{"metadata": ..., "spec": ...}``).
+
+    ``bindings`` are the StateBindings of ``namespace``; which of them apply is decided here.
+    Raises :class:`InjectionConflict` or :class:`UnknownBinding` when the Pod cannot be
+    injected as asked; returns :class:`Skipped` when it should not be.
+    """
+    reason = skip_reason(pod, namespace=namespace, defaults=defaults)
+    if reason is not None:
+        return Skipped(reason=reason)
+    selected = select_bindings(pod, bindings)
+    if not selected:
+        return Skipped(reason="no StateBinding selects this Pod")
+    spec = pod.get("spec") or {}
+    _check_conflicts(spec, defaults=defaults)
+
+    plan = plan_sidecars(selected, defaults=defaults)
+    sidecars, volumes = build_sidecars(plan=plan, defaults=defaults)
+    digest = config_hash(sidecars, volumes)
+
+    injected = copy.deepcopy(dict(pod))
+    new_spec = injected.setdefault("spec", {})
+    app_inits = [wire_app_container(c, defaults=defaults) for c in spec.get("initContainers") or []]
+    apps = [wire_app_container(c, defaults=defaults) for c in spec.get("containers") or []]
+    if defaults.sidecar_mode == "native":
+        # Native sidecars (restartPolicy: Always) first: later init containers and the app
+        # start only after Redis answers and the hydrator reports the state hydrated.
+        native = [{**c, "restartPolicy": "Always"} for c in sidecars]
+        new_spec["initContainers"] = native + app_inits
+        new_spec["containers"] = apps
+    else:
+        if app_inits:
+            new_spec["initContainers"] = app_inits
+        new_spec["containers"] = apps + sidecars
+    new_spec["volumes"] = [*(spec.get("volumes") or []), *volumes]
+    _add_supplemental_group(new_spec, defaults.socket_group)
+
+    metadata = injected.setdefault("metadata", {})
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
+        ann.CONFIG_HASH: digest,
+    }
+    return Injected(pod=injected, bindings=plan.binding_names, config_hash=digest)
+
+
+def bindings_hash(
+    pod: Mapping[str, Any],
+    *,
+    bindings: Iterable[StateBinding],
+    namespace: str,
+    defaults: InjectionDefaults,
+) -> str | None:
+    """The config hash a Pod from this template would get now; ``None`` if not injected.
+
+    The controller writes it on pod templates (``template-hash``): when a binding changes,
+    the hash changes, and the workload rolls so that new Pods get the new sidecars.
+    """
+    try:
+        outcome = inject_pod(pod, bindings=bindings, namespace=namespace, defaults=defaults)
+    except (InjectionConflict, UnknownBinding):
+        return None
+    return outcome.config_hash if isinstance(outcome, Injected) else None

@@ -1,0 +1,30 @@
+"""Volumes we add: the in-memory socket directory, and Secrets holding Kafka CA files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar_operator.injection.names import SOCKET_VOLUME
+from sidecar_operator.injection.plan import SidecarPlan
+
+# Only a socket lives there; the limit stops anyone using it as scratch space in memory.
+SOCKET_VOLUME_SIZE = "1Mi"
+
+
+def build_volumes(*, plan: SidecarPlan) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SOCKET_VOLUME_SIZE}}
+    ]
+    volumes += [
+        {
+            "name": secret.volume_name,
+            "secret": {
+                "secretName": secret.secret_name,
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "optional": True,
+            },
+        }
+        for secret in plan.secrets
+        if secret.tls
+    ]
+    return volumes

@@ -1,0 +1,147 @@
+"""``sidecar-state-operator``: run the operator, or prepare a development webhook.
+
+``run`` starts kopf with the handlers of one role: ``webhook`` (admission only; standalone,
+any number of replicas, each with its own index), ``controller`` (status, roll-outs,
+annotations, watchdog; one replica) or ``all`` (both, for development and the e2e suite).
+``dev-certs`` and ``register-webhooks`` let the operator run outside the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import kopf
+
+from sidecar_operator.api.models import GROUP
+from sidecar_operator.settings import OperatorSettings
+from sidecar_operator.tls import write_webhook_certs
+from sidecar_operator.webhook_config import (
+    build_mutating_configuration,
+    build_validating_configuration,
+)
+from sidecar_operator.webhook_server import NamespacedWebhookServer
+
+ROLE_MODULES: dict[str, tuple[str, ...]] = {
+    "webhook": ("sidecar_operator.handlers.index", "sidecar_operator.handlers.webhook"),
+    "controller": ("sidecar_operator.handlers.index", "sidecar_operator.handlers.controller"),
+}
+ROLE_MODULES["all"] = tuple(dict.fromkeys(ROLE_MODULES["webhook"] + ROLE_MODULES["controller"]))
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's settings: our own annotation group from day one, and the webhook server."""
+    config = kopf.OperatorSettings()
+    config.persistence.finalizer = f"{GROUP}/finalizer"
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    config.posting.level = logging.WARNING  # our explicit Events only, not handler chatter
+    config.watching.server_timeout = 270
+    config.watching.client_timeout = 300
+    config.watching.connect_timeout = 10
+    config.admission.managed = None  # the chart (or register-webhooks) owns the configuration
+    if settings.role in {"all", "webhook"}:
+        config.admission.server = NamespacedWebhookServer(
+            addr=settings.webhook_host,
+            port=settings.webhook_port,
+            certfile=settings.webhook_cert_file,
+            pkeyfile=settings.webhook_key_file,
+            file_check_interval=30,
+        )
+    return config
+
+
+def cmd_run(settings: OperatorSettings) -> None:
+    if settings.role in {"all", "webhook"} and not settings.webhook_cert_file:
+        raise SystemExit(
+            "SIDECAR_STATE_WEBHOOK_CERT_FILE and SIDECAR_STATE_WEBHOOK_KEY_FILE are not set: "
+            "the apiserver only calls webhooks over TLS. Make them with "
+            "`sidecar-state-operator dev-certs` or let the Helm chart mount them."
+        )
+    for module in ROLE_MODULES[settings.role]:
+        importlib.import_module(module)
+    importlib.import_module("sidecar_operator.handlers.lifecycle")
+    memo = kopf.Memo(settings=settings, injection_defaults=settings.injection_defaults())
+    kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
+    asyncio.run(
+        kopf.operator(
+            settings=kopf_settings(settings), standalone=True, clusterwide=True, memo=memo
+        )
+    )
+
+
+def cmd_dev_certs(args: argparse.Namespace) -> None:
+    files = write_webhook_certs(Path(args.out), hosts=args.host)
+    print(f"export SIDECAR_STATE_WEBHOOK_CERT_FILE={files.cert_file}")
+    print(f"export SIDECAR_STATE_WEBHOOK_KEY_FILE={files.key_file}")
+    print(f"# CA bundle for register-webhooks: {files.ca_file}")
+
+
+def cmd_register_webhooks(args: argparse.Namespace, settings: OperatorSettings) -> None:
+    import kubernetes  # only this command needs the client at import time
+
+    from sidecar_operator import kube
+
+    ca_bundle = Path(args.ca_file).read_bytes()
+    excluded = sorted(settings.injection_defaults().excluded_namespaces)
+    objects = [
+        build_mutating_configuration(
+            base_url=args.url, ca_bundle=ca_bundle, excluded_namespaces=excluded,
+            failure_policy=args.failure_policy, name=args.name,
+        ),
+        build_validating_configuration(
+            base_url=args.url, ca_bundle=ca_bundle,
+            failure_policy=args.failure_policy, name=args.name,
+        ),
+    ]  # fmt: skip
+    api = kubernetes.client.AdmissionregistrationV1Api(kube.client())
+    for obj in objects:
+        kind = obj["kind"]
+        snake = "mutating" if kind.startswith("Mutating") else "validating"
+        create = getattr(api, f"create_{snake}_webhook_configuration")
+        delete = getattr(api, f"delete_{snake}_webhook_configuration")
+        try:
+            delete(args.name)
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+        create(obj)
+        print(f"{kind} {args.name} -> {args.url} (failurePolicy {args.failure_policy})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar-state-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the operator (the default); configured by environment")
+    certs = commands.add_parser("dev-certs", help="make a CA and serving certificate files")
+    certs.add_argument("--out", required=True, help="folder for ca.crt, tls.crt, tls.key")
+    certs.add_argument("--host", action="append", default=None, help="name or IP (repeatable)")
+    register = commands.add_parser(
+        "register-webhooks", help="point url: webhook configurations at this operator"
+    )
+    register.add_argument("--url", required=True, help="e.g. https://127.0.0.1:8443")
+    register.add_argument("--ca-file", required=True)
+    register.add_argument("--failure-policy", choices=["Fail", "Ignore"], default="Fail")
+    register.add_argument("--name", default="sidecar-state")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = build_parser().parse_args(argv)
+    settings = OperatorSettings()
+    if args.command == "dev-certs":
+        args.host = args.host or ["127.0.0.1", "localhost"]
+        cmd_dev_certs(args)
+    elif args.command == "register-webhooks":
+        cmd_register_webhooks(args, settings)
+    else:
+        cmd_run(settings)
+    sys.exit(0)

@@ -1,0 +1,62 @@
+"""Operator settings, read once from the environment (the Helm chart sets them).
+
+Every variable is ``SIDECAR_STATE_<FIELD>``; list values are comma-separated.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES, InjectionDefaults, SidecarMode
+
+Role = Literal["all", "webhook", "controller"]
+
+
+def _split(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split)]
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_STATE_", frozen=True, extra="ignore")
+
+    role: Role = "all"
+    namespace: str = Field(
+        default="sidecar-state-system", description="the operator's own namespace (excluded)"
+    )
+    redis_image: str = InjectionDefaults().redis_image
+    hydrator_image: str = InjectionDefaults().hydrator_image
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    bootstrap_servers: CommaList = InjectionDefaults().bootstrap_servers
+    max_memory: str = InjectionDefaults().max_memory
+    sidecar_mode: SidecarMode = "native"
+    excluded_namespaces: CommaList = ()
+
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 8443
+    webhook_cert_file: str | None = None
+    webhook_key_file: str | None = None
+    health_port: int = 8080
+
+    watchdog_interval_seconds: float = Field(default=15.0, gt=0)
+    rollout_workloads: bool = True
+
+    def injection_defaults(self) -> InjectionDefaults:
+        return InjectionDefaults(
+            redis_image=self.redis_image,
+            hydrator_image=self.hydrator_image,
+            image_pull_policy=self.image_pull_policy,
+            bootstrap_servers=self.bootstrap_servers,
+            max_memory=self.max_memory,
+            sidecar_mode=self.sidecar_mode,
+            excluded_namespaces=SYSTEM_NAMESPACES
+            | {self.namespace}
+            | frozenset(self.excluded_namespaces),
+        )
