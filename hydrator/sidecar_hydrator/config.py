@@ -97,7 +97,9 @@ class HydratorConfig(_Contract):
     metadata_refresh_ms: int = Field(default=30_000, ge=100)
 
     def to_env_value(self) -> str:
-        return self.model_dump_json(exclude_defaults=True)
+        # Every field, defaults included: an operator and a hydrator of different versions
+        # must not silently disagree about a default.
+        return self.model_dump_json()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> HydratorConfig:

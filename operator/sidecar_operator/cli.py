@@ -23,6 +23,7 @@ from sidecar_operator.injection import (
     Injected,
     InjectionConflict,
     InjectionDefaults,
+    InvalidPod,
     UnknownBinding,
     inject_pod,
 )
@@ -100,7 +101,7 @@ def inject_documents(
             outcome = inject_pod(
                 template, bindings=in_namespace, namespace=namespace, defaults=defaults
             )
-        except (InjectionConflict, UnknownBinding) as error:
+        except (InjectionConflict, UnknownBinding, InvalidPod) as error:
             where = f"{source}: document {index} ({_describe(document)})"
             raise InputError(f"{where}: {error}") from None
         if isinstance(outcome, Injected):
@@ -195,3 +196,7 @@ def run(
 
 def main() -> NoReturn:
     sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -58,6 +58,17 @@ def list_workloads(namespace: str) -> list[dict[str, Any]]:
     return result
 
 
+def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
+    """Set (or remove, with ``None``) one label; return whether anything changed."""
+    core = kubernetes.client.CoreV1Api(client())
+    metadata = core.read_namespace(namespace).metadata
+    labels = (metadata.labels if metadata else None) or {}
+    if labels.get(key) == value:
+        return False
+    core.patch_namespace(namespace, {"metadata": {"labels": {key: value}}})
+    return True
+
+
 def patch_workload(kind: str, name: str, namespace: str, patch: dict[str, Any]) -> None:
     apps = kubernetes.client.AppsV1Api(client())
     getattr(apps, _WORKLOAD_PATCHES[kind])(name, namespace, patch)

@@ -34,15 +34,20 @@ def _client_config(*, base_url: str, path: str, ca_bundle: bytes) -> dict[str, A
 
 
 def namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
-    """Only namespaces that may hold injectable Pods reach the webhook: with
-    ``failurePolicy: Fail``, an operator outage must never block kube-system."""
+    """Only namespaces that hold StateBindings reach the webhook.
+
+    The controller labels them (``sidecarstate.dev/injection: enabled``). With
+    ``failurePolicy: Fail``, an operator outage then blocks only Pods that could need the
+    sidecars, never those of other teams or of kube-system.
+    """
     return {
         "matchExpressions": [
+            {"key": ann.INJECTION_LABEL, "operator": "In", "values": [ann.INJECTION_ENABLED]},
             {
                 "key": "kubernetes.io/metadata.name",
                 "operator": "NotIn",
                 "values": sorted({*SYSTEM_NAMESPACES, *excluded}),
-            }
+            },
         ]
     }
 

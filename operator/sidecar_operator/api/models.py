@@ -35,6 +35,7 @@ PLURAL = "statebindings"
 SINGULAR = "statebinding"
 SHORT_NAMES = ("sb",)
 
+MAX_TOPICS = 64
 # Kafka's own rule for topic names (kafka.common.internals.Topic).
 TOPIC_PATTERN = r"^[a-zA-Z0-9._-]{1,249}$"
 _LABEL_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
@@ -57,6 +58,19 @@ def _check_topic(name: str) -> str:
     return name
 
 
+def _check_topic_list(topics: tuple[str, ...]) -> tuple[str, ...]:
+    # Checked here rather than with min_length: pydantic would also report "0 items" when
+    # the only topic is invalid.
+    if not topics:
+        raise ValueError("give at least one topic")
+    if len(topics) > MAX_TOPICS:
+        raise ValueError(f"at most {MAX_TOPICS} topics per binding")
+    duplicates = sorted({t for t in topics if topics.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"topics are listed twice: {', '.join(duplicates)}")
+    return topics
+
+
 def _check_host_port(address: str) -> str:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -69,7 +83,7 @@ def _check_host_port(address: str) -> str:
 
 
 def _check_positive_quantity(text: str) -> str:
-    if quantity_bytes(text) <= 0:
+    if quantity_bytes(text) <= 0:  # raises ValueError with examples for a malformed one
         raise ValueError(f"{text!r} must be more than zero bytes")
     return text
 
@@ -88,7 +102,9 @@ HostPort = Annotated[
 LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317)]
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 Quantity = Annotated[
-    str, StringConstraints(pattern=QUANTITY_PATTERN), AfterValidator(_check_positive_quantity)
+    str,
+    AfterValidator(_check_positive_quantity),
+    WithJsonSchema({"type": "string", "pattern": QUANTITY_PATTERN}),
 ]
 ObjectName = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
 EvictionPolicy = Literal[
@@ -167,17 +183,14 @@ class KafkaSource(ApiModel):
         min_length=1,
         description="host:port of Kafka brokers; the operator's default when omitted",
     )
-    topics: tuple[TopicName, ...] = Field(min_length=1, max_length=64)
+    topics: Annotated[
+        tuple[TopicName, ...],
+        AfterValidator(_check_topic_list),
+        Field(json_schema_extra={"minItems": 1, "maxItems": MAX_TOPICS}),
+    ]
     start_from: Literal["earliest", "latest"] = "earliest"
     format: Literal["raw", "json", "debezium"] = "json"
     auth: KafkaAuth | None = None
-
-    @model_validator(mode="after")
-    def _unique_topics(self) -> KafkaSource:
-        duplicates = sorted({t for t in self.topics if self.topics.count(t) > 1})
-        if duplicates:
-            raise ValueError(f"topics are listed twice: {', '.join(duplicates)}")
-        return self
 
 
 class Source(ApiModel):

@@ -33,6 +33,12 @@ async def reconcile_namespace(
 ) -> None:
     """Bring every binding's status, and every workload's roll-out, in line for a namespace."""
     bindings = bindings_in(index, namespace)
+    # Label first: Pods created from now on reach the webhook. Those created before it are
+    # found below, by the roll-out planning and the watchdog.
+    wanted = bindings and namespace not in defaults.excluded_namespaces
+    label = ann.INJECTION_ENABLED if wanted else None
+    if await asyncio.to_thread(kube.set_namespace_label, namespace, ann.INJECTION_LABEL, label):
+        logger.info(f"Namespace {namespace}: label {ann.INJECTION_LABEL}={label}")
     pods = await asyncio.to_thread(kube.list_pods, namespace)
     if roll:
         workloads = await asyncio.to_thread(kube.list_workloads, namespace)
@@ -65,7 +71,6 @@ async def reconcile_namespace(
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 async def statebinding_reconcile(
     namespace: str,
     memo: Any,
@@ -81,6 +86,25 @@ async def statebinding_reconcile(
         roll=settings.rollout_workloads,
         logger=logger,
     )
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def statebinding_event(
+    type: str | None,
+    namespace: str,
+    memo: Any,
+    logger: kopf.Logger,
+    bindings_by_namespace: kopf.Index[str, StateBinding],
+    **_: Any,
+) -> None:
+    """A deleted binding: roll its workloads back to no sidecars, and maybe unlabel."""
+    if type != "DELETED":
+        return  # creation and changes go through statebinding_reconcile
+    settings: OperatorSettings = memo.settings
+    await reconcile_namespace(
+        namespace, index=bindings_by_namespace, defaults=memo.injection_defaults,
+        roll=settings.rollout_workloads, logger=logger,
+    )  # fmt: skip
 
 
 def _owned_by(binding: StateBinding, deployment: str) -> bool:

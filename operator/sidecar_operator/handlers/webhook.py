@@ -19,6 +19,7 @@ from sidecar_operator.injection import (
     Injected,
     InjectionConflict,
     InjectionDefaults,
+    InvalidPod,
     UnknownBinding,
     inject_pod,
     select_bindings,
@@ -73,7 +74,7 @@ async def pod_mutate(
     pod = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
     try:
         outcome = inject_pod(pod, bindings=candidates, namespace=namespace, defaults=defaults)
-    except (InjectionConflict, UnknownBinding) as error:
+    except (InjectionConflict, UnknownBinding, InvalidPod) as error:
         metrics.ADMISSIONS.labels("refused", type(error).__name__).inc()
         raise kopf.AdmissionError(f"sidecar-state cannot inject this Pod: {error}") from None
 

@@ -9,6 +9,7 @@ from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.pod import (
     Injected,
     InjectionConflict,
+    InvalidPod,
     Outcome,
     Skipped,
     UnknownBinding,
@@ -21,6 +22,7 @@ __all__ = [
     "Injected",
     "InjectionConflict",
     "InjectionDefaults",
+    "InvalidPod",
     "Outcome",
     "Skipped",
     "UnknownBinding",

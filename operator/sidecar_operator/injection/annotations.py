@@ -30,6 +30,10 @@ CONFIG_HASH = f"{GROUP}/config-hash"
 TEMPLATE_HASH = f"{GROUP}/template-hash"
 """On pod templates: the bindings' hash; changing it rolls the workload."""
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+INJECTION_LABEL = f"{GROUP}/injection"
+INJECTION_ENABLED = "enabled"
+"""Namespace label kept by the controller on namespaces that hold StateBindings; the webhook's
+namespaceSelector requires it, so other namespaces never depend on the webhook."""
 OWNER_LABEL = f"{GROUP}/owner"
 """On StateBindings made from Deployment annotations: the owning Deployment's name."""
 

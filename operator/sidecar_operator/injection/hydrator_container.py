@@ -41,7 +41,7 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
         "name": HYDRATOR_CONTAINER,
         "image": defaults.hydrator_image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "args": ["sidecar-state-hydrator"],
+        "command": ["sidecar-state-hydrator"],
         "env": [
             {"name": CONFIG_ENV, "value": plan.hydrator_config.to_env_value()},
             *_secret_env(plan),
@@ -51,10 +51,12 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
             "requests": {
                 "cpu": defaults.hydrator_cpu_request,
                 "memory": defaults.hydrator_memory_request,
+                **plan.hydrator_resources.get("requests", {}),
             },
             "limits": {
                 "cpu": defaults.hydrator_cpu_limit,
                 "memory": defaults.hydrator_memory_limit,
+                **plan.hydrator_resources.get("limits", {}),
             },
         },
         "volumeMounts": mounts,

@@ -7,13 +7,12 @@ hydrator's config, and credentials become references to Secrets in the Pod's nam
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
 from sidecar_operator.api.models import StateBinding
-from sidecar_operator.api.quantity import quantity_bytes
+from sidecar_operator.api.quantity import parse_quantity, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
 
 SECRETS_DIR = "/var/run/sidecar-state-secrets"
@@ -38,27 +37,44 @@ class SidecarPlan:
     eviction_policy: str
     hydrator_config: HydratorConfig
     secrets: tuple[SecretUse, ...]
+    hydrator_resources: dict[str, dict[str, str]]
 
 
-def _env_token(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
-
-
-def _secret_use(binding: StateBinding) -> SecretUse | None:
+def _secret_use(binding: StateBinding, *, position: int) -> SecretUse | None:
+    """Names by position in the sorted bindings: binding names such as ``a.b`` and ``a-b``
+    would collide once made into env var or volume names."""
     auth = binding.spec.source.kafka.auth
     if auth is None:
         return None
-    secret = auth.secret_ref.name
-    token = _env_token(binding.name)
-    volume = "ss-secret-" + re.sub(r"[^a-z0-9-]", "-", binding.name)[:50]
     return SecretUse(
-        secret_name=secret,
-        username_env=f"SIDECAR_STATE_{token}_USERNAME",
-        password_env=f"SIDECAR_STATE_{token}_PASSWORD",
-        volume_name=volume.rstrip("-"),
-        mount_path=f"{SECRETS_DIR}/{binding.name}",
+        secret_name=auth.secret_ref.name,
+        username_env=f"SIDECAR_STATE_AUTH_{position}_USERNAME",
+        password_env=f"SIDECAR_STATE_AUTH_{position}_PASSWORD",
+        volume_name=f"sidecar-state-auth-{position}",
+        mount_path=f"{SECRETS_DIR}/{position}",
         tls=auth.tls,
     )
+
+
+def _largest(values: Sequence[str | None]) -> str | None:
+    present = [v for v in values if v is not None]
+    return max(present, key=parse_quantity) if present else None
+
+
+def merge_hydrator_resources(bindings: Sequence[StateBinding]) -> dict[str, dict[str, str]]:
+    """One hydrator serves every binding: each resource is the largest any binding asks for."""
+    merged: dict[str, dict[str, str]] = {}
+    for section in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            wanted = []
+            for binding in bindings:
+                asked = binding.spec.hydrator.resources
+                lst = getattr(asked, section) if asked else None
+                wanted.append(getattr(lst, resource) if lst else None)
+            largest = _largest(wanted)
+            if largest is not None:
+                merged.setdefault(section, {})[resource] = largest
+    return merged
 
 
 def _connection(
@@ -94,9 +110,9 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
     secrets = []
     memory = 0
     policies = set()
-    for binding in ordered:
+    for position, binding in enumerate(ordered):
         spec = binding.spec
-        secret = _secret_use(binding)
+        secret = _secret_use(binding, position=position)
         if secret is not None:
             secrets.append(secret)
         memory += quantity_bytes(spec.store.max_memory or defaults.max_memory)
@@ -127,4 +143,5 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
             bindings=tuple(sources),
         ),
         secrets=tuple(secrets),
+        hydrator_resources=merge_hydrator_resources(ordered),
     )

@@ -30,6 +30,10 @@ class InjectionConflict(ValueError):
     """The Pod already uses one of our names for something else; injecting would clobber it."""
 
 
+class InvalidPod(ValueError):
+    """The Pod (template) is not shaped like one; the message names the field."""
+
+
 class UnknownBinding(ValueError):
     """The Pod names a StateBinding (``sidecarstate.dev/bindings``) that does not exist."""
 
@@ -61,7 +65,7 @@ def select_bindings(pod: Mapping[str, Any], bindings: Iterable[StateBinding]) ->
     """
     meta = _meta(pod)
     available = {b.name: b for b in bindings}
-    named = ann.split_names((meta.get("annotations") or {}).get(ann.BINDINGS))
+    named = tuple(dict.fromkeys(ann.split_names((meta.get("annotations") or {}).get(ann.BINDINGS))))
     if named:
         missing = [name for name in named if name not in available]
         if missing:
@@ -89,6 +93,22 @@ def skip_reason(
     if spec.get("hostNetwork"):
         return "hostNetwork Pods are never injected"
     return None
+
+
+def _check_shape(spec: Any) -> None:
+    """Refuse, with a field path, the shapes the engine cannot read (manifests from files)."""
+    if not isinstance(spec, Mapping):
+        raise InvalidPod("spec: must be a mapping")
+    for field in ("containers", "initContainers", "volumes"):
+        items = spec.get(field) or []
+        if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+            raise InvalidPod(f"spec.{field}: must be a list of mappings")
+    for field in ("containers", "initContainers"):
+        for index, container in enumerate(spec.get(field) or []):
+            for key in ("env", "volumeMounts"):
+                items = container.get(key) or []
+                if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+                    raise InvalidPod(f"spec.{field}[{index}].{key}: must be a list of mappings")
 
 
 def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) -> None:
@@ -158,6 +178,7 @@ def inject_pod(
     if not selected:
         return Skipped(reason="no StateBinding selects this Pod")
     spec = pod.get("spec") or {}
+    _check_shape(spec)
     _check_conflicts(spec, defaults=defaults)
 
     plan = plan_sidecars(selected, defaults=defaults)
@@ -166,8 +187,10 @@ def inject_pod(
 
     injected = copy.deepcopy(dict(pod))
     new_spec = injected.setdefault("spec", {})
-    app_inits = [wire_app_container(c, defaults=defaults) for c in spec.get("initContainers") or []]
-    apps = [wire_app_container(c, defaults=defaults) for c in spec.get("containers") or []]
+    app_inits = [
+        wire_app_container(c, defaults=defaults) for c in new_spec.get("initContainers") or []
+    ]
+    apps = [wire_app_container(c, defaults=defaults) for c in new_spec.get("containers") or []]
     if defaults.sidecar_mode == "native":
         # Native sidecars (restartPolicy: Always) first: later init containers and the app
         # start only after Redis answers and the hydrator reports the state hydrated.
@@ -178,7 +201,7 @@ def inject_pod(
         if app_inits:
             new_spec["initContainers"] = app_inits
         new_spec["containers"] = apps + sidecars
-    new_spec["volumes"] = [*(spec.get("volumes") or []), *volumes]
+    new_spec["volumes"] = [*(new_spec.get("volumes") or []), *volumes]
     _add_supplemental_group(new_spec, defaults.socket_group)
 
     metadata = injected.setdefault("metadata", {})
@@ -204,6 +227,6 @@ def bindings_hash(
     """
     try:
         outcome = inject_pod(pod, bindings=bindings, namespace=namespace, defaults=defaults)
-    except (InjectionConflict, UnknownBinding):
+    except (InjectionConflict, UnknownBinding, InvalidPod):
         return None
     return outcome.config_hash if isinstance(outcome, Injected) else None

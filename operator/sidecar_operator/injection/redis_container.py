@@ -45,7 +45,9 @@ def redis_memory_limit(max_memory_bytes: int) -> int:
 
 
 def build_redis_container(*, plan: SidecarPlan, defaults: InjectionDefaults) -> dict[str, Any]:
-    ping = ["redis-cli", "-s", defaults.socket_path, "ping"]
+    def ping() -> dict[str, Any]:
+        return {"exec": {"command": ["redis-cli", "-s", defaults.socket_path, "ping"]}}
+
     memory = format_bytes(redis_memory_limit(plan.max_memory_bytes))
     return {
         "name": REDIS_CONTAINER,
@@ -62,12 +64,8 @@ def build_redis_container(*, plan: SidecarPlan, defaults: InjectionDefaults) -> 
             "limits": {"cpu": defaults.redis_cpu_limit, "memory": memory},
         },
         "volumeMounts": [{"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir}],
-        "startupProbe": {
-            "exec": {"command": ping},
-            "periodSeconds": 1,
-            "failureThreshold": 30,
-        },
-        "livenessProbe": {"exec": {"command": ping}, "periodSeconds": 10, "timeoutSeconds": 2},
+        "startupProbe": {**ping(), "periodSeconds": 1, "failureThreshold": 30},
+        "livenessProbe": {**ping(), "periodSeconds": 10, "timeoutSeconds": 2},
         "securityContext": hardened_security_context(
             user=defaults.redis_user, group=defaults.socket_group
         ),
