@@ -59,6 +59,8 @@ MANAGED_BY_LABEL = f"{GROUP}/managed-by"
 MANAGED_BY = "sidecar-state-operator"
 #: How often a running replica re-reads the Secret (and renews when due).
 CHECK_INTERVAL = dt.timedelta(hours=1)
+#: How soon to try again while something is missing (a webhook configuration, the API).
+RETRY_INTERVAL = dt.timedelta(seconds=10)
 #: Create/update attempts before giving up; each lost race costs one.
 WRITE_ATTEMPTS = 5
 
@@ -125,12 +127,11 @@ def trusted_cas(trust_pem: bytes, *, current: bytes, now: dt.datetime | None = N
     """``current`` first, then every other CA of ``trust_pem`` that is still valid."""
     now = now or dt.datetime.now(dt.UTC)
     current_cert = x509.load_pem_x509_certificate(current)
-    kept = [current_cert.public_bytes(serialization.Encoding.PEM)]
+    kept = [current_cert]
     for cert in x509.load_pem_x509_certificates(trust_pem):
-        if cert == current_cert or cert.not_valid_after_utc <= now:
-            continue
-        kept.append(cert.public_bytes(serialization.Encoding.PEM))
-    return b"".join(kept)
+        if cert not in kept and cert.not_valid_after_utc > now:
+            kept.append(cert)
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in kept)
 
 
 # --- deciding -------------------------------------------------------------------------------
@@ -429,9 +430,15 @@ def ensure_secret(
             live = None
         current = Bundle.from_secret_data(live.get("data") if live else None)
         decision = decide(current, exists=live is not None, hosts=tls.hosts, now=now)
-        if decision.action is Action.REUSE and current is not None:
-            return current
-        fresh = issue(decision, current, hosts=tls.hosts)
+        if decision.action is Action.REUSE and current is not None and live is not None:
+            if owner is None or live["metadata"].get("ownerReferences"):
+                return current
+            # Made before the webhook configuration existed: let it own the Secret now, so
+            # that uninstalling the chart still removes it.
+            fresh, what = current, "now owned by the webhook configuration"
+        else:
+            fresh = issue(decision, current, hosts=tls.hosts)
+            what = f"{decision.action.value} ({decision.reason})"
         where = f"Secret {tls.namespace}/{tls.secret}"
         try:
             if live is None:
@@ -450,7 +457,7 @@ def ensure_secret(
                 logger.info(f"{where} was written by another replica; reading theirs")
                 continue
             raise
-        logger.info(f"{where}: {decision.action.value} ({decision.reason})")
+        logger.info(f"{where}: {what}")
         return fresh
     raise CertificateError(
         f"Secret {tls.namespace}/{tls.secret} kept changing under {WRITE_ATTEMPTS} attempts"
@@ -474,24 +481,34 @@ def patch_ca_bundles(api: Any, configurations: Sequence[Mapping[str, Any]], ca: 
         logger.info(f"caBundle of {configuration.get('kind')} {name} updated")
 
 
-def reconcile(api: Any, tls: WebhookTLS, *, now: dt.datetime | None = None) -> Bundle:
+@dataclass(frozen=True, kw_only=True)
+class Reconciled:
+    bundle: Bundle
+    #: Both webhook configurations exist and carry the bundle's CAs.
+    configured: bool
+
+
+def reconcile(api: Any, tls: WebhookTLS, *, now: dt.datetime | None = None) -> Reconciled:
     """One full pass: Secret, files, caBundles. Blocking; idempotent; cheap when all is well."""
     configurations = [
         found for kind in (MUTATING_KIND, VALIDATING_KIND)
         if (found := _read_configuration(api, kind, tls.configuration)) is not None
     ]  # fmt: skip
-    if not configurations:
-        logger.warning(f"No webhook configuration named {tls.configuration}: "
-                       "nothing gets the caBundle (fine outside the cluster)")  # fmt: skip
+    if len(configurations) < 2:
+        # Helm creates the webhook configurations after the Deployments; a fast Pod can start
+        # first. keep_current() then retries soon rather than in an hour.
+        count = len(configurations)
+        logger.warning(f"Webhook configurations named {tls.configuration}: {count} of 2 "
+                       "found; the missing ones get their caBundle later")  # fmt: skip
     owner = next((owner_reference(c) for c in configurations if c["kind"] == MUTATING_KIND), None)
     bundle = ensure_secret(api, tls, owner=owner, now=now)
     if write_files(bundle, cert_file=tls.cert_file, key_file=tls.key_file, ca_file=tls.ca_file):
         logger.info(f"Webhook certificate files written to {tls.cert_file.parent}")
     patch_ca_bundles(api, configurations, bundle.ca_bundle(now=now))
-    return bundle
+    return Reconciled(bundle=bundle, configured=len(configurations) == 2)
 
 
-def prepare(tls: WebhookTLS, *, api: Any | None = None) -> Bundle:
+def prepare(tls: WebhookTLS, *, api: Any | None = None) -> Reconciled:
     """Start-up: make the files exist before kopf starts the webhook server that loads them.
 
     Called from ``cmd_run`` before the event loop starts, so blocking here stalls nothing.
@@ -508,16 +525,25 @@ async def keep_current(
     *,
     api: Any | None = None,
     interval: dt.timedelta = CHECK_INTERVAL,
+    retry: dt.timedelta = RETRY_INTERVAL,
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
 ) -> None:
-    """Run forever: re-read the Secret, renew when due, refresh files and caBundles."""
+    """Run forever: re-read the Secret, renew when due, refresh files and caBundles.
+
+    Every ``interval`` once all is in place; every ``retry`` while a webhook configuration is
+    missing or the API failed (the files already served stay valid meanwhile).
+    """
     if api is None:
         from sidecar_operator import kube
 
         api = kube.client()
+    delay = retry  # the first pass soon: the configurations may have appeared since start-up
     while True:
-        await asyncio.sleep(interval.total_seconds())
+        await asyncio.sleep(delay.total_seconds())
         try:
-            await asyncio.to_thread(reconcile, api, tls)
-        except Exception as error:  # try again at the next interval; the old cert is still valid
+            result = await asyncio.to_thread(reconcile, api, tls)
+        except Exception as error:
             log.warning(f"Could not check the webhook certificates: {error}")
+            delay = retry
+        else:
+            delay = interval if result.configured else retry

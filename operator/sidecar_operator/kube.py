@@ -42,6 +42,10 @@ def _plain(api: ApiClient, obj: Any, kind: str, api_version: str) -> dict[str, A
     return data
 
 
+def create_event(namespace: str, body: dict[str, Any]) -> None:
+    kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, body)
+
+
 def list_pods(namespace: str) -> list[dict[str, Any]]:
     api = client()
     pods = kubernetes.client.CoreV1Api(api).list_namespaced_pod(namespace)

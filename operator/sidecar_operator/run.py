@@ -71,6 +71,7 @@ def cmd_run(settings: OperatorSettings) -> None:
     importlib.import_module("sidecar_operator.handlers.lifecycle")
     memo = kopf.Memo(settings=settings, injection_defaults=settings.injection_defaults())
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission
     asyncio.run(
         kopf.operator(
             settings=kopf_settings(settings), standalone=True, clusterwide=True, memo=memo

@@ -17,6 +17,7 @@ from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, pa
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import plan_rollouts
 from sidecar_operator.controller.status import build_status
+from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
@@ -27,11 +28,13 @@ async def reconcile_namespace(
     namespace: str,
     *,
     index: kopf.Index[str, StateBinding],
-    defaults: InjectionDefaults,
+    memo: Any,
     roll: bool,
     logger: kopf.Logger,
 ) -> None:
     """Bring every binding's status, and every workload's roll-out, in line for a namespace."""
+    defaults: InjectionDefaults = memo.injection_defaults
+    events: EventRecorder = memo.events
     bindings = bindings_in(index, namespace)
     # Label first: Pods created from now on reach the webhook. Those created before it are
     # found below, by the roll-out planning and the watchdog.
@@ -62,8 +65,9 @@ async def reconcile_namespace(
         )
         metrics.UNINJECTED_PODS.labels(namespace, binding.name).set(len(status["uninjectedPods"]))
         if status["uninjectedPods"] and status["uninjectedPods"] != previous.get("uninjectedPods"):
-            kopf.warn(binding_ref(binding), reason="MissedInjection",
-                      message=status["conditions"][1]["message"])  # fmt: skip
+            message = status["conditions"][1]["message"]
+            events.record(Event(target=binding_ref(binding), type="Warning",
+                                reason="MissedInjection", message=message))  # fmt: skip
         if {k: previous.get(k) for k in status} != status:
             await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
 
@@ -82,7 +86,7 @@ async def statebinding_reconcile(
     await reconcile_namespace(
         namespace,
         index=bindings_by_namespace,
-        defaults=memo.injection_defaults,
+        memo=memo,
         roll=settings.rollout_workloads,
         logger=logger,
     )
@@ -102,7 +106,7 @@ async def statebinding_event(
         return  # creation and changes go through statebinding_reconcile
     settings: OperatorSettings = memo.settings
     await reconcile_namespace(
-        namespace, index=bindings_by_namespace, defaults=memo.injection_defaults,
+        namespace, index=bindings_by_namespace, memo=memo,
         roll=settings.rollout_workloads, logger=logger,
     )  # fmt: skip
 
@@ -171,7 +175,7 @@ async def watchdog(
         for namespace in list(index):
             try:
                 await reconcile_namespace(
-                    namespace, index=index, defaults=memo.injection_defaults,
+                    namespace, index=index, memo=memo,
                     roll=False, logger=logger,
                 )  # fmt: skip
             except Exception as error:  # keep watching the other namespaces

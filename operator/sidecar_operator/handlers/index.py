@@ -7,11 +7,12 @@ peering and no leader.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
+from sidecar_operator.events import ObjectRef
 
 _KEPT_METADATA = ("name", "namespace", "uid", "generation", "labels", "ownerReferences")
 
@@ -38,7 +39,12 @@ def bindings_in(index: kopf.Index[str, StateBinding], namespace: str) -> list[St
     return list(index.get(namespace, ()))
 
 
-def binding_ref(binding: StateBinding) -> kopf.Body:
-    """Enough of a body for kopf to post an Event on the binding."""
-    raw = {"apiVersion": binding.api_version, "kind": binding.kind, "metadata": binding.metadata}
-    return kopf.Body(cast(kopf.RawBody, raw))
+def binding_ref(binding: StateBinding) -> ObjectRef:
+    """What an Event about the binding points at."""
+    return ObjectRef(
+        api_version=binding.api_version,
+        kind=binding.kind,
+        name=binding.name,
+        namespace=binding.namespace,
+        uid=binding.metadata.get("uid"),
+    )

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar_operator import kube
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding
+from sidecar_operator.events import EventRecorder
 from sidecar_operator.settings import OperatorSettings
 
 
@@ -76,7 +77,9 @@ async def operator_startup(
 ) -> None:
     settings: OperatorSettings = memo.settings
     memo.index_ready = asyncio.Event()
+    memo.events = EventRecorder()
     tasks = [
+        asyncio.create_task(memo.events.run()),
         asyncio.create_task(serve_health(memo=memo, port=settings.health_port)),
         asyncio.create_task(
             mark_ready_when_indexed(memo=memo, index=bindings_by_namespace, logger=logger)

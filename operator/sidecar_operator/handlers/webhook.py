@@ -14,6 +14,7 @@ import kopf
 
 from sidecar_operator import metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
+from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.injection import (
     Injected,
@@ -49,11 +50,16 @@ async def _wait_for_index(memo: Any) -> None:
         ) from None
 
 
-def _explain(bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool) -> None:
+def _explain(
+    memo: Any, bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool
+) -> None:
     if dryrun:
         return
+    recorder: EventRecorder = memo.events
     for binding in bindings:
-        kopf.info(binding_ref(binding), reason=reason, message=message)
+        recorder.record(
+            Event(target=binding_ref(binding), type="Normal", reason=reason, message=message)
+        )
 
 
 @kopf.on.mutate("", "v1", "pods", id=MUTATE_PODS, operations=["CREATE"])
@@ -85,7 +91,7 @@ async def pod_mutate(
                 selected = select_bindings(pod, candidates)
             except UnknownBinding:
                 selected = []
-            _explain(selected, reason="Skipped",
+            _explain(memo, selected, reason="Skipped",
                      message=f"{_pod_label(body)}: {outcome.reason}", dryrun=dryrun)  # fmt: skip
         return
 
@@ -100,7 +106,7 @@ async def pod_mutate(
     metrics.ADMISSIONS.labels("injected", "").inc()
     metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
     selected = [b for b in candidates if b.name in outcome.bindings]
-    _explain(selected, reason="Injected",
+    _explain(memo, selected, reason="Injected",
              message=f"{_pod_label(body)}: sidecars injected (config {outcome.config_hash})",
              dryrun=dryrun)  # fmt: skip
 

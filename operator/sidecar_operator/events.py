@@ -1,0 +1,99 @@
+"""Kubernetes Events on StateBindings, posted off the admission path.
+
+The webhook explains each decision ("injected", "skipped: opted out") on the bindings
+involved — a Pod under admission has no uid yet, so the binding is where a user looks. Handlers
+only put an Event on an in-memory queue; a background task posts them, so admission never
+waits on the API. When the queue is full, Events are dropped (and counted), never blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client import Counter
+
+logger = logging.getLogger(__name__)
+
+DROPPED = Counter(
+    "sidecar_state_events_dropped_total", "Events not posted: queue full or API error"
+)
+COMPONENT = "sidecar-state"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectRef:
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    target: ObjectRef
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def build_event(event: Event, *, now: dt.datetime, host: str) -> dict[str, Any]:
+    """The core/v1 Event object for one Event."""
+    target = event.target
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    involved = {
+        "apiVersion": target.api_version,
+        "kind": target.kind,
+        "name": target.name,
+        "namespace": target.namespace,
+    }
+    if target.uid:
+        involved["uid"] = target.uid
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{target.name}.", "namespace": target.namespace},
+        "involvedObject": involved,
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": COMPONENT, "host": host},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": host,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+class EventRecorder:
+    def __init__(self, *, capacity: int = 1000) -> None:
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=capacity)
+
+    def record(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            DROPPED.inc()
+
+    async def run(self) -> None:
+        """Post queued Events until cancelled."""
+        from sidecar_operator import kube  # the client is only needed by the posting task
+
+        host = os.environ.get("HOSTNAME") or socket.gethostname()
+        while True:
+            event = await self._queue.get()
+            body = build_event(event, now=dt.datetime.now(dt.UTC), host=host)
+            try:
+                await asyncio.to_thread(kube.create_event, event.target.namespace, body)
+            except Exception as error:  # an Event is worth a log line, not a crash
+                DROPPED.inc()
+                logger.warning(
+                    f"Could not post Event {event.reason} on {event.target.name}: {error}"
+                )

@@ -1,0 +1,50 @@
+"""Fixtures for the operator scenarios: the CRD, the running operator, a fresh namespace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cluster.access import ClusterAccess
+from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: ClusterAccess) -> None:
+    if cluster.existing:
+        return  # the chart installed it
+    cluster.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl_run(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/statebindings.sidecarstate.dev",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterAccess, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalOperator]:
+    if cluster.existing:
+        pytest.skip("operator scenarios against an existing cluster use the chart-installed operator")
+    cluster.kubectl_run("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    handle = LocalOperator(cluster=cluster, workdir=Path(tmp_path_factory.mktemp("operator")))
+    handle.start()
+    handle.register_webhooks("Fail")
+    try:
+        yield handle
+    finally:
+        handle.unregister_webhooks()
+        handle.stop()
+
+
+@pytest.fixture
+def namespace(cluster: ClusterAccess, operator: LocalOperator) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl_run("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl_run("delete", "namespace", name, "--wait=false")

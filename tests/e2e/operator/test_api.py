@@ -1,0 +1,78 @@
+"""Scenario 1: the CRD is served and explained; invalid bindings are refused, naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.cluster.access import ClusterAccess
+from tests.e2e.helpers import binding, wait_for
+
+
+def test_kubectl_explain_describes_the_spec(cluster: ClusterAccess, crd_installed: None) -> None:
+    # The apiserver publishes a new CRD's OpenAPI a few seconds after it is Established.
+    explained = wait_for(
+        lambda: cluster.kubectl_run("explain", "statebinding.spec", check=False).stdout,
+        what="kubectl explain statebinding.spec",
+    )
+    text = explained
+    for field in ("selector", "source", "keys", "store", "hydrator"):
+        assert field in text, text
+    kafka = cluster.kubectl_run("explain", "statebinding.spec.source.kafka").stdout
+    assert "bootstrapServers" in kafka and "topics" in kafka
+
+
+def _with(path: str, value: Any, name: str) -> dict[str, Any]:
+    obj = copy.deepcopy(binding(name, "default"))
+    node = obj["spec"]
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return obj
+
+
+INVALID = [
+    ("source.kafka.topics", [], "spec.source.kafka.topics"),
+    ("source.kafka.topics", ["feature flags"], "spec.source.kafka.topics"),
+    ("store.maxMemory", "lots", "spec.store.maxMemory"),
+    ("store.evictionPolicy", "sometimes", "spec.store.evictionPolicy"),
+    (
+        "selector",
+        {"matchExpressions": [{"key": "app", "operator": "Near", "values": ["x"]}]},
+        "spec.selector.matchExpressions[0].operator",
+    ),
+    (
+        "selector",
+        {"matchExpressions": [{"key": "app", "operator": "In"}]},
+        "spec.selector.matchExpressions[0]",
+    ),
+    ("source.kafka.bootstrapServers", ["kafka-without-port"], "spec.source.kafka.bootstrapServers"),
+    ("source.kafka.format", "xml", "spec.source.kafka.format"),
+    ("selector", {}, "spec.selector"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), INVALID, ids=[i[0] + "=" + json.dumps(i[1])[:30] for i in INVALID])
+def test_invalid_binding_is_refused_naming_the_field(
+    cluster: ClusterAccess, operator: object, path: str, value: Any, field: str
+) -> None:
+    obj = _with(path, value, "invalid")
+    proc = cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj), check=False)
+    assert proc.returncode != 0, f"accepted an invalid binding: {obj['spec']}"
+    assert field in proc.stderr, proc.stderr
+    assert cluster.kubectl_run("get", "sb", "invalid", "-n", "default", check=False).returncode != 0
+
+
+def test_valid_binding_is_accepted(cluster: ClusterAccess, operator: object) -> None:
+    obj = binding("valid-example", "default")
+    cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj))
+    try:
+        got = cluster.kubectl_json("get", "sb", "valid-example", "-n", "default")
+        assert got["spec"]["source"]["kafka"]["topics"] == ["feature-flags"]
+        assert got["spec"]["source"]["kafka"]["startFrom"] == "earliest"  # schema default
+    finally:
+        cluster.kubectl_run("delete", "sb", "valid-example", "-n", "default")

@@ -1,0 +1,126 @@
+"""Scenarios 2 and 7: Pods are injected exactly as the engine specifies, and only those."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from sidecar_operator.api.models import parse_binding
+from sidecar_operator.injection import Injected, InjectionDefaults, inject_pod
+from tests.e2e.cluster.access import ClusterAccess
+from tests.e2e.helpers import (
+    binding,
+    container_names,
+    deployment,
+    is_injected,
+    pod,
+    pods_of,
+    wait_for,
+    wait_reconciled,
+)
+from tests.e2e.operator_process import E2E_IMAGES, LocalOperator
+
+SIDECARS = ["sidecar-state-redis", "sidecar-state-hydrator"]
+
+
+def _defaults() -> InjectionDefaults:
+    return InjectionDefaults(
+        redis_image=E2E_IMAGES["SIDECAR_STATE_REDIS_IMAGE"],
+        hydrator_image=E2E_IMAGES["SIDECAR_STATE_HYDRATOR_IMAGE"],
+        bootstrap_servers=("kafka.kafka.svc:9092",),
+    )
+
+
+def test_deployment_pods_are_injected_exactly_as_the_engine_says(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    sb = binding("checkout", namespace)
+    cluster.apply(sb)
+    wait_reconciled(cluster, "checkout", namespace)
+    dep = deployment("checkout", namespace, replicas=2)
+    cluster.apply(dep)
+
+    pods = wait_for(
+        lambda: (p := pods_of(cluster, namespace, "app=checkout")) and len(p) == 2 and p,
+        what="2 Pods of the Deployment",
+    )
+    stored = parse_binding({**sb, "metadata": {**sb["metadata"]}})
+    expected = inject_pod(
+        dep["spec"]["template"], bindings=[stored], namespace=namespace, defaults=_defaults()
+    )
+    assert isinstance(expected, Injected)
+    for got in pods:
+        inits, containers = container_names(got)
+        assert inits == SIDECARS and containers == ["app"]
+        annotations = got["metadata"]["annotations"]
+        assert annotations["sidecarstate.dev/injected-bindings"] == "checkout"
+        assert annotations["sidecarstate.dev/config-hash"] == expected.config_hash
+        for want in expected.pod["spec"]["initContainers"]:
+            have = next(c for c in got["spec"]["initContainers"] if c["name"] == want["name"])
+            assert have["command" if "command" in want else "args"] == want.get(
+                "command", want.get("args")
+            )
+            assert have["restartPolicy"] == "Always"
+            assert have["securityContext"]["readOnlyRootFilesystem"] is True
+            assert have["resources"]["limits"]["memory"] == want["resources"]["limits"]["memory"]
+        app = got["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in app["env"]}
+        assert env["SIDECAR_STATE_REDIS_URL"] == "unix:///var/run/sidecar-state/redis.sock"
+        assert {"name": "sidecar-state-socket", "mountPath": "/var/run/sidecar-state",
+                "readOnly": True} in app["volumeMounts"]  # fmt: skip
+        socket_volume = next(v for v in got["spec"]["volumes"] if v["name"] == "sidecar-state-socket")
+        assert socket_volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+        redis = got["spec"]["initContainers"][0]
+        assert "ports" not in redis and redis["command"][redis["command"].index("--port") + 1] == "0"
+
+
+def test_unselected_opted_out_and_excluded_pods_are_untouched(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    cluster.apply(binding("flags", namespace, labels={"tier": "web"}))
+    wait_reconciled(cluster, "flags", namespace)
+    cluster.apply(
+        pod("selected", namespace, labels={"tier": "web"}),
+        pod("other-labels", namespace, labels={"tier": "db"}),
+        pod("opted-out", namespace, labels={"tier": "web"},
+            annotations={"sidecarstate.dev/inject": "false"}),
+    )  # fmt: skip
+    pods = {p["metadata"]["name"]: p for p in pods_of(cluster, namespace, "tier")}
+    assert is_injected(pods["selected"])
+    assert not is_injected(pods["other-labels"])
+    assert container_names(pods["other-labels"]) == ([], ["app"])
+    assert not is_injected(pods["opted-out"])
+    assert container_names(pods["opted-out"]) == ([], ["app"])
+
+    # kube-system is never injected, even by a binding that selects its Pods.
+    cluster.apply(binding("system-flags", "kube-system", labels={"e2e-probe": namespace}))
+    try:
+        cluster.apply(pod(f"probe-{namespace}", "kube-system", labels={"e2e-probe": namespace}))
+        got = cluster.kubectl_json("get", "pod", f"probe-{namespace}", "-n", "kube-system")
+        assert not is_injected(got) and container_names(got) == ([], ["app"])
+    finally:
+        cluster.kubectl_run("delete", "pod", f"probe-{namespace}", "-n", "kube-system",
+                            "--wait=false", check=False)  # fmt: skip
+        cluster.kubectl_run("delete", "sb", "system-flags", "-n", "kube-system", check=False)
+
+
+def test_fifty_pods_created_at_once_are_each_injected_once(
+    cluster: ClusterAccess, namespace: str, operator: LocalOperator
+) -> None:
+    cluster.apply(binding("burst", namespace))
+    wait_reconciled(cluster, "burst", namespace)
+
+    def create(index: int) -> int:
+        manifest = json.dumps(pod(f"burst-{index}", namespace, labels={"app": "burst"}))
+        return cluster.kubectl_run("create", "-f", "-", input=manifest, check=False).returncode
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        codes = list(pool.map(create, range(50)))
+    assert codes == [0] * 50
+    pods = pods_of(cluster, namespace, "app=burst")
+    assert len(pods) == 50
+    for got in pods:
+        inits, containers = container_names(got)
+        assert inits == SIDECARS, got["metadata"]["name"]
+        assert containers == ["app"]
+        assert [v["name"] for v in got["spec"]["volumes"]].count("sidecar-state-socket") == 1

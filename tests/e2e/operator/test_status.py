@@ -1,0 +1,88 @@
+"""Scenarios 5 and 6: status, Events and columns; webhook outages, Fail and Ignore."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.cluster.access import ClusterAccess
+from tests.e2e.helpers import binding, deployment, get_binding, is_injected, pod, wait_for
+from tests.e2e.operator_process import LocalOperator
+
+
+def _condition(found: dict, kind: str) -> dict:  # type: ignore[type-arg]
+    return next(c for c in found["status"]["conditions"] if c["type"] == kind)
+
+
+def test_status_events_and_columns(cluster: ClusterAccess, namespace: str) -> None:
+    cluster.apply(binding("catalog", namespace, topics=["products", "prices"]))
+    cluster.apply(deployment("catalog", namespace, replicas=3))
+
+    def counted() -> dict | None:  # type: ignore[type-arg]
+        found = get_binding(cluster, "catalog", namespace)
+        status = (found or {}).get("status") or {}
+        return found if (status.get("matchedPods"), status.get("injectedPods")) == (3, 3) else None
+
+    found = wait_for(counted, timeout=60, what="matchedPods=3 injectedPods=3")
+    ready = _condition(found, "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 1
+    assert _condition(found, "PodsInjected")["status"] == "True"
+    assert found["status"]["uninjectedPods"] == []
+
+    table = cluster.kubectl_run("get", "sb", "catalog", "-n", namespace).stdout.split("\n")
+    header, row = table[0].split(), table[1].split()
+    assert header[:6] == ["NAME", "TOPICS", "MEMORY", "MATCHED", "INJECTED", "READY"]
+    assert row[:6] == ["catalog", "products,prices", "64Mi", "3", "3", "True"]
+
+    events = cluster.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector",
+        "involvedObject.kind=StateBinding,involvedObject.name=catalog",
+    )["items"]  # fmt: skip
+    injected = [e for e in events if e["reason"] == "Injected"]
+    assert injected, [e["reason"] for e in events]
+    assert "sidecars injected" in injected[0]["message"]
+
+
+def test_webhook_outage_fail_refuses_matching_pods_only(
+    cluster: ClusterAccess, namespace: str, operator: LocalOperator
+) -> None:
+    cluster.apply(binding("outage", namespace))
+    wait_for(lambda: (get_binding(cluster, "outage", namespace) or {}).get("status"),
+             what="binding reconciled")  # fmt: skip
+    cluster.kubectl_run("create", "namespace", f"{namespace}-other")
+    operator.stop()
+    try:
+        matching = json.dumps(pod("refused", namespace, labels={"app": "outage"}))
+        proc = cluster.kubectl_run("create", "-f", "-", input=matching, check=False)
+        assert proc.returncode != 0
+        assert "inject-pods.sidecarstate.dev" in proc.stderr, proc.stderr
+
+        unrelated = json.dumps(pod("fine", f"{namespace}-other", labels={"app": "outage"}))
+        cluster.kubectl_run("create", "-f", "-", input=unrelated)
+    finally:
+        operator.start()
+        cluster.kubectl_run("delete", "namespace", f"{namespace}-other", "--wait=false")
+
+
+def test_webhook_outage_ignore_is_reported_by_the_watchdog(
+    cluster: ClusterAccess, namespace: str, operator: LocalOperator
+) -> None:
+    cluster.apply(binding("watched", namespace))
+    wait_for(lambda: (get_binding(cluster, "watched", namespace) or {}).get("status"),
+             what="binding reconciled")  # fmt: skip
+    operator.register_webhooks("Ignore")
+    operator.stop()
+    try:
+        cluster.apply(pod("missed", namespace, labels={"app": "watched"}))
+        assert not is_injected(cluster.kubectl_json("get", "pod", "missed", "-n", namespace))
+    finally:
+        operator.start()
+        operator.register_webhooks("Fail")
+
+    def reported() -> dict | None:  # type: ignore[type-arg]
+        found = get_binding(cluster, "watched", namespace) or {}
+        return found if "missed" in (found.get("status") or {}).get("uninjectedPods", []) else None
+
+    found = wait_for(reported, timeout=30, what="the watchdog to report the Pod")
+    condition = _condition(found, "PodsInjected")
+    assert condition["status"] == "False" and condition["reason"] == "MissedInjection"
+    assert "missed" in condition["message"]

@@ -1,0 +1,124 @@
+"""The operator under test, as a real process (local cluster) or as the chart installed it.
+
+Locally the operator runs on this machine with the ``all`` role; its webhook is registered with
+``url:`` configurations and the CA bundle of certificates made for 127.0.0.1. On an existing
+cluster (kind in CI) the chart installed it; the same handle then scales its Deployments.
+Tests only use the handle's methods, so both modes run the same scenarios.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from sidecar_operator.tls import write_webhook_certs
+from sidecar_operator.webhook_config import DEFAULT_NAME, FailurePolicy
+from tests.e2e.cluster.access import ClusterAccess
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_NAMESPACE = "sidecar-state-system"
+E2E_IMAGES = {
+    "SIDECAR_STATE_REDIS_IMAGE": "redis:7.4-alpine",
+    "SIDECAR_STATE_HYDRATOR_IMAGE": "sidecar-state/hydrator:e2e",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalOperator:
+    """``sidecar-state-operator run`` on this machine, against the test cluster."""
+
+    def __init__(self, *, cluster: ClusterAccess, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.webhook_port = free_port()
+        self.health_port = free_port()
+        self.certs = write_webhook_certs(workdir / "certs", hosts=["127.0.0.1"])
+        self.log_path = workdir / "operator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.failure_policy: FailurePolicy = "Fail"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.webhook_port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.cluster.env(),
+            **E2E_IMAGES,
+            "SIDECAR_STATE_ROLE": "all",
+            "SIDECAR_STATE_NAMESPACE": OPERATOR_NAMESPACE,
+            "SIDECAR_STATE_WEBHOOK_HOST": "127.0.0.1",
+            "SIDECAR_STATE_WEBHOOK_PORT": str(self.webhook_port),
+            "SIDECAR_STATE_WEBHOOK_CERT_FILE": str(self.certs.cert_file),
+            "SIDECAR_STATE_WEBHOOK_KEY_FILE": str(self.certs.key_file),
+            "SIDECAR_STATE_HEALTH_PORT": str(self.health_port),
+            "SIDECAR_STATE_WATCHDOG_INTERVAL_SECONDS": "2",
+            "SIDECAR_STATE_BOOTSTRAP_SERVERS": "kafka.kafka.svc:9092",
+        }
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar_operator", "run"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"the operator exited:\n{self.log_tail()}")
+            try:
+                url = f"http://127.0.0.1:{self.health_port}/readyz"
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the operator did not become ready:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def register_webhooks(self, failure_policy: FailurePolicy = "Fail") -> None:
+        subprocess.run(
+            [sys.executable, "-m", "sidecar_operator", "register-webhooks",
+             "--url", self.url, "--ca-file", str(self.certs.ca_file),
+             "--failure-policy", failure_policy],
+            env=self.env(), check=True, capture_output=True, cwd=REPO,
+        )  # fmt: skip
+        self.failure_policy = failure_policy
+
+    def unregister_webhooks(self) -> None:
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            self.cluster.kubectl_run("delete", kind, DEFAULT_NAME, "--ignore-not-found")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
