@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import kopf
 
+from sidecar_operator import certificates
 from sidecar_operator.api.models import GROUP
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.tls import write_webhook_certs
@@ -60,7 +61,8 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
 
 
 def cmd_run(settings: OperatorSettings) -> None:
-    if settings.role in {"all", "webhook"} and not settings.webhook_cert_file:
+    serves_webhooks = settings.role in {"all", "webhook"}
+    if serves_webhooks and not (settings.webhook_cert_file and settings.webhook_key_file):
         raise SystemExit(
             "SIDECAR_STATE_WEBHOOK_CERT_FILE and SIDECAR_STATE_WEBHOOK_KEY_FILE are not set: "
             "the apiserver only calls webhooks over TLS. Make them with "
@@ -69,8 +71,22 @@ def cmd_run(settings: OperatorSettings) -> None:
     for module in ROLE_MODULES[settings.role]:
         importlib.import_module(module)
     importlib.import_module("sidecar_operator.handlers.lifecycle")
-    memo = kopf.Memo(settings=settings, injection_defaults=settings.injection_defaults())
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
+    webhook_tls = None
+    if serves_webhooks and settings.tls_secret:
+        # Before kopf starts: its webhook server loads the files once at start.
+        webhook_tls = certificates.WebhookTLS(
+            secret=settings.tls_secret, namespace=settings.namespace,
+            service=settings.webhook_service, configuration=settings.webhook_configuration,
+            cert_file=Path(settings.webhook_cert_file or ""),
+            key_file=Path(settings.webhook_key_file or ""),
+        )  # fmt: skip
+        certificates.prepare(webhook_tls)
+    memo = kopf.Memo(
+        settings=settings,
+        injection_defaults=settings.injection_defaults(),
+        webhook_tls=webhook_tls,
+    )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission
     asyncio.run(
         kopf.operator(

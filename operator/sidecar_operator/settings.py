@@ -44,6 +44,16 @@ class OperatorSettings(BaseSettings):
     webhook_cert_file: str | None = None
     webhook_key_file: str | None = None
     health_port: int = 8080
+    # Webhook TLS without cert-manager (certificates.py): the Secret that holds the operator's
+    # own CA and serving certificate; unset, the cert files come from elsewhere (cert-manager's
+    # Secret volume, `dev-certs`).
+    tls_secret: str | None = None
+    webhook_service: str = Field(
+        default="sidecar-state-webhook", description="the webhook Service (certificate names)"
+    )
+    webhook_configuration: str = Field(
+        default="sidecar-state", description="name of both webhook configurations (caBundle)"
+    )
 
     watchdog_interval_seconds: float = Field(default=15.0, gt=0)
     rollout_workloads: bool = True

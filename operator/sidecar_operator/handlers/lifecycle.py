@@ -11,7 +11,7 @@ import kubernetes
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar_operator import kube
+from sidecar_operator import certificates, kube
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding
 from sidecar_operator.events import EventRecorder
 from sidecar_operator.settings import OperatorSettings
@@ -85,6 +85,9 @@ async def operator_startup(
             mark_ready_when_indexed(memo=memo, index=bindings_by_namespace, logger=logger)
         ),
     ]
+    if memo.get("webhook_tls") is not None:
+        # Renew the serving certificate before it expires; pick up another replica's renewal.
+        tasks.append(asyncio.create_task(certificates.keep_current(memo.webhook_tls, log=logger)))
     if settings.role in {"all", "controller"}:
         # Imported here: importing registers the controller's handlers, which the webhook
         # role must not run.
