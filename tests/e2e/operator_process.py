@@ -8,6 +8,7 @@ Tests only use the handle's methods, so both modes run the same scenarios.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sidecar_operator.injection import InjectionDefaults
+from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import DEFAULT_NAME, FailurePolicy
 from tests.e2e.cluster.access import ClusterAccess
@@ -122,3 +125,79 @@ class LocalOperator:
             return "\n".join(self.log_path.read_text().splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def injection_defaults(self) -> InjectionDefaults:
+        return OperatorSettings(**_settings_from_env(self.env())).injection_defaults()
+
+
+def _settings_from_env(env: dict[str, str]) -> dict[str, str]:
+    prefix = "SIDECAR_STATE_"
+    return {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+
+
+class ChartOperator:
+    """The operator as ``helm install`` put it on an existing cluster (kind in CI).
+
+    Outages are made by scaling its Deployments to zero; the failure policy is patched on the
+    chart's webhook configuration. Same methods as :class:`LocalOperator`.
+    """
+
+    def __init__(self, *, cluster: ClusterAccess, release: str = "sidecar-state") -> None:
+        self.cluster = cluster
+        self.webhook = f"{release}-webhook"
+        self.controller = f"{release}-controller"
+        self.configuration = release
+
+    def _scale(self, deployment: str, replicas: int) -> None:
+        self.cluster.kubectl_run(
+            "scale", "deployment", deployment, "-n", OPERATOR_NAMESPACE, f"--replicas={replicas}"
+        )
+
+    def start(self) -> None:
+        self._scale(self.webhook, 2)
+        self._scale(self.controller, 1)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        for deployment in (self.webhook, self.controller):
+            self.cluster.kubectl_run(
+                "rollout", "status", "deployment", deployment, "-n", OPERATOR_NAMESPACE,
+                f"--timeout={int(timeout)}s", timeout=timeout + 10,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        for deployment in (self.webhook, self.controller):
+            self._scale(deployment, 0)
+        self.cluster.kubectl_run(
+            "wait", "--for=delete", "pod", "-n", OPERATOR_NAMESPACE,
+            "-l", "app.kubernetes.io/part-of=sidecar-state", "--timeout=120s",
+            check=False, timeout=130,
+        )  # fmt: skip
+
+    def register_webhooks(self, failure_policy: FailurePolicy = "Fail") -> None:
+        patch = json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy",
+                             "value": failure_policy}])  # fmt: skip
+        self.cluster.kubectl_run(
+            "patch", "mutatingwebhookconfiguration", self.configuration,
+            "--type=json", "-p", patch,
+        )  # fmt: skip
+
+    def unregister_webhooks(self) -> None:
+        self.register_webhooks("Fail")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.cluster.kubectl_run(
+            "logs", f"deployment/{self.webhook}", "-n", OPERATOR_NAMESPACE, f"--tail={lines}",
+            check=False,
+        ).stdout  # fmt: skip
+
+    def injection_defaults(self) -> InjectionDefaults:
+        deployment = self.cluster.kubectl_json(
+            "get", "deployment", self.webhook, "-n", OPERATOR_NAMESPACE
+        )
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        return OperatorSettings(**_settings_from_env(env)).injection_defaults()
+
+
+OperatorHandle = LocalOperator | ChartOperator

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
+from tests.e2e.operator_process import (
+    OPERATOR_NAMESPACE,
+    REPO,
+    ChartOperator,
+    LocalOperator,
+    OperatorHandle,
+)
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +32,12 @@ def crd_installed(cluster: ClusterAccess) -> None:
 @pytest.fixture(scope="session")
 def operator(
     cluster: ClusterAccess, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalOperator]:
+) -> Iterator[OperatorHandle]:
     if cluster.existing:
-        pytest.skip("operator scenarios against an existing cluster use the chart-installed operator")
+        chart = ChartOperator(cluster=cluster)
+        chart.wait_ready()
+        yield chart
+        return
     cluster.kubectl_run("create", "namespace", OPERATOR_NAMESPACE, check=False)
     handle = LocalOperator(cluster=cluster, workdir=Path(tmp_path_factory.mktemp("operator")))
     handle.start()
@@ -41,7 +50,7 @@ def operator(
 
 
 @pytest.fixture
-def namespace(cluster: ClusterAccess, operator: LocalOperator) -> Iterator[str]:
+def namespace(cluster: ClusterAccess, operator: OperatorHandle) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     cluster.kubectl_run("create", "namespace", name)
     try:

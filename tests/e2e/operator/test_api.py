@@ -56,7 +56,9 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "field"), INVALID, ids=[i[0] + "=" + json.dumps(i[1])[:30] for i in INVALID])
+@pytest.mark.parametrize(
+    ("path", "value", "field"), INVALID, ids=[i[0] + "=" + json.dumps(i[1])[:30] for i in INVALID]
+)
 def test_invalid_binding_is_refused_naming_the_field(
     cluster: ClusterAccess, operator: object, path: str, value: Any, field: str
 ) -> None:

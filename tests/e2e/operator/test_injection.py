@@ -6,7 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from sidecar_operator.api.models import parse_binding
-from sidecar_operator.injection import Injected, InjectionDefaults, inject_pod
+from sidecar_operator.injection import Injected, inject_pod
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.helpers import (
     binding,
@@ -18,21 +18,13 @@ from tests.e2e.helpers import (
     wait_for,
     wait_reconciled,
 )
-from tests.e2e.operator_process import E2E_IMAGES, LocalOperator
+from tests.e2e.operator_process import OperatorHandle
 
 SIDECARS = ["sidecar-state-redis", "sidecar-state-hydrator"]
 
 
-def _defaults() -> InjectionDefaults:
-    return InjectionDefaults(
-        redis_image=E2E_IMAGES["SIDECAR_STATE_REDIS_IMAGE"],
-        hydrator_image=E2E_IMAGES["SIDECAR_STATE_HYDRATOR_IMAGE"],
-        bootstrap_servers=("kafka.kafka.svc:9092",),
-    )
-
-
 def test_deployment_pods_are_injected_exactly_as_the_engine_says(
-    cluster: ClusterAccess, namespace: str
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
 ) -> None:
     sb = binding("checkout", namespace)
     cluster.apply(sb)
@@ -46,7 +38,10 @@ def test_deployment_pods_are_injected_exactly_as_the_engine_says(
     )
     stored = parse_binding({**sb, "metadata": {**sb["metadata"]}})
     expected = inject_pod(
-        dep["spec"]["template"], bindings=[stored], namespace=namespace, defaults=_defaults()
+        dep["spec"]["template"],
+        bindings=[stored],
+        namespace=namespace,
+        defaults=operator.injection_defaults(),
     )
     assert isinstance(expected, Injected)
     for got in pods:
@@ -68,10 +63,14 @@ def test_deployment_pods_are_injected_exactly_as_the_engine_says(
         assert env["SIDECAR_STATE_REDIS_URL"] == "unix:///var/run/sidecar-state/redis.sock"
         assert {"name": "sidecar-state-socket", "mountPath": "/var/run/sidecar-state",
                 "readOnly": True} in app["volumeMounts"]  # fmt: skip
-        socket_volume = next(v for v in got["spec"]["volumes"] if v["name"] == "sidecar-state-socket")
+        socket_volume = next(
+            v for v in got["spec"]["volumes"] if v["name"] == "sidecar-state-socket"
+        )
         assert socket_volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
         redis = got["spec"]["initContainers"][0]
-        assert "ports" not in redis and redis["command"][redis["command"].index("--port") + 1] == "0"
+        assert (
+            "ports" not in redis and redis["command"][redis["command"].index("--port") + 1] == "0"
+        )
 
 
 def test_unselected_opted_out_and_excluded_pods_are_untouched(
@@ -105,7 +104,7 @@ def test_unselected_opted_out_and_excluded_pods_are_untouched(
 
 
 def test_fifty_pods_created_at_once_are_each_injected_once(
-    cluster: ClusterAccess, namespace: str, operator: LocalOperator
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
 ) -> None:
     cluster.apply(binding("burst", namespace))
     wait_reconciled(cluster, "burst", namespace)

@@ -6,7 +6,7 @@ import json
 
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.helpers import binding, deployment, get_binding, is_injected, pod, wait_for
-from tests.e2e.operator_process import LocalOperator
+from tests.e2e.operator_process import OperatorHandle
 
 
 def _condition(found: dict, kind: str) -> dict:  # type: ignore[type-arg]
@@ -43,7 +43,7 @@ def test_status_events_and_columns(cluster: ClusterAccess, namespace: str) -> No
 
 
 def test_webhook_outage_fail_refuses_matching_pods_only(
-    cluster: ClusterAccess, namespace: str, operator: LocalOperator
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
 ) -> None:
     cluster.apply(binding("outage", namespace))
     wait_for(lambda: (get_binding(cluster, "outage", namespace) or {}).get("status"),
@@ -64,7 +64,7 @@ def test_webhook_outage_fail_refuses_matching_pods_only(
 
 
 def test_webhook_outage_ignore_is_reported_by_the_watchdog(
-    cluster: ClusterAccess, namespace: str, operator: LocalOperator
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
 ) -> None:
     cluster.apply(binding("watched", namespace))
     wait_for(lambda: (get_binding(cluster, "watched", namespace) or {}).get("status"),

@@ -1,0 +1,48 @@
+# sidecar-state — every target installs what it needs first (scripts/setup.sh, cached).
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest -p no:cacheprovider
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup lint crds test test-unit test-integration test-e2e \
+        cluster-build cluster-up cluster-down bench demo demo-down
+
+help:
+	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
+	@echo "make demo    - the feature-flag demo against a local cluster"
+	@echo "make lint    - ruff and mypy;  make crds - regenerate the CRD from the models"
+	@echo "make bench   - benchmarks, results in benchmarks/results/"
+
+setup:
+	scripts/setup.sh all
+
+lint:
+	scripts/setup.sh python
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
+
+crds:
+	$(PYTHON) -m sidecar_operator.cli crd --write crds charts/sidecar-state/crds
+
+test: setup lint test-unit test-integration test-e2e
+
+test-unit:
+	scripts/setup.sh python
+	$(PYTEST) tests/unit -q
+
+test-integration:
+	scripts/setup.sh kafka
+	$(PYTEST) tests/integration -q
+
+test-e2e:
+	scripts/setup.sh cluster
+	$(PYTEST) tests/e2e -q
+
+cluster-build:
+	scripts/setup.sh cluster
+
+cluster-up: cluster-build
+	$(PYTHON) -m tests.e2e.cluster up
+
+cluster-down:
+	$(PYTHON) -m tests.e2e.cluster down

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install everything the tests, the benchmarks and the demo need, on a fresh Debian machine.
+# Every step is idempotent and cached by version: a second run takes seconds.
+#   scripts/setup.sh [python|system|kafka|cluster|all]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+what=${1:-all}
+step() { printf '\n==> %s\n' "$*"; }
+
+system() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server redis-tools)
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  command -v go >/dev/null || missing+=(golang-go)
+  if ((${#missing[@]})); then
+    step "apt-get install ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "need root to install ${missing[*]}: run 'sudo apt-get install ${missing[*]}'" >&2
+      exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+python_deps() {
+  if ! "$PYTHON" -c 'import sidecar_operator, sidecar_hydrator, kopf, aiokafka, pytest' 2>/dev/null \
+     || [ pyproject.toml -nt "$("$PYTHON" -c 'import sidecar_operator,os;print(os.path.dirname(sidecar_operator.__file__))')" ]; then
+    step "pip install -e .[dev]"
+    "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$("$PYTHON" -c 'import sidecar_operator,os;print(os.path.dirname(sidecar_operator.__file__))')"
+  fi
+}
+
+kafka() {
+  step "Kafka broker jars (Maven Central, cached by version)"
+  "$PYTHON" -m tests.support.kafka_broker install
+}
+
+cluster() {
+  step "Kubernetes control plane binaries (Go modules, cached by version)"
+  "$PYTHON" -m tests.e2e.cluster build
+}
+
+case "$what" in
+  system) system ;;
+  python) python_deps ;;
+  kafka) system; python_deps; kafka ;;
+  cluster) system; python_deps; cluster ;;
+  all) system; python_deps; kafka; cluster ;;
+  *) echo "usage: $0 [python|system|kafka|cluster|all]" >&2; exit 2 ;;
+esac
