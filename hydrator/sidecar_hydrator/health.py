@@ -1,0 +1,208 @@
+"""Probes and Prometheus metrics over a tiny asyncio HTTP server.
+
+Why not aiohttp: it is not a dependency of the hydrator, and four fixed GET routes do not
+justify one in a sidecar whose memory budget is counted in MiB. The kubelet and Prometheus send
+simple ``GET`` requests; each connection gets one response and is closed.
+
+- ``/livez``: the event loop answers (a wedged loop fails the probe by not answering);
+- ``/readyz``: database 0 holds a complete view (hydrated) — stays true while Kafka is away
+  (fail static) and false while a Redis that lost its data is rebuilt;
+- ``/startupz``: the first hydration of this process finished (native sidecar startupProbe,
+  which keeps the app's containers from starting on a cold store);
+- ``/metrics``: the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+logger = logging.getLogger(__name__)
+
+_NS = "sidecar_state_hydrator"
+
+
+class Metrics:
+    """Every metric the hydrator exports, in a registry of its own (one per hydrator)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_read = Counter(
+            "records_read", "Records fetched from Kafka.", ["binding"], namespace=_NS, registry=r
+        )
+        self.records_applied = Counter(
+            "records_applied",
+            "Records whose batch was written to Redis.",
+            ["binding"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.keys_written = Counter(
+            "keys_written",
+            "Keys set or deleted after collapsing batches per key.",
+            ["binding"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.bad_records = Counter(
+            "bad_records",
+            "Records skipped because they cannot be mapped, by kind.",
+            ["binding", "kind"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "lag_records",
+            "Records between the hydrator's position and the partition's end (as of the last "
+            "fetch response).",
+            ["binding", "topic", "partition"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.last_apply = Gauge(
+            "last_apply_timestamp_seconds",
+            "Wall-clock time of the last batch written to Redis.",
+            namespace=_NS,
+            registry=r,
+        )
+        self.last_apply_age = Gauge(
+            "last_apply_age_seconds",
+            "Seconds since the last batch was written (-1 before the first).",
+            namespace=_NS,
+            registry=r,
+        )
+        self._last_apply_at = 0.0
+        self.last_apply_age.set_function(
+            lambda: time.time() - self._last_apply_at if self._last_apply_at else -1.0
+        )
+        self.staleness = Gauge(
+            "staleness_seconds",
+            "How old the served view may be: time since every partition was last known to be "
+            "fully applied (grows while Kafka is unreachable; -1 if never).",
+            namespace=_NS,
+            registry=r,
+        )
+        self.hydrated = Gauge(
+            "hydrated", "1 when Redis holds a complete view.", namespace=_NS, registry=r
+        )
+        self.rebuilds = Counter(
+            "rebuilds",
+            "Full rebuilds into the spare database, by reason.",
+            ["reason"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.redis_used_memory = Gauge(
+            "redis_used_memory_bytes", "Redis INFO used_memory.", namespace=_NS, registry=r
+        )
+        self.oom_rejections = Counter(
+            "redis_oom_rejections",
+            "Key writes Redis refused because maxmemory was reached (noeviction).",
+            namespace=_NS,
+            registry=r,
+        )
+        self.apply_seconds = Histogram(
+            "batch_apply_seconds",
+            "Time to write one batch (MULTI/EXEC round trip).",
+            namespace=_NS,
+            registry=r,
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+
+        self.event_to_visible = Histogram(
+            "event_to_visible_seconds",
+            "Live batches: newest record's timestamp (producer clock) to the write's ack.",
+            namespace=_NS,
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+
+    def mark_applied(self, at: float) -> None:
+        """A batch was written at wall-clock time ``at``."""
+        self._last_apply_at = at
+        self.last_apply.set(at)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What the probe routes ask the hydrator."""
+
+    ready: Callable[[], bool]
+    started: Callable[[], bool]
+
+
+class HealthServer:
+    """Serves the probes and ``/metrics`` on ``host:port`` until :meth:`stop`."""
+
+    def __init__(
+        self, *, metrics: Metrics, probes: Probes, port: int, host: str = "0.0.0.0"
+    ) -> None:
+        self._metrics = metrics
+        self._probes = probes
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=0.5)
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
+            status, content_type, body = self.respond(request.split(b"\r\n", 1)[0])
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def respond(self, request_line: bytes) -> tuple[str, str, bytes]:
+        """Route one request line (``GET /path HTTP/1.1``) to (status, content type, body)."""
+        parts = request_line.split()
+        if len(parts) < 2 or parts[0] != b"GET":
+            return "405 Method Not Allowed", "text/plain", b"only GET\n"
+        path = parts[1].split(b"?", 1)[0]
+        if path == b"/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
+        if path == b"/livez":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == b"/readyz":
+            return _probe(self._probes.ready(), b"hydrated\n", b"not hydrated\n")
+        if path == b"/startupz":
+            return _probe(self._probes.started(), b"started\n", b"hydrating\n")
+        return "404 Not Found", "text/plain", b"not found\n"
+
+
+def _probe(ok: bool, yes: bytes, no: bytes) -> tuple[str, str, bytes]:
+    return ("200 OK", "text/plain", yes) if ok else ("503 Service Unavailable", "text/plain", no)

@@ -1,0 +1,29 @@
+"""Hydrator integration fixtures: the broker and Redis come from
+``tests/integration/conftest.py`` (real processes); this file only makes the test Redis run
+with the operator's own command line, and gives tests the app's view of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.integration.hydrator.support import sidecar_redis_config
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_config() -> Sequence[str]:
+    return sidecar_redis_config()
+
+
+@pytest.fixture
+async def app_redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """The app's view: a client on the socket, database 0."""
+    client = aioredis.Redis(unix_socket_path=str(redis_server.socket_path))
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,160 @@
+"""Helpers for the hydrator's integration tests (and benchmarks): configs, producing records,
+running a hydrator in-process, and reading what the app would read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from sidecar_hydrator.config import (
+    BindingSource,
+    HydratorConfig,
+    KafkaConnection,
+    KeyMapping,
+    RecordFormat,
+)
+from sidecar_hydrator.hydrator import Hydrator
+from sidecar_operator.injection.redis_container import redis_server_args
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.redis_server import RedisServer
+
+MIB = 2**20
+Record = tuple[bytes | None, bytes | None]
+
+
+def sidecar_redis_config(*, max_memory_bytes: int = 256 * MIB) -> list[str]:
+    """The injected Redis's command line (the engine's rendering) as redis.conf lines.
+
+    ``unixsocket`` and ``dir`` are left to :class:`RedisServer`, which puts them in a short
+    temporary directory.
+    """
+    args = redis_server_args(
+        socket_path="/unused",
+        data_dir="/unused",
+        max_memory_bytes=max_memory_bytes,
+        eviction_policy="noeviction",
+    )[1:]
+    pairs = zip(args[::2], args[1::2], strict=True)
+    return [
+        f"{name[2:]} {shlex.quote(value) if value else chr(34) * 2}"
+        for name, value in pairs
+        if name not in ("--unixsocket", "--dir")
+    ]
+
+
+def make_config(
+    *,
+    broker: KafkaBroker,
+    redis: RedisServer,
+    topics: Sequence[str],
+    format: RecordFormat = "json",
+    prefix: str = "",
+    key_field: str | None = None,
+    value_field: str | None = None,
+    name: str = "b",
+    **overrides: Any,
+) -> HydratorConfig:
+    return HydratorConfig(
+        redis_socket=str(redis.socket_path),
+        bindings=(
+            BindingSource(
+                name=name,
+                kafka=KafkaConnection(bootstrap_servers=(broker.bootstrap_servers,)),
+                topics=tuple(topics),
+                format=format,
+                keys=KeyMapping(prefix=prefix, key_field=key_field, value_field=value_field),
+            ),
+        ),
+        **overrides,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(config: HydratorConfig) -> AsyncIterator[Hydrator]:
+    """A hydrator running in this event loop; stopped (as on SIGTERM) when the block ends."""
+    hydrator = Hydrator(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(hydrator.run(stop))
+    try:
+        yield hydrator
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+
+async def produce(
+    broker: KafkaBroker,
+    topic: str,
+    records: Iterable[Record],
+    *,
+    partition: int | None = None,
+    compression: str | None = None,
+    max_request_size: int = MIB,
+) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap_servers,
+        compression_type=compression,
+        acks="all",
+        linger_ms=5,
+        max_request_size=max_request_size,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, key=k, value=v, partition=partition) for k, v in records
+        ]
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    within: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {within} s")
+        await asyncio.sleep(interval)
+
+
+async def hydrated(hydrator: Hydrator, *, within: float = 30.0) -> None:
+    """Wait until the served view is complete and every feed reached its snapshot."""
+    await eventually(
+        lambda: hydrator.hydrated and all(f.caught_up.is_set() for f in hydrator.feeds),
+        within=within,
+        what="hydration",
+    )
+
+
+async def view(client: aioredis.Redis, prefix: bytes) -> dict[bytes, bytes]:
+    """Every string key under ``prefix`` with its value, as the app would read them (MGET
+    returns nil for the offsets and metadata hashes, so they drop out)."""
+    keys = [k async for k in client.scan_iter(match=prefix + b"*", count=10_000)]
+    if not keys:
+        return {}
+    values = await client.mget(keys)
+    return {k: bytes(v) for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
+
+
+def sample(hydrator: Hydrator, name: str, **labels: str) -> float:
+    """A metric's current value from the hydrator's own registry (0 when never set)."""
+    value = hydrator.metrics.registry.get_sample_value(f"sidecar_state_hydrator_{name}", labels)
+    return 0.0 if value is None else value

@@ -1,0 +1,237 @@
+"""The hydrator against a real broker and a real Redis: what the app reads with GET."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.integration.hydrator.support import (
+    MIB,
+    eventually,
+    hydrated,
+    make_config,
+    produce,
+    running,
+    sample,
+    view,
+)
+from tests.support.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def flag(key: str, enabled: object) -> bytes:
+    return json.dumps({"id": key, "enabled": enabled}).encode()
+
+
+async def test_bootstrap_equals_the_compacted_state(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(partitions=3, config=FAST_COMPACTION_CONFIG)
+    rng = random.Random(7)
+    expected: dict[bytes, bytes] = {}
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for round_ in range(3):  # every key written three times, some deleted on the way
+        for i in range(2000):
+            key = f"f{i}"
+            if round_ == 2 and rng.random() < 0.1:
+                records.append((key.encode(), None))
+                expected.pop(f"flag:{key}".encode(), None)
+            else:
+                value = rng.choice([True, False, "beta", 3])
+                records.append((key.encode(), flag(key, value)))
+                expected[f"flag:{key}".encode()] = json.dumps(value).encode()
+                if isinstance(value, str):
+                    expected[f"flag:{key}".encode()] = value.encode()
+    await produce(kafka_broker, topic, records)
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        prefix="flag:",
+        key_field="id",
+        value_field="enabled",
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await view(app_redis, b"flag:") == expected
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert meta[b"hydrated"] == b"1"
+        offsets = await app_redis.hgetall(config.offsets_key)
+        assert sum(int(v) for v in offsets.values()) == len(records)
+        # The cleaner may have compacted some of the history away: fewer reads, same view.
+        assert 2000 <= sample(hydrator, "records_read_total", binding="b") <= len(records)
+        assert sample(hydrator, "rebuilds_total", reason="empty") == 1
+
+
+async def test_live_update_tombstone_and_empty_value(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(b"a", b"1"), (b"b", b"2")])
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await app_redis.get(b"a") == b"1"
+
+        await produce(kafka_broker, topic, [(b"a", b"10")])
+        await eventually(lambda: _equals(app_redis, b"a", b"10"), what="live update")
+
+        await produce(kafka_broker, topic, [(b"b", None), (b"c", b"")])
+        await eventually(lambda: _equals(app_redis, b"c", b""), what="empty value")
+        assert await app_redis.get(b"b") is None
+        assert await app_redis.exists(b"b") == 0
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert int(meta[b"last_event_ms"]) > 0
+
+
+async def test_debezium_create_update_delete_snapshot(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+
+    def event(op: str, pk: int, before: object, after: object) -> tuple[bytes, bytes]:
+        key = json.dumps({"schema": {"type": "struct"}, "payload": {"id": pk}}).encode()
+        payload = {"op": op, "before": before, "after": after, "source": {}, "ts_ms": 1}
+        value = {"schema": {"type": "struct"}, "payload": payload}
+        return key, json.dumps(value).encode()
+
+    await produce(
+        kafka_broker,
+        topic,
+        [
+            event("r", 1, None, {"id": 1, "name": "lamp"}),  # snapshot read
+            event("r", 2, None, {"id": 2, "name": "desk"}),
+            event("c", 3, None, {"id": 3, "name": "chair"}),
+            event("u", 1, {"id": 1, "name": "lamp"}, {"id": 1, "name": "LAMP"}),
+            event("d", 2, {"id": 2, "name": "desk"}, None),
+            (json.dumps({"id": 2}).encode(), None),  # Debezium's tombstone after a delete
+        ],
+    )
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="product:",
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await view(app_redis, b"product:") == {
+            b"product:1": b'{"id":1,"name":"LAMP"}',
+            b"product:3": b'{"id":3,"name":"chair"}',
+        }
+        await produce(kafka_broker, topic, [event("d", 3, {"id": 3}, None)])
+        await eventually(lambda: _missing(app_redis, b"product:3"), what="live delete")
+        assert sample(hydrator, "bad_records_total", binding="b", kind="bad_envelope") == 0
+
+
+async def test_malformed_records_are_skipped_counted_and_later_records_apply(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(config={"max.message.bytes": str(8 * MIB)})
+    await produce(
+        kafka_broker,
+        topic,
+        [
+            # Compacted topics only take keyed records; the key field inside the value wins.
+            (b"1", flag("good-1", True)),
+            (b"2", b"this is not json"),
+            (b"3", json.dumps({"name": "no id field"}).encode()),
+            (b"4", b'{"id": "bad-utf8", "enabled": "\xff\xfe"}'),
+            (b"5", flag("huge", "x" * (5 * MIB))),
+            (b"6", flag("good-2", False)),
+        ],
+        max_request_size=8 * MIB,
+    )
+    config = make_config(
+        broker=kafka_broker, redis=redis_server, topics=[topic], prefix="flag:", key_field="id"
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert set(await view(app_redis, b"flag:")) == {b"flag:good-1", b"flag:good-2"}
+        for kind in ("not_json", "missing_key", "invalid_utf8", "too_large"):
+            assert sample(hydrator, "bad_records_total", binding="b", kind=kind) == 1, kind
+        # Consumed past the bad ones: a live record after them still applies.
+        await produce(kafka_broker, topic, [(b"7", flag("good-3", True))])
+        await eventually(lambda: _exists(app_redis, b"flag:good-3"), what="record after bad")
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_compressed_batches(
+    codec: str,
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(suffix=codec)
+    records = [(f"k{i}".encode(), f"value {i} ".encode() * 20) for i in range(500)]
+    await produce(kafka_broker, topic, records, compression=codec)
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await view(app_redis, b"k") == dict(records)
+        assert sample(hydrator, "bad_records_total", binding="b", kind="not_json") == 0
+
+
+async def test_partitions_added_later_are_picked_up(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+
+    topic = make_topic(partitions=1)
+    await produce(kafka_broker, topic, [(b"p0", b"0")])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="raw",
+        metadata_refresh_ms=300,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_partitions({topic: NewPartitions(total_count=3)})
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.5)  # let the partition leaders settle before producing to them
+        await produce(kafka_broker, topic, [(b"p2", b"2")], partition=2)
+        await eventually(lambda: _equals(app_redis, b"p2", b"2"), what="new partition's record")
+        offsets = await app_redis.hgetall(config.offsets_key)
+        assert offsets[f"b/{topic}/2".encode()] == b"1"
+
+
+async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
+    return bool(await client.get(key) == value)
+
+
+async def _exists(client: aioredis.Redis, key: bytes) -> bool:
+    return bool(await client.exists(key))
+
+
+async def _missing(client: aioredis.Redis, key: bytes) -> bool:
+    return not await client.exists(key)

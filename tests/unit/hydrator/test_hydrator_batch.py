@@ -1,0 +1,80 @@
+"""Collapsing a batch per key: last write wins, tombstones delete, offsets and counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar_hydrator.batch import build_batch
+from sidecar_hydrator.config import KeyMapping
+from sidecar_hydrator.records import make_decoder
+
+RAW = make_decoder(format="raw", keys=KeyMapping(prefix="p:"), max_value_bytes=100)
+JSON = make_decoder(format="json", keys=KeyMapping(key_field="id"), max_value_bytes=100)
+
+
+@dataclass(frozen=True)
+class Rec:
+    key: bytes | None
+    value: bytes | None
+    offset: int
+    partition: int = 0
+    topic: str = "t"
+    timestamp: int = 0
+
+
+def test_last_write_wins_per_key() -> None:
+    batch = build_batch([[Rec(b"a", b"1", 0), Rec(b"b", b"1", 1), Rec(b"a", b"2", 2)]], RAW)
+    assert batch.sets == {b"p:a": b"2", b"p:b": b"1"}
+    assert batch.deletes == set()
+    assert batch.writes == 2
+
+
+def test_tombstone_after_set_deletes_and_set_after_tombstone_revives() -> None:
+    batch = build_batch(
+        [[Rec(b"a", b"1", 0), Rec(b"a", None, 1), Rec(b"b", None, 2), Rec(b"b", b"", 3)]], RAW
+    )
+    assert batch.sets == {b"p:b": b""}  # the empty value is a value, not a delete
+    assert batch.deletes == {b"p:a"}
+
+
+def test_sets_and_deletes_are_disjoint() -> None:
+    records = [Rec(bytes([65 + i % 3]), None if i % 2 else b"v", i) for i in range(20)]
+    batch = build_batch([records], RAW)
+    assert not batch.sets.keys() & batch.deletes
+    assert batch.writes == 3
+
+
+def test_offsets_are_next_offset_per_partition() -> None:
+    p0 = [Rec(b"a", b"1", 10, 0), Rec(b"a", b"1", 11, 0)]
+    p1 = [Rec(b"a", b"1", 5, 1)]
+    batch = build_batch([p0, p1], RAW)
+    assert batch.offsets == {("t", 0): 12, ("t", 1): 6}
+    assert batch.sets == {b"p:a": b"1"} and batch.records == 3
+
+
+def test_bad_records_are_collected_counted_and_still_advance_offsets() -> None:
+    records = [
+        Rec(None, b'{"id": "a"}', 0),
+        Rec(None, b"nope", 1),
+        Rec(None, b'{"no": "id"}', 2),
+        Rec(None, b'{"id": "b"}', 3),
+    ]
+    batch = build_batch([records], JSON)
+    assert batch.sets == {b"a": b'{"id": "a"}', b"b": b'{"id": "b"}'}
+    assert [(e.offset, e.kind) for e in batch.bad] == [(1, "not_json"), (2, "missing_key")]
+    assert batch.records == 4
+    assert batch.offsets == {("t", 0): 4}
+
+
+def test_ignored_records_are_counted() -> None:
+    debezium = make_decoder(format="debezium", keys=KeyMapping(), max_value_bytes=1000)
+    batch = build_batch([[Rec(b'{"id": 1}', b'{"op": "t"}', 0)]], debezium)
+    assert (batch.ignored, batch.writes, batch.records) == (1, 0, 1)
+
+
+def test_last_event_time_is_the_newest_partition_end() -> None:
+    p0 = [Rec(b"a", b"1", 0, timestamp=10), Rec(b"a", b"1", 1, timestamp=20)]
+    p1 = [Rec(b"b", b"1", 0, 1, timestamp=30)]
+    assert build_batch([p0, p1], RAW).last_event_ms == 30
+    assert build_batch([p0], RAW).last_event_ms == 20
+    assert build_batch([[]], RAW).last_event_ms is None

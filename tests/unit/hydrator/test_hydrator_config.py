@@ -1,0 +1,113 @@
+"""The rendered config contract, as the hydrator parses it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
+from sidecar_hydrator.consumer import consumer_options
+
+MINIMAL = {
+    "bindings": [
+        {
+            "name": "feature-flags",
+            "kafka": {"bootstrap_servers": ["kafka:9092"]},
+            "topics": ["feature-flags"],
+            "keys": {"prefix": "flag:", "key_field": "id", "value_field": "enabled"},
+        }
+    ]
+}
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    config = HydratorConfig.from_env({CONFIG_ENV: json.dumps(MINIMAL)})
+    assert config.redis_socket == "/var/run/sidecar-state/redis.sock"
+    assert (config.live_batch_max_keys, config.bootstrap_batch_max_keys) == (500, 5000)
+    assert (config.spare_db, config.max_value_bytes, config.fetch_max_wait_ms) == (1, 2**20, 100)
+    binding = config.bindings[0]
+    assert (binding.format, binding.start_from) == ("json", "earliest")
+
+
+def test_round_trip_through_the_env_value() -> None:
+    config = HydratorConfig.model_validate(MINIMAL)
+    assert HydratorConfig.from_env({CONFIG_ENV: config.to_env_value()}) == config
+
+
+def test_missing_env_is_a_clear_exit() -> None:
+    with pytest.raises(SystemExit, match=CONFIG_ENV):
+        HydratorConfig.from_env({})
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"bindings": []},
+        {"unknown_field": 1},
+        {"spare_db": 0},
+        {"max_value_bytes": 0},
+        {"http_port": 70000},
+    ],
+)
+def test_invalid_configs_are_rejected(patch: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        HydratorConfig.model_validate({**MINIMAL, **patch})
+
+
+def test_invalid_binding_format_is_rejected() -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["bindings"][0]["format"] = "avro"
+    with pytest.raises(ValidationError, match="format"):
+        HydratorConfig.model_validate(doc)
+
+
+def test_consumer_options_plaintext_has_no_group_and_never_auto_resets() -> None:
+    config = HydratorConfig.model_validate(MINIMAL)
+    options = consumer_options(config.bindings[0].kafka, client_id="c", config=config)
+    assert options["group_id"] is None
+    assert options["enable_auto_commit"] is False
+    assert options["auto_offset_reset"] == "none"
+    assert options["fetch_max_wait_ms"] == 100
+    assert "sasl_mechanism" not in options and "ssl_context" not in options
+
+
+def test_consumer_options_sasl_ssl_reads_credentials_from_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_USER", "alice")
+    monkeypatch.setenv("KAFKA_PASSWORD", "s3cret")
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["bindings"][0]["kafka"].update(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        username_env="KAFKA_USER",
+        password_env="KAFKA_PASSWORD",
+    )
+    config = HydratorConfig.model_validate(doc)
+    options = consumer_options(config.bindings[0].kafka, client_id="c", config=config)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("alice", "s3cret")
+    assert options["ssl_context"] is not None
+    assert "s3cret" not in config.to_env_value()
+
+
+def test_main_exits_2_with_a_clear_message_on_an_invalid_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from sidecar_hydrator.main import main
+
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"bindings": []}))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main() == 2
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["level"] == "error" and CONFIG_ENV in line["msg"] and "bindings" in line["msg"]
