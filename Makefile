@@ -1,5 +1,5 @@
 # sidecar-state — every target installs what it needs first (scripts/setup.sh, cached).
-PYTHON ?= python3
+PYTHON ?= .venv/bin/python
 PYTEST ?= $(PYTHON) -m pytest -p no:cacheprovider
 export PYTHONUNBUFFERED := 1
 

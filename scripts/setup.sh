@@ -4,7 +4,8 @@
 #   scripts/setup.sh [python|system|kafka|cluster|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+PYTHON=$VENV/bin/python
 what=${1:-all}
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -14,6 +15,7 @@ system() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v go >/dev/null || missing+=(golang-go)
+  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
   if ((${#missing[@]})); then
     step "apt-get install ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then
@@ -26,11 +28,16 @@ system() {
 }
 
 python_deps() {
-  if ! "$PYTHON" -c 'import sidecar_operator, sidecar_hydrator, kopf, aiokafka, pytest' 2>/dev/null \
-     || [ pyproject.toml -nt "$("$PYTHON" -c 'import sidecar_operator,os;print(os.path.dirname(sidecar_operator.__file__))')" ]; then
-    step "pip install -e .[dev]"
-    "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[dev]'
-    touch "$("$PYTHON" -c 'import sidecar_operator,os;print(os.path.dirname(sidecar_operator.__file__))')"
+  # A virtualenv inside the checkout: a clone elsewhere never tests another tree's code.
+  if [ ! -x "$VENV/bin/python" ]; then
+    step "python3 -m venv $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    step "pip install -e .[dev] into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$VENV/.installed"
   fi
 }
 
