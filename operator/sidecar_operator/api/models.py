@@ -253,6 +253,9 @@ class StateBindingStatus(ApiModel):
     uninjected_pods: tuple[str, ...] = Field(
         default=(), description="Matching Pods that run without the sidecars (watchdog)"
     )
+    store_full_pods: tuple[str, ...] = Field(
+        default=(), description="Pods whose Redis refused writes: maxMemory is too small"
+    )
     config_hash: str | None = None
     topics: str | None = Field(default=None, description="Topics, for kubectl get")
     memory: str | None = Field(default=None, description="Store memory, for kubectl get")

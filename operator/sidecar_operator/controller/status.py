@@ -8,6 +8,7 @@ from typing import Any
 
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import format_bytes, quantity_bytes
+from sidecar_operator.controller.health import HydratorHealth, store_condition
 from sidecar_operator.injection import UnknownBinding, select_bindings
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
@@ -93,9 +94,13 @@ def build_status(
     bindings: Sequence[StateBinding],
     defaults: InjectionDefaults,
     previous: Mapping[str, Any] | None = None,
+    health: Sequence[HydratorHealth] = (),
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """The whole ``status`` of a binding; conditions keep their transition times."""
+    """The whole ``status`` of a binding; conditions keep their transition times.
+
+    ``health`` is what the hydrators of this binding's Pods reported (may be empty).
+    """
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     generation = binding.metadata.get("generation")
     matched, injected, missing = pod_counts(
@@ -117,15 +122,20 @@ def build_status(
             f"{injected} of {matched} selected Pod(s) carry the sidecars",
             generation=generation, now=stamp,
         )  # fmt: skip
-    ready = _condition(
-        "Ready", True, "Accepted",
-        f"injecting Pods selected by this binding with topics "
-        f"{', '.join(binding.spec.source.kafka.topics)}",
-        generation=generation, now=stamp,
-    )  # fmt: skip
+    shown_memory = format_bytes(quantity_bytes(memory))
+    store = store_condition(health, memory=shown_memory, generation=generation, now=stamp)
+    if store["status"] == "False":
+        ready = {**store, "type": "Ready"}
+    else:
+        ready = _condition(
+            "Ready", True, "Accepted",
+            f"injecting Pods selected by this binding with topics "
+            f"{', '.join(binding.spec.source.kafka.topics)}",
+            generation=generation, now=stamp,
+        )  # fmt: skip
     previous = previous or {}
     conditions = _keep_transition_times(
-        [ready, injected_condition], previous.get("conditions") or []
+        [ready, injected_condition, store], previous.get("conditions") or []
     )
     return {
         "observedGeneration": generation,
@@ -133,7 +143,8 @@ def build_status(
         "matchedPods": matched,
         "injectedPods": injected,
         "uninjectedPods": missing[:MAX_LISTED],
+        "storeFullPods": sorted(h.pod for h in health if h.oom_rejections > 0)[:MAX_LISTED],
         "topics": ",".join(binding.spec.source.kafka.topics),
-        "memory": format_bytes(quantity_bytes(memory)),
-        "ready": "True",
+        "memory": shown_memory,
+        "ready": ready["status"],
     }

@@ -8,12 +8,15 @@ API calls run in threads (:mod:`sidecar_operator.kube`).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import kopf
 
 from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
+from sidecar_operator.controller.health import HydratorHealth, parse_metrics, scrape_targets
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import plan_rollouts
 from sidecar_operator.controller.status import build_status
@@ -22,6 +25,44 @@ from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
+
+SCRAPE_TIMEOUT_SECONDS = 1.0
+SCRAPE_CONCURRENCY = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class BindingHealth:
+    health: HydratorHealth
+    bindings: tuple[str, ...]
+
+
+async def scrape_hydrators(
+    pods: list[dict[str, Any]], *, port: int, logger: kopf.Logger
+) -> list[BindingHealth]:
+    """Read every running injected Pod's hydrator metrics; an unreachable one is skipped."""
+    targets = scrape_targets(pods, port=port)
+    owners = {
+        str(p["metadata"]["name"]): ann.split_names(
+            (p["metadata"].get("annotations") or {}).get(ann.INJECTED_BINDINGS)
+        )
+        for p in pods
+    }
+    timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)
+    limit = asyncio.Semaphore(SCRAPE_CONCURRENCY)
+
+    async def scrape(session: aiohttp.ClientSession, pod: str, url: str) -> BindingHealth | None:
+        async with limit:
+            try:
+                async with session.get(url) as response:
+                    text = await response.text()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                logger.debug(f"Hydrator of Pod {pod} did not answer: {error!r}")
+                return None
+        return BindingHealth(health=parse_metrics(pod, text), bindings=owners.get(pod, ()))
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        results = await asyncio.gather(*(scrape(session, p, u) for p, u in targets.items()))
+    return [r for r in results if r is not None]
 
 
 async def reconcile_namespace(
@@ -53,6 +94,7 @@ async def reconcile_namespace(
             await asyncio.to_thread(
                 kube.patch_workload, rollout.kind, rollout.name, namespace, rollout.patch()
             )
+    health = await scrape_hydrators(pods, port=defaults.hydrator_port, logger=logger)
     for binding in bindings:
         current = await asyncio.to_thread(kube.get_binding, binding.name, namespace)
         if current is None:
@@ -61,8 +103,9 @@ async def reconcile_namespace(
         live = parse_binding({**current, "metadata": binding.metadata | {
             "generation": current["metadata"].get("generation")}})  # fmt: skip
         status = build_status(
-            live, pods=pods, bindings=bindings, defaults=defaults, previous=previous
-        )
+            live, pods=pods, bindings=bindings, defaults=defaults, previous=previous,
+            health=[h.health for h in health if binding.name in h.bindings],
+        )  # fmt: skip
         metrics.UNINJECTED_PODS.labels(namespace, binding.name).set(len(status["uninjectedPods"]))
         if status["uninjectedPods"] and status["uninjectedPods"] != previous.get("uninjectedPods"):
             message = status["conditions"][1]["message"]

@@ -1,0 +1,72 @@
+"""What the hydrators of a binding's Pods report, read from their Prometheus metrics.
+
+The hydrator has no API credentials (least privilege), so the controller reads its
+``/metrics``: whether the Pod's view is hydrated, and whether Redis refused writes because
+``maxMemory`` is too small — a store that is full serves an incomplete view, which the
+binding's status must say loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+OOM_METRIC = "sidecar_state_hydrator_redis_oom_rejections"
+HYDRATED_METRIC = "sidecar_state_hydrator_hydrated"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HydratorHealth:
+    pod: str
+    hydrated: bool
+    oom_rejections: int
+
+
+def parse_metrics(pod: str, text: str) -> HydratorHealth:
+    """Read the two figures the status needs; a metric that is missing counts as zero."""
+    oom = 0.0
+    hydrated = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in {OOM_METRIC, f"{OOM_METRIC}_total"}:
+                oom += sample.value
+            elif sample.name == HYDRATED_METRIC:
+                hydrated = sample.value
+    return HydratorHealth(pod=pod, hydrated=hydrated >= 1, oom_rejections=int(oom))
+
+
+def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str, str]:
+    """Pod name -> metrics URL, for running injected Pods that have an IP."""
+    targets = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        if "sidecarstate.dev/injected-bindings" not in (meta.get("annotations") or {}):
+            continue
+        if status.get("phase") != "Running" or not status.get("podIP"):
+            continue
+        targets[str(meta.get("name"))] = f"http://{status['podIP']}:{port}/metrics"
+    return targets
+
+
+def store_condition(
+    health: Sequence[HydratorHealth], *, memory: str, generation: int | None, now: str
+) -> dict[str, Any]:
+    """``StoreHealthy``: False while any Pod's Redis refuses writes for lack of memory."""
+    full = sorted(h.pod for h in health if h.oom_rejections > 0)
+    if full:
+        return {
+            "type": "StoreHealthy", "status": "False", "reason": "StoreFull",
+            "message": f"{len(full)} Pod(s) refused writes because the store is full "
+            f"(maxMemory {memory}): {', '.join(full[:10])}. Their view is incomplete; raise "
+            "spec.store.maxMemory or narrow the topics.",
+            "lastTransitionTime": now, "observedGeneration": generation,
+        }  # fmt: skip
+    return {
+        "type": "StoreHealthy", "status": "True", "reason": "WithinMemory",
+        "message": f"{len(health)} hydrator(s) checked; none refused a write",
+        "lastTransitionTime": now, "observedGeneration": generation,
+    }  # fmt: skip

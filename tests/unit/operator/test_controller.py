@@ -1,0 +1,230 @@
+"""The controller's pure decisions: status, roll-outs, owned bindings, hydrator health."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from sidecar_operator.controller.health import (
+    HydratorHealth,
+    parse_metrics,
+    scrape_targets,
+)
+from sidecar_operator.controller.owned import owned_binding
+from sidecar_operator.controller.rollout import NOT_INJECTED, plan_rollouts
+from sidecar_operator.controller.status import build_status
+from sidecar_operator.injection import InjectionDefaults, bindings_hash
+
+DEFAULTS = InjectionDefaults()
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+
+
+def running(pod: dict[str, Any], *, ip: str = "10.244.0.7") -> dict[str, Any]:
+    return {**pod, "status": {"phase": "Running", "podIP": ip}}
+
+
+def with_annotations(pod: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    meta = {**pod["metadata"], "annotations": {**pod["metadata"].get("annotations", {})}}
+    meta["annotations"].update({k.replace("_", "-"): v for k, v in annotations.items()})
+    return {**pod, "metadata": meta}
+
+
+def injected_by(pod: dict[str, Any], *names: str, config_hash: str = "abc") -> dict[str, Any]:
+    annotations = {"sidecarstate.dev/injected-bindings": ",".join(names),
+                   "sidecarstate.dev/config-hash": config_hash}  # fmt: skip
+    meta = {**pod["metadata"], "annotations": annotations}
+    return {**pod, "metadata": meta}
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def test_status_counts_matched_injected_and_missing_pods(make_binding, make_pod):
+    binding = make_binding()
+    pods = [
+        running(injected_by(make_pod("a"), "feature-flags")),
+        running(make_pod("b")),  # selected, but no sidecars: the watchdog's case
+        running(make_pod("c", labels={"app": "other"})),  # not selected
+        {**make_pod("d"), "status": {"phase": "Succeeded"}},  # finished: not counted
+        running(with_annotations(make_pod("e"), **{"sidecarstate.dev/inject": "false"})),
+    ]
+
+    status = build_status(binding, pods=pods, bindings=[binding], defaults=DEFAULTS, now=NOW)
+
+    assert (status["matchedPods"], status["injectedPods"]) == (2, 1)
+    assert status["uninjectedPods"] == ["b"]
+    injected = next(c for c in status["conditions"] if c["type"] == "PodsInjected")
+    assert injected["status"] == "False" and injected["reason"] == "MissedInjection"
+    assert "b" in injected["message"] and "delete them" in injected["message"]
+
+
+def test_status_columns_and_ready_condition(make_binding):
+    binding = make_binding(topics=["products", "prices"], max_memory="128Mi")
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS, now=NOW)
+
+    assert status["topics"] == "products,prices"
+    assert status["memory"] == "128Mi"
+    assert status["ready"] == "True"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == "2026-11-28T12:00:00Z"
+
+
+def test_condition_keeps_its_transition_time_while_its_status_holds(make_binding):
+    binding = make_binding()
+    first = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS, now=NOW)
+    later = NOW + dt.timedelta(hours=1)
+
+    second = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          previous=first, now=later)  # fmt: skip
+
+    assert [c["lastTransitionTime"] for c in second["conditions"]] == [
+        c["lastTransitionTime"] for c in first["conditions"]
+    ]
+
+
+def test_a_full_store_makes_the_binding_not_ready(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=12),
+              HydratorHealth(pod="b", hydrated=True, oom_rejections=0)]  # fmt: skip
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["storeFullPods"] == ["a"]
+    assert status["ready"] == "False"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "StoreFull" and "spec.store.maxMemory" in ready["message"]
+
+
+# --- hydrator metrics ------------------------------------------------------------------------
+
+METRICS = """\
+# HELP sidecar_state_hydrator_hydrated 1 when Redis holds a complete view.
+# TYPE sidecar_state_hydrator_hydrated gauge
+sidecar_state_hydrator_hydrated 1.0
+# HELP sidecar_state_hydrator_redis_oom_rejections_total Key writes Redis refused.
+# TYPE sidecar_state_hydrator_redis_oom_rejections_total counter
+sidecar_state_hydrator_redis_oom_rejections_total 37.0
+"""
+
+
+def test_parse_metrics_reads_hydrated_and_oom_rejections():
+    assert parse_metrics("p", METRICS) == HydratorHealth(pod="p", hydrated=True, oom_rejections=37)
+
+
+def test_parse_metrics_treats_missing_figures_as_zero():
+    assert parse_metrics("p", "") == HydratorHealth(pod="p", hydrated=False, oom_rejections=0)
+
+
+def test_scrape_targets_are_running_injected_pods_with_an_ip(make_pod):
+    pods = [
+        running(injected_by(make_pod("a"), "x"), ip="10.244.0.5"),
+        running(make_pod("b")),
+        {**injected_by(make_pod("c"), "x"), "status": {"phase": "Pending"}},
+    ]
+
+    assert scrape_targets(pods, port=9464) == {"a": "http://10.244.0.5:9464/metrics"}
+
+
+# --- roll-outs -------------------------------------------------------------------------------
+
+
+def test_a_workload_whose_pods_lack_the_new_configuration_is_rolled(make_binding, make_workload,
+                                                                     make_pod):  # fmt: skip
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    old_pod = running(make_pod("checkout-1"))
+
+    (rollout,) = plan_rollouts(workloads=[deployment], pods=[old_pod], bindings=[binding],
+                               namespace="shop", defaults=DEFAULTS)  # fmt: skip
+
+    expected = bindings_hash(deployment["spec"]["template"], bindings=[binding],
+                             namespace="shop", defaults=DEFAULTS)  # fmt: skip
+    assert (rollout.kind, rollout.name, rollout.template_hash) == (
+        "Deployment", "checkout", expected,
+    )  # fmt: skip
+    assert rollout.patch() == {"spec": {"template": {"metadata": {"annotations": {
+        "sidecarstate.dev/template-hash": expected}}}}}  # fmt: skip
+
+
+def test_a_workload_whose_pods_already_match_is_not_rolled(make_binding, make_workload,
+                                                           make_pod):  # fmt: skip
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    current = bindings_hash(deployment["spec"]["template"], bindings=[binding],
+                            namespace="shop", defaults=DEFAULTS)  # fmt: skip
+    pod = running(injected_by(make_pod("checkout-1"), "feature-flags", config_hash=current or ""))
+
+    assert plan_rollouts(workloads=[deployment], pods=[pod], bindings=[binding],
+                         namespace="shop", defaults=DEFAULTS) == []  # fmt: skip
+
+
+def test_a_workload_already_rolling_to_the_hash_is_left_alone(make_binding, make_workload,
+                                                              make_pod):  # fmt: skip
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    template = deployment["spec"]["template"]
+    current = bindings_hash(template, bindings=[binding], namespace="shop", defaults=DEFAULTS)
+    template["metadata"]["annotations"] = {"sidecarstate.dev/template-hash": current}
+
+    assert plan_rollouts(workloads=[deployment], pods=[running(make_pod("old"))],
+                         bindings=[binding], namespace="shop", defaults=DEFAULTS) == []  # fmt: skip
+
+
+def test_deleting_the_last_binding_rolls_injected_pods_back(make_workload, make_pod):
+    deployment = make_workload("Deployment")
+    pod = running(injected_by(make_pod("checkout-1"), "feature-flags"))
+
+    (rollout,) = plan_rollouts(workloads=[deployment], pods=[pod], bindings=[],
+                               namespace="shop", defaults=DEFAULTS)  # fmt: skip
+
+    assert rollout.template_hash == NOT_INJECTED
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob", "Pod"])
+def test_only_long_lived_workloads_are_rolled(kind, make_binding, make_workload, make_pod):
+    assert plan_rollouts(workloads=[make_workload(kind)], pods=[running(make_pod())],
+                         bindings=[make_binding()], namespace="shop",
+                         defaults=DEFAULTS) == []  # fmt: skip
+
+
+# --- bindings owned by Deployments -----------------------------------------------------------
+
+
+def annotated(make_workload, **annotations: str) -> dict[str, Any]:
+    deployment = make_workload("Deployment")
+    deployment["metadata"]["uid"] = "uid-1"
+    deployment["metadata"]["annotations"] = {f"sidecarstate.dev/{k.replace('_', '-')}": v
+                                             for k, v in annotations.items()}  # fmt: skip
+    return deployment
+
+
+def test_annotations_make_an_owned_binding(make_workload):
+    deployment = annotated(make_workload, topics="flags, prices", memory="32Mi",
+                           key_prefix="flag:", bootstrap_servers="k:9092")  # fmt: skip
+
+    binding = owned_binding(deployment)
+
+    assert binding is not None
+    assert binding["metadata"]["name"] == "checkout"
+    assert binding["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout", "uid": "uid-1",
+        "controller": True, "blockOwnerDeletion": True,
+    }  # fmt: skip
+    assert binding["spec"]["selector"] == {"matchLabels": {"app": "checkout"}}
+    assert binding["spec"]["source"]["kafka"] == {"topics": ["flags", "prices"],
+                                                  "bootstrapServers": ["k:9092"]}  # fmt: skip
+    assert binding["spec"]["store"] == {"maxMemory": "32Mi"}
+    assert binding["spec"]["keys"] == {"prefix": "flag:"}
+
+
+def test_no_topics_annotation_means_no_binding(make_workload):
+    assert owned_binding(annotated(make_workload, memory="32Mi")) is None
+
+
+def test_invalid_annotations_name_the_problem(make_workload):
+    with pytest.raises(ValueError, match=r"sidecarstate.dev/\*.*spec.store.maxMemory"):
+        owned_binding(annotated(make_workload, topics="flags", memory="lots"))
