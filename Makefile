@@ -17,6 +17,7 @@ setup:
 
 lint:
 	scripts/setup.sh python
+	"$$(scripts/setup.sh tools | tail -n 1)" .github/workflows/*.yaml
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy

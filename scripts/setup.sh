@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests, the benchmarks and the demo need, on a fresh Debian machine.
 # Every step is idempotent and cached by version: a second run takes seconds.
-#   scripts/setup.sh [python|system|kafka|cluster|all]   (default: all)
+#   scripts/setup.sh [system|python|tools|kafka|cluster|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -41,6 +41,16 @@ python_deps() {
   fi
 }
 
+ACTIONLINT_VERSION=v1.7.12
+ACTIONLINT=${SIDECAR_STATE_CACHE:-$HOME/.cache/sidecar-state}/tools/actionlint-$ACTIONLINT_VERSION
+
+tools() {
+  if [ ! -x "$ACTIONLINT/actionlint" ]; then
+    step "actionlint $ACTIONLINT_VERSION (Go module)"
+    GOBIN="$ACTIONLINT" GOFLAGS=-trimpath go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  fi
+}
+
 kafka() {
   step "Kafka broker jars (Maven Central, cached by version)"
   "$PYTHON" -m tests.support.kafka_broker install
@@ -53,9 +63,10 @@ cluster() {
 
 case "$what" in
   system) system ;;
+  tools) system; tools; echo "$ACTIONLINT/actionlint" ;;
   python) python_deps ;;
   kafka) system; python_deps; kafka ;;
   cluster) system; python_deps; cluster ;;
-  all) system; python_deps; kafka; cluster ;;
-  *) echo "usage: $0 [python|system|kafka|cluster|all]" >&2; exit 2 ;;
+  all) system; python_deps; tools; kafka; cluster ;;
+  *) echo "usage: $0 [system|python|tools|kafka|cluster|all]" >&2; exit 2 ;;
 esac
