@@ -92,6 +92,9 @@ class Feed:
         self._consumer: AIOKafkaConsumer | None = None
         #: Set once every partition reached the end offsets snapshotted at (re)positioning.
         self.caught_up = asyncio.Event()
+        #: Key writes Redis refused (maxmemory) in the view being served or built: while not
+        #: zero, the view is incomplete and must not count as hydrated.
+        self.refused_keys = 0
         self._snapshot: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
         #: Offsets whose records are in Redis (field -> next offset); what a rebuild publishes.
@@ -118,6 +121,8 @@ class Feed:
         Raises :class:`NeedRebuild` when a stored position no longer exists on the broker; any
         Redis error propagates (the hydrator re-inspects the store before writing again).
         """
+        if rebuild:
+            self.refused_keys = 0  # a new view starts whole
         try:
             await self._position(stored=stored, rebuild=rebuild, stop=stop)
             await self._pump(stop)
@@ -338,6 +343,7 @@ class Feed:
         if not result.oom_rejected:
             self.applied_offsets.update(offsets)
         else:
+            self.refused_keys += result.oom_rejected
             self._metrics.oom_rejections.inc(result.oom_rejected)
             logger.error(
                 "Redis refused %d key writes: maxmemory reached (noeviction); the view is "

@@ -69,10 +69,19 @@ class Hydrator:
         self.started = self.started or value
         self.metrics.hydrated.set(1 if value else 0)
 
+    def refused_keys(self) -> int:
+        """Writes Redis refused in the current view: not zero means the view is incomplete."""
+        return sum(feed.refused_keys for feed in self.feeds)
+
     def _freshness_meta(self) -> dict[str, str | int]:
         fresh = self.fresh_as_of_ms()
         staleness = self.staleness_seconds()
-        meta: dict[str, str | int] = {"lag": sum(feed.lag() for feed in self.feeds)}
+        refused = self.refused_keys()
+        meta: dict[str, str | int] = {
+            "lag": sum(feed.lag() for feed in self.feeds),
+            "complete": 0 if refused else 1,
+            "oom_rejected_keys": refused,
+        }
         if fresh is not None and staleness is not None:
             meta["fresh_as_of_ms"] = int(fresh)
             meta["staleness_ms"] = int(staleness * 1000)
@@ -143,8 +152,19 @@ class Hydrator:
         for feed in self.feeds:
             offsets.update(feed.applied_offsets)
         started = time.monotonic()
-        await self.store.complete_rebuild(offsets=offsets, meta=self._freshness_meta())
-        self._set_hydrated(True)
+        complete = self.refused_keys() == 0
+        await self.store.complete_rebuild(
+            offsets=offsets, meta=self._freshness_meta(), complete=complete
+        )
+        # An incomplete view is published (it is better than none for a running app) but never
+        # counts as hydrated: the Pod is not Ready, and a new Pod's app does not start on it.
+        self._set_hydrated(complete)
+        if not complete:
+            logger.error(
+                "the view is incomplete: Redis refused %d key writes (maxmemory); raise the "
+                "binding's spec.store.maxMemory",
+                self.refused_keys(),
+            )
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.info("published the rebuilt view (SWAPDB in %.1f ms)", elapsed_ms)
 
@@ -154,7 +174,11 @@ class Hydrator:
         while not stop.is_set():
             await sleep_or_stop(stop, HEARTBEAT_SECONDS)
             try:
-                await self.store.write_meta(self._freshness_meta())
+                if self.hydrated and self.refused_keys():
+                    self._set_hydrated(False)  # a live write was refused: the view has a hole
+                meta = self._freshness_meta()
+                meta["hydrated"] = 1 if self.hydrated else 0
+                await self.store.write_meta(meta)
             except OutOfMemoryError:
                 logger.warning("Redis is full: freshness metadata not updated")
             self.metrics.redis_used_memory.set(await self.store.used_memory())

@@ -86,6 +86,11 @@ class StoreState:
         return None
 
 
+#: Keys per MSET while writing the spare database: small enough that a reader of the served
+#: view waits at most a fraction of a millisecond behind one.
+UNSEEN_CHUNK_KEYS = 500
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     applied: int
@@ -187,9 +192,13 @@ class Store:
             self._target = self._spare
 
     async def complete_rebuild(
-        self, *, offsets: Mapping[str, int], meta: Mapping[str, str | int]
+        self, *, offsets: Mapping[str, int], meta: Mapping[str, str | int], complete: bool = True
     ) -> None:
-        """Publish the rebuilt view: metadata and the swap in one transaction."""
+        """Publish the rebuilt view: metadata and the swap in one transaction.
+
+        An incomplete view (Redis refused writes) is published with ``hydrated`` 0, so that a
+        restarted hydrator rebuilds it rather than resuming a view with holes.
+        """
         assert self._run_id is not None, "inspect() first"
         async with self._lock:
             async with self._spare.pipeline(transaction=True) as pipe:
@@ -200,7 +209,7 @@ class Store:
                     mapping=_fields(
                         {
                             **meta,
-                            "hydrated": 1,
+                            "hydrated": 1 if complete else 0,
                             "run_id": self._run_id,
                             "built_at_ms": int(time.time() * 1000),
                         }
@@ -229,6 +238,10 @@ class Store:
         """
         deletes = list(deletes)
         async with self._lock:
+            if self._target is not self._served:
+                return await self._apply_unseen(
+                    sets=sets, deletes=deletes, offsets=offsets, meta=meta
+                )
             async with self._target.pipeline(transaction=True) as pipe:
                 if deletes:
                     pipe.unlink(*deletes)
@@ -247,6 +260,51 @@ class Store:
             if deletes:
                 await self._target.unlink(*deletes)
         return ApplyResult(applied=len(deletes), oom_rejected=len(sets))
+
+    async def _apply_unseen(
+        self,
+        *,
+        sets: Mapping[bytes, bytes],
+        deletes: list[bytes],
+        offsets: Mapping[str, int],
+        meta: Mapping[str, str | int],
+    ) -> ApplyResult:
+        """Write a batch into the spare database, which no reader sees until the swap.
+
+        No transaction is needed there, and none is wanted: Redis runs a ``MULTI/EXEC`` as one
+        step, so a 5000-key bootstrap batch would hold the app's reads of the served view for
+        milliseconds. Small ``MSET`` chunks in a plain pipeline let those reads in between.
+        The offsets go last, so a crash mid-batch only means re-reading records (every write
+        is idempotent: last write per key wins).
+        """
+        items = list(sets.items())
+        async with self._target.pipeline(transaction=False) as pipe:
+            for start in range(0, len(deletes), UNSEEN_CHUNK_KEYS):
+                pipe.unlink(*deletes[start : start + UNSEEN_CHUNK_KEYS])
+            chunks = [
+                dict(items[start : start + UNSEEN_CHUNK_KEYS])
+                for start in range(0, len(items), UNSEEN_CHUNK_KEYS)
+            ]
+            for chunk in chunks:
+                pipe.mset(chunk)
+            results = await pipe.execute(raise_on_error=False)
+        failures = [r for r in results if isinstance(r, Exception)]
+        rejected = sum(
+            len(chunk)
+            for chunk, result in zip(chunks, results[len(results) - len(chunks) :], strict=True)
+            if isinstance(result, OutOfMemoryError)
+        )
+        if any(not isinstance(f, OutOfMemoryError) for f in failures):
+            raise next(f for f in failures if not isinstance(f, OutOfMemoryError))
+        if rejected:
+            return ApplyResult(applied=len(deletes) + len(items) - rejected, oom_rejected=rejected)
+        async with self._target.pipeline(transaction=True) as pipe:
+            if offsets:
+                pipe.hset(self.offsets_key, mapping=_fields(offsets))
+            if meta:
+                pipe.hset(self.metadata_key, mapping=_fields(meta))
+            await pipe.execute()
+        return ApplyResult(applied=len(deletes) + len(items), oom_rejected=0)
 
     async def write_meta(self, fields: Mapping[str, str | int]) -> None:
         """Update metadata the app reads (freshness) outside of any batch."""

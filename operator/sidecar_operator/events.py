@@ -24,6 +24,7 @@ DROPPED = Counter(
     "sidecar_state_events_dropped_total", "Events not posted: queue full or API error"
 )
 COMPONENT = "sidecar-state"
+COALESCE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,17 +84,36 @@ class EventRecorder:
             DROPPED.inc()
 
     async def run(self) -> None:
-        """Post queued Events until cancelled."""
+        """Post queued Events until cancelled, one per binding and reason per window."""
         from sidecar_operator import kube  # the client is only needed by the posting task
 
         host = os.environ.get("HOSTNAME") or socket.gethostname()
         while True:
-            event = await self._queue.get()
-            body = build_event(event, now=dt.datetime.now(dt.UTC), host=host)
-            try:
-                await asyncio.to_thread(kube.create_event, event.target.namespace, body)
-            except Exception as error:  # an Event is worth a log line, not a crash
-                DROPPED.inc()
-                logger.warning(
-                    f"Could not post Event {event.reason} on {event.target.name}: {error}"
-                )
+            batch = [await self._queue.get()]
+            await asyncio.sleep(COALESCE_SECONDS)  # fifty Pods at once make one API call
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for event in coalesce(batch):
+                body = build_event(event, now=dt.datetime.now(dt.UTC), host=host)
+                try:
+                    await asyncio.to_thread(kube.create_event, event.target.namespace, body)
+                except Exception as error:  # an Event is worth a log line, not a crash
+                    DROPPED.inc()
+                    where = f"{event.target.namespace}/{event.target.name}"
+                    logger.warning(f"Could not post Event {event.reason} on {where}: {error}")
+
+
+def coalesce(events: list[Event], *, shown: int = 5) -> list[Event]:
+    """One Event per target, type and reason; its message counts and samples the others."""
+    groups: dict[tuple[ObjectRef, str, str], list[str]] = {}
+    for event in events:
+        groups.setdefault((event.target, event.type, event.reason), []).append(event.message)
+    merged = []
+    for (target, kind, reason), messages in groups.items():
+        if len(messages) == 1:
+            message = messages[0]
+        else:
+            more = f"; and {len(messages) - shown} more" if len(messages) > shown else ""
+            message = f"{len(messages)} Pods: " + "; ".join(messages[:shown]) + more
+        merged.append(Event(target=target, type=kind, reason=reason, message=message))  # type: ignore[arg-type]
+    return merged

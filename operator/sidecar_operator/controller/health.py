@@ -39,14 +39,18 @@ def parse_metrics(pod: str, text: str) -> HydratorHealth:
 
 
 def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str, str]:
-    """Pod name -> metrics URL, for running injected Pods that have an IP."""
+    """Pod name -> metrics URL, for live injected Pods that have an IP.
+
+    Pending ones too: a Pod whose store is full never finishes starting (its hydrator does
+    not report hydrated), and that is exactly the Pod the status must name.
+    """
     targets = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         if "sidecarstate.dev/injected-bindings" not in (meta.get("annotations") or {}):
             continue
-        if status.get("phase") != "Running" or not status.get("podIP"):
+        if status.get("phase") not in {"Pending", "Running"} or not status.get("podIP"):
             continue
         targets[str(meta.get("name"))] = f"http://{status['podIP']}:{port}/metrics"
     return targets

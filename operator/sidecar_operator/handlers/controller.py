@@ -100,15 +100,18 @@ async def reconcile_namespace(
         if current is None:
             continue
         previous = current.get("status") or {}
-        live = parse_binding({**current, "metadata": binding.metadata | {
-            "generation": current["metadata"].get("generation")}})  # fmt: skip
+        try:
+            live = parse_binding(current)  # the index's copy may lag a generation behind
+        except ValueError:
+            continue  # invalid bindings are never indexed; the validate webhook says why
         status = build_status(
             live, pods=pods, bindings=bindings, defaults=defaults, previous=previous,
             health=[h.health for h in health if binding.name in h.bindings],
         )  # fmt: skip
         metrics.UNINJECTED_PODS.labels(namespace, binding.name).set(len(status["uninjectedPods"]))
         if status["uninjectedPods"] and status["uninjectedPods"] != previous.get("uninjectedPods"):
-            message = status["conditions"][1]["message"]
+            condition = next(c for c in status["conditions"] if c["type"] == "PodsInjected")
+            message = condition["message"]
             events.record(Event(target=binding_ref(binding), type="Warning",
                                 reason="MissedInjection", message=message))  # fmt: skip
         if {k: previous.get(k) for k in status} != status:

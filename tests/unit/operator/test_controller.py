@@ -119,14 +119,19 @@ def test_parse_metrics_treats_missing_figures_as_zero():
     assert parse_metrics("p", "") == HydratorHealth(pod="p", hydrated=False, oom_rejections=0)
 
 
-def test_scrape_targets_are_running_injected_pods_with_an_ip(make_pod):
+def test_scrape_targets_are_live_injected_pods_with_an_ip(make_pod):
     pods = [
         running(injected_by(make_pod("a"), "x"), ip="10.244.0.5"),
-        running(make_pod("b")),
-        {**injected_by(make_pod("c"), "x"), "status": {"phase": "Pending"}},
+        running(make_pod("b")),  # not injected
+        {**injected_by(make_pod("c"), "x"), "status": {"phase": "Pending"}},  # no IP yet
+        {**injected_by(make_pod("d"), "x"), "status": {"phase": "Pending", "podIP": "10.9.0.1"}},
+        {**injected_by(make_pod("e"), "x"), "status": {"phase": "Succeeded", "podIP": "10.9.0.2"}},
     ]
 
-    assert scrape_targets(pods, port=9464) == {"a": "http://10.244.0.5:9464/metrics"}
+    assert scrape_targets(pods, port=9464) == {
+        "a": "http://10.244.0.5:9464/metrics",
+        "d": "http://10.9.0.1:9464/metrics",
+    }
 
 
 # --- roll-outs -------------------------------------------------------------------------------
