@@ -4,11 +4,12 @@ PYTEST ?= $(PYTHON) -m pytest -p no:cacheprovider
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help setup lint crds test test-unit test-integration test-e2e \
-        cluster-build cluster-up cluster-down bench demo demo-down
+        cluster-build cluster-up cluster-down bench demo demo-down test-node
 
 help:
 	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
-	@echo "make demo    - the feature-flag demo against a local cluster"
+	@echo "make demo    - the feature-flag demo on a local single-node cluster (root);"
+	@echo "               make demo-down removes it"
 	@echo "make lint    - ruff and mypy;  make crds - regenerate the CRD from the models"
 	@echo "make bench   - benchmarks, results in benchmarks/results/"
 
@@ -25,7 +26,7 @@ lint:
 crds:
 	$(PYTHON) -m sidecar_operator.cli crd --write crds charts/sidecar-state/crds
 
-test: setup lint test-unit test-integration test-e2e
+test: setup lint test-unit test-integration test-e2e test-node
 
 test-unit:
 	scripts/setup.sh python
@@ -37,7 +38,12 @@ test-integration:
 
 test-e2e:
 	scripts/setup.sh cluster
-	$(PYTEST) tests/e2e -q
+	$(PYTEST) tests/e2e -q --ignore=tests/e2e/node
+
+# Pods that really run (kubelet + containerd, locally built images): a session of its own.
+test-node:
+	scripts/setup.sh node
+	$(PYTEST) tests/e2e/node -q
 
 cluster-build:
 	scripts/setup.sh cluster
@@ -47,3 +53,14 @@ cluster-up: cluster-build
 
 cluster-down:
 	$(PYTHON) -m tests.e2e.cluster down
+
+bench:
+	scripts/setup.sh all
+	$(PYTHON) -m benchmarks.run_all
+
+demo:
+	scripts/setup.sh all
+	$(PYTHON) -m demo.run up
+
+demo-down:
+	$(PYTHON) -m demo.run down

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests, the benchmarks and the demo need, on a fresh Debian machine.
 # Every step is idempotent and cached by version: a second run takes seconds.
-#   scripts/setup.sh [system|python|tools|kafka|cluster|all]   (default: all)
+#   scripts/setup.sh [system|python|tools|kafka|cluster|node|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -9,21 +9,31 @@ PYTHON=$VENV/bin/python
 what=${1:-all}
 step() { printf '\n==> %s\n' "$*"; }
 
-system() {
+apt_install() {
+  # Install the Debian packages among "$@" that are not installed yet.
   local missing=()
-  command -v redis-server >/dev/null || missing+=(redis-server redis-tools)
-  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
-  command -v mvn >/dev/null || missing+=(maven)
-  command -v go >/dev/null || missing+=(golang-go)
-  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
-  if ((${#missing[@]})); then
-    step "apt-get install ${missing[*]}"
-    if [ "$(id -u)" -ne 0 ]; then
-      echo "need root to install ${missing[*]}: run 'sudo apt-get install ${missing[*]}'" >&2
-      exit 1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  step "apt-get install ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "need root to install ${missing[*]}: run 'sudo apt-get install ${missing[*]}'" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+system() {
+  apt_install redis-server redis-tools python3-venv iproute2
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  if ! command -v go >/dev/null; then
+    echo "Go 1.26+ is needed to build the Kubernetes binaries (etcd 3.6 and helm 3.22 declare" \
+      "go 1.26); install it from go.dev/dl and put it on PATH" >&2
+    exit 1
   fi
 }
 
@@ -61,12 +71,23 @@ cluster() {
   "$PYTHON" -m tests.e2e.cluster build
 }
 
+node() {
+  # A real worker node (tests/e2e/cluster/node.py) and the images it runs (images/build.py).
+  apt_install containerd runc containernetworking-plugins iptables conntrack mmdebstrap \
+    gcc libc6-dev
+  step "kubelet, kube-proxy and the pause image (Go modules, cached by version)"
+  "$PYTHON" -m tests.e2e.cluster.node_build
+  step "container images: redis, hydrator, operator, demo-app (cached by content)"
+  "$PYTHON" -m images.build >/dev/null
+}
+
 case "$what" in
   system) system ;;
   tools) system; tools; echo "$ACTIONLINT/actionlint" ;;
   python) python_deps ;;
   kafka) system; python_deps; kafka ;;
   cluster) system; python_deps; cluster ;;
-  all) system; python_deps; tools; kafka; cluster ;;
-  *) echo "usage: $0 [system|python|tools|kafka|cluster|all]" >&2; exit 2 ;;
+  node) system; python_deps; cluster; node ;;
+  all) system; python_deps; tools; kafka; cluster; node ;;
+  *) echo "usage: $0 [system|python|tools|kafka|cluster|node|all]" >&2; exit 2 ;;
 esac

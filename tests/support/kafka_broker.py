@@ -257,6 +257,7 @@ class KafkaBroker:
         stop_timeout: float = 30.0,
         install: bool = True,
         java: str = "java",
+        host: str = "127.0.0.1",
     ) -> None:
         """Prepare (but do not start) a broker.
 
@@ -264,6 +265,8 @@ class KafkaBroker:
         ``workdir`` is kept on :meth:`close` when given; by default a temporary directory is
         used and removed (set ``SIDECAR_STATE_KEEP_TEST_DIRS=1`` to keep it for debugging).
         ``install=False`` refuses to download jars, for callers that must not hit the network.
+        ``host`` is the address clients use (listener, advertised listener, readiness probe):
+        a local node's Pods reach the host only at the node's bridge address, not loopback.
         """
         self.version = version
         self.heap = heap
@@ -273,6 +276,7 @@ class KafkaBroker:
         self.stop_timeout = stop_timeout
         self.install = install
         self.java = java
+        self.host = host
         self._owns_workdir = workdir is None
         self.workdir = (
             workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="sidecar-kafka-"))
@@ -293,7 +297,7 @@ class KafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         """``host:port`` to hand to Kafka clients."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -355,9 +359,9 @@ class KafkaBroker:
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+                f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -550,7 +554,7 @@ class KafkaBroker:
             if self._proc is not None and self._proc.poll() is not None:
                 raise self._failure(f"the broker exited with code {self._proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     pass
                 _run_coroutine(self._probe_metadata)
                 return
@@ -743,11 +747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a broker in the foreground until Ctrl-C")
     run.add_argument("--version", default=KAFKA_VERSION)
     run.add_argument("--heap", default="512m")
+    run.add_argument("--host", default="127.0.0.1", help="listen and advertise address")
     args = parser.parse_args(argv)
     if args.command == "install":
         print(install_kafka(args.version))
         return 0
-    with KafkaBroker(version=args.version, heap=args.heap) as broker:
+    with KafkaBroker(version=args.version, heap=args.heap, host=args.host) as broker:
         _say(f"Kafka {broker.version} up in {broker.last_start_seconds:.1f} s")
         _say(f"log: {broker.log_path}")
         print(broker.bootstrap_servers, flush=True)

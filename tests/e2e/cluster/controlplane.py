@@ -474,11 +474,21 @@ class LocalControlPlane:
         Endpoints may not be loopback addresses, so a loopback-only control plane publishes none
         (``--endpoint-reconciler-type=none``; nothing in-cluster could reach it anyway) instead
         of logging a validation error every ten seconds. A node that runs Pods passes its own
-        non-loopback ``advertise_address``, and the lease reconciler publishes that.
+        non-loopback ``advertise_address``, and the lease reconciler publishes that; the
+        apiserver then also gets what it needs to reach that node's kubelet.
         """
         if self._advertise_address is None:
             return ["--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
-        return [f"--advertise-address={self._advertise_address}"]
+        pki = self.pki
+        return [
+            f"--advertise-address={self._advertise_address}",
+            # With a kubelet, `kubectl logs/exec` go apiserver -> kubelet: authenticate as the
+            # admin (the kubelet's webhook authorizer allows system:masters) and dial the
+            # Node's InternalIP (its name does not resolve on this machine).
+            f"--kubelet-client-certificate={pki.admin_cert}",
+            f"--kubelet-client-key={pki.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _component_kubeconfig(self, name: str, cert: Path, key: Path, user: str) -> Path:
         return write_kubeconfig(

@@ -1,0 +1,199 @@
+"""``make demo`` / ``make demo-down``: the feature-flag demo on a real single-node cluster.
+
+Why a Python runner rather than Makefile recipes: ``up`` starts long-lived processes (control
+plane, node, Kafka, operator) that must outlive it, records them, and cleans up what it started
+if a later step fails; ``down`` must stop exactly those. It reuses the node test suite's
+``Stack`` (``tests/e2e/node/stack.py``), so the demo runs what the scenarios prove.
+
+    python -m demo.run up     # build (cached), start everything, deploy, flip a flag, measure
+    python -m demo.run down   # stop and remove everything ``up`` started
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from demo.publish import TOPIC, ensure_topic, publish
+from tests.e2e.cluster.build import cache_root
+from tests.e2e.helpers import wait_reconciled
+from tests.e2e.node.stack import Stack, build_everything, say, stop_recorded
+
+REPO = Path(__file__).resolve().parents[1]
+BINDING = REPO / "demo" / "binding.yaml"
+APP = REPO / "demo" / "app.yaml"
+FLAG = "new-ui-layout"
+_NO_PROXY = {"NO_PROXY": "*", "no_proxy": "*"}
+
+
+def workdir() -> Path:
+    return cache_root() / "demo"
+
+
+def state_file() -> Path:
+    return workdir() / "demo-state.json"
+
+
+def _start_kafka(node_ip: str, directory: Path) -> tuple[int, str]:
+    """A broker on the node's address, in its own session; returns (pid, bootstrap)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "kafka-run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.kafka_broker", "run", "--host", node_ip],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 120
+    pattern = re.compile(rf"^{re.escape(node_ip)}:\d+$", re.M)
+    while time.monotonic() < deadline:
+        found = pattern.search(log.read_text(errors="replace"))
+        if found:
+            return proc.pid, found.group(0)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"the Kafka broker did not start:\n{tail}")
+
+
+def _http(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as response:
+            return str(response.read().decode().strip())
+    except urllib.error.HTTPError as error:
+        return f"({error.code}: {error.read().decode().strip()})"
+    except OSError as error:
+        return f"({error})"
+
+
+def _wait_answer(url: str, want: str, timeout: float = 10.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _http(url) == want:
+            return time.time()
+        time.sleep(0.005)
+    raise RuntimeError(f"{url} never answered {want!r} (last: {_http(url)!r})")
+
+
+def up(*, keep_on_failure: bool = False) -> int:
+    started = time.monotonic()
+    if state_file().exists():
+        say("a demo is already recorded; `make demo-down` first (or it was left by a crash)")
+        return 1
+    say("step 1/6: binaries and images (cached; a cold machine takes ~25 minutes)")
+    archives = build_everything()
+    work = workdir()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    state: dict[str, Any] = {"pgids": []}
+
+    def save() -> None:
+        state_file().write_text(json.dumps(state, indent=2) + "\n")
+
+    try:
+        say("step 2/6: control plane and node (kubelet + containerd), images imported")
+        stack = Stack.start_cluster(work, archives, detach=True)
+        state.update(stack.state())
+        save()
+        say("step 3/6: Kafka broker on the node's address")
+        kafka_pid, bootstrap = _start_kafka(stack.node_ip, work / "kafka")
+        state["pgids"].insert(0, kafka_pid)
+        state["bootstrap"] = bootstrap
+        save()
+        ensure_topic(bootstrap, TOPIC)
+        publish(bootstrap, FLAG, False)
+        say("step 4/6: the operator (host process, webhook on 127.0.0.1)")
+        operator = stack.start_operator(work / "operator", bootstrap)
+        assert operator.process is not None
+        state["pgids"].insert(0, operator.process.pid)
+        state["operator_log"] = str(operator.log_path)
+        save()
+        cluster = stack.cluster
+        say("step 5/6: deploy the demo binding and app, wait until Ready")
+        cluster.kubectl_run("apply", "-f", str(BINDING))
+        # Until the operator has seen the binding, a new Pod would start uninjected (and then
+        # be rolled); wait for its status first.
+        wait_reconciled(cluster, "feature-flags", "demo")
+        cluster.kubectl_run("apply", "-f", str(APP))
+        cluster.kubectl_run(
+            "rollout", "status", "deployment/flags-demo", "-n", "demo", "--timeout=180s",
+            timeout=190,
+        )  # fmt: skip
+        pods = cluster.kubectl_json("get", "pods", "-n", "demo", "-l", "app=flags-demo")["items"]
+        pod = next(p for p in pods if not p["metadata"].get("deletionTimestamp"))
+        ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
+        url = f"http://{ip}:8080/"
+        say("step 6/6: flip the flag and measure")
+        before = _http(url)
+        acked = publish(bootstrap, FLAG, True)
+        seen = _wait_answer(url, "Showing New Layout")
+        after = _http(url)
+    except BaseException:
+        save()
+        if keep_on_failure:
+            say(f"start failed: everything kept for inspection ({work}); `make demo-down`")
+        else:
+            say("start failed: removing what was started")
+            down()
+        raise
+    state["pod"] = {"name": name, "ip": ip}
+    save()
+    kubectl, kubeconfig = state["kubectl"], state["kubeconfig"]
+    print(
+        f"""
+  Before the flip:  {before}
+  After the flip:   {after}
+  Lag (Kafka ack -> the app answers differently): {(seen - acked) * 1000:.0f} ms
+  Up in {time.monotonic() - started:.0f} s.
+
+Poke it:
+  curl http://{ip}:8080/          # the answer
+  curl http://{ip}:8080/flags     # every flag and the hydrator's metadata
+  curl http://{ip}:9464/metrics   # the hydrator's metrics
+  {sys.executable} -m demo.publish {FLAG} false --bootstrap {bootstrap}
+  export KUBECONFIG={kubeconfig}
+  {kubectl} get statebindings,pods -n demo
+  {kubectl} logs -n demo {name} -c sidecar-state-hydrator
+Stop everything: make demo-down
+""",
+        flush=True,
+    )
+    return 0
+
+
+def down() -> int:
+    path = state_file()
+    if not path.exists():
+        say(f"no demo recorded ({path}); nothing to stop")
+        return 0
+    stopped = stop_recorded(path)
+    path.unlink(missing_ok=True)
+    shutil.rmtree(workdir(), ignore_errors=True)
+    say(f"demo removed (stopped: {', '.join(stopped)})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__)
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--keep-on-failure", action="store_true", help="for debugging `up`")
+    args = parser.parse_args(argv)
+    os.environ.update(_NO_PROXY)
+    return up(keep_on_failure=args.keep_on_failure) if args.command == "up" else down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Issue 6: ``helm install`` the chart for real on the node; the webhook serves through its Service.
+
+Why here and not in the control-plane suite: only with a kubelet do the operator's Pods run, and
+only with kube-proxy and Pod IPs can the apiserver reach the webhook through its Service. The
+session's host-process operator is stopped (and its webhook registration removed) for the length
+of this test, so exactly one webhook injects; it is restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from demo.publish import publish
+from tests.e2e.helpers import wait_reconciled
+from tests.e2e.node.conftest import NodeCluster
+from tests.e2e.node.stack import IMAGES
+from tests.e2e.node.support import app_pod, flag_binding, wait_answer, wait_ready
+from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO
+
+RELEASE = "sidecar-state"
+DEPLOYMENTS = (f"{RELEASE}-webhook", f"{RELEASE}-controller")
+
+
+def _repo_tag(ref: str) -> tuple[str, str]:
+    repository, _, tag = ref.rpartition(":")
+    return repository, tag
+
+
+@pytest.fixture
+def chart_operator(node_cluster: NodeCluster) -> Iterator[None]:
+    cluster, operator = node_cluster.cluster, node_cluster.operator
+    operator.unregister_webhooks()
+    operator.stop()
+    values = []
+    for key, name in (("operator", "operator"), ("hydrator", "hydrator"), ("redis", "redis")):
+        repository, tag = _repo_tag(IMAGES[name])
+        values += [f"images.{key}.repository={repository}", f"images.{key}.tag={tag}"]
+    values += [
+        "images.operator.pullPolicy=Never",
+        "images.sidecarPullPolicy=Never",
+        f"kafka.bootstrapServers={{{node_cluster.broker.bootstrap_servers}}}",
+    ]
+    try:
+        cluster.helm_run(
+            "install", RELEASE, str(REPO / "charts" / "sidecar-state"),
+            "-n", OPERATOR_NAMESPACE, *(a for v in values for a in ("--set", v)),
+        )  # fmt: skip
+        rendered = cluster.kubectl_json(
+            "get", "deployment", DEPLOYMENTS[0], "-n", OPERATOR_NAMESPACE
+        )["spec"]["template"]["spec"]
+        # Service links would put SIDECAR_STATE_WEBHOOK_PORT=tcp://... into the operator's env.
+        assert rendered["enableServiceLinks"] is False
+        for deployment in DEPLOYMENTS:
+            cluster.kubectl_run(
+                "rollout", "status", f"deployment/{deployment}", "-n", OPERATOR_NAMESPACE,
+                "--timeout=180s", timeout=190,
+            )  # fmt: skip
+        yield
+    finally:
+        cluster.helm_run("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
+        operator.start()
+        operator.register_webhooks("Fail")
+
+
+def test_chart_operator_runs_and_injects_through_its_service(
+    node_cluster: NodeCluster, namespace: str, chart_operator: None
+) -> None:
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    pods = cluster.kubectl_json("get", "pods", "-n", OPERATOR_NAMESPACE)["items"]
+    running = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(running) == 3, [p["metadata"]["name"] for p in running]
+    webhook = cluster.kubectl_json("get", "mutatingwebhookconfiguration", RELEASE)
+    assert "service" in webhook["webhooks"][0]["clientConfig"]
+
+    topic = f"flags-{namespace}"
+    broker.create_topic(topic)
+    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
+    cluster.apply(flag_binding("shop", namespace, topic=topic))
+    wait_reconciled(cluster, "shop", namespace)
+    cluster.apply(app_pod("shop-1", namespace, app="shop"))
+    pod = wait_ready(cluster, "shop-1", namespace, timeout=180)
+    inits = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert inits == ["sidecar-state-redis", "sidecar-state-hydrator"]
+    assert wait_answer(pod["status"]["podIP"], "Showing New Layout", timeout=10)

@@ -1,0 +1,222 @@
+"""Issue 6: an injected Pod really runs on a real node, and behaves as DESIGN.md says."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import sys
+import time
+from typing import Any
+
+from demo.publish import publish, publish_many
+from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
+from tests.e2e.node.conftest import NodeCluster
+from tests.e2e.node.support import (
+    app_container,
+    app_json,
+    app_pod,
+    container_status,
+    flag_binding,
+    get_pod,
+    http_get,
+    metric,
+    wait_answer,
+    wait_ready,
+)
+
+
+def _ts(value: str) -> float:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_injected_pod_is_ready_and_app_started_after_hydration(
+    node_cluster: NodeCluster, namespace: str
+) -> None:
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    topic = f"flags-{namespace}"
+    broker.create_topic(topic)
+    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
+    cluster.apply(flag_binding("shop", namespace, topic=topic))
+    wait_reconciled(cluster, "shop", namespace)
+    cluster.apply(app_pod("shop-1", namespace, app="shop"))
+
+    pod = wait_ready(cluster, "shop-1", namespace)
+    ip = pod["status"]["podIP"]
+    status = app_json(ip, "/status")
+    meta_at_start = status["meta"]
+    # What the app itself saw when its process started: a complete view, built before it.
+    assert meta_at_start["hydrated"] == "1", meta_at_start
+    built_at_ms = int(meta_at_start["built_at_ms"])
+    assert built_at_ms <= status["started_at_ms"], (built_at_ms, status)
+    # The kubelet's view agrees (second resolution): the app started after both sidecars.
+    app_started = _ts(container_status(pod, "app")["state"]["running"]["startedAt"])
+    for sidecar in ("sidecar-state-redis", "sidecar-state-hydrator"):
+        started = _ts(container_status(pod, sidecar)["state"]["running"]["startedAt"])
+        assert started <= app_started
+    assert app_started >= built_at_ms // 1000
+    print(
+        f"\n[node] hydrated at {built_at_ms}, app process started "
+        f"{status['started_at_ms'] - built_at_ms} ms later",
+        file=sys.stderr,
+    )
+    assert wait_answer(ip, "Showing New Layout", timeout=2)
+
+
+def _shop(node_cluster: NodeCluster, namespace: str, *, enabled: bool = False) -> tuple[str, str]:
+    """A binding + one injected Pod answering from topic ``flags-<ns>``; returns (Pod IP, topic)."""
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    topic = f"flags-{namespace}"
+    broker.create_topic(topic)
+    publish(broker.bootstrap_servers, "new-ui-layout", enabled, topic=topic)
+    cluster.apply(flag_binding("shop", namespace, topic=topic))
+    wait_reconciled(cluster, "shop", namespace)
+    cluster.apply(app_pod("shop-1", namespace, app="shop"))
+    pod = wait_ready(cluster, "shop-1", namespace)
+    ip: str = pod["status"]["podIP"]
+    wait_answer(ip, "Showing New Layout" if enabled else "Showing Old Layout", timeout=5)
+    return ip, topic
+
+
+def test_flag_change_is_visible_in_the_app_within_one_second(
+    node_cluster: NodeCluster, namespace: str
+) -> None:
+    ip, topic = _shop(node_cluster, namespace, enabled=False)
+    lags = []
+    for enabled in (True, False, True, False, True):
+        acked = publish(
+            node_cluster.broker.bootstrap_servers, "new-ui-layout", enabled, topic=topic
+        )
+        seen = wait_answer(ip, "Showing New Layout" if enabled else "Showing Old Layout")
+        lags.append(seen - acked)
+    print(f"\n[node] flag lag (Kafka ack -> app answer), s: {[round(x, 3) for x in lags]}")
+    assert max(lags) < 1.0, lags
+
+
+def test_job_with_the_sidecars_completes(node_cluster: NodeCluster, namespace: str) -> None:
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    topic = f"flags-{namespace}"
+    broker.create_topic(topic)
+    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
+    cluster.apply(flag_binding("batch", namespace, topic=topic))
+    wait_reconciled(cluster, "batch", namespace)
+    script = (
+        "import os, sys; sys.path.insert(0, '/opt/demo'); from app import Redis; "
+        "r = Redis(os.environ['SIDECAR_STATE_REDIS_URL']); "
+        "assert r.meta()['hydrated'] == '1'; "
+        "print('new-ui-layout=' + r.command('GET', 'flag:new-ui-layout'))"
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "batch", "namespace": namespace},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"app": "batch"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "dnsPolicy": "Default",
+                    "containers": [app_container(["python3", "-c", script])],
+                },
+            },
+        },
+    }
+    cluster.apply(job)
+    cluster.kubectl_run(
+        "wait", "--for=condition=Complete", "job/batch", "-n", namespace, "--timeout=120s",
+        timeout=130,
+    )  # fmt: skip
+    logs = cluster.kubectl_run("logs", "job/batch", "-n", namespace, "-c", "app").stdout
+    assert "new-ui-layout=true" in logs, logs
+    done = cluster.kubectl_json("get", "job", "batch", "-n", namespace)
+    assert done["status"]["succeeded"] == 1
+
+
+def test_killed_redis_restarts_is_rebuilt_and_the_app_recovers(
+    node_cluster: NodeCluster, namespace: str
+) -> None:
+    cluster = node_cluster.cluster
+    ip, _ = _shop(node_cluster, namespace, enabled=True)
+    before = app_json(ip, "/flags")["meta"]
+    rebuilds = metric(ip, "sidecar_state_hydrator_rebuilds_total")
+    pod = get_pod(cluster, "shop-1", namespace)
+    redis = container_status(pod, "sidecar-state-redis")
+    container_id = redis["containerID"].split("://", 1)[1]
+    node_cluster.stack.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+    killed_at = time.time()
+
+    def restarted() -> dict[str, Any] | None:
+        got = get_pod(cluster, "shop-1", namespace)
+        return got if container_status(got, "sidecar-state-redis")["restartCount"] >= 1 else None
+
+    wait_for(restarted, timeout=60, what="the Redis sidecar to restart")
+    recovered = wait_answer(ip, "Showing New Layout", timeout=60)
+    after = app_json(ip, "/flags")["meta"]
+    assert after["hydrated"] == "1"
+    assert after["run_id"] != before["run_id"] or int(after["built_at_ms"]) > int(
+        before["built_at_ms"]
+    ), (before, after)
+    assert metric(ip, "sidecar_state_hydrator_rebuilds_total") > rebuilds
+    print(f"\n[node] Redis killed -> app answers again after {recovered - killed_at:.2f} s")
+
+
+def test_app_keeps_answering_while_kafka_is_down(node_cluster: NodeCluster, namespace: str) -> None:
+    ip, _ = _shop(node_cluster, namespace, enabled=True)
+    broker = node_cluster.broker
+    broker.stop()
+    try:
+        deadline = time.monotonic() + 8
+        answers = 0
+        while time.monotonic() < deadline:
+            assert http_get(f"http://{ip}:8080/") == (200, "Showing New Layout\n")
+            answers += 1
+            time.sleep(0.2)
+        assert answers > 20
+    finally:
+        broker.start()
+
+
+def test_topic_bigger_than_max_memory_is_reported(
+    node_cluster: NodeCluster, namespace: str
+) -> None:
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    topic = f"big-{namespace}"
+    broker.create_topic(topic)
+    filler = "x" * 1024
+    records = [
+        (f"k{i}", json.dumps({"id": f"k{i}", "enabled": filler}).encode()) for i in range(6000)
+    ]
+    asyncio.run(publish_many(broker.bootstrap_servers, records, topic=topic))
+    cluster.apply(flag_binding("big", namespace, topic=topic, max_memory="4Mi"))
+    wait_reconciled(cluster, "big", namespace)
+    cluster.apply(app_pod("big-1", namespace, app="big"))
+
+    def hydrator_ip() -> str | None:
+        got = get_pod(cluster, "big-1", namespace)
+        ip = got["status"].get("podIP")
+        if not ip:
+            return None
+        try:
+            return ip if metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total") else None
+        except OSError:
+            return None
+
+    ip = wait_for(hydrator_ip, timeout=90, interval=1, what="OOM rejections in the metrics")
+    oom = metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total")
+    status = wait_for(
+        lambda: (
+            (b := get_binding(cluster, "big", namespace))
+            and "big-1" in (b.get("status", {}).get("storeFullPods") or [])
+            and b["status"]
+        ),
+        timeout=60,
+        what="the binding's status to list the Pod as store-full",
+    )
+    print(f"\n[node] OOM rejections: {oom:.0f}; binding status: {json.dumps(status)[:400]}")
+    pod = get_pod(cluster, "big-1", namespace)
+    app = container_status(pod, "app")
+    # Not silently served a wrong view: a partial view must never count as hydrated (the app
+    # container would then never start), or the app must be able to see it is partial.
+    assert metric(ip, "sidecar_state_hydrator_hydrated") == 0
+    assert "running" not in app["state"], app
