@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import fcntl
 import os
 import shutil
@@ -36,11 +34,11 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
+
+from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
 
 #: Kafka 4.x brokers need Java 17+, which is what the machines have; 4.x is KRaft-only.
 KAFKA_VERSION: Final = os.environ.get("SIDECAR_STATE_KAFKA_VERSION", "4.4.0")
@@ -204,16 +202,6 @@ def _free_ports(count: int) -> list[int]:
         return ports
 
 
-def _die_with_parent() -> None:
-    """Child-side: have the kernel SIGKILL the broker if the test process dies uncleanly.
-
-    Without this a crashed or SIGKILLed pytest leaves a JVM holding ports and 512 MiB.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-
 def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine to completion from synchronous code, even inside a running event loop.
 
@@ -228,16 +216,7 @@ class KafkaBrokerError(RuntimeError):
     """The broker could not be started or did not become usable."""
 
 
-_LIVE: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for broker in list(_LIVE):
-        broker.kill()
-
-
-class KafkaBroker:
+class KafkaBroker(ChildService):
     """One KRaft node (``process.roles=broker,controller``) on free loopback ports.
 
     Storage lives in a private temporary directory and survives :meth:`stop`/:meth:`kill` +
@@ -288,7 +267,6 @@ class KafkaBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._record_cds = False  # set by install_kafka() for its one training run
         self._cds_pending: dict[str, tuple[Path, Path]] = {}
-        self._stdout: IO[bytes] | None = None
         #: Seconds the last :meth:`start` took until the broker answered metadata requests.
         self.last_start_seconds: float | None = None
 
@@ -317,14 +295,6 @@ class KafkaBroker:
     @property
     def libs(self) -> Path:
         return kafka_home(self.version) / "libs"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def segment_files(self, topic: str, partition: int = 0) -> list[Path]:
         """The ``.log`` segment files of a partition, oldest first (for storage assertions)."""
@@ -525,22 +495,19 @@ class KafkaBroker:
         if not self._formatted:
             self._format_storage(config_path)
         started = time.monotonic()
-        self._stdout = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in _reap()
         on_linux_main_thread = (
             sys.platform == "linux" and threading.current_thread() is threading.main_thread()
         )
-        self._proc = subprocess.Popen(
-            self._java_command("kafka.Kafka", str(config_path), cds="broker"),
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._stdout,
-            stderr=subprocess.STDOUT,
-            # Own session: Ctrl-C reaches pytest, whose teardown stops the broker cleanly.
-            start_new_session=True,
-            # PDEATHSIG follows the *thread* that forked, so only arm it from the main thread.
-            preexec_fn=_die_with_parent if on_linux_main_thread else None,
+        self._track(
+            spawn_logged(
+                self._java_command("kafka.Kafka", str(config_path), cds="broker"),
+                self.stdout_path,
+                cwd=self.workdir,
+                # Killed with this process; PDEATHSIG follows the *thread* that forked, so it is
+                # only armed from the main thread.
+                pdeathsig=signal.SIGKILL if on_linux_main_thread else None,
+            )
         )
-        _LIVE.add(self)
         try:
             self._wait_ready(started + self.start_timeout)
         except BaseException:
@@ -609,15 +576,7 @@ class KafkaBroker:
         """Stop gracefully (SIGTERM: controlled shutdown, logs flushed), SIGKILL on timeout."""
         if self._proc is None:
             return
-        graceful = True
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                graceful = False
-                self._proc.kill()
-                self._proc.wait()
+        graceful = stop_process(self._proc, self.stop_timeout)
         self._settle_cds("broker", keep=graceful)
         self._reap()
 
@@ -625,40 +584,9 @@ class KafkaBroker:
         """SIGKILL the broker, as in a crash or an OOM kill; data written so far stays on disk."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        kill_process(self._proc)
         self._settle_cds("broker", keep=False)
         self._reap()
-
-    def _reap(self) -> None:
-        self._proc = None
-        if self._stdout is not None:
-            self._stdout.close()
-            self._stdout = None
-        _LIVE.discard(self)
-
-    def close(self) -> None:
-        """Stop the broker and delete its data (unless the caller owns ``workdir``)."""
-        self.stop()
-        if self._owns_workdir and not os.environ.get("SIDECAR_STATE_KEEP_TEST_DIRS"):
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaBroker:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- topics -----------------------------------------------------------------------------
 

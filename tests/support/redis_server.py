@@ -10,20 +10,18 @@ Debian's ``redis-server`` package provides the binary (``apt-get install -y redi
 
 from __future__ import annotations
 
-import atexit
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Final
+from typing import Final
+
+from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
 
 #: The Unix-domain socket path limit (sun_path) is 108 bytes including the NUL.
 _MAX_SOCKET_PATH: Final = 107
@@ -31,15 +29,6 @@ _MAX_SOCKET_PATH: Final = 107
 
 class RedisServerError(RuntimeError):
     """redis-server could not be started or did not answer PING."""
-
-
-_LIVE: weakref.WeakSet[RedisServer] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for server in list(_LIVE):
-        server.kill()
 
 
 def _last_directive(lines: Sequence[str], name: str) -> str | None:
@@ -55,7 +44,7 @@ def _last_directive(lines: Sequence[str], name: str) -> str | None:
     return value
 
 
-class RedisServer:
+class RedisServer(ChildService):
     """``redis-server`` without persistence, listening only on a Unix socket in a temp dir.
 
     ``config`` (a list of directive lines or a whole config file's text) is appended after the
@@ -109,7 +98,6 @@ class RedisServer:
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise ValueError(f"unix socket path too long (> {_MAX_SOCKET_PATH} bytes)")
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stdout: IO[bytes] | None = None
 
     @property
     def config_path(self) -> Path:
@@ -124,14 +112,6 @@ class RedisServer:
         """A redis-py URL: ``redis.asyncio.from_url(server.url)``."""
         return f"unix://{self.socket_path}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> None:
         """Start redis-server and wait until it answers PING on the socket."""
         if self.running:
@@ -144,16 +124,10 @@ class RedisServer:
             )
         self.config_path.write_text("\n".join(self.config_lines) + "\n")
         self.socket_path.unlink(missing_ok=True)
-        self._stdout = open(self.workdir / "redis.out", "ab")  # noqa: SIM115 - closed in _reap()
-        self._proc = subprocess.Popen(
-            [self.executable, str(self.config_path)],
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._stdout,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self._proc = spawn_logged(
+            [self.executable, str(self.config_path)], self.workdir / "redis.out", cwd=self.workdir
         )
-        _LIVE.add(self)
+        self._track(self._proc)
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self._proc.poll() is not None:
@@ -196,57 +170,20 @@ class RedisServer:
         """SIGTERM (Redis shuts down cleanly; with ``save ""`` it writes nothing), then kill."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, self.stop_timeout)
         self._reap()
 
     def kill(self) -> None:
         """SIGKILL, as an OOM kill or a crashed container would."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        kill_process(self._proc)
         self._reap()
 
     def restart(self) -> None:
         """Stop and start again on the same socket; without persistence it comes back empty."""
         self.stop()
         self.start()
-
-    def _reap(self) -> None:
-        self._proc = None
-        if self._stdout is not None:
-            self._stdout.close()
-            self._stdout = None
-        _LIVE.discard(self)
-
-    def close(self) -> None:
-        """Stop and remove the directory (unless the caller owns it)."""
-        self.stop()
-        if self._owns_workdir and not os.environ.get("SIDECAR_STATE_KEEP_TEST_DIRS"):
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _short_tempdir(prefix: str) -> Path:

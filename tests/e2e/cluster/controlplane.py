@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -31,8 +30,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TextIO
+
+from tests.support.processes import StartStopContext, spawn_logged
 
 from . import build as build_mod
 from .pki import ControlPlanePKI, write_control_plane_pki
@@ -70,15 +70,6 @@ def _distinct_free_ports(count: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Child-side hook: get SIGTERM when the parent dies, so a killed pytest leaks nothing."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def write_kubeconfig(
@@ -189,7 +180,40 @@ def terminate_process_groups(
         time.sleep(0.05)
 
 
-class LocalControlPlane:
+def env_bypassing_proxy(hosts: Sequence[str]) -> dict[str, str]:
+    """This process's environment with ``hosts`` added to ``NO_PROXY`` (both spellings)."""
+    env = dict(os.environ)
+    no_proxy = [v for v in env.get("NO_PROXY", env.get("no_proxy", "")).split(",") if v]
+    no_proxy += hosts
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(no_proxy)
+    return env
+
+
+def reaper(procs: dict[str, subprocess.Popen[bytes]]) -> Callable[[int], None]:
+    """A ``reap`` for :func:`terminate_process_groups` that collects our own children's zombies."""
+
+    def reap(pid: int) -> None:
+        for proc in procs.values():
+            if proc.pid == pid:
+                proc.poll()
+
+    return reap
+
+
+def log_tails(records: Sequence[ProcessRecord], count: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``count`` lines of each component's log, each under a header line."""
+    parts = []
+    for record in records:
+        try:
+            lines = Path(record.log).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        parts.append(f"--- {record.name} (last {count} lines of {record.log}) ---")
+        parts.extend(lines[-count:])
+    return parts
+
+
+class LocalControlPlane(StartStopContext):
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on 127.0.0.1.
 
     Use as a context manager (``with LocalControlPlane() as cp: ... cp.kubeconfig``) or call
@@ -279,13 +303,7 @@ class LocalControlPlane:
     def stop(self) -> None:
         """Stop every component this object started and wait for them; idempotent."""
         if self._procs or self.records:
-
-            def reap(pid: int) -> None:
-                for proc in self._procs.values():
-                    if proc.pid == pid:
-                        proc.poll()
-
-            terminate_process_groups(list(reversed(self.records)), reap=reap)
+            terminate_process_groups(list(reversed(self.records)), reap=reaper(self._procs))
             for proc in self._procs.values():
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
@@ -293,17 +311,6 @@ class LocalControlPlane:
             self.records.clear()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def api_get(self, path: str) -> tuple[int, Any]:
         """GET an API path as cluster-admin; return (status, decoded JSON, text or None)."""
@@ -338,24 +345,19 @@ class LocalControlPlane:
 
     def _spawn(self, name: str, binary: Path, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log_path = self.logs_dir / f"{name}.log"
-        env = dict(os.environ)
         # Proxies must never see loopback or in-cluster traffic (webhooks, aggregated APIs).
-        no_proxy = [v for v in env.get("NO_PROXY", env.get("no_proxy", "")).split(",") if v]
-        no_proxy += ["127.0.0.1", "localhost", SERVICE_CLUSTER_IP_RANGE, ".svc", ".cluster.local"]
-        env["NO_PROXY"] = env["no_proxy"] = ",".join(no_proxy)
-        with log_path.open("ab") as log_file:
-            log_file.write(f"$ {binary} {' '.join(args)}\n".encode())
-            log_file.flush()
-            proc = subprocess.Popen(
-                [str(binary), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=None if self._detach else _die_with_parent,
-            )
+        env = env_bypassing_proxy(
+            ["127.0.0.1", "localhost", SERVICE_CLUSTER_IP_RANGE, ".svc", ".cluster.local"]
+        )
+        proc = spawn_logged(
+            [str(binary), *args],
+            log_path,
+            cwd=self.workdir,
+            env=env,
+            # SIGTERM when this process dies, so a killed pytest leaks nothing.
+            pdeathsig=None if self._detach else signal.SIGTERM,
+            echo_command=True,
+        )
         self._procs[name] = proc
         self.records.append(
             ProcessRecord(
@@ -549,14 +551,7 @@ class LocalControlPlane:
 
     def _failure_report(self) -> str:
         """Tail of every component log plus hints, for a start failure."""
-        parts = [f"component logs are in {self.logs_dir}"]
-        for record in self.records:
-            try:
-                lines = Path(record.log).read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            parts.append(f"--- {record.name} (last {LOG_TAIL_LINES} lines of {record.log}) ---")
-            parts.extend(lines[-LOG_TAIL_LINES:])
+        parts = [f"component logs are in {self.logs_dir}", *log_tails(self.records)]
         parts.append(
             "hints: a component exiting at once usually means a bad flag or a busy port (retry); "
             "a timeout can mean the machine is short of memory or CPU; if a binary is corrupt, "

@@ -52,20 +52,23 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TextIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.support.processes import StartStopContext, spawn_logged
 
 from . import build as build_mod
 from . import node_build
 from .controlplane import (
     SERVICE_CLUSTER_IP_RANGE,
     ProcessRecord,
-    _die_with_parent,
+    env_bypassing_proxy,
     free_port,
+    log_tails,
     process_alive,
+    reaper,
     terminate_process_groups,
     write_kubeconfig,
 )
@@ -226,7 +229,7 @@ class NodeLayout:
         return [self.run, self.kubelet_root, containerd_root()]
 
 
-class LocalNode:
+class LocalNode(StartStopContext):
     """containerd, kubelet and kube-proxy joined to a ``LocalControlPlane``; one per machine.
 
     Needs root. Use as a context manager or call ``start()``/``stop()``. With ``detach=True``
@@ -325,12 +328,7 @@ class LocalNode:
     def stop(self) -> None:
         """Stop everything and clean up; idempotent, and safe after a partial start."""
         records = {r.name: r for r in self.records}
-
-        def reap(pid: int) -> None:
-            for proc in self._procs.values():
-                if proc.pid == pid:
-                    proc.poll()
-
+        reap = reaper(self._procs)
         if "kube-proxy" in records:
             terminate_process_groups([records["kube-proxy"]], reap=reap)
         self._kube_proxy_cleanup()
@@ -366,17 +364,6 @@ class LocalNode:
             self.layout.state_file.unlink()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def state(self) -> dict[str, Any]:
         """What another process needs to stop this node (see ``from_state``)."""
@@ -438,14 +425,7 @@ class LocalNode:
 
     def failure_report(self) -> str:
         """Tails of every component log plus hints, for a start failure or a failed test."""
-        parts = [f"node logs are in {self.layout.logs}"]
-        for record in self.records:
-            try:
-                lines = Path(record.log).read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            parts.append(f"--- {record.name} (last {LOG_TAIL_LINES} lines of {record.log}) ---")
-            parts.extend(lines[-LOG_TAIL_LINES:])
+        parts = [f"node logs are in {self.layout.logs}", *log_tails(self.records, LOG_TAIL_LINES)]
         parts.append(
             "hints: 'address already in use' or a lock error means another node runs on this "
             "machine (`python -m tests.e2e.cluster down`); a Pod stuck in ContainerCreating "
@@ -496,30 +476,25 @@ class LocalNode:
 
     def _spawn(self, name: str, binary: Path, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log_path = self.layout.logs / f"{name}.log"
-        env = dict(os.environ)
         # Loopback and cluster traffic must never go through a proxy from the environment.
-        no_proxy = [v for v in env.get("NO_PROXY", env.get("no_proxy", "")).split(",") if v]
-        no_proxy += ["127.0.0.1", "localhost", NODE_IP, POD_CIDR, SERVICE_CLUSTER_IP_RANGE]
-        env["NO_PROXY"] = env["no_proxy"] = ",".join(no_proxy)
+        env = env_bypassing_proxy(
+            ["127.0.0.1", "localhost", NODE_IP, POD_CIDR, SERVICE_CLUSTER_IP_RANGE]
+        )
         # The CNI plugins and kube-proxy shell out to iptables and conntrack from PATH.
         env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
         pass_fds = (self._lock_fd,) if name == "containerd" and self._lock_fd is not None else ()
-        with log_path.open("ab") as log_file:
-            log_file.write(f"$ {binary} {' '.join(args)}\n".encode())
-            log_file.flush()
-            proc = subprocess.Popen(
-                [str(binary), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-                # containerd inherits the node lock: the lock lives exactly as long as it does,
-                # also when detached and this process has exited.
-                pass_fds=pass_fds,
-                preexec_fn=None if self._detach else _die_with_parent,
-            )
+        proc = spawn_logged(
+            [str(binary), *args],
+            log_path,
+            cwd=self.workdir,
+            env=env,
+            # SIGTERM when this process dies, so a killed pytest leaks nothing.
+            pdeathsig=None if self._detach else signal.SIGTERM,
+            # containerd inherits the node lock: the lock lives exactly as long as it does,
+            # also when detached and this process has exited.
+            pass_fds=pass_fds,
+            echo_command=True,
+        )
         self._procs[name] = proc
         self.records.append(
             ProcessRecord(name=name, pid=proc.pid, binary=str(binary), log=str(log_path))
