@@ -33,12 +33,15 @@ def test_status_events_and_columns(cluster: ClusterAccess, namespace: str) -> No
     assert header[:6] == ["NAME", "TOPICS", "MEMORY", "MATCHED", "INJECTED", "READY"]
     assert row[:6] == ["catalog", "products,prices", "64Mi", "3", "3", "True"]
 
-    events = cluster.kubectl_json(
-        "get", "events", "-n", namespace, "--field-selector",
-        "involvedObject.kind=StateBinding,involvedObject.name=catalog",
-    )["items"]  # fmt: skip
-    injected = [e for e in events if e["reason"] == "Injected"]
-    assert injected, [e["reason"] for e in events]
+    def injected_events() -> list[dict] | None:  # type: ignore[type-arg]
+        events = cluster.kubectl_json(
+            "get", "events", "-n", namespace, "--field-selector",
+            "involvedObject.kind=StateBinding,involvedObject.name=catalog",
+        )["items"]  # fmt: skip
+        return [e for e in events if e["reason"] == "Injected"] or None
+
+    # Events are coalesced and posted off the admission path, a second or so later.
+    injected = wait_for(injected_events, timeout=15, what="an Injected Event on the binding")
     assert "sidecars injected" in injected[0]["message"]
 
 

@@ -23,11 +23,20 @@ Pod = dict[str, Any]
 
 
 def wait_all_pods(
-    cluster: ClusterAccess, namespace: str, selector: str, check: Callable[[Pod], bool], what: str
+    cluster: ClusterAccess,
+    namespace: str,
+    selector: str,
+    check: Callable[[Pod], bool],
+    what: str,
+    *,
+    count: int | None = None,
 ) -> list[Pod]:
+    """Until the workload's Pods (``count`` of them, when given) all satisfy ``check``."""
+
     def probe() -> list[Pod] | None:
         pods = pods_of(cluster, namespace, selector)
-        return pods if pods and all(check(p) for p in pods) else None
+        enough = len(pods) == count if count is not None else bool(pods)
+        return pods if enough and all(check(p) for p in pods) else None
 
     return wait_for(probe, timeout=90, what=f"every Pod {selector}: {what}")
 
@@ -64,7 +73,7 @@ def test_changing_a_binding_rolls_its_workloads_with_the_new_configuration(
     cluster.apply(sb)
     wait_reconciled(cluster, "pricing", namespace)
     cluster.apply(deployment("pricing", namespace, replicas=2))
-    before = wait_all_pods(cluster, namespace, "app=pricing", is_injected, "injected")
+    before = wait_all_pods(cluster, namespace, "app=pricing", is_injected, "injected", count=2)
     assert redis_arg(before[0], "--maxmemory") == str(64 * 2**20)
 
     sb["spec"]["source"]["kafka"]["topics"] = ["feature-flags", "prices"]
@@ -74,8 +83,9 @@ def test_changing_a_binding_rolls_its_workloads_with_the_new_configuration(
     def new_config(p: Pod) -> bool:
         return is_injected(p) and redis_arg(p, "--maxmemory") == str(128 * 2**20)
 
-    after = wait_all_pods(cluster, namespace, "app=pricing", new_config, "the new configuration")
-    assert len(after) == 2
+    after = wait_all_pods(
+        cluster, namespace, "app=pricing", new_config, "the new configuration", count=2
+    )
     for p in after:
         assert hydrator_config(p).bindings[0].topics == ("feature-flags", "prices")
         assert p["metadata"]["name"] not in {b["metadata"]["name"] for b in before}
