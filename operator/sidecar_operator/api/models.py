@@ -256,7 +256,6 @@ class StateBindingStatus(ApiModel):
     store_full_pods: tuple[str, ...] = Field(
         default=(), description="Pods whose Redis refused writes: maxMemory is too small"
     )
-    config_hash: str | None = None
     topics: str | None = Field(default=None, description="Topics, for kubectl get")
     memory: str | None = Field(default=None, description="Store memory, for kubectl get")
     ready: str | None = Field(default=None, description="Ready condition, for kubectl get")

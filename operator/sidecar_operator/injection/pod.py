@@ -48,7 +48,6 @@ class Injected:
 @dataclass(frozen=True, kw_only=True)
 class Skipped:
     reason: str
-    bindings: tuple[str, ...] = ()
 
 
 Outcome = Injected | Skipped

@@ -1,9 +1,8 @@
-"""Certificates for a throwaway control plane and for test servers (webhooks), via ``cryptography``.
+"""Certificates for a throwaway control plane, via ``cryptography``.
 
 Why in Python rather than openssl/cfssl: ``cryptography`` is already a dependency of the operator,
-so the e2e suite needs no extra tool, and the same two calls (``CertificateAuthority.create`` and
-``serving_certificate``) give any test a CA and a serving certificate for arbitrary DNS names and
-IPs, e.g. for the operator's admission webhook on 127.0.0.1.
+so the e2e suite needs no extra tool. (The operator's webhook certificates come from the
+operator's own :mod:`sidecar_operator.tls`, as in production.)
 
 Leaf keys are ECDSA P-256 (cheap to generate, accepted by every Kubernetes component); the
 service-account key is RSA because token signing and verification by the apiserver default to
@@ -201,25 +200,6 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         return CertifiedKey(cert=cert, key=key)
-
-
-def serving_certificate(
-    *,
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-    common_name: str | None = None,
-) -> tuple[CertificateAuthority, CertifiedKey]:
-    """Make a fresh CA and a serving certificate for the given names, for any test server.
-
-    Typical use: a webhook listening on 127.0.0.1 registers ``ca.cert_pem`` as its
-    ``caBundle`` and serves with the returned certificate.
-    """
-    if not dns_names and not ip_addresses:
-        raise ValueError("a serving certificate needs at least one DNS name or IP address")
-    ca = CertificateAuthority.create()
-    cn = common_name or (dns_names[0] if dns_names else ip_addresses[0])
-    leaf = ca.issue(cn, dns_names=dns_names, ip_addresses=ip_addresses, server=True)
-    return ca, leaf
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
