@@ -1,6 +1,7 @@
 # sidecar-state — every target installs what it needs first (scripts/setup.sh, cached).
 PYTHON ?= .venv/bin/python
 PYTEST ?= $(PYTHON) -m pytest -p no:cacheprovider
+TIMED := scripts/timed.sh
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help setup lint crds test test-unit test-integration test-e2e \
@@ -21,7 +22,7 @@ lint:
 	"$$(scripts/setup.sh tools | tail -n 1)" .github/workflows/*.yaml
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
-	$(PYTHON) -m mypy
+	$(TIMED) mypy $(PYTHON) -m mypy
 
 crds:
 	$(PYTHON) -m sidecar_operator.cli crd --write crds charts/sidecar-state/crds
@@ -30,20 +31,20 @@ test: setup lint test-unit test-integration test-e2e test-node
 
 test-unit:
 	scripts/setup.sh python
-	$(PYTEST) tests/unit -q
+	$(TIMED) unit $(PYTEST) tests/unit -q
 
 test-integration:
 	scripts/setup.sh kafka
-	$(PYTEST) tests/integration -q
+	$(TIMED) integration $(PYTEST) tests/integration -q
 
 test-e2e:
 	scripts/setup.sh cluster
-	$(PYTEST) tests/e2e -q --ignore=tests/e2e/node
+	$(TIMED) e2e $(PYTEST) tests/e2e -q --ignore=tests/e2e/node
 
 # Pods that really run (kubelet + containerd, locally built images): a session of its own.
 test-node:
 	scripts/setup.sh node
-	$(PYTEST) tests/e2e/node -q
+	$(TIMED) node $(PYTEST) tests/e2e/node -q
 
 cluster-build:
 	scripts/setup.sh cluster

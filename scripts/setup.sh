@@ -81,13 +81,22 @@ node() {
   "$PYTHON" -m images.build >/dev/null
 }
 
+timed() {
+  # Run one step and say what it cost, on stderr (stdout of `tools` is a path callers read).
+  local started=$SECONDS
+  "$@"
+  printf 'time: setup %s took %d s\n' "$1" "$((SECONDS - started))" >&2
+}
+
+usage="usage: $0 [system|python|tools|kafka|cluster|node|all]"
 case "$what" in
-  system) system ;;
-  tools) system; tools; echo "$ACTIONLINT/actionlint" ;;
-  python) python_deps ;;
-  kafka) system; python_deps; kafka ;;
-  cluster) system; python_deps; cluster ;;
-  node) system; python_deps; cluster; node ;;
-  all) system; python_deps; tools; kafka; cluster; node ;;
-  *) echo "usage: $0 [system|python|tools|kafka|cluster|node|all]" >&2; exit 2 ;;
+  system) timed system ;;
+  tools) timed system; timed tools; echo "$ACTIONLINT/actionlint" ;;
+  python) timed python_deps ;;
+  kafka) timed system; timed python_deps; timed kafka ;;
+  cluster) timed system; timed python_deps; timed cluster ;;
+  node) timed system; timed python_deps; timed cluster; timed node ;;
+  all) timed system; timed python_deps; timed tools; timed kafka; timed cluster; timed node ;;
+  -h|--help) echo "$usage"; echo "Installs what the tests, benchmarks and demo need; cached by version." ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ second and a half, because a native sidecar that lingers delays the Pod's termin
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -116,9 +117,26 @@ async def _main(config: HydratorConfig) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Only ``--help``: the rendered config is the whole interface, so there is nothing to set."""
+    return argparse.ArgumentParser(
+        prog="sidecar-state-hydrator",
+        description=(
+            "The sidecar that keeps a Pod's Redis current from Kafka. The operator injects it and"
+            f" renders its whole configuration, as JSON, into the {CONFIG_ENV} environment"
+            " variable; it takes no flags. It serves /livez, /readyz, /startupz and /metrics on"
+            " the configured HTTP port."
+        ),
+        epilog=(
+            "To see the configuration an injected Pod gets, run"
+            " `sidecar-state inject -f workload.yaml -b binding.yaml`."
+        ),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: configured by ``SIDECAR_STATE_HYDRATOR_CONFIG`` (rendered by the operator)."""
-    del argv  # no flags: the rendered config is the whole interface
+    build_parser().parse_args(argv)
     configure_logging()
     try:
         config = HydratorConfig.from_env()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from tests.integration.hydrator.support import (
     sidecar_redis_config,
     view,
 )
+from tests.support.console_scripts import console_script
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
 
@@ -235,8 +234,7 @@ async def test_sigterm_of_the_real_process_exits_promptly(
         broker=kafka_broker, redis=redis_server, topics=[topic], format="raw", http_port=port
     )
     env = {**os.environ, CONFIG_ENV: config.to_env_value()}
-    entry = shutil.which("sidecar-state-hydrator")
-    command = [entry] if entry else [sys.executable, "-m", "sidecar_hydrator"]
+    command = [str(console_script("sidecar-state-hydrator"))]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)  # noqa: ASYNC220
     try:
         await eventually(lambda: _http(port, "/startupz") == 200, what="startupz", within=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import subprocess
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 from sidecar_operator import __version__
 from sidecar_operator.api.crd import CRD_FILE_NAME, render_crd
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
+from tests.support.console_scripts import console_script
 
 
 def dump(document):
@@ -371,8 +371,7 @@ def test_version_prints_the_installed_package_version(cli):
 
 
 def test_installed_entry_point_exits_2_with_one_line(write_yaml, make_workload, binding_doc):
-    executable = shutil.which("sidecar-state")
-    assert executable, "the sidecar-state console script is not on PATH (pip install -e .)"
+    executable = console_script("sidecar-state")
     binding = write_yaml(binding_doc(topics=["feature flags"]))
 
     completed = subprocess.run(
