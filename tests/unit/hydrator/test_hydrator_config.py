@@ -105,7 +105,7 @@ def test_main_exits_2_with_a_clear_message_on_an_invalid_config(
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        assert main() == 2
+        assert main([]) == 2
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
