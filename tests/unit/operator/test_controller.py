@@ -11,6 +11,7 @@ from sidecar_operator.controller.health import (
     HydratorHealth,
     parse_metrics,
     scrape_targets,
+    worst_staleness,
 )
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import NOT_INJECTED, plan_rollouts
@@ -99,6 +100,40 @@ def test_a_full_store_makes_the_binding_not_ready(make_binding):
     assert ready["reason"] == "StoreFull" and "spec.store.maxMemory" in ready["message"]
 
 
+def test_status_carries_hydration_and_the_worst_staleness(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=0, staleness_seconds=0.2),
+              HydratorHealth(pod="b", hydrated=True, oom_rejections=0, staleness_seconds=41.7),
+              HydratorHealth(pod="c", hydrated=False, oom_rejections=0)]  # fmt: skip
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["hydratedPods"] == 2
+    assert status["unhydratedPods"] == ["c"]
+    assert status["worstStalenessSeconds"] == 41
+    assert status["source"] == "kafka://kafka.kafka.svc:9092"
+
+
+def test_worst_staleness_ignores_never_fresh_hydrators_and_is_unset_without_any():
+    never = HydratorHealth(pod="n", hydrated=False, oom_rejections=0)
+
+    assert worst_staleness([]) is None
+    assert worst_staleness([never]) is None
+    assert worst_staleness([never, HydratorHealth(pod="f", hydrated=True, oom_rejections=0,
+                                                  staleness_seconds=3.9)]) == 3  # fmt: skip
+
+
+def test_status_fields_are_all_in_the_crd_schema(make_binding):
+    # A field the controller writes but the schema lacks is pruned by the apiserver silently.
+    from sidecar_operator.api.crd import openapi_schema
+
+    binding = make_binding()
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS, now=NOW)
+
+    assert set(status) <= set(openapi_schema()["properties"]["status"]["properties"])
+
+
 # --- hydrator metrics ------------------------------------------------------------------------
 
 METRICS = """\
@@ -108,11 +143,16 @@ sidecar_state_hydrator_hydrated 1.0
 # HELP sidecar_state_hydrator_redis_oom_rejections_total Key writes Redis refused.
 # TYPE sidecar_state_hydrator_redis_oom_rejections_total counter
 sidecar_state_hydrator_redis_oom_rejections_total 37.0
+# HELP sidecar_state_hydrator_staleness_seconds How old the served view may be.
+# TYPE sidecar_state_hydrator_staleness_seconds gauge
+sidecar_state_hydrator_staleness_seconds 1.5
 """
 
 
 def test_parse_metrics_reads_hydrated_and_oom_rejections():
-    assert parse_metrics("p", METRICS) == HydratorHealth(pod="p", hydrated=True, oom_rejections=37)
+    assert parse_metrics("p", METRICS) == HydratorHealth(
+        pod="p", hydrated=True, oom_rejections=37, staleness_seconds=1.5
+    )
 
 
 def test_parse_metrics_treats_missing_figures_as_zero():
