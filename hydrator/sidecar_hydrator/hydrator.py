@@ -181,7 +181,9 @@ class Hydrator:
                 await self.store.write_meta(meta)
             except OutOfMemoryError:
                 logger.warning("Redis is full: freshness metadata not updated")
-            self.metrics.redis_used_memory.set(await self.store.used_memory())
+            used, limit = await self.store.memory_usage()
+            self.metrics.redis_used_memory.set(used)
+            self.metrics.redis_max_memory.set(limit)
 
 
 async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:

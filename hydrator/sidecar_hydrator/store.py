@@ -314,6 +314,11 @@ class Store:
         info = await self._served.info("memory")
         return int(info["used_memory"])
 
+    async def memory_usage(self) -> tuple[int, int]:
+        """(used_memory, maxmemory) from one INFO: dashboards plot one against the other."""
+        info = await self._served.info("memory")
+        return int(info["used_memory"]), int(info["maxmemory"])
+
     async def close(self) -> None:
         await self._served.aclose()
         await self._spare.aclose()

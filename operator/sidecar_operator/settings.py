@@ -57,6 +57,7 @@ class OperatorSettings(BaseSettings):
 
     watchdog_interval_seconds: float = Field(default=15.0, gt=0)
     rollout_workloads: bool = True
+    prometheus_annotations: bool = False
 
     def injection_defaults(self) -> InjectionDefaults:
         return InjectionDefaults(
@@ -66,6 +67,7 @@ class OperatorSettings(BaseSettings):
             bootstrap_servers=self.bootstrap_servers,
             max_memory=self.max_memory,
             sidecar_mode=self.sidecar_mode,
+            prometheus_annotations=self.prometheus_annotations,
             excluded_namespaces=SYSTEM_NAMESPACES
             | {self.namespace}
             | frozenset(self.excluded_namespaces),

@@ -105,6 +105,17 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ join "," .Values.excludedNamespaces | quote }}
 - name: SIDECAR_STATE_HEALTH_PORT
   value: {{ .Values.healthPort | quote }}
+- name: SIDECAR_STATE_PROMETHEUS_ANNOTATIONS
+  value: {{ .Values.monitoring.prometheusAnnotations | quote }}
+{{- end }}
+
+{{/* prometheus.io annotations of the operator's Pods (monitoring.prometheusAnnotations). */}}
+{{- define "sidecar-state.prometheusAnnotations" -}}
+{{- if .Values.monitoring.prometheusAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.healthPort | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end }}
 
 {{/* Probes of both roles, on the health server of handlers/lifecycle.py. */}}

@@ -204,10 +204,23 @@ def inject_pod(
     _add_supplemental_group(new_spec, defaults.socket_group)
 
     metadata = injected.setdefault("metadata", {})
-    metadata["annotations"] = {
+    annotations = {
         **(metadata.get("annotations") or {}),
         ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
         ann.CONFIG_HASH: digest,
+    }
+    if defaults.prometheus_annotations and not any(
+        key.startswith("prometheus.io/") for key in annotations
+    ):
+        # A Pod that already has prometheus.io annotations points them at its own metrics;
+        # taking them over would silently stop that scrape.
+        annotations[ann.PROMETHEUS_SCRAPE] = "true"
+        annotations[ann.PROMETHEUS_PORT] = str(defaults.hydrator_port)
+        annotations[ann.PROMETHEUS_PATH] = "/metrics"
+    metadata["annotations"] = annotations
+    metadata["labels"] = {
+        **(metadata.get("labels") or {}),
+        ann.INJECTED_LABEL: ann.INJECTED_LABEL_VALUE,
     }
     return Injected(pod=injected, bindings=plan.binding_names, config_hash=digest)
 

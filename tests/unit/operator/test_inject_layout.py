@@ -172,7 +172,41 @@ def test_user_annotations_and_labels_are_kept(make_pod, make_binding, injected):
     result = injected(pod, make_binding())
 
     assert result.annotations["team"] == "payments"
-    assert result.pod["metadata"]["labels"] == {"app": "checkout", "v": "2"}
+    assert result.pod["metadata"]["labels"] == {
+        "app": "checkout",
+        "v": "2",
+        "sidecarstate.dev/injected": "true",
+    }
+
+
+def test_injected_pods_carry_the_label_the_pod_monitor_selects(seed_injected):
+    # Prometheus Operator selects Pods by label only; the chart's PodMonitor uses this one.
+    assert seed_injected.pod["metadata"]["labels"]["sidecarstate.dev/injected"] == "true"
+
+
+def test_prometheus_annotations_only_when_asked(make_pod, make_binding, injected, seed_injected):
+    result = injected(
+        make_pod(), make_binding(), defaults=InjectionDefaults(prometheus_annotations=True)
+    )
+
+    assert not any(k.startswith("prometheus.io/") for k in seed_injected.annotations)
+    assert {k: v for k, v in result.annotations.items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9464",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_prometheus_annotations_never_take_over_the_apps_own(make_pod, make_binding, injected):
+    own = {"prometheus.io/scrape": "true", "prometheus.io/port": "8000"}
+    result = injected(
+        make_pod(annotations=own),
+        make_binding(),
+        defaults=InjectionDefaults(prometheus_annotations=True),
+    )
+
+    assert result.annotations["prometheus.io/port"] == "8000"
+    assert "prometheus.io/path" not in result.annotations
 
 
 # --- a different socket directory ------------------------------------------------------------
