@@ -1,0 +1,192 @@
+"""``sidecar-state check`` against the real control plane, with one thing broken per case.
+
+The command runs as a user runs it: a process with the cluster's kubeconfig. A healthy
+namespace passes (exit 0); then a namespace without the injection label, a wiped caBundle, and
+a binding that is not Ready each fail (exit 1) with the ✗ line and its advice.
+
+The controller repairs the label and the status within seconds (its watchdog), so the cases
+that break those run with the controller paused: locally the operator is replaced by one that
+runs the webhook role only; on an existing cluster the controller is scaled to zero (its own
+check then fails too).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar_operator.check import FAILED, OK
+from sidecar_operator.webhook_config import DEFAULT_NAME
+from tests.e2e.cluster.access import ClusterAccess
+from tests.e2e.helpers import binding, get_binding, wait_for
+from tests.e2e.operator_process import REPO, ChartOperator, LocalOperator, OperatorHandle
+
+LABEL = "sidecarstate.dev/injection"
+
+
+def sidecar_state_check(cluster: ClusterAccess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar_operator.cli", "check", *args],
+        env=cluster.env(), capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
+    )  # fmt: skip
+
+
+def failures(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(FAILED + " ")]
+
+
+class WebhookOnly(LocalOperator):
+    """The operator without its controller: nothing repairs labels or status meanwhile."""
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "SIDECAR_STATE_ROLE": "webhook"}
+
+
+@contextlib.contextmanager
+def controller_paused(
+    cluster: ClusterAccess, operator: OperatorHandle, workdir: Path
+) -> Iterator[None]:
+    if isinstance(operator, ChartOperator):
+        operator.cluster.kubectl_run(
+            "scale", "deployment", operator.controller, "-n", "sidecar-state-system",
+            "--replicas=0",
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            operator.start()
+        return
+    policy = operator.failure_policy
+    operator.stop()
+    webhook = WebhookOnly(cluster=cluster, workdir=workdir)
+    webhook.start()
+    webhook.register_webhooks(policy)
+    try:
+        yield
+    finally:
+        webhook.stop()
+        operator.start()
+        operator.register_webhooks(policy)
+
+
+def reconciled(cluster: ClusterAccess, name: str, namespace: str) -> None:
+    def ready() -> bool:
+        found = get_binding(cluster, name, namespace) or {}
+        status = found.get("status") or {}
+        labels = cluster.kubectl_json("get", "namespace", namespace)["metadata"].get("labels", {})
+        return status.get("ready") == "True" and labels.get(LABEL) == "enabled"
+
+    wait_for(ready, timeout=60, what=f"{namespace}/{name} Ready and its namespace labelled")
+
+
+def test_a_healthy_namespace_passes(cluster: ClusterAccess, namespace: str) -> None:
+    cluster.apply(binding("flags", namespace))
+    reconciled(cluster, "flags", namespace)
+
+    proc = sidecar_state_check(cluster, "--namespace", namespace)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert failures(proc.stdout) == []
+    for line in (
+        f"{OK} statebindings.sidecarstate.dev is installed",
+        f"{OK} inject-pods.sidecarstate.dev: caBundle verifies the serving certificate",
+        f"{OK} inject-pods.sidecarstate.dev: the endpoint answers",
+        f"{OK} validate-statebindings.sidecarstate.dev: the endpoint answers",
+        f"{OK} namespace {namespace} has {LABEL}=enabled",
+        f"{OK} StateBinding {namespace}/flags is Ready",
+    ):
+        assert line in proc.stdout, proc.stdout
+    assert "checks passed" in proc.stdout
+
+    wide = cluster.kubectl_run("get", "sb", "flags", "-n", namespace, "-o", "wide").stdout
+    header, row = (line.split() for line in wide.splitlines()[:2])
+    assert header[-3:] == ["SOURCE", "HYDRATED", "WORST-STALENESS"]
+    assert row[header.index("SOURCE")] == "kafka://kafka.data.svc:9092"
+
+
+def test_a_namespace_without_the_injection_label_fails(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle, tmp_path: Path
+) -> None:
+    cluster.apply(binding("flags", namespace))
+    reconciled(cluster, "flags", namespace)
+    with controller_paused(cluster, operator, tmp_path):
+        cluster.kubectl_run("label", "namespace", namespace, f"{LABEL}-")
+
+        proc = sidecar_state_check(cluster, "--namespace", namespace)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{FAILED} namespace {namespace} has {LABEL}=enabled" in proc.stdout
+    assert f"kubectl label namespace {namespace} {LABEL}=enabled" in proc.stdout
+    if isinstance(operator, LocalOperator):
+        assert len(failures(proc.stdout)) == 1, proc.stdout
+
+
+def test_a_wiped_ca_bundle_fails(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    cluster.apply(binding("flags", namespace))
+    reconciled(cluster, "flags", namespace)
+    name = operator.configuration if isinstance(operator, ChartOperator) else DEFAULT_NAME
+    config = cluster.kubectl_json("get", "mutatingwebhookconfiguration", name)
+    saved = config["webhooks"][0]["clientConfig"]["caBundle"]
+    assert base64.b64decode(saved).startswith(b"-----BEGIN CERTIFICATE-----")
+    wipe = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]
+    cluster.kubectl_run("patch", "mutatingwebhookconfiguration", name, "--type=json",
+                        "-p", json.dumps(wipe))  # fmt: skip
+    try:
+        proc = sidecar_state_check(cluster, "--namespace", namespace)
+    finally:
+        restore = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": saved}]
+        cluster.kubectl_run("patch", "mutatingwebhookconfiguration", name, "--type=json",
+                            "-p", json.dumps(restore))  # fmt: skip
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (failure,) = failures(proc.stdout)
+    assert failure.startswith(
+        f"{FAILED} inject-pods.sidecarstate.dev: caBundle verifies the serving certificate"
+    )
+    assert "rollout restart" in proc.stdout
+
+
+def test_a_binding_that_is_not_ready_fails(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle, tmp_path: Path
+) -> None:
+    cluster.apply(binding("flags", namespace), binding("prices", namespace))
+    reconciled(cluster, "flags", namespace)
+    reconciled(cluster, "prices", namespace)
+    with controller_paused(cluster, operator, tmp_path):
+        # What the controller writes when a Pod's store is full (the node suite makes it for
+        # real; here no Pod runs).
+        status = (get_binding(cluster, "prices", namespace) or {})["status"]
+        status["conditions"] = [
+            {**c, "status": "False", "reason": "StoreFull",
+             "message": "1 Pod(s) refused writes because the store is full"}
+            if c["type"] == "Ready" else c
+            for c in status["conditions"]
+        ]  # fmt: skip
+        status["ready"] = "False"
+        cluster.kubectl_run("patch", "statebinding", "prices", "-n", namespace,
+                            "--subresource=status", "--type=merge",
+                            "-p", json.dumps({"status": status}))  # fmt: skip
+
+        proc = sidecar_state_check(cluster, "--namespace", namespace)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{FAILED} StateBinding {namespace}/prices is Ready (StoreFull: 1 Pod(s)" in proc.stdout
+    assert f"kubectl describe statebinding -n {namespace} prices" in proc.stdout
+    assert f"{OK} StateBinding {namespace}/flags is Ready" in proc.stdout
+    if isinstance(operator, LocalOperator):
+        assert len(failures(proc.stdout)) == 1, proc.stdout
+
+
+@pytest.fixture(autouse=True)
+def _operator_ready(operator: OperatorHandle) -> None:
+    """Each case starts from a running operator (a failed case may have left it paused)."""
+    operator.wait_ready()
