@@ -104,9 +104,10 @@ async def serving(config: HydratorConfig) -> AsyncIterator[Callable[[], Any]]:
         await asyncio.wait_for(task, timeout=10)
 
 
-def _answers(url: str) -> bool:
+async def _answers(url: str) -> bool:
+    # In a thread: the server answers on this event loop.
     try:
-        _get(url)
+        await asyncio.to_thread(_get, url)
     except OSError:
         return False
     return True
@@ -204,7 +205,7 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
         healthy = await scrape()
 
     # A hydrator whose store is too small: Redis refuses writes.
-    full_topic = make_topic("full")
+    full_topic = make_topic()
     await produce(kafka_broker, full_topic, [
         (f"big{i}".encode(), b'{"id": "big%d", "v": "%s"}' % (i, b"x" * 100_000))
         for i in range(60)
@@ -218,7 +219,7 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
 
     # A hydrator that cannot reach Kafka: never hydrated.
     nowhere = make_redis_server(config=sidecar_redis_config())
-    config = make_config(broker=kafka_broker, redis=nowhere, topics=[make_topic("away")],
+    config = make_config(broker=kafka_broker, redis=nowhere, topics=[make_topic()],
                          name="flags", http_port=_free_port())  # fmt: skip
     config = config.model_copy(update={"bindings": tuple(
         b.model_copy(update={"kafka": b.kafka.model_copy(
