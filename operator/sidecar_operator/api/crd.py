@@ -118,7 +118,8 @@ def openapi_schema() -> dict[str, Any]:
                 "description": f"{GROUP}/{VERSION}. Example: {GROUP}/{VERSION}",
             },
             "kind": {"type": "string", "description": f"{KIND}. Example: {KIND}"},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The apiserver refuses anything but type on metadata (even a description).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
