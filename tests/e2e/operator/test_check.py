@@ -25,7 +25,7 @@ import pytest
 from sidecar_operator.check import FAILED, OK
 from sidecar_operator.webhook_config import DEFAULT_NAME
 from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, get_binding, wait_for
+from tests.e2e.helpers import binding, get_binding, pod, wait_for
 from tests.e2e.operator_process import REPO, ChartOperator, LocalOperator, OperatorHandle
 
 LABEL = "sidecarstate.dev/injection"
@@ -142,6 +142,10 @@ def test_a_wiped_ca_bundle_fails(
                         "-p", json.dumps(wipe))  # fmt: skip
     try:
         proc = sidecar_state_check(cluster, "--namespace", namespace)
+        # What the apiserver does meanwhile, and what SidecarStateWebhookFailing reads.
+        matching = json.dumps(pod("p", namespace, labels={"app": "flags"}))
+        refused = cluster.kubectl_run("create", "-f", "-", input=matching, check=False)
+        metrics = cluster.kubectl_run("get", "--raw", "/metrics").stdout
     finally:
         restore = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": saved}]
         cluster.kubectl_run("patch", "mutatingwebhookconfiguration", name, "--type=json",
@@ -153,6 +157,14 @@ def test_a_wiped_ca_bundle_fails(
         f"{FAILED} inject-pods.sidecarstate.dev: caBundle verifies the serving certificate"
     )
     assert "rollout restart" in proc.stdout
+    assert refused.returncode != 0 and "inject-pods.sidecarstate.dev" in refused.stderr
+    failing = [
+        line for line in metrics.splitlines()
+        if line.startswith("apiserver_admission_webhook_rejection_count{")
+        and 'name="inject-pods.sidecarstate.dev"' in line
+        and 'error_type="calling_webhook_error"' in line
+    ]  # fmt: skip
+    assert failing, "the apiserver exports no series the SidecarStateWebhookFailing alert reads"
 
 
 def test_a_binding_that_is_not_ready_fails(
