@@ -110,6 +110,10 @@ def test_a_healthy_namespace_passes(cluster: ClusterAccess, namespace: str) -> N
     assert header[-3:] == ["SOURCE", "HYDRATED", "WORST-STALENESS"]
     assert row[header.index("SOURCE")] == "kafka://kafka.data.svc:9092"
 
+    explained = cluster.kubectl_run("explain", "statebinding.spec.source.kafka.topics").stdout
+    explained = " ".join(explained.split())  # kubectl wraps lines
+    assert "1-64 Kafka topics" in explained and "Example: [feature-flags, prices]" in explained
+
 
 def test_a_namespace_without_the_injection_label_fails(
     cluster: ClusterAccess, namespace: str, operator: OperatorHandle, tmp_path: Path
