@@ -7,13 +7,16 @@ the PodMonitor adds — become the input of ``promtool test rules`` on the rende
 PrometheusRule. So an alert whose expression names a metric or label the hydrator does not
 export, or whose threshold is wrong, fails here. Values over time are scripted per case from
 the scraped ones (a scrape is one instant; an alert needs minutes), and each case asserts both
-that the right alert fires and that the others stay quiet.
+that the right alert fires and that the others stay quiet. The dashboard's per-binding joins
+and sums are evaluated on the same series (``promql_expr_test``), so a panel that would come up
+empty on real labels fails too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -36,7 +39,13 @@ from tests.integration.hydrator.support import (
     sidecar_redis_config,
 )
 from tests.support.kafka_broker import KafkaBroker
-from tests.support.monitoring import find_helm, find_promtool, rendered_rules, run_promtool
+from tests.support.monitoring import (
+    DASHBOARD,
+    find_helm,
+    find_promtool,
+    rendered_rules,
+    run_promtool,
+)
 from tests.support.redis_server import RedisServer
 
 #: What the PodMonitor's scrape adds to every series of an injected Pod.
@@ -111,6 +120,11 @@ async def _answers(url: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def rounded(value: float) -> float:
+    """A value as :func:`steady` writes it into a series."""
+    return float(f"{value:.6f}")
 
 
 def value_of(samples: list[Sample], name: str) -> float:
@@ -247,7 +261,6 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
     rules_file.write_text(yaml.safe_dump(rules, sort_keys=False))
     pod = {"namespace": TARGET["namespace"], "pod": TARGET["pod"]}
     (bad_kind,) = bad_series
-    oom = value_of(full, "sidecar_state_hydrator_redis_oom_rejections_total")
     staleness = value_of(healthy, "sidecar_state_hydrator_staleness_seconds")
 
     tests = [
@@ -304,7 +317,28 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
             ),
         },
     ]
-    assert oom > 0
+    # The dashboard's joins and sums, on the same real series: per binding, not per Pod.
+    panels = {p["title"]: p for p in json.loads(DASHBOARD.read_text())["panels"]}
+    binding_labels = f'{{binding="flags", namespace="{TARGET["namespace"]}"}}'
+    pod_labels = f'{{namespace="{TARGET["namespace"]}", pod="{TARGET["pod"]}"}}'
+    expected = {
+        ("Worst staleness per binding", 0): [(binding_labels, rounded(staleness))],
+        ("Hydration progress: records behind per binding", 0): [(binding_labels, 0.0)],
+        ("Store memory against maxMemory", 1): [(pod_labels, 256.0 * 2**20)],
+        ("Bad records per second by kind", 0): [
+            (f'{{binding="flags", kind="not_json", namespace="{TARGET["namespace"]}"}}', 0.0)
+        ],
+    }
+    tests.append({
+        "interval": "1m",
+        "input_series": steady(healthy),
+        "promql_expr_test": [
+            {"expr": panels[title]["targets"][index]["expr"].replace("$namespace", ".*"),
+             "eval_time": "10m",
+             "exp_samples": [{"labels": labels, "value": value} for labels, value in samples]}
+            for (title, index), samples in expected.items()
+        ],
+    })  # fmt: skip
     test_file = tmp_path / "alerts.test.yaml"
     test_file.write_text(yaml.safe_dump({
         "rule_files": [rules_file.name], "evaluation_interval": "1m", "tests": tests,
@@ -321,6 +355,8 @@ async def _hydrated_and_counted(scrape: Callable[[], Any]) -> bool:
     return (
         value_of(samples, "sidecar_state_hydrator_hydrated") == 1
         and value_of(samples, "sidecar_state_hydrator_bad_records_total") >= 2
+        # Store figures come with the first heartbeat, a second after the start.
+        and value_of(samples, "sidecar_state_hydrator_redis_max_memory_bytes") > 0
     )
 
 
