@@ -8,6 +8,9 @@ The controller repairs the label and the status within seconds (its watchdog), s
 that break those run with the controller paused: locally the operator is replaced by one that
 runs the webhook role only; on an existing cluster the controller is scaled to zero (its own
 check then fails too).
+
+The last case fires the operator's alerts (missed injection, webhook refusals) with
+``promtool test rules`` on series scraped from the real operator's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -17,16 +20,20 @@ import contextlib
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar_operator.check import FAILED, OK
 from sidecar_operator.webhook_config import DEFAULT_NAME
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.helpers import binding, get_binding, pod, wait_for
 from tests.e2e.operator_process import REPO, ChartOperator, LocalOperator, OperatorHandle
+from tests.support.monitoring import find_helm, find_promtool, rendered_rules, run_promtool
 
 LABEL = "sidecarstate.dev/injection"
 
@@ -206,3 +213,88 @@ def test_a_binding_that_is_not_ready_fails(
 def _operator_ready(operator: OperatorHandle) -> None:
     """Each case starts from a running operator (a failed case may have left it paused)."""
     operator.wait_ready()
+
+
+def _scraped(text: str, *, target: dict[str, str]) -> list[dict[str, str]]:
+    """Prometheus text -> promtool input series, with the ServiceMonitor's target labels added
+    under ``honorLabels`` (a label the metric has wins)."""
+    series = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = {**target, **sample.labels}
+            inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            series.append({"series": f"{sample.name}{{{inner}}}", "value": sample.value})
+    return series
+
+
+def test_operator_alerts_fire_on_the_operators_real_series(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle, tmp_path: Path
+) -> None:
+    helm, promtool = find_helm(), find_promtool()
+    if not isinstance(operator, LocalOperator) or helm is None or promtool is None:
+        pytest.skip("needs the local operator's metrics port, helm and promtool")
+    # A refused Pod (a container name of ours) and a Pod created while the webhook was away.
+    cluster.apply(binding("watched", namespace))
+    reconciled(cluster, "watched", namespace)
+    conflicting = pod("conflict", namespace, labels={"app": "watched"})
+    conflicting["spec"]["containers"][0]["name"] = "sidecar-state-redis"
+    refused = cluster.kubectl_run("create", "-f", "-", input=json.dumps(conflicting), check=False)
+    assert refused.returncode != 0 and "reserved by sidecar-state" in refused.stderr
+    policy = operator.failure_policy
+    operator.register_webhooks("Ignore")
+    operator.stop()
+    try:
+        cluster.apply(pod("missed", namespace, labels={"app": "watched"}))
+    finally:
+        operator.start()
+        operator.register_webhooks(policy)
+    # A refusal before the restart is gone with the old process: refuse one more.
+    cluster.kubectl_run("create", "-f", "-", input=json.dumps(conflicting), check=False)
+    wait_for(lambda: "missed" in ((get_binding(cluster, "watched", namespace) or {})
+                                  .get("status") or {}).get("uninjectedPods", []),
+             timeout=30, what="the watchdog to report the Pod")  # fmt: skip
+    url = f"http://127.0.0.1:{operator.health_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+
+    target = {"namespace": "sidecar-state-system", "pod": "sidecar-state-controller-0",
+              "job": "demo-sidecar-state-metrics", "instance": "10.244.0.9:8080",
+              "endpoint": "metrics", "container": "operator"}  # fmt: skip
+    series = _scraped(text, target=target)
+    names = {s["series"].split("{", 1)[0] for s in series}
+    assert {"sidecar_state_uninjected_pods", "sidecar_state_admissions_total"} <= names
+
+    def values(entry: dict[str, str]) -> str:
+        if entry["series"].startswith("sidecar_state_admissions_total{") and (
+            'outcome="refused"' in entry["series"]
+        ):
+            return f"0x5 {entry['value']:.0f}+0x30"  # the refusals happen at minute 6
+        return f"{entry['value']:.6f}+0x30"
+
+    rules_file = rendered_rules(helm, workdir=tmp_path)
+    rules = yaml.safe_load(rules_file.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations")
+    rules_file.write_text(yaml.safe_dump(rules, sort_keys=False))
+    missed = {"namespace": namespace, "binding": "watched", "severity": "warning"}
+    tests = [{
+        "interval": "1m",
+        "input_series": [{"series": s["series"], "values": values(s)} for s in series],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "SidecarStateMissedInjection", "exp_alerts": []},
+            {"eval_time": "15m", "alertname": "SidecarStateMissedInjection",
+             "exp_alerts": [{"exp_labels": missed}]},
+            {"eval_time": "4m", "alertname": "SidecarStateWebhookRefusing", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "SidecarStateWebhookRefusing",
+             "exp_alerts": [{"exp_labels": {"reason": "InjectionConflict",
+                                            "severity": "warning"}}]},
+        ],
+    }]  # fmt: skip
+    test_file = tmp_path / "operator-alerts.test.yaml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules_file.name], "tests": tests}))
+
+    proc = run_promtool(promtool, "test", "rules", str(test_file))
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
