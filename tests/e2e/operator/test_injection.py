@@ -20,7 +20,7 @@ from tests.e2e.helpers import (
 )
 from tests.e2e.operator_process import OperatorHandle
 
-SIDECARS = ["sidecar-state-redis", "sidecar-state-hydrator"]
+SIDECARS = ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
 
 
 def test_deployment_pods_are_injected_exactly_as_the_engine_says(
@@ -67,7 +67,7 @@ def test_deployment_pods_are_injected_exactly_as_the_engine_says(
             v for v in got["spec"]["volumes"] if v["name"] == "sidecar-state-socket"
         )
         assert socket_volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
-        redis = got["spec"]["initContainers"][0]
+        redis = next(c for c in got["spec"]["initContainers"] if c["name"] == "sidecar-state-redis")
         assert (
             "ports" not in redis and redis["command"][redis["command"].index("--port") + 1] == "0"
         )
