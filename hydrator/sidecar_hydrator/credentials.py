@@ -29,6 +29,7 @@ protected in the same way.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import secrets
@@ -103,13 +104,22 @@ def write_credentials(*, directory: Path) -> None:
     )
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="sidecar-state-credentials",
+        description=(
+            "The injected Pod's first init container: writes a random Redis password for the"
+            f" hydrator ({PASSWORD_FILE}, mode 0400) and the ACL file Redis loads at start"
+            f" ({ACL_FILE}: the password's SHA-256 only; apps may only read) into DIRECTORY."
+        ),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``sidecar-state-credentials DIRECTORY``: the init container's one step."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: sidecar-state-credentials DIRECTORY", file=sys.stderr)
-        return 2
-    directory = Path(args[0])
+    parser = build_parser()
+    parser.add_argument("directory", type=Path, metavar="DIRECTORY")
+    directory: Path = parser.parse_args(argv).directory
     try:
         write_credentials(directory=directory)
     except OSError as error:

@@ -97,8 +97,10 @@ def test_a_bad_digest_is_refused():
 
 
 def test_main_needs_exactly_one_directory(capsys: pytest.CaptureFixture[str]):
-    assert main([]) == 2
-    assert "usage" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "usage: sidecar-state-credentials [-h] DIRECTORY" in capsys.readouterr().err
 
 
 def test_main_reports_an_unwritable_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
