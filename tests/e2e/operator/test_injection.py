@@ -50,12 +50,15 @@ def test_deployment_pods_are_injected_exactly_as_the_engine_says(
         annotations = got["metadata"]["annotations"]
         assert annotations["sidecarstate.dev/injected-bindings"] == "checkout"
         assert annotations["sidecarstate.dev/config-hash"] == expected.config_hash
+        restart_policies = [c.get("restartPolicy") for c in got["spec"]["initContainers"]]
+        assert restart_policies == [None, "Always", "Always"]
         for want in expected.pod["spec"]["initContainers"]:
             have = next(c for c in got["spec"]["initContainers"] if c["name"] == want["name"])
             assert have["command" if "command" in want else "args"] == want.get(
                 "command", want.get("args")
             )
-            assert have["restartPolicy"] == "Always"
+            # The credentials step is a one-shot init container; the others are sidecars.
+            assert have.get("restartPolicy") == want.get("restartPolicy")
             assert have["securityContext"]["readOnlyRootFilesystem"] is True
             assert have["resources"]["limits"]["memory"] == want["resources"]["limits"]["memory"]
         app = got["spec"]["containers"][0]
