@@ -101,6 +101,23 @@ class HydratorConfig(_Contract):
     #: How often topic metadata is refreshed, i.e. how soon added partitions are picked up.
     metadata_refresh_ms: int = Field(default=30_000, ge=100)
 
+    def to_env_value(self) -> str:
+        # Every field, defaults included: an operator and a hydrator of different versions
+        # must not silently disagree about a default.
+        return self.model_dump_json()
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> HydratorConfig:
+        environ = dict(os.environ) if environ is None else environ
+        try:
+            raw = environ[CONFIG_ENV]
+        except KeyError:
+            raise SystemExit(
+                f"{CONFIG_ENV} is not set: the hydrator is configured by the sidecar-state "
+                "operator; run it through the webhook or `sidecar-state inject`."
+            ) from None
+        return cls.model_validate_json(raw)
+
     @model_validator(mode="after")
     def _user_with_password(self) -> HydratorConfig:
         if (self.redis_user is None) != (self.redis_password_file is None):
@@ -119,20 +136,3 @@ class HydratorConfig(_Contract):
                 f"redis_password_file {self.redis_password_file}: {error.strerror}; it is "
                 "written by the sidecar-state-credentials init container before Redis starts"
             ) from None
-
-    def to_env_value(self) -> str:
-        # Every field, defaults included: an operator and a hydrator of different versions
-        # must not silently disagree about a default.
-        return self.model_dump_json()
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> HydratorConfig:
-        environ = dict(os.environ) if environ is None else environ
-        try:
-            raw = environ[CONFIG_ENV]
-        except KeyError:
-            raise SystemExit(
-                f"{CONFIG_ENV} is not set: the hydrator is configured by the sidecar-state "
-                "operator; run it through the webhook or `sidecar-state inject`."
-            ) from None
-        return cls.model_validate_json(raw)

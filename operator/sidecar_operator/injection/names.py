@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sidecar_hydrator.credentials import ACL_FILE, HYDRATOR_REDIS_USER, PASSWORD_FILE
+
 REDIS_CONTAINER = "sidecar-state-redis"
 HYDRATOR_CONTAINER = "sidecar-state-hydrator"
 CREDENTIALS_CONTAINER = "sidecar-state-credentials"
@@ -9,6 +11,10 @@ SOCKET_VOLUME = "sidecar-state-socket"
 #: The hydrator's Redis password and the ACL file: mounted into Redis and the hydrator only.
 CREDENTIALS_VOLUME = "sidecar-state-credentials"
 CREDENTIALS_DIR = "/var/run/sidecar-state-credentials"
+ACL_FILE_PATH = f"{CREDENTIALS_DIR}/{ACL_FILE}"
+HYDRATOR_PASSWORD_PATH = f"{CREDENTIALS_DIR}/{PASSWORD_FILE}"
+#: The Redis ACL user the hydrator writes as (apps get ``default``, which may only read).
+HYDRATOR_ACL_USER = HYDRATOR_REDIS_USER
 SOCKET_ENV = "SIDECAR_STATE_SOCKET"
 REDIS_URL_ENV = "SIDECAR_STATE_REDIS_URL"
 

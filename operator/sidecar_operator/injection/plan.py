@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
-from sidecar_hydrator.credentials import HYDRATOR_REDIS_USER, PASSWORD_FILE
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import parse_quantity, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
-from sidecar_operator.injection.names import CREDENTIALS_DIR
+from sidecar_operator.injection.names import HYDRATOR_ACL_USER, HYDRATOR_PASSWORD_PATH
 
 SECRETS_DIR = "/var/run/sidecar-state-secrets"
 
@@ -141,8 +140,8 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
         eviction_policy=eviction,
         hydrator_config=HydratorConfig(
             redis_socket=defaults.socket_path,
-            redis_user=HYDRATOR_REDIS_USER,
-            redis_password_file=f"{CREDENTIALS_DIR}/{PASSWORD_FILE}",
+            redis_user=HYDRATOR_ACL_USER,
+            redis_password_file=HYDRATOR_PASSWORD_PATH,
             http_port=defaults.hydrator_port,
             bindings=tuple(sources),
         ),

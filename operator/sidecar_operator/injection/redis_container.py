@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar_hydrator.credentials import ACL_FILE
 from sidecar_operator.api.quantity import format_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import (
+    ACL_FILE_PATH,
     CREDENTIALS_DIR,
     CREDENTIALS_VOLUME,
     REDIS_CONTAINER,
@@ -70,7 +70,7 @@ def build_redis_container(*, plan: SidecarPlan, defaults: InjectionDefaults) -> 
         "command": redis_server_args(
             socket_path=defaults.socket_path,
             data_dir=defaults.socket_dir,
-            acl_file=f"{CREDENTIALS_DIR}/{ACL_FILE}",
+            acl_file=ACL_FILE_PATH,
             max_memory_bytes=plan.max_memory_bytes,
             eviction_policy=plan.eviction_policy,
         ),
