@@ -40,6 +40,8 @@ class Hydrator:
             offsets_key=config.offsets_key,
             metadata_key=config.metadata_key,
             spare_db=config.spare_db,
+            username=config.redis_user,
+            password=config.redis_password(),
         )
         self.feeds = [
             Feed(binding=b, config=config, store=self.store, metrics=self.metrics)

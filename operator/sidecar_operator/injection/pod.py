@@ -17,9 +17,10 @@ from typing import Any
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.app_containers import wire_app_container
+from sidecar_operator.injection.credentials_container import build_credentials_container
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
-from sidecar_operator.injection.names import CONTAINER_NAMES, SOCKET_VOLUME
+from sidecar_operator.injection.names import CONTAINER_NAMES, CREDENTIALS_DIR, VOLUME_NAMES
 from sidecar_operator.injection.plan import SidecarPlan, plan_sidecars
 from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
@@ -119,15 +120,15 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
                 f'the container or opt the Pod out with {ann.INJECT}: "false"'
             )
         for mount in container.get("volumeMounts") or []:
-            if mount.get("mountPath") == defaults.socket_dir:
+            if mount.get("mountPath") in (defaults.socket_dir, CREDENTIALS_DIR):
                 raise InjectionConflict(
-                    f"container {container.get('name')!r} already mounts {defaults.socket_dir}, "
-                    "where sidecar-state puts its socket"
+                    f"container {container.get('name')!r} already mounts "
+                    f"{mount['mountPath']}, where sidecar-state puts its socket and credentials"
                 )
     for volume in spec.get("volumes") or []:
-        if volume.get("name") == SOCKET_VOLUME:
+        if volume.get("name") in VOLUME_NAMES:
             raise InjectionConflict(
-                f"volume name {SOCKET_VOLUME!r} is reserved by sidecar-state; rename the volume"
+                f"volume name {volume['name']!r} is reserved by sidecar-state; rename the volume"
             )
 
 
@@ -137,15 +138,25 @@ def config_hash(sidecars: Sequence[Mapping[str, Any]], volumes: Sequence[Any]) -
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_sidecars(
-    *, plan: SidecarPlan, defaults: InjectionDefaults
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Our containers (Redis first: the hydrator needs it) and our volumes."""
-    containers = [
-        build_redis_container(plan=plan, defaults=defaults),
-        build_hydrator_container(plan=plan, defaults=defaults),
-    ]
-    return containers, build_volumes(plan=plan)
+@dataclass(frozen=True, kw_only=True)
+class Sidecars:
+    """What we add: a one-shot init container that must finish before Redis starts, the
+    long-running sidecars (Redis first: the hydrator needs it), and our volumes."""
+
+    setup: list[dict[str, Any]]
+    running: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+
+
+def build_sidecars(*, plan: SidecarPlan, defaults: InjectionDefaults) -> Sidecars:
+    return Sidecars(
+        setup=[build_credentials_container(defaults=defaults)],
+        running=[
+            build_redis_container(plan=plan, defaults=defaults),
+            build_hydrator_container(plan=plan, defaults=defaults),
+        ],
+        volumes=build_volumes(plan=plan),
+    )
 
 
 def _add_supplemental_group(spec: dict[str, Any], group: int) -> None:
@@ -181,8 +192,8 @@ def inject_pod(
     _check_conflicts(spec, defaults=defaults)
 
     plan = plan_sidecars(selected, defaults=defaults)
-    sidecars, volumes = build_sidecars(plan=plan, defaults=defaults)
-    digest = config_hash(sidecars, volumes)
+    ours = build_sidecars(plan=plan, defaults=defaults)
+    digest = config_hash([*ours.setup, *ours.running], ours.volumes)
 
     injected = copy.deepcopy(dict(pod))
     new_spec = injected.setdefault("spec", {})
@@ -193,14 +204,13 @@ def inject_pod(
     if defaults.sidecar_mode == "native":
         # Native sidecars (restartPolicy: Always) first: later init containers and the app
         # start only after Redis answers and the hydrator reports the state hydrated.
-        native = [{**c, "restartPolicy": "Always"} for c in sidecars]
-        new_spec["initContainers"] = native + app_inits
+        native = [{**c, "restartPolicy": "Always"} for c in ours.running]
+        new_spec["initContainers"] = ours.setup + native + app_inits
         new_spec["containers"] = apps
     else:
-        if app_inits:
-            new_spec["initContainers"] = app_inits
-        new_spec["containers"] = apps + sidecars
-    new_spec["volumes"] = [*(new_spec.get("volumes") or []), *volumes]
+        new_spec["initContainers"] = ours.setup + app_inits
+        new_spec["containers"] = apps + ours.running
+    new_spec["volumes"] = [*(new_spec.get("volumes") or []), *ours.volumes]
     _add_supplemental_group(new_spec, defaults.socket_group)
 
     metadata = injected.setdefault("metadata", {})

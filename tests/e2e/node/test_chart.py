@@ -84,7 +84,7 @@ def test_chart_operator_runs_and_injects_through_its_service(
     cluster.apply(app_pod("shop-1", namespace, app="shop"))
     pod = wait_ready(cluster, "shop-1", namespace, timeout=180)
     inits = [c["name"] for c in pod["spec"]["initContainers"]]
-    assert inits == ["sidecar-state-redis", "sidecar-state-hydrator"]
+    assert inits == ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
     assert wait_answer(pod["status"]["podIP"], "Showing New Layout", timeout=10)
 
     # `sidecar-state check` on the chart's installation: service webhooks (caBundle against the

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from sidecar_operator.api.quantity import quantity_bytes
 from sidecar_operator.injection import InjectionDefaults
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER, SOCKET_VOLUME
+from sidecar_operator.injection.names import (
+    CREDENTIALS_CONTAINER,
+    CREDENTIALS_VOLUME,
+    HYDRATOR_CONTAINER,
+    REDIS_CONTAINER,
+    SOCKET_VOLUME,
+)
 
 SOCKET_DIR = "/var/run/sidecar-state"
 SOCKET = f"{SOCKET_DIR}/redis.sock"
@@ -41,14 +47,19 @@ def test_user_volumes_are_kept_before_ours(make_pod, make_binding, injected):
     result = injected(make_pod(volumes=[config]), make_binding())
 
     assert result.spec["volumes"][0] == config
-    assert [v["name"] for v in result.spec["volumes"]] == ["config", SOCKET_VOLUME]
+    assert [v["name"] for v in result.spec["volumes"]] == [
+        "config",
+        SOCKET_VOLUME,
+        CREDENTIALS_VOLUME,
+    ]
 
 
 # --- native sidecars -------------------------------------------------------------------------
 
 
 def test_sidecars_are_native_init_containers_redis_first(seed_injected):
-    assert seed_injected.init_names == SIDECARS
+    # The credentials step first: Redis loads the ACL file it writes when it starts.
+    assert seed_injected.init_names == [CREDENTIALS_CONTAINER, *SIDECARS]
     assert seed_injected.container_names == ["app"]
 
 
@@ -68,7 +79,7 @@ def test_sidecars_come_before_user_init_containers(
 
     result = injected(make_pod(init_containers=[migrate]), make_binding())
 
-    assert result.init_names == [*SIDECARS, "migrate"]
+    assert result.init_names == [CREDENTIALS_CONTAINER, *SIDECARS, "migrate"]
     assert "restartPolicy" not in result.container("migrate")
 
 
@@ -80,17 +91,20 @@ def test_containers_mode_appends_sidecars_to_containers(
     result = injected(pod, make_binding(), defaults=InjectionDefaults(sidecar_mode="containers"))
 
     assert result.container_names == ["app", *SIDECARS]
-    assert result.init_names == ["migrate"]
+    assert result.init_names == [CREDENTIALS_CONTAINER, "migrate"]
     for name in SIDECARS:
         assert "restartPolicy" not in result.container(name), name
 
 
-def test_containers_mode_without_init_containers_adds_none(make_pod, make_binding, injected):
+def test_containers_mode_adds_only_the_credentials_step_to_init_containers(
+    make_pod, make_binding, injected
+):
     result = injected(
         make_pod(), make_binding(), defaults=InjectionDefaults(sidecar_mode="containers")
     )
 
-    assert "initContainers" not in result.spec
+    assert result.init_names == [CREDENTIALS_CONTAINER]
+    assert "restartPolicy" not in result.container(CREDENTIALS_CONTAINER)
 
 
 # --- startup probes --------------------------------------------------------------------------
