@@ -377,7 +377,8 @@ def test_environment_is_what_the_operator_reads(
             f"{hydrator.get('repository', 'ghcr.io/sidecar-state/hydrator')}:"
             f"{hydrator.get('tag', __version__)}")  # fmt: skip
         assert settings.redis_image == (
-            f"{redis.get('repository', 'redis')}:{redis.get('tag', '7.4-alpine')}"
+            f"{redis.get('repository', 'ghcr.io/sidecar-state/redis')}:"
+            f"{redis.get('tag', '7.0-bookworm')}"
         )
         assert settings.image_pull_policy == images.get("sidecarPullPolicy", "IfNotPresent")
         assert settings.bootstrap_servers == tuple(
@@ -585,6 +586,8 @@ def test_helm_lint(helm: Path, values: str, tmp_path: Path) -> None:
         ({"sidecars": {"mode": "sidecar"}}, "mode"),
         ({"certManager": {"issuerRef": {"kind": "ClusterIssuer"}}}, "name"),
         ({"imagesTypo": {}}, "imagesTypo"),
+        # A foreign server's tag never falls back to the chart's appVersion.
+        ({"images": {"redis": {"repository": "valkey/valkey", "tag": ""}}}, "tag"),
     ],
 )
 def test_schema_rejects_wrong_values(
