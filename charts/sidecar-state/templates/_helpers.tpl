@@ -95,6 +95,8 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ include "sidecar-state.image" (dict "root" . "image" .Values.images.hydrator) | quote }}
 - name: SIDECAR_STATE_IMAGE_PULL_POLICY
   value: {{ .Values.images.sidecarPullPolicy | quote }}
+- name: SIDECAR_STATE_IMAGE_PULL_SECRETS
+  value: {{ join "," .Values.images.sidecarPullSecrets | quote }}
 - name: SIDECAR_STATE_BOOTSTRAP_SERVERS
   value: {{ join "," .Values.kafka.bootstrapServers | quote }}
 - name: SIDECAR_STATE_MAX_MEMORY

@@ -23,6 +23,10 @@ class InjectionDefaults(BaseModel):
     redis_image: str = "ghcr.io/sidecar-state/redis:7.0-bookworm"
     hydrator_image: str = f"ghcr.io/sidecar-state/hydrator:{__version__}"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = Field(
+        default=(),
+        description="Secrets (in the Pod's namespace) added to injected Pods' imagePullSecrets",
+    )
     bootstrap_servers: tuple[str, ...] = ("kafka.kafka.svc:9092",)
     max_memory: str = "64Mi"
     sidecar_mode: SidecarMode = "native"

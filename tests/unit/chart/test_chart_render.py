@@ -64,6 +64,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "hydrator": {"repository": "registry.example/ops/hydrator", "tag": "1.2.3"},
             "redis": {"repository": "registry.example/redis", "tag": "7.4.1"},
             "sidecarPullPolicy": "Always",
+            "sidecarPullSecrets": ["registry-example", "mirror"],
         },
         "excludedNamespaces": ["monitoring", "istio-system"],
         "kafka": {"bootstrapServers": ["k1.data:9092", "k2.data:9092"]},
@@ -381,6 +382,7 @@ def test_environment_is_what_the_operator_reads(
             f"{redis.get('tag', '7.0-bookworm')}"
         )
         assert settings.image_pull_policy == images.get("sidecarPullPolicy", "IfNotPresent")
+        assert settings.image_pull_secrets == tuple(images.get("sidecarPullSecrets", []))
         assert settings.bootstrap_servers == tuple(
             given.get("kafka", {}).get("bootstrapServers", ["kafka.kafka.svc:9092"])
         )
