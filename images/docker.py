@@ -175,16 +175,27 @@ def _pid(layout: DaemonLayout) -> int | None:
     return pid
 
 
+def _write_if_changed(path: Path, text: str, mode: int) -> None:
+    """Replace atomically, and only on change: a running daemon may be executing the file."""
+    if path.exists() and path.read_text() == text:
+        return
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    partial.chmod(mode)
+    partial.replace(path)
+
+
 def _write_runtime(layout: DaemonLayout, drop: Sequence[str]) -> None:
+    """The wrapper and its launcher; refreshed on every ``up``, as it runs per container."""
     wrapper = layout.root / "runc_wrapper.py"
-    shutil.copy2(Path(__file__).with_name("runc_wrapper.py"), wrapper)
+    _write_if_changed(wrapper, Path(__file__).with_name("runc_wrapper.py").read_text(), 0o644)
     runc = shutil.which("runc") or "/usr/bin/runc"
-    layout.runtime.write_text(
+    launcher = (
         "#!/bin/sh\n"
         f"SIDECAR_STATE_RUNC_DROP_CAPS={','.join(drop)} SIDECAR_STATE_RUNC={runc} "
         f'exec /usr/bin/python3 {wrapper} "$@"\n'
     )
-    layout.runtime.chmod(0o755)
+    _write_if_changed(layout.runtime, launcher, 0o755)
 
 
 def up(*, layout: DaemonLayout | None = None, out: TextIO | None = None) -> DaemonLayout:
@@ -195,6 +206,9 @@ def up(*, layout: DaemonLayout | None = None, out: TextIO | None = None) -> Daem
         run(["version", "--format", "{{.Server.Version}}"], capture=True)
         return layout
     with _locked(layout):
+        drop = missing_capabilities(own_bounding_set())
+        if drop:
+            _write_runtime(layout, drop)
         if answers(layout):
             return layout
         if shutil.which("dockerd") is None:
@@ -205,9 +219,6 @@ def up(*, layout: DaemonLayout | None = None, out: TextIO | None = None) -> Daem
                 f"dockerd (pid {stale}) runs but does not answer on {layout.socket}; "
                 f"see {layout.log}, or `python -m images.docker down`"
             )
-        drop = missing_capabilities(own_bounding_set())
-        if drop:
-            _write_runtime(layout, drop)
         layout.config.write_text(json.dumps(daemon_config(layout=layout, drop=drop), indent=2))
         # Docker sets the FORWARD policy to DROP when it has to turn forwarding on itself; with
         # forwarding already on it leaves the host's other bridges (the kubelet node) alone.

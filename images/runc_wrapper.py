@@ -28,7 +28,12 @@ CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient
 
 def strip_capabilities(spec: dict[str, Any], drop: Sequence[str]) -> bool:
     """Remove ``drop`` from every capability set of an OCI spec; True when something changed."""
-    capabilities = spec.get("process", {}).get("capabilities")
+    return strip_process_capabilities(spec.get("process", {}), drop)
+
+
+def strip_process_capabilities(process: dict[str, Any], drop: Sequence[str]) -> bool:
+    """The same for one OCI process (``runc exec --process``: ``docker exec`` in a container)."""
+    capabilities = process.get("capabilities")
     if not capabilities:
         return False
     changed = False
@@ -54,6 +59,18 @@ def bundle_of(args: Sequence[str]) -> Path | None:
     return Path.cwd()
 
 
+def process_of(args: Sequence[str]) -> Path | None:
+    """The process file of an ``exec`` call (``--process``/``-p``), if any."""
+    if "exec" not in args:
+        return None
+    for index, arg in enumerate(args):
+        if arg in ("--process", "-p") and index + 1 < len(args):
+            return Path(args[index + 1])
+        if arg.startswith("--process="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
 def main(argv: Sequence[str]) -> None:
     drop = [cap for cap in os.environ.get(DROP_ENV, "").split(",") if cap]
     bundle = bundle_of(argv)
@@ -62,6 +79,11 @@ def main(argv: Sequence[str]) -> None:
         spec = json.loads(config.read_text())
         if strip_capabilities(spec, drop):
             config.write_text(json.dumps(spec))
+    process_file = process_of(argv)
+    if drop and process_file is not None and process_file.is_file():
+        process = json.loads(process_file.read_text())
+        if strip_process_capabilities(process, drop):
+            process_file.write_text(json.dumps(process))
     runc = os.environ.get(RUNC_ENV, "/usr/bin/runc")
     os.execv(runc, [runc, *argv])
 

@@ -181,8 +181,8 @@ def down(*, out: TextIO | None = None) -> None:
 
 
 def suite_env() -> dict[str, str]:
-    """What the suite needs against this cluster: kubeconfig, kubectl and helm, the broker's
-    address Pods can reach (``E2E_KAFKA_HOST``), and the images' names."""
+    """What the suite needs against this cluster: kubeconfig, kubectl and helm, the address
+    Pods reach this host at (``E2E_KAFKA_HOST``, for the broker), and the node's container."""
     path = os.environ.get("PATH", "")
     if kind_build.external_node_image() is None:
         path = f"{cluster_build.bin_dir()}{os.pathsep}{path}"
@@ -192,6 +192,7 @@ def suite_env() -> dict[str, str]:
         "KUBECONFIG": str(kubeconfig()),
         "PATH": path,
         "E2E_KAFKA_HOST": gateway_address(),
+        "E2E_KIND_NODE": f"{CLUSTER}-control-plane",
     }
 
 

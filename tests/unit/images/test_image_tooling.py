@@ -12,7 +12,12 @@ import yaml
 
 from images.build import oci_archive_from_docker_save, recipes
 from images.docker import DaemonLayout, daemon_config, missing_capabilities
-from images.runc_wrapper import bundle_of, strip_capabilities
+from images.runc_wrapper import (
+    bundle_of,
+    process_of,
+    strip_capabilities,
+    strip_process_capabilities,
+)
 from tests.e2e.kind.cluster import POD_SUBNET, kind_config
 
 #: CapBnd of a VM whose bounding set lacks CAP_SYS_RESOURCE (bit 24), 41 capabilities known.
@@ -44,6 +49,16 @@ def test_wrapper_strips_the_capability_from_every_set_and_nothing_else() -> None
     for name in ("bounding", "effective", "permitted"):
         assert spec["process"]["capabilities"][name] == ["CAP_CHOWN", "CAP_NET_ADMIN"]
     assert strip_capabilities(spec, ["CAP_SYS_RESOURCE"]) is False
+
+
+def test_wrapper_strips_an_exec_process_too(tmp_path: Path) -> None:
+    """docker exec into a privileged container hands runc a process file, not a bundle."""
+    argv = ["--root", "/r", "exec", "--process", str(tmp_path / "p.json"), "--detach", "id"]
+    assert process_of(argv) == tmp_path / "p.json"
+    assert process_of(["--root", "/r", "create", "--bundle", "/b", "id"]) is None
+    process = {"capabilities": {"bounding": ["CAP_SYS_RESOURCE", "CAP_KILL"]}}
+    assert strip_process_capabilities(process, ["CAP_SYS_RESOURCE"]) is True
+    assert process["capabilities"]["bounding"] == ["CAP_KILL"]
 
 
 def test_wrapper_finds_the_bundle_only_for_create_and_run(tmp_path: Path) -> None:
