@@ -178,7 +178,8 @@ def archives(names: Sequence[str] = (), *, out: TextIO | None = None) -> dict[st
     """Build, then write each image as an OCI archive under the cache (only when it changed)."""
     out = out or sys.stderr
     refs = build_all(names, out=out)
-    directory = docker.cache_root() / "images/archives"
+    # Not images/archives: trees that still build the layer-by-layer way write there.
+    directory = docker.cache_root() / "images/dockerfile-archives"
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, ref in refs.items():
