@@ -60,7 +60,7 @@ lock:
 # The e2e-kind job of .github/workflows/ci.yaml, step for step, on this machine.
 test-kind:
 	scripts/setup.sh kind
-	$(PYTHON) -m tests.e2e.kind.cluster test -- -q --ignore=tests/e2e/node
+	$(TIMED) kind $(PYTHON) -m tests.e2e.kind.cluster test -- -q
 
 kind-up:
 	scripts/setup.sh kind
