@@ -95,6 +95,8 @@ node() {
 
 kind() {
   # kind, kubeadm, crictl (Go modules) and the node image (assembled, cached by content hash).
+  # The node image carries kubelet and kube-proxy (node_build, which checks these tools too).
+  apt_install containerd runc containernetworking-plugins iptables conntrack gcc libc6-dev
   step "kind, kubeadm, crictl (Go modules) and the kind node image (cached by content hash)"
   "$PYTHON" -m tests.e2e.kind.build >/dev/null
 }
@@ -116,8 +118,8 @@ case "$what" in
   docker) timed system; timed python_deps; timed docker_daemon ;;
   images) timed system; timed python_deps; timed docker_daemon; timed images ;;
   node) timed system; timed python_deps; timed cluster; timed docker_daemon; timed node ;;
-  kind) timed system; timed python_deps; timed cluster; timed docker_daemon; timed node
-        timed images; timed kind ;;
+  kind) timed system; timed python_deps; timed cluster; timed docker_daemon; timed images
+        timed kind ;;
   all) timed system; timed python_deps; timed tools; timed kafka; timed cluster
        timed docker_daemon; timed node; timed images ;;
   -h|--help) echo "$usage"; echo "Installs what the tests, benchmarks and demo need; cached by version." ;;
