@@ -9,7 +9,8 @@ Pod IPs live inside the node container; ``up`` routes the Pod subnet via the nod
 the tests (on the host) reach Pods as they do on the host-process node. The subnet differs from
 that node's (10.244.0.0/24) so both can run on one machine.
 
-    python -m tests.e2e.kind.cluster up|down     (prints the kubeconfig path)
+    python -m tests.e2e.kind.cluster up|down        (up prints the kubeconfig path)
+    python -m tests.e2e.kind.cluster test -- ARGS   (up, pytest tests/e2e ARGS, down)
 """
 
 from __future__ import annotations
