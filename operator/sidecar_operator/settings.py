@@ -34,6 +34,7 @@ class OperatorSettings(BaseSettings):
     redis_image: str = InjectionDefaults().redis_image
     hydrator_image: str = InjectionDefaults().hydrator_image
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: CommaList = ()
     bootstrap_servers: CommaList = InjectionDefaults().bootstrap_servers
     max_memory: str = InjectionDefaults().max_memory
     sidecar_mode: SidecarMode = "native"
@@ -64,6 +65,7 @@ class OperatorSettings(BaseSettings):
             redis_image=self.redis_image,
             hydrator_image=self.hydrator_image,
             image_pull_policy=self.image_pull_policy,
+            image_pull_secrets=self.image_pull_secrets,
             bootstrap_servers=self.bootstrap_servers,
             max_memory=self.max_memory,
             sidecar_mode=self.sidecar_mode,

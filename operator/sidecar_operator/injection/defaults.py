@@ -20,9 +20,13 @@ SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 class InjectionDefaults(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_image: str = "redis:7.4-alpine"
+    redis_image: str = "ghcr.io/sidecar-state/redis:7.0-bookworm"
     hydrator_image: str = f"ghcr.io/sidecar-state/hydrator:{__version__}"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = Field(
+        default=(),
+        description="Secrets (in the Pod's namespace) added to injected Pods' imagePullSecrets",
+    )
     bootstrap_servers: tuple[str, ...] = ("kafka.kafka.svc:9092",)
     max_memory: str = "64Mi"
     sidecar_mode: SidecarMode = "native"

@@ -168,6 +168,17 @@ def _add_supplemental_group(spec: dict[str, Any], group: int) -> None:
     spec["securityContext"] = context
 
 
+def _add_pull_secrets(spec: dict[str, Any], names: Sequence[str]) -> None:
+    """Our sidecars' images may live in a private registry the app's own images do not: the
+    operator's pull secrets join the Pod's, never replacing or duplicating one it has."""
+    if not names:
+        return
+    secrets = list(spec.get("imagePullSecrets") or [])
+    present = {s.get("name") for s in secrets if isinstance(s, Mapping)}
+    secrets += [{"name": name} for name in names if name not in present]
+    spec["imagePullSecrets"] = secrets
+
+
 def inject_pod(
     pod: Mapping[str, Any],
     *,
@@ -212,6 +223,7 @@ def inject_pod(
         new_spec["containers"] = apps + ours.running
     new_spec["volumes"] = [*(new_spec.get("volumes") or []), *ours.volumes]
     _add_supplemental_group(new_spec, defaults.socket_group)
+    _add_pull_secrets(new_spec, defaults.image_pull_secrets)
 
     metadata = injected.setdefault("metadata", {})
     annotations = {
