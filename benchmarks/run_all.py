@@ -49,6 +49,7 @@ class Spec:
 BENCHMARKS: Final = (
     Spec("latency", [], ["--quick"], 240, 120),
     Spec("reader_impact", [], ["--quick"], 240, 120),
+    Spec("interceptor", [], ["--quick"], 240, 120, owner="interceptor"),
     Spec("footprint", [], ["--quick"], 300, 120),
     Spec("hydration", [], ["--sizes", "100000", "--repeat", "1", "--formats", "json,raw"],
          420, 150, owner="hydration/freshness"),
