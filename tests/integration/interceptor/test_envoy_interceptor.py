@@ -299,3 +299,28 @@ def test_keep_alive_connection_serves_many_checks(stack: Stack) -> None:
     finally:
         conn.close()
     assert statuses == [200, 403] * 25
+
+
+def test_health_port_answers_probes_and_never_a_check() -> None:
+    with RedisServer() as server:
+        store = redis.Redis(unix_socket_path=str(server.socket_path))
+        hydrate(store)
+        store.set("shop:session:tok-ada", json.dumps(PROFILE))
+        port = free_port()
+        config = AuthorizerConfig(
+            redis_socket=str(server.socket_path),
+            listen_socket=str(server.workdir / "authz.sock"),
+            health_port=port,
+            rules=(SESSION_RULE,),
+        )
+        with AuthorizerProcess(config=config):
+            url = f"http://127.0.0.1:{port}"
+            assert call(url, "/livez").status == 200
+            assert call(url, "/readyz").status == 200
+            # The Pod's data is never served on a port the network can reach.
+            leaked = call(url, "/orders", authorization="Bearer tok-ada")
+            assert leaked.status == 404 and b"Ada" not in leaked.body
+            server.kill()
+            assert call(url, "/readyz").status == 503
+            assert call(url, "/livez").status == 200
+        store.close()
