@@ -14,7 +14,9 @@ them alike:
 - ``interceptor-1`` / ``interceptor-3``: client -> Envoy + ext_authz -> authorizer (1 or 3 keys
   in one Redis pipeline) -> app, which gets the values as headers;
 - ``app-1`` / ``app-3``: client -> app, which reads the same keys itself over the socket
-  (redis-py + hiredis, one pipeline): what the interceptor replaces.
+  (redis-py + hiredis, one pipeline): what the interceptor replaces;
+- ``authorizer-1`` / ``authorizer-3``: the check request sent straight to the authorizer's
+  socket, as Envoy sends it: the authorizer's own cost, Redis round trip included.
 
 Target (issue 16): the interceptor adds at most 0.3 ms p50 over Envoy alone.
 """
@@ -110,9 +112,15 @@ def serve_app(port: int, redis_socket: str) -> None:
 class Client:
     """One keep-alive connection; ``one()`` sends a request and reads the whole answer."""
 
-    def __init__(self, port: int, path: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, where: int | str, path: str) -> None:
+        if isinstance(where, str):  # the authorizer's socket, as Envoy calls it
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(where)
+            self.expected = b""
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", where))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.expected = b"ok"
         self.request = (
             f"GET {path} HTTP/1.1\r\nhost: app\r\nauthorization: Bearer {TOKEN}\r\n\r\n"
         ).encode()
@@ -134,7 +142,7 @@ class Client:
                 length = int(line.split(b":")[1])
         while len(body) < length:
             body += self.sock.recv(65536)
-        if status != 200 or body != b"ok":
+        if status != 200 or body != self.expected:
             raise RuntimeError(f"unexpected answer {status} {body[:200]!r}")
         return status
 
@@ -197,7 +205,7 @@ def run(*, requests: int, rounds: int) -> dict[str, Any]:
         )  # fmt: skip
         started: list[Any] = []
         try:
-            ports: dict[str, tuple[int, str]] = {
+            ports: dict[str, tuple[int | str, str]] = {
                 "direct": (app_port, "/plain"),
                 "app-1": (app_port, "/lookup1"),
                 "app-3": (app_port, "/lookup3"),
@@ -214,6 +222,7 @@ def run(*, requests: int, rounds: int) -> dict[str, Any]:
                     authorizer = AuthorizerProcess(config=config)
                     authorizer.start()
                     started.append(authorizer)
+                    ports[f"authorizer-{lookups}"] = (config.listen_socket, "/plain")
                 port = free_port()
                 bootstrap = build_envoy_bootstrap(
                     listen_port=port,
@@ -233,7 +242,10 @@ def run(*, requests: int, rounds: int) -> dict[str, Any]:
                 envoy.start()
                 started.append(envoy)
                 ports[name] = (port, "/plain")
-            order = ["direct", "envoy", "interceptor-1", "interceptor-3", "app-1", "app-3"]
+            order = [
+                "direct", "envoy", "interceptor-1", "interceptor-3", "app-1", "app-3",
+                "authorizer-1", "authorizer-3",
+            ]  # fmt: skip
             clients = {name: Client(*ports[name]) for name in order}
             for client in clients.values():  # warm up every path (connections, caches)
                 measure(client, 200)
