@@ -324,3 +324,28 @@ def test_health_port_answers_probes_and_never_a_check() -> None:
             assert call(url, "/readyz").status == 503
             assert call(url, "/livez").status == 200
         store.close()
+
+
+def test_loopback_listener_answers_checks_for_a_mesh_sidecar() -> None:
+    """``loopback_port``: where a mesh's own Envoy would call it (Istio's CUSTOM action, not
+    wired into ``spec.intercept`` yet)."""
+    with RedisServer() as server:
+        store = redis.Redis(unix_socket_path=str(server.socket_path))
+        hydrate(store)
+        store.set("shop:session:tok-ada", json.dumps(PROFILE))
+        port = free_port()
+        config = AuthorizerConfig(
+            redis_socket=str(server.socket_path),
+            listen_socket=str(server.workdir / "authz.sock"),
+            loopback_port=port,
+            health_port=None,
+            rules=(SESSION_RULE,),
+        )
+        with AuthorizerProcess(config=config):
+            url = f"http://127.0.0.1:{port}"
+            allowed = call(url, "/orders", authorization="Bearer tok-ada")
+            assert allowed.status == 200
+            assert allowed.headers["x-user-plan"] == "pro"
+            assert allowed.headers["x-envoy-auth-headers-to-remove"] == "authorization"
+            assert call(url, "/orders", authorization="Bearer tok-x").status == 403
+        store.close()
