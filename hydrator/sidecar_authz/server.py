@@ -71,6 +71,7 @@ class Authorizer:
         self.redis = RedisPipe(
             socket_path=config.redis_socket, timeout_s=config.redis_timeout_ms / 1000
         )
+        self._probes: set[asyncio.Future[bool]] = set()
         meta_key = config.metadata_key.encode()
         self._meta_command = [b"HMGET", meta_key, b"hydrated", b"fresh_as_of_ms"]
 
@@ -112,7 +113,10 @@ class Authorizer:
         if path == "/livez":
             respond(render_refuse(Refuse(status=200, body="ok\n")))
         elif path == "/readyz":
+            # Held until done: the loop keeps only weak references to tasks.
             future = asyncio.ensure_future(self.redis.ping())
+            self._probes.add(future)
+            future.add_done_callback(self._probes.discard)
             future.add_done_callback(
                 lambda done: respond(
                     render_refuse(
