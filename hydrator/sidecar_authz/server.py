@@ -139,6 +139,7 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._busy = False
         self._close_after = False
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -150,6 +151,14 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         self._next()
+
+    def eof_received(self) -> bool:
+        """The client is done sending: answer what it sent, then close (a half-close)."""
+        self._eof = True
+        self._next()
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+        return True
 
     def _next(self) -> None:
         while not self._busy and self._transport is not None:
@@ -168,6 +177,8 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
             return
         self._next()
+        if self._eof and not self._busy and self._transport is not None:
+            self._transport.close()
 
     def _fail(self, status: int, message: str) -> None:
         assert self._transport is not None

@@ -11,7 +11,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -349,3 +351,32 @@ def test_loopback_listener_answers_checks_for_a_mesh_sidecar() -> None:
             assert allowed.headers["x-envoy-auth-headers-to-remove"] == "authorization"
             assert call(url, "/orders", authorization="Bearer tok-x").status == 403
         store.close()
+
+
+def test_authorizer_answers_pipelined_checks_in_order_and_refuses_bad_requests(
+    stack: Stack,
+) -> None:
+    """What reaches the socket is not always Envoy: order is kept, nonsense is refused."""
+    socket_path = stack.authorizer.config.listen_socket
+
+    def exchange(payload: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(socket_path)
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    def check(token: str) -> bytes:
+        return f"GET /orders HTTP/1.1\r\nauthorization: Bearer {token}\r\n\r\n".encode()
+
+    answers = exchange(check("tok-nobody") + check("tok-ada") + check("tok-nobody"))
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses == [b"403", b"200", b"403"]
+    assert exchange(b"GET / HTTP/1.1\r\nx-pad: " + b"a" * 70_000).startswith(b"HTTP/1.1 431")
+    chunked = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert exchange(chunked).startswith(b"HTTP/1.1 400")
+    assert exchange(b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400")
