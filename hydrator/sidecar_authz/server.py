@@ -82,14 +82,11 @@ class Authorizer:
             return
         commands = [[b"GET", key.encode()] for key in planned.keys]
         commands.append(self._meta_command)
-        future = self.redis.execute(commands)
-        future.add_done_callback(lambda done: respond(self._answer(planned, done)))
+        self.redis.execute(commands, lambda result: respond(self._answer(planned, result)))
 
-    def _answer(self, lookup: Lookup, done: asyncio.Future[list[Any]]) -> bytes:
-        try:
-            replies = done.result()
-        except StoreUnavailable as exc:
-            logger.warning("store unavailable: %s", exc)
+    def _answer(self, lookup: Lookup, replies: list[Any] | StoreUnavailable) -> bytes:
+        if isinstance(replies, StoreUnavailable):
+            logger.warning("store unavailable: %s", replies)
             return render_refuse(STORE_DOWN)
         if any(isinstance(r, hiredis.ReplyError) for r in replies):
             logger.warning("Redis answered with an error: %s", replies)
