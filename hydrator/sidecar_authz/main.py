@@ -53,13 +53,7 @@ async def serve(config: AuthorizerConfig, *, stop: asyncio.Event) -> None:
     authorizer = Authorizer(config)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(config.listen_socket)
-    servers = [
-        await loop.create_unix_server(
-            lambda: HttpConnection(authorizer.check), config.listen_socket
-        )
-    ]
-    # Envoy runs as another user of the socket's group (as the app reaches Redis).
-    os.chmod(config.listen_socket, 0o660)
+    servers = []
     if config.loopback_port is not None:
         servers.append(
             await loop.create_server(
@@ -72,6 +66,14 @@ async def serve(config: AuthorizerConfig, *, stop: asyncio.Event) -> None:
                 lambda: HttpConnection(authorizer.health), None, config.health_port
             )
         )
+    # The socket last: once it accepts, every listener is up (what callers wait for).
+    servers.append(
+        await loop.create_unix_server(
+            lambda: HttpConnection(authorizer.check), config.listen_socket
+        )
+    )
+    # Envoy runs as another user of the socket's group (as the app reaches Redis).
+    os.chmod(config.listen_socket, 0o660)
     logger.info("authorizer listening on %s (%d rules)", config.listen_socket, len(config.rules))
     try:
         await stop.wait()

@@ -278,7 +278,7 @@ def test_redis_hanging_fails_within_the_timeout(make_stack: Callable[..., Stack]
     finally:
         os.kill(pid, signal.SIGCONT)
     assert reply.status == 503
-    assert elapsed < 1.0
+    assert elapsed < 2.0  # bounded by the 200 ms timeout, with room for a loaded machine
 
 
 def test_a_view_that_is_not_hydrated_fails_instead_of_denying(stack: Stack) -> None:
