@@ -7,6 +7,7 @@ optionally ``127.0.0.1:<port>`` for a mesh's own sidecar, and a health port that
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -95,9 +96,26 @@ async def _main(config: AuthorizerConfig) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Only ``--help``: the rendered config is the whole interface, so there is nothing to set."""
+    return argparse.ArgumentParser(
+        prog="sidecar-state-authz",
+        description=(
+            "The interceptor's authorizer: Envoy's ext_authz HTTP service, answering each"
+            " request from the Pod's Redis. The operator injects it for bindings with"
+            f" spec.intercept and renders its configuration, as JSON, into {CONFIG_ENV}; it"
+            " takes no flags. It serves /livez and /readyz on its health port."
+        ),
+        epilog=(
+            "To see the configuration an injected Pod gets, run"
+            " `sidecar-state inject -f workload.yaml -b binding.yaml`."
+        ),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: configured by ``SIDECAR_STATE_AUTHZ_CONFIG`` (rendered by the operator)."""
-    del argv  # no flags: the rendered config is the whole interface
+    build_parser().parse_args(argv)
     configure_logging()
     try:
         config = AuthorizerConfig.from_env()
