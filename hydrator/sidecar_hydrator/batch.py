@@ -3,6 +3,11 @@
 Collapsing per key (last write wins) is what makes bootstrap from a topic that is not yet
 fully compacted cheap: a key updated a thousand times costs one ``SET``. Sets and deletes come
 out disjoint, so their order inside the transaction does not matter. Pure: no I/O.
+
+Debezium batches also keep each table's index (see :class:`~sidecar_hydrator.records.RowDecoder`)
+and carry truncates. A truncate drops the batch's earlier writes of that table, and runs before
+the batch's remaining writes (which all came after it, or belong to other tables), so one
+transaction still leaves Redis as the records did in order.
 """
 
 from __future__ import annotations
@@ -10,7 +15,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sidecar_hydrator.records import BadRecord, Decoder, RecordLike
+from sidecar_hydrator.records import BadRecord, Decoder, RecordLike, RowDecoder, Truncate
+
+#: Deletes every key a table index names, then the index; run inside the batch's transaction.
+#: ``UNLINK`` frees the values off Redis's main thread; chunks keep ``unpack`` within Lua's
+#: stack limit.
+TRUNCATE_SCRIPT = """
+local members = redis.call('SMEMBERS', KEYS[1])
+for i = 1, #members, 1000 do
+  redis.call('UNLINK', unpack(members, i, math.min(i + 999, #members)))
+end
+redis.call('UNLINK', KEYS[1])
+return #members
+"""
+
+#: One Redis command as its arguments, e.g. ``("SADD", key, member)``.
+Command = tuple[bytes | str | int, ...]
 
 
 @dataclass(slots=True)
@@ -26,13 +46,30 @@ class Batch:
     bad: list[BadRecord] = field(default_factory=list)
     #: Newest record timestamp (ms since the epoch), for the "last event time" metadata.
     last_event_ms: int | None = None
+    #: Debezium: table index keys to empty (with their rows) before this batch's writes.
+    truncates: list[bytes] = field(default_factory=list)
+    #: Debezium: the table index key of each key in ``sets``/``deletes`` that names one.
+    index_of: dict[bytes, bytes] = field(default_factory=dict)
 
     @property
     def writes(self) -> int:
         return len(self.sets) + len(self.deletes)
 
+    @property
+    def commands(self) -> list[Command]:
+        """Bookkeeping to run first in the batch's transaction: truncates, then the table
+        indexes of its keys (one ``SADD``/``SREM`` per table, not per key)."""
+        commands: list[Command] = [("EVAL", TRUNCATE_SCRIPT, 1, key) for key in self.truncates]
+        added: dict[bytes, list[bytes]] = {}
+        removed: dict[bytes, list[bytes]] = {}
+        for key, index in self.index_of.items():
+            (added if key in self.sets else removed).setdefault(index, []).append(key)
+        commands += [("SADD", index, *keys) for index, keys in added.items()]
+        commands += [("SREM", index, *keys) for index, keys in removed.items()]
+        return commands
 
-def build_batch(partitions: Iterable[Sequence[RecordLike]], decode: Decoder) -> Batch:
+
+def build_batch(partitions: Iterable[Sequence[RecordLike]], decode: Decoder | RowDecoder) -> Batch:
     """Decode and collapse records, given in order per partition; bad ones are collected.
 
     ``partitions`` is what a consumer's ``getmany`` returns (one ordered run of records per
@@ -40,6 +77,8 @@ def build_batch(partitions: Iterable[Sequence[RecordLike]], decode: Decoder) -> 
     retried, so a poison record cannot wedge its partition. This loop runs once per record
     during bootstrap, hence the locals.
     """
+    if isinstance(decode, RowDecoder):
+        return _build_row_batch(partitions, decode)
     batch = Batch()
     sets = batch.sets
     deletes = batch.deletes
@@ -73,6 +112,57 @@ def build_batch(partitions: Iterable[Sequence[RecordLike]], decode: Decoder) -> 
                     deletes.discard(key)
     batch.records = count
     batch.ignored = ignored
+    if last_event_ms >= 0:
+        batch.last_event_ms = last_event_ms
+    return batch
+
+
+def _build_row_batch(partitions: Iterable[Sequence[RecordLike]], decoder: RowDecoder) -> Batch:
+    """:func:`build_batch` for Debezium: the same collapsing, plus table indexes and truncates."""
+    batch = Batch()
+    sets = batch.sets
+    deletes = batch.deletes
+    index_of = batch.index_of
+    decode = decoder.decode
+    index_keys: dict[str, bytes] = {}
+    last_event_ms = -1
+    for records in partitions:
+        if not records:
+            continue
+        last = records[-1]
+        batch.offsets[(last.topic, last.partition)] = last.offset + 1
+        last_event_ms = max(last_event_ms, last.timestamp)
+        batch.records += len(records)
+        for record in records:
+            try:
+                change = decode(record)
+            except BadRecord as exc:
+                batch.bad.append(exc)
+                continue
+            if change is None:
+                batch.ignored += 1
+                continue
+            if isinstance(change, Truncate):
+                index = decoder.index_key(change.table)
+                for key in [k for k, i in index_of.items() if i == index]:
+                    del index_of[key]
+                    sets.pop(key, None)
+                    deletes.discard(key)
+                if index not in batch.truncates:
+                    batch.truncates.append(index)
+                continue
+            key, value, table = change
+            if table is not None:
+                table_index = index_keys.get(table)
+                if table_index is None:
+                    table_index = index_keys[table] = decoder.index_key(table)
+                index_of[key] = table_index
+            if value is None:
+                sets.pop(key, None)
+                deletes.add(key)
+            else:
+                sets[key] = value
+                deletes.discard(key)
     if last_event_ms >= 0:
         batch.last_event_ms = last_event_ms
     return batch

@@ -92,6 +92,9 @@ class HydratorConfig(_Contract):
     #: Larger values are skipped as bad records: one oversized record must not push a small
     #: ``noeviction`` Redis into OOM rejections for every later write.
     max_value_bytes: int = Field(default=1024 * 1024, ge=1)
+    #: Larger keys (prefix included) are skipped as bad records (``key_too_large``): Redis
+    #: would take keys up to 512 MB, and each one is also read by every ``SCAN`` of the app.
+    max_key_bytes: int = Field(default=16 * 1024, ge=1)
     #: The database a rebuild is written into before ``SWAPDB`` makes it the served one (0).
     spare_db: int = Field(default=1, ge=1, le=15)
     #: Bounds both the wait after a seek and how long a shutdown waits for a parked fetch.

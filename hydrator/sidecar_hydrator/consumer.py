@@ -88,7 +88,11 @@ class Feed:
         self._config = config
         self._store = store
         self._decode = make_decoder(
-            format=binding.format, keys=binding.keys, max_value_bytes=config.max_value_bytes
+            format=binding.format,
+            keys=binding.keys,
+            max_value_bytes=config.max_value_bytes,
+            max_key_bytes=config.max_key_bytes,
+            binding=binding.name,
         )
         self._consumer: AIOKafkaConsumer | None = None
         #: Set once every partition reached the end offsets snapshotted at (re)positioning.
@@ -112,6 +116,7 @@ class Feed:
         self._m_read = metrics.records_read.labels(binding=label)
         self._m_applied = metrics.records_applied.labels(binding=label)
         self._m_keys = metrics.keys_written.labels(binding=label)
+        self._m_ignored = metrics.records_ignored.labels(binding=label)
         self._metrics = metrics
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -339,7 +344,12 @@ class Feed:
             )
             notify = (change_channel(self.binding.name), message)
         result = await self._store.apply(
-            sets=batch.sets, deletes=batch.deletes, offsets=offsets, meta=meta, notify=notify
+            sets=batch.sets,
+            deletes=batch.deletes,
+            offsets=offsets,
+            meta=meta,
+            notify=notify,
+            commands=batch.commands,
         )
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         if self.caught_up.is_set() and batch.last_event_ms is not None:
@@ -358,6 +368,7 @@ class Feed:
                 result.oom_rejected,
             )
         self._m_applied.inc(batch.records)
+        self._m_ignored.inc(batch.ignored)
         self._m_keys.inc(result.applied)
         self._metrics.mark_applied(now)
         for bad in batch.bad:

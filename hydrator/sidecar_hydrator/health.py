@@ -52,6 +52,14 @@ class Metrics:
             namespace=_NS,
             registry=r,
         )
+        self.records_ignored = Counter(
+            "records_ignored",
+            "Records read that carry nothing for the view (Debezium messages, tombstones "
+            "without a key).",
+            ["binding"],
+            namespace=_NS,
+            registry=r,
+        )
         self.bad_records = Counter(
             "bad_records",
             "Records skipped because they cannot be mapped, by kind.",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -235,11 +235,13 @@ class Store:
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
         notify: tuple[str, bytes] | None = None,
+        commands: Sequence[Sequence[EncodableT]] = (),
     ) -> ApplyResult:
         """Write one batch, its offsets and metadata atomically (one ``MULTI/EXEC``).
 
         ``notify`` is a ``(channel, message)`` published in the same transaction, on the
-        served view only (see :mod:`sidecar_hydrator.changes`).
+        served view only (see :mod:`sidecar_hydrator.changes`). ``commands`` (the batch's
+        bookkeeping, see :attr:`Batch.commands`) run first.
 
         Under ``noeviction`` a full Redis refuses the whole transaction (writes are checked
         when queued). Deletes are still allowed then and only free memory, so they are applied
@@ -250,9 +252,11 @@ class Store:
         async with self._lock:
             if self._target is not self._served:
                 return await self._apply_unseen(
-                    sets=sets, deletes=deletes, offsets=offsets, meta=meta
+                    sets=sets, deletes=deletes, offsets=offsets, meta=meta, commands=commands
                 )
             async with self._target.pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
                 if deletes:
                     pipe.unlink(*deletes)
                 if sets:
@@ -280,6 +284,7 @@ class Store:
         deletes: list[bytes],
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
+        commands: Sequence[Sequence[EncodableT]],
     ) -> ApplyResult:
         """Write a batch into the spare database, which no reader sees until the swap.
 
@@ -291,6 +296,8 @@ class Store:
         """
         items = list(sets.items())
         async with self._target.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
             for start in range(0, len(deletes), UNSEEN_CHUNK_KEYS):
                 pipe.unlink(*deletes[start : start + UNSEEN_CHUNK_KEYS])
             chunks = [

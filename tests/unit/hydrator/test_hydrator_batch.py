@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sidecar_hydrator.batch import build_batch
@@ -68,7 +69,7 @@ def test_bad_records_are_collected_counted_and_still_advance_offsets() -> None:
 
 def test_ignored_records_are_counted() -> None:
     debezium = make_decoder(format="debezium", keys=KeyMapping(), max_value_bytes=1000)
-    batch = build_batch([[Rec(b'{"id": 1}', b'{"op": "t"}', 0)]], debezium)
+    batch = build_batch([[Rec(b'{"id": 1}', b'{"op": "m"}', 0)]], debezium)
     assert (batch.ignored, batch.writes, batch.records) == (1, 0, 1)
 
 
@@ -78,3 +79,56 @@ def test_last_event_time_is_the_newest_partition_end() -> None:
     assert build_batch([p0, p1], RAW).last_event_ms == 30
     assert build_batch([p0], RAW).last_event_ms == 20
     assert build_batch([[]], RAW).last_event_ms is None
+
+
+# -- Debezium: table indexes and truncates -------------------------------------------------------
+
+DBZ = make_decoder(
+    format="debezium", keys=KeyMapping(prefix="p:"), max_value_bytes=1000, binding="b"
+)
+ORDERS = b"sidecar-state:tables:b:shop.public.orders"
+USERS = b"sidecar-state:tables:b:shop.public.users"
+
+
+def row(op: str, table: str, key: int, offset: int) -> Rec:
+    source = {"db": "shop", "schema": "public", "table": table}
+    image = {"id": key}
+    value = {"op": op, "source": source, "after": image if op != "d" else None, "before": image}
+    return Rec(json.dumps({"id": key}).encode(), json.dumps(value).encode(), offset)
+
+
+def truncate(table: str, offset: int) -> Rec:
+    source = {"db": "shop", "schema": "public", "table": table}
+    return Rec(None, json.dumps({"op": "t", "source": source}).encode(), offset)
+
+
+def test_debezium_batch_indexes_its_keys_per_table() -> None:
+    batch = build_batch(
+        [[row("c", "orders", 1, 0), row("c", "users", 1, 1), row("d", "orders", 2, 2)]], DBZ
+    )
+    assert batch.sets == {b"p:1": b'{"id":1}'}  # the users row overwrote the order (same key)
+    assert batch.commands == [("SADD", USERS, b"p:1"), ("SREM", ORDERS, b"p:2")]
+
+
+def test_truncate_drops_the_tables_earlier_writes_and_runs_first() -> None:
+    records = [
+        row("c", "orders", 1, 0),
+        row("d", "orders", 2, 1),
+        row("c", "users", 3, 2),
+        truncate("orders", 3),
+        row("c", "orders", 4, 4),
+    ]
+    batch = build_batch([records], DBZ)
+    assert batch.sets == {b"p:3": b'{"id":3}', b"p:4": b'{"id":4}'}
+    assert batch.deletes == set()
+    (script, *indexes) = batch.commands
+    assert script[0] == "EVAL" and script[2:] == (1, ORDERS)
+    assert indexes == [("SADD", USERS, b"p:3"), ("SADD", ORDERS, b"p:4")]
+    assert (batch.ignored, batch.records, batch.offsets) == (0, 5, {("t", 0): 5})
+
+
+def test_a_tombstone_keeps_its_keys_table() -> None:
+    tombstone = Rec(b'{"id": 1}', None, 1)
+    batch = build_batch([[row("c", "orders", 1, 0), tombstone, truncate("orders", 2)]], DBZ)
+    assert (batch.sets, batch.deletes) == ({}, set())
+    assert [c[0] for c in batch.commands] == ["EVAL"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar_hydrator.config import KeyMapping, RecordFormat
-from sidecar_hydrator.records import BadRecord, Change, make_decoder
+from sidecar_hydrator.records import BadRecord, Change, RowChange, Truncate, make_decoder
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,13 @@ def decode(
     key_field: str | None = None,
     value_field: str | None = None,
     max_value_bytes: int = 1024,
-) -> Change | None:
+    max_key_bytes: int = 1024,
+) -> Change | RowChange | Truncate | None:
     decoder = make_decoder(
         format=fmt,
         keys=KeyMapping(prefix=prefix, key_field=key_field, value_field=value_field),
         max_value_bytes=max_value_bytes,
+        max_key_bytes=max_key_bytes,
     )
     return decoder(record)
 
@@ -151,11 +153,75 @@ def test_raw_invalid_utf8_is_fine_but_json_is_not() -> None:
     assert bad("json", Rec(b"k", b"\xff")).kind == "invalid_utf8"
 
 
+# -- json: one key mapping for sets and tombstones ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record_key", "id_value"),
+    [
+        pytest.param(b'"u1"', "u1", id="JSON string key"),
+        pytest.param(b"u1", "u1", id="plain text key"),
+        pytest.param(b'{"id": "u1"}', "u1", id="JSON object key"),
+        pytest.param(b"42", 42, id="integer key"),
+        pytest.param(b'"a\\"b"', 'a"b', id="JSON string with an escape"),
+    ],
+)
+def test_json_tombstone_deletes_the_key_its_set_created(record_key: bytes, id_value: Any) -> None:
+    kwargs: dict[str, Any] = {"prefix": "user:", "key_field": "id"}
+    created = decode("json", Rec(record_key, js({"id": id_value, "n": 1})), **kwargs)
+    deleted = decode("json", Rec(record_key, None), **kwargs)
+    assert created is not None and deleted is not None
+    assert deleted == (created[0], None)
+
+
+def test_json_without_key_field_maps_a_json_string_key_the_same_way_both_ways() -> None:
+    assert decode("json", Rec(b'"u1"', b"{}"), prefix="p:") == (b"p:u1", b"{}")
+    assert decode("json", Rec(b'"u1"', None), prefix="p:") == (b"p:u1", None)
+    assert decode("json", Rec(b'{"id": 1}', None)) == (b'{"id": 1}', None)
+
+
+def test_json_tombstone_keyed_by_an_object_without_the_key_field_is_bad() -> None:
+    error = bad("json", Rec(b'{"sku": "u1"}', None), key_field="id")
+    assert error.kind == "missing_key" and "'id'" in error.detail
+
+
+# -- key size ------------------------------------------------------------------------------------
+
+
+def test_too_large_key_is_bad_in_every_format_prefix_included() -> None:
+    record_keys = {"raw": b"k" * 1023, "json": b"k" * 1023, "debezium": js({"id": "k" * 1023})}
+    for fmt, record_key in record_keys.items():
+        error = bad(fmt, Rec(record_key, None), prefix="p:", max_key_bytes=1024)  # type: ignore[arg-type]
+        assert error.kind == "key_too_large"
+        assert error.detail == "key of 1025 bytes > max 1024"
+    big = decode(
+        "json",
+        Rec(None, js({"id": "k" * 1024})),
+        key_field="id",
+        max_key_bytes=1024,
+        max_value_bytes=4096,
+    )
+    assert big is not None and len(big[0]) == 1024
+
+
 # -- debezium ----------------------------------------------------------------------------------
 
+SOURCE = {"db": "shop", "schema": "public", "table": "products"}
+TABLE = "shop.public.products"
 
-def dbz(op: str, *, before: Any = None, after: Any = None, schemas: bool = False) -> bytes:
-    payload = {"before": before, "after": after, "op": op, "ts_ms": 1, "source": {"db": "shop"}}
+
+def dbz(
+    op: str,
+    *,
+    before: Any = None,
+    after: Any = None,
+    schemas: bool = False,
+    source: Any = SOURCE,
+    schema: Any = None,
+) -> bytes:
+    payload = {"before": before, "after": after, "op": op, "ts_ms": 1, "source": source}
+    if schema is not None:
+        return js({"schema": schema, "payload": payload})
     return js({"schema": {"type": "struct"}, "payload": payload} if schemas else payload)
 
 
@@ -166,40 +232,149 @@ KEY = js({"id": 7})
 def test_debezium_create_update_read_set_after(op: str) -> None:
     row = {"id": 7, "name": "lamp", "price": 12.5}
     change = decode("debezium", Rec(KEY, dbz(op, after=row)), prefix="product:")
-    assert change == (b"product:7", b'{"id":7,"name":"lamp","price":12.5}')
+    assert change == (b"product:7", b'{"id":7,"name":"lamp","price":12.5}', TABLE)
 
 
 def test_debezium_delete_deletes_and_tombstone_is_harmless() -> None:
-    assert decode("debezium", Rec(KEY, dbz("d", before={"id": 7}))) == (b"7", None)
-    assert decode("debezium", Rec(KEY, None)) == (b"7", None)
+    assert decode("debezium", Rec(KEY, dbz("d", before={"id": 7}))) == (b"7", None, TABLE)
+    assert decode("debezium", Rec(KEY, None)) == (b"7", None, None)
     assert decode("debezium", Rec(None, None)) is None
 
 
 def test_debezium_with_schemas_enabled_is_unwrapped_key_and_value() -> None:
     key = js({"schema": {"type": "struct"}, "payload": {"id": "sku-1"}})
     value = dbz("u", after={"id": "sku-1", "stock": 3}, schemas=True)
-    assert decode("debezium", Rec(key, value), value_field="stock") == (b"sku-1", b"3")
+    assert decode("debezium", Rec(key, value), value_field="stock") == (b"sku-1", b"3", TABLE)
 
 
 def test_debezium_composite_key_is_joined_in_key_order() -> None:
     key = js({"tenant": "acme", "id": 9})
-    assert decode("debezium", Rec(key, dbz("c", after={"x": 1}))) == (b"acme:9", b'{"x":1}')
+    assert decode("debezium", Rec(key, dbz("c", after={"x": 1}))) == (b"acme:9", b'{"x":1}', TABLE)
+
+
+def test_debezium_composite_keys_that_joined_alike_stay_apart() -> None:
+    row = dbz("c", after={"x": 1})
+    first = decode("debezium", Rec(js({"a": "x:y", "b": "z"}), row))
+    second = decode("debezium", Rec(js({"a": "x", "b": "y:z"}), row))
+    escaped = decode("debezium", Rec(js({"a": "x\\", "b": ":z"}), row))
+    assert first is not None and second is not None and escaped is not None
+    assert (first[0], second[0], escaped[0]) == (b"x\\:y:z", b"x:y\\:z", b"x\\\\:\\:z")
 
 
 def test_debezium_key_field_from_key_payload_or_from_the_row() -> None:
     key = js({"tenant": "acme", "id": 9})
     row = {"id": 9, "sku": "s-9"}
     from_key = decode("debezium", Rec(key, dbz("c", after=row)), key_field="id")
-    assert from_key == (b"9", b'{"id":9,"sku":"s-9"}')
+    assert from_key == (b"9", b'{"id":9,"sku":"s-9"}', TABLE)
     from_row = decode("debezium", Rec(None, dbz("c", after=row)), key_field="sku")
     assert from_row is not None and from_row[0] == b"s-9"
     deleted = decode("debezium", Rec(None, dbz("d", before=row)), key_field="sku")
-    assert deleted == (b"s-9", None)
+    assert deleted == (b"s-9", None, TABLE)
 
 
-def test_debezium_truncate_and_message_are_ignored() -> None:
-    assert decode("debezium", Rec(KEY, dbz("t"))) is None
+def test_debezium_string_converter_key_falls_back_to_the_rows_key_field() -> None:
+    key = b"Struct{id=9}"  # what Kafka Connect's StringConverter makes of a key struct
+    row = {"id": 9, "sku": "s-9"}
+    created = decode("debezium", Rec(key, dbz("c", after=row)), key_field="id")
+    deleted = decode("debezium", Rec(key, dbz("d", before=row)), key_field="id")
+    assert created is not None and created[0] == b"9"
+    assert deleted == (b"9", None, TABLE)
+    error = bad("debezium", Rec(key, dbz("c", after=row)))
+    assert error.kind == "missing_key" and "not JSON" in error.detail
+
+
+def test_debezium_truncate_names_its_table_and_message_is_ignored() -> None:
+    assert decode("debezium", Rec(None, dbz("t"))) == Truncate(TABLE)
+    assert decode("debezium", Rec(None, dbz("t", source={"db": "x"}))) == Truncate("flags")
+    mysql = {"db": "inventory", "table": "orders"}
+    assert decode("debezium", Rec(None, dbz("t", source=mysql))) == Truncate("inventory.orders")
     assert decode("debezium", Rec(KEY, dbz("m"))) is None
+
+
+def test_debezium_string_after_of_the_mongodb_connector_is_parsed() -> None:
+    doc = {"_id": {"$oid": "65f0"}, "name": "lamp"}
+    change = decode(
+        "debezium", Rec(js({"id": '{"$oid": "65f0"}'}), dbz("c", after=json.dumps(doc)))
+    )
+    assert change == (b'{"$oid": "65f0"}', b'{"_id":{"$oid":"65f0"},"name":"lamp"}', TABLE)
+    error = bad("debezium", Rec(KEY, dbz("u", after="not a document")))
+    assert error.kind == "bad_envelope" and "'after' is a string" in error.detail
+
+
+def _row_schema(*fields: dict[str, Any]) -> dict[str, Any]:
+    row = {"type": "struct", "optional": True, "fields": list(fields)}
+    return {
+        "type": "struct",
+        "fields": [{**row, "field": "before"}, {**row, "field": "after"}],
+    }
+
+
+def test_debezium_connect_logical_types_become_plain_json() -> None:
+    schema = _row_schema(
+        {"field": "id", "type": "int32"},
+        {
+            "field": "price",
+            "type": "bytes",
+            "name": "org.apache.kafka.connect.data.Decimal",
+            "parameters": {"scale": "2"},
+        },
+        {"field": "total", "type": "struct", "name": "io.debezium.data.VariableScaleDecimal"},
+        {
+            "field": "debt",
+            "type": "bytes",
+            "name": "org.apache.kafka.connect.data.Decimal",
+            "parameters": {"scale": "1"},
+        },
+        {"field": "born", "type": "int32", "name": "io.debezium.time.Date"},
+        {"field": "at", "type": "int64", "name": "org.apache.kafka.connect.data.Timestamp"},
+        {"field": "seen", "type": "int64", "name": "io.debezium.time.MicroTimestamp"},
+        {"field": "opens", "type": "int64", "name": "io.debezium.time.MicroTime"},
+        {
+            "field": "tags",
+            "type": "array",
+            "items": {"type": "int32", "name": "org.apache.kafka.connect.data.Date"},
+        },
+        {"field": "note", "type": "string"},
+    )
+    row = {
+        "id": 1,
+        "price": "AK8=",  # 175, scale 2
+        "total": {"scale": 2, "value": "AK8="},
+        "debt": "/w==",  # -1, scale 1
+        "born": 19_723,
+        "at": 1_704_164_645_678,
+        "seen": 1_704_164_645_678_901,
+        "opens": 32_400_000_001,
+        "tags": [0, 1],
+        "note": "AK8=",
+    }
+    change = decode("debezium", Rec(KEY, dbz("c", after=row, schema=schema)), max_value_bytes=9999)
+    assert change is not None and change[1] is not None
+    assert json.loads(change[1]) == {
+        "id": 1,
+        "price": "1.75",
+        "total": "1.75",
+        "debt": "-0.1",
+        "born": "2024-01-01",
+        "at": "2024-01-02T03:04:05.678Z",
+        "seen": "2024-01-02T03:04:05.678901",
+        "opens": "09:00:00.000001",
+        "tags": ["1970-01-01", "1970-01-02"],
+        "note": "AK8=",
+    }
+
+
+def test_debezium_logical_types_decode_in_the_key_too_and_bad_values_are_kept() -> None:
+    key_schema = {
+        "type": "struct",
+        "fields": [{"field": "day", "type": "int32", "name": "org.apache.kafka.connect.data.Date"}],
+    }
+    key = js({"schema": key_schema, "payload": {"day": 1}})
+    schema = _row_schema(
+        {"field": "price", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal"}
+    )
+    change = decode("debezium", Rec(key, dbz("c", after={"price": "%%"}, schema=schema)))
+    assert change == (b"1970-01-02", b'{"price":"%%"}', TABLE)
 
 
 @pytest.mark.parametrize(

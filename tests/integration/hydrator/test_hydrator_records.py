@@ -1,0 +1,271 @@
+"""Record -> key mapping against a real broker and Redis: what the app reads after JSON
+tombstones, Debezium truncates, keys, envelopes and logical types, and oversized keys."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sidecar_hydrator.config import KeyMapping
+from tests.integration.hydrator.support import (
+    MIB,
+    eventually,
+    hydrated,
+    make_config,
+    produce,
+    running,
+    sample,
+    view,
+)
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def js(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def row_event(
+    op: str, table: str, *, key: Any, row: Any, schema: Any = None
+) -> tuple[bytes, bytes]:
+    """A Debezium PostgreSQL change event of ``shop.public.<table>`` (JSON, no schemas)."""
+    source = {"connector": "postgresql", "db": "shop", "schema": "public", "table": table}
+    payload = {
+        "op": op,
+        "before": row if op == "d" else None,
+        "after": None if op == "d" else row,
+        "source": source,
+        "ts_ms": 1,
+    }
+    value = payload if schema is None else {"schema": schema, "payload": payload}
+    return js(key), js(value)
+
+
+def truncate_event(table: str) -> tuple[None, bytes]:
+    """Debezium's truncate: no key (a compacted topic refuses it), no rows."""
+    source = {"connector": "postgresql", "db": "shop", "schema": "public", "table": table}
+    return None, js({"op": "t", "before": None, "after": None, "source": source, "ts_ms": 1})
+
+
+async def test_json_tombstone_deletes_what_its_set_created_with_json_serialized_keys(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    # A producer with a JSON key serializer: the key of id "u1" is the 4 bytes "u1" quoted.
+    await produce(
+        kafka_broker,
+        topic,
+        [
+            (js("u1"), js({"id": "u1", "name": "Ann"})),
+            (js("u2"), js({"id": "u2", "name": "Bob"})),
+            (js({"id": "u3"}), js({"id": "u3", "name": "Cy"})),
+            (js("u1"), None),  # bootstrap: the tombstone comes in the same read
+        ],
+    )
+    config = make_config(
+        broker=kafka_broker, redis=redis_server, topics=[topic], prefix="user:", key_field="id"
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert set(await view(app_redis, b"user:")) == {b"user:u2", b"user:u3"}
+
+        await produce(kafka_broker, topic, [(js("u2"), None), (js({"id": "u3"}), None)])
+        await eventually(
+            lambda: _view_is(app_redis, b"user:", {}), what="live tombstones delete the sets"
+        )
+        assert sample(hydrator, "bad_records_total", binding="b", kind="missing_key") == 0
+
+
+async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    # Truncates have no key, so they only arrive on a topic that is not compacted.
+    topic = make_topic(compacted=False)
+    await produce(
+        kafka_broker,
+        topic,
+        [
+            row_event("r", "orders", key={"id": 1}, row={"id": 1, "total": 10}),
+            row_event("r", "orders", key={"id": 2}, row={"id": 2, "total": 20}),
+            row_event("r", "users", key={"id": 7}, row={"id": 7, "name": "Ann"}),
+            truncate_event("orders"),  # during bootstrap, into the spare database
+            row_event("c", "orders", key={"id": 3}, row={"id": 3, "total": 30}),
+        ],
+    )
+    orders = make_config(
+        broker=kafka_broker, redis=redis_server, topics=[topic], format="debezium", prefix="o:"
+    )
+    other = orders.bindings[0].model_copy(
+        update={
+            "name": "mirror",
+            "keys": KeyMapping(prefix="m:"),
+        }
+    )
+    config = orders.model_copy(update={"bindings": (*orders.bindings, other)})
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await view(app_redis, b"o:") == {
+            b"o:7": b'{"id":7,"name":"Ann"}',
+            b"o:3": b'{"id":3,"total":30}',
+        }
+        await produce(
+            kafka_broker,
+            topic,
+            [
+                row_event("c", "orders", key={"id": 4}, row={"id": 4, "total": 40}),
+                truncate_event("orders"),  # live, in the served database
+                row_event("c", "orders", key={"id": 5}, row={"id": 5, "total": 50}),
+            ],
+        )
+        expected = {b"o:7": b'{"id":7,"name":"Ann"}', b"o:5": b'{"id":5,"total":50}'}
+        await eventually(lambda: _view_is(app_redis, b"o:", expected), what="live truncate")
+        # The other binding reads the same table under its own prefix: it truncated its own
+        # copy, in step, and nothing of one binding's truncate reached the other's keys.
+        assert await view(app_redis, b"m:") == {
+            b"m:7": b'{"id":7,"name":"Ann"}',
+            b"m:5": b'{"id":5,"total":50}',
+        }
+
+
+async def test_debezium_keys_string_converter_composite_and_mongodb_after(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    mongo_doc = {"_id": {"$oid": "65f0"}, "sku": "lamp"}
+    await produce(
+        kafka_broker,
+        topic,
+        [
+            # StringConverter keys are not JSON: the row's key field names the entry.
+            (b"Struct{sku=desk}", row_event("c", "items", key=None, row={"sku": "desk"})[1]),
+            # The MongoDB connector sends the document as a JSON string.
+            (js({"sku": "lamp"}), js({"op": "c", "after": json.dumps(mongo_doc), "source": {}})),
+            # A logical-decoding message: nothing for the view, but counted.
+            (js({"sku": "msg"}), js({"op": "m", "message": {"prefix": "p"}, "source": {}})),
+        ],
+    )
+    composite = make_topic(suffix="composite")
+    await produce(
+        kafka_broker,
+        composite,
+        [  # two composite keys that a plain ':' join made into the same Redis key
+            row_event("c", "lines", key={"a": "x:y", "b": "z"}, row={"n": 1}),
+            row_event("c", "lines", key={"a": "x", "b": "y:z"}, row={"n": 2}),
+        ],
+    )
+    by_sku = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="i:",
+        key_field="sku",
+    )
+    by_key = by_sku.bindings[0].model_copy(
+        update={"name": "lines", "topics": (composite,), "keys": KeyMapping(prefix="l:")}
+    )
+    config = by_sku.model_copy(update={"bindings": (*by_sku.bindings, by_key)})
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await view(app_redis, b"i:") == {
+            b"i:desk": b'{"sku":"desk"}',
+            b"i:lamp": b'{"_id":{"$oid":"65f0"},"sku":"lamp"}',
+        }
+        assert await view(app_redis, b"l:") == {
+            b"l:x\\:y:z": b'{"n":1}',
+            b"l:x:y\\:z": b'{"n":2}',
+        }
+        assert sample(hydrator, "records_ignored_total", binding="b") == 1
+        for kind in ("not_json", "bad_envelope", "missing_key"):
+            assert sample(hydrator, "bad_records_total", binding="b", kind=kind) == 0, kind
+
+
+async def test_debezium_connect_logical_types_are_decoded_when_the_schema_is_sent(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    columns = [
+        {"field": "id", "type": "int32"},
+        # numeric(10, 2) with decimal.handling.mode=precise (Debezium's default)
+        {
+            "field": "price",
+            "type": "bytes",
+            "name": "org.apache.kafka.connect.data.Decimal",
+            "parameters": {"scale": "2"},
+        },
+        # numeric without a scale: the struct the issue saw served as is
+        {"field": "weight", "type": "struct", "name": "io.debezium.data.VariableScaleDecimal"},
+        {"field": "since", "type": "int32", "name": "io.debezium.time.Date"},
+        {"field": "updated", "type": "int64", "name": "io.debezium.time.MicroTimestamp"},
+    ]
+    row_schema = {"type": "struct", "optional": True, "fields": columns}
+    schema = {
+        "type": "struct",
+        "fields": [{**row_schema, "field": "before"}, {**row_schema, "field": "after"}],
+    }
+    row = {
+        "id": 1,
+        "price": "AK8=",
+        "weight": {"scale": 3, "value": "MDk="},
+        "since": 19_723,
+        "updated": 1_704_164_645_678_901,
+    }
+    await produce(kafka_broker, topic, [row_event("r", "p", key={"id": 1}, row=row, schema=schema)])
+    config = make_config(
+        broker=kafka_broker, redis=redis_server, topics=[topic], format="debezium", prefix="p:"
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        served = await app_redis.get(b"p:1")
+        assert served is not None
+        assert json.loads(served) == {
+            "id": 1,
+            "price": "1.75",
+            "weight": "12.345",
+            "since": "2024-01-01",
+            "updated": "2024-01-02T03:04:05.678901",
+        }
+
+
+async def test_a_key_over_the_limit_is_a_bad_record_and_later_records_apply(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(config={"max.message.bytes": str(8 * MIB)})
+    huge = b"k" * (5 * MIB)
+    await produce(
+        kafka_broker,
+        topic,
+        [(b"small", b"1"), (huge, b"2"), (b"after", b"3")],
+        max_request_size=8 * MIB,
+    )
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        assert await app_redis.exists(huge) == 0
+        assert await app_redis.mget([b"small", b"after"]) == [b"1", b"3"]
+        assert sample(hydrator, "bad_records_total", binding="b", kind="key_too_large") == 1
+
+
+async def _view_is(client: aioredis.Redis, prefix: bytes, expected: dict[bytes, bytes]) -> bool:
+    return await view(client, prefix) == expected
