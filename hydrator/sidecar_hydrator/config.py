@@ -42,6 +42,24 @@ class KafkaConnection(_Contract):
     cert_file: str | None = None
     key_file: str | None = None
 
+    @model_validator(mode="after")
+    def _credentials_go_where_they_are_used(self) -> KafkaConnection:
+        """Credentials are used exactly when SASL is on: never silently dropped, never made
+        up (a SASL protocol without a mechanism would otherwise fall back to PLAIN)."""
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        given = [n for n in ("sasl_mechanism", "username_env", "password_env") if getattr(self, n)]
+        if sasl and len(given) < 3:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "username_env and password_env"
+            )
+        if not sasl and given:
+            raise ValueError(
+                f"{', '.join(given)} given with security_protocol {self.security_protocol}, "
+                "which sends no credentials"
+            )
+        return self
+
     def username(self) -> str | None:
         return os.environ.get(self.username_env) if self.username_env else None
 

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -199,9 +200,34 @@ class SecretReference(ApiModel):
     )
 
 
+#: What the apiserver checks of ``auth`` itself (the webhook's messages are more precise), so a
+#: binding written while the webhook is away is held to the same rule.
+_AUTH_RULES: list[JsonValue] = [
+    {
+        "rule": "has(self.mechanism) || self.tls",
+        "message": "auth without mechanism and without tls uses nothing of the Secret: set "
+        "mechanism (SASL), or tls: true (TLS with the Secret's ca.crt)",
+    },
+    {
+        "rule": "!has(self.mechanism) || self.tls || self.allowPlaintext",
+        "message": "SASL credentials without tls go over the network unencrypted: set "
+        "tls: true, or allowPlaintext: true to accept that",
+    },
+]
+
+
 class KafkaAuth(ApiModel):
     """Credentials from a Secret in the binding's own namespace (keys ``username``,
-    ``password`` and optionally ``ca.crt``)."""
+    ``password`` and optionally ``ca.crt``).
+
+    ``mechanism`` turns SASL on (username and password); ``tls`` encrypts the connection and
+    verifies the broker with ``ca.crt``. SASL without TLS is refused unless ``allowPlaintext``
+    says so: PLAIN sends the password in clear text, and SCRAM leaves the exchange and every
+    record readable on the wire. Without a mechanism only ``ca.crt`` is used, so ``auth``
+    without both would silently use nothing.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _AUTH_RULES})
 
     secret_ref: SecretReference = Field(
         description=(
@@ -212,8 +238,9 @@ class KafkaAuth(ApiModel):
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None,
         description=(
-            "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. Default: none (no SASL, "
-            "TLS client only when tls is true). Example: SCRAM-SHA-512"
+            "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; the Secret's username and "
+            "password are sent only with one. Default: none (no SASL, TLS client only when tls "
+            "is true). Example: SCRAM-SHA-512"
         ),
     )
     tls: bool = Field(
@@ -223,6 +250,34 @@ class KafkaAuth(ApiModel):
             "Default: false. Example: true"
         ),
     )
+    allow_plaintext: bool = Field(
+        default=False,
+        description=(
+            "Accept SASL without tls: credentials and records cross the network unencrypted "
+            "(PLAIN sends the password in clear text). Default: false. Example: true"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _credentials_are_used_and_protected(self) -> KafkaAuth:
+        if self.mechanism is None and not self.tls:
+            raise ValueError(
+                "mechanism is missing and tls is false, so nothing of the Secret would be used "
+                "(its username and password are sent only with a SASL mechanism): set "
+                "mechanism to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, or tls: true to use only "
+                "its ca.crt"
+            )
+        if self.mechanism is not None and not self.tls and not self.allow_plaintext:
+            sent = (
+                "the password in clear text"
+                if self.mechanism == "PLAIN"
+                else "the SCRAM exchange and every record unencrypted"
+            )
+            raise ValueError(
+                f"tls is false, so SASL {self.mechanism} would send {sent}: set tls: true, or "
+                "allowPlaintext: true to accept a connection without TLS"
+            )
+        return self
 
 
 class KafkaSource(ApiModel):

@@ -78,3 +78,37 @@ def test_valid_binding_is_accepted(cluster: ClusterAccess, operator: object) -> 
         assert got["spec"]["source"]["kafka"]["startFrom"] == "earliest"  # schema default
     finally:
         cluster.kubectl_run("delete", "sb", "valid-example", "-n", "default")
+
+
+@pytest.mark.parametrize(
+    ("auth", "says"),
+    [
+        ({"secretRef": {"name": "kafka-creds"}, "mechanism": "PLAIN"}, "allowPlaintext: true"),
+        ({"secretRef": {"name": "kafka-creds"}, "mechanism": "SCRAM-SHA-512", "tls": False},
+         "allowPlaintext: true"),
+        ({"secretRef": {"name": "kafka-creds"}}, "mechanism"),
+    ],
+    ids=["PLAIN without tls", "SCRAM without tls", "neither mechanism nor tls"],
+)  # fmt: skip
+def test_credentials_that_would_go_out_in_clear_or_unused_are_refused(
+    cluster: ClusterAccess, operator: object, auth: dict[str, Any], says: str
+) -> None:
+    obj = _with("source.kafka.auth", auth, "clear-creds")
+    proc = cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj), check=False)
+    assert proc.returncode != 0, f"accepted {auth}"
+    assert "spec.source.kafka.auth" in proc.stderr and says in proc.stderr, proc.stderr
+    assert cluster.kubectl_run("get", "sb", "clear-creds", "-n", "default", check=False).returncode
+
+
+def test_sasl_without_tls_is_accepted_with_the_explicit_opt_in(
+    cluster: ClusterAccess, operator: object
+) -> None:
+    auth = {"secretRef": {"name": "kafka-creds"}, "mechanism": "PLAIN", "allowPlaintext": True}
+    obj = _with("source.kafka.auth", auth, "opted-in-plaintext")
+    cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj))
+    try:
+        got = cluster.kubectl_json("get", "sb", "opted-in-plaintext", "-n", "default")
+        assert got["spec"]["source"]["kafka"]["auth"]["allowPlaintext"] is True
+        assert got["spec"]["source"]["kafka"]["auth"]["tls"] is False  # schema default
+    finally:
+        cluster.kubectl_run("delete", "sb", "opted-in-plaintext", "-n", "default")

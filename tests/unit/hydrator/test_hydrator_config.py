@@ -111,3 +111,23 @@ def test_main_exits_2_with_a_clear_message_on_an_invalid_config(
         root.setLevel(level)
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["level"] == "error" and CONFIG_ENV in line["msg"] and "bindings" in line["msg"]
+
+
+@pytest.mark.parametrize(
+    ("kafka", "fragment"),
+    [
+        ({"security_protocol": "SASL_SSL", "username_env": "U", "password_env": "P"},
+         "needs sasl_mechanism"),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"},
+         "needs sasl_mechanism"),
+        ({"security_protocol": "SSL", "sasl_mechanism": "PLAIN"}, "which sends no credentials"),
+        ({"username_env": "U", "password_env": "P"}, "username_env, password_env given"),
+    ],
+)  # fmt: skip
+def test_credentials_are_never_silently_dropped_nor_made_up(
+    kafka: dict[str, str], fragment: str
+) -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["bindings"][0]["kafka"].update(kafka)
+    with pytest.raises(ValidationError, match=fragment):
+        HydratorConfig.model_validate(doc)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
 import pytest
 
 from sidecar_operator.api.models import StateBinding, parse_binding
+from sidecar_operator.handlers.webhook import statebinding_validate
 
 MISSING = ...  # binding_doc(patch={path: MISSING}) removes the field
 
@@ -256,3 +258,52 @@ def test_one_bad_topic_is_reported_once(binding_doc):
     problems = refusal(binding_doc(topics=["feature flags"]))
 
     assert [where for where, _ in problems] == ["spec.source.kafka.topics[0]"]
+
+
+# --- Kafka credentials: used, and protected ---------------------------------------------------
+
+AUTH = "spec.source.kafka.auth"
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_without_tls_is_refused_naming_tls_and_the_opt_in(binding_doc, mechanism):
+    doc = binding_doc(auth={"secretRef": {"name": "c"}, "mechanism": mechanism})
+
+    assert_refused(doc, AUTH, "tls is false")
+    assert_refused(doc, AUTH, "allowPlaintext: true")
+
+
+def test_plain_without_tls_says_the_password_goes_in_clear_text(binding_doc):
+    doc = binding_doc(auth={"secretRef": {"name": "c"}, "mechanism": "PLAIN", "tls": False})
+
+    assert_refused(doc, AUTH, "the password in clear text")
+
+
+def test_sasl_without_tls_is_accepted_when_the_user_opts_in(binding_doc):
+    auth = {"secretRef": {"name": "c"}, "mechanism": "PLAIN", "allowPlaintext": True}
+    parsed = parse_binding(binding_doc(auth=auth)).spec.source.kafka.auth
+
+    assert parsed is not None and (parsed.tls, parsed.allow_plaintext) == (False, True)
+
+
+def test_auth_without_mechanism_nor_tls_is_refused_as_it_would_use_nothing(binding_doc):
+    doc = binding_doc(auth={"secretRef": {"name": "c"}})
+
+    assert_refused(doc, AUTH, "mechanism is missing and tls is false")
+
+
+def test_tls_without_sasl_uses_only_the_ca_and_is_accepted(binding_doc):
+    parsed = parse_binding(binding_doc(auth={"secretRef": {"name": "c"}, "tls": True}))
+
+    assert parsed.spec.source.kafka.auth is not None
+    assert parsed.spec.source.kafka.auth.mechanism is None
+
+
+async def test_the_validating_webhook_refuses_sasl_without_tls_naming_the_field(binding_doc):
+    doc = binding_doc(auth={"secretRef": {"name": "c"}, "mechanism": "SCRAM-SHA-512"})
+    with pytest.raises(kopf.AdmissionError) as refused:
+        await statebinding_validate(body=kopf.Body(doc))
+
+    assert refused.value.code == 422
+    assert f"{AUTH}: tls is false" in str(refused.value)
+    assert "allowPlaintext: true" in str(refused.value)

@@ -146,8 +146,8 @@ def test_only_the_bindings_that_select_the_pod_are_used(make_pod, make_binding, 
 
 # --- credentials -----------------------------------------------------------------------------
 
-SASL = {"secretRef": {"name": "kafka-creds"}, "mechanism": "SCRAM-SHA-512"}
-SASL_TLS = {**SASL, "tls": True}
+SASL = {"secretRef": {"name": "kafka-creds"}, "mechanism": "SCRAM-SHA-512", "allowPlaintext": True}
+SASL_TLS = {"secretRef": {"name": "kafka-creds"}, "mechanism": "SCRAM-SHA-512", "tls": True}
 
 
 def test_sasl_credentials_come_from_secret_key_refs(make_pod, make_binding, injected):
@@ -165,7 +165,7 @@ def test_sasl_credentials_come_from_secret_key_refs(make_pod, make_binding, inje
         }
 
 
-def test_sasl_without_tls_uses_sasl_plaintext(make_pod, make_binding, injected):
+def test_sasl_without_tls_opted_in_uses_sasl_plaintext(make_pod, make_binding, injected):
     kafka = injected(make_pod(), make_binding(auth=SASL)).hydrator_config.bindings[0].kafka
 
     assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
