@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from sidecar_hydrator.config import KeyMapping, RecordFormat
 
@@ -98,9 +98,11 @@ Change = tuple[bytes, bytes | None]
 RowChange = tuple[bytes, bytes | None, str | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Truncate:
-    """A Debezium truncate: every row of ``table`` (as :func:`table_id` names it) goes."""
+class Truncate(NamedTuple):
+    """A Debezium truncate: every row of ``table`` (as :func:`table_id` names it) goes.
+
+    A tuple like the changes, so the per-record size check needs no type test.
+    """
 
     table: str
 
@@ -198,7 +200,7 @@ def _guarded(
             if value is not None and len(value) > max_value_bytes:
                 raise _Reject("too_large", f"{len(value)} bytes > max {max_value_bytes}")
             change = inner(record)
-            if isinstance(change, tuple) and len(change[0]) > max_key_bytes:
+            if change is not None and len(change[0]) > max_key_bytes:
                 raise _Reject(
                     "key_too_large", f"key of {len(change[0])} bytes > max {max_key_bytes}"
                 )
@@ -234,11 +236,16 @@ def _json(*, prefix: bytes, keys: KeyMapping) -> Callable[[RecordLike], Change |
             return prefix + record_key_text(record.key, key_field=key_field), None
         doc = _parse(raw)
         if key_field is None and value_field is None:
-            return prefix + record_key_text(record.key, key_field=None), raw
+            key = record.key
+            if not key or key[0] == _QUOTE:
+                key = record_key_text(key, key_field=None)
+            return prefix + key, raw
         if type(doc) is not dict:
             raise _Reject("not_object", f"expected a JSON object, got {_kind(doc)}")
         if key_field is None:
-            key = record_key_text(record.key, key_field=None)
+            key = record.key
+            if not key or key[0] == _QUOTE:
+                key = record_key_text(key, key_field=None)
         else:
             text = doc.get(key_field)
             key = text.encode() if type(text) is str else _key_bytes(text, key_field)
@@ -250,6 +257,9 @@ def _json(*, prefix: bytes, keys: KeyMapping) -> Callable[[RecordLike], Change |
         return prefix + key, _value_bytes(value, value_field)
 
     return decode
+
+
+_QUOTE = ord('"')
 
 
 def record_key_text(key: bytes | None, *, key_field: str | None) -> bytes:
@@ -287,7 +297,9 @@ def _debezium(
         key_doc: Any = None
         if record.key is not None:
             try:
-                key_doc = from_connect(*_split_schema(_parse(record.key)))
+                key_doc, key_schema = _split_schema(_parse(record.key))
+                if key_schema is not None:
+                    key_doc = from_connect(key_doc, key_schema)
             except _Reject:
                 key_doc = None  # not JSON (StringConverter): the row's key field decides
             if isinstance(key_doc, dict) and key_doc:
@@ -319,7 +331,9 @@ def _debezium(
             raise _Reject("bad_envelope", "expected a change event with an 'op' field")
         op = envelope["op"]
         if op in ("c", "u", "r"):
-            after = _row(envelope, "after", schema, op)
+            after = envelope.get("after")
+            if schema is not None or type(after) is str:
+                after = _row(envelope, "after", schema, op)
             if not isinstance(after, dict):
                 raise _Reject("bad_envelope", f"op {op!r} without an 'after' row")
             key = prefix + row_key(record, after)
@@ -362,10 +376,18 @@ def table_id(envelope: dict[str, Any], *, topic: str) -> str:
     """The table an event belongs to: ``db.schema.table`` from its ``source`` block (as far as
     the connector fills it in), else the topic (one table per topic is Debezium's default)."""
     source = envelope.get("source")
-    if isinstance(source, dict) and isinstance(source.get("table"), str) and source["table"]:
-        parts = (source.get("db"), source.get("schema"), source["table"])
-        return ".".join(p for p in parts if isinstance(p, str) and p)
-    return topic
+    if type(source) is not dict:
+        return topic
+    name = source.get("table")
+    if type(name) is not str or not name:
+        return topic
+    schema = source.get("schema")
+    if type(schema) is str and schema:
+        name = f"{schema}.{name}"
+    db = source.get("db")
+    if type(db) is str and db:
+        name = f"{db}.{name}"
+    return name
 
 
 def _composite_key(key_doc: dict[str, Any]) -> bytes:
@@ -485,7 +507,7 @@ def _field_schema(schema: Any, name: str) -> Any:
 def _split_schema(doc: Any) -> tuple[Any, Any]:
     """``{schema, payload}`` (Kafka Connect's JsonConverter with schemas) -> (payload, schema);
     anything else -> (doc, None)."""
-    if isinstance(doc, dict) and len(doc) == 2 and "schema" in doc and "payload" in doc:
+    if type(doc) is dict and len(doc) == 2 and "payload" in doc and "schema" in doc:
         return doc["payload"], doc["schema"]
     return doc, None
 
