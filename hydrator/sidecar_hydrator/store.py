@@ -275,6 +275,10 @@ class Store:
                     return ApplyResult(applied=len(sets) + len(deletes), oom_rejected=0)
             if deletes:
                 await self._target.unlink(*deletes)
+            if commands:
+                # A truncate only frees memory, so it runs on a full Redis too. Index entries
+                # of refused keys may get in: a member whose key is missing costs nothing.
+                await _run_allowing_oom(self._target, commands)
         return ApplyResult(applied=len(deletes), oom_rejected=len(sets))
 
     async def _apply_unseen(
@@ -341,6 +345,17 @@ class Store:
     async def close(self) -> None:
         await self._served.aclose()
         await self._spare.aclose()
+
+
+async def _run_allowing_oom(client: Redis, commands: Sequence[Sequence[EncodableT]]) -> None:
+    """Run ``commands`` one by one, skipping those a full Redis refuses; raise other errors."""
+    async with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        results = await pipe.execute(raise_on_error=False)
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, OutOfMemoryError):
+            raise result
 
 
 class PackedConnection(UnixDomainSocketConnection):

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar_hydrator.batch import Batch
 from sidecar_hydrator.config import KeyMapping
+from sidecar_hydrator.records import table_index_key
+from sidecar_hydrator.store import Store
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -19,6 +22,7 @@ from tests.integration.hydrator.support import (
     produce,
     running,
     sample,
+    sidecar_redis_config,
     view,
 )
 from tests.support.kafka_broker import KafkaBroker
@@ -269,3 +273,92 @@ async def test_a_key_over_the_limit_is_a_bad_record_and_later_records_apply(
 
 async def _view_is(client: aioredis.Redis, prefix: bytes, expected: dict[bytes, bytes]) -> bool:
     return await view(client, prefix) == expected
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_a_truncate_frees_a_full_store(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(compacted=False)
+    blobs = [
+        row_event("c", "blobs", key={"id": i}, row={"id": i, "data": "x" * 100_000})
+        for i in range(60)  # ~6 MB > 3 MB maxmemory: Redis refuses some of them
+    ]
+    await produce(kafka_broker, topic, blobs)
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="b:",
+        bootstrap_batch_max_keys=5,
+        live_batch_max_keys=5,
+    )
+    async with running(config) as hydrator:
+        await eventually(
+            lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="store full"
+        )
+        await eventually(lambda: _has_keys(app_redis, b"b:"), what="some rows served")
+        # A truncate reaching a full store frees it, with more big rows on its heels (whether
+        # they share its transaction depends on the fetch; the next test pins that case).
+        others = [
+            row_event("c", "others", key={"id": 100 + i}, row={"data": "y" * 500_000})
+            for i in range(4)
+        ]
+        await produce(kafka_broker, topic, [truncate_event("blobs"), *others])
+        blob_keys = {f"b:{i}".encode() for i in range(60)}
+        await eventually(
+            lambda: _none_of(app_redis, b"b:", blob_keys), what="truncate on a full store"
+        )
+        await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": 1}, row={"n": 1})])
+        await eventually(lambda: _has_keys(app_redis, b"b:1"), what="a write after it")
+
+
+async def _none_of(client: aioredis.Redis, prefix: bytes, keys: set[bytes]) -> bool:
+    return not (set(await view(client, prefix)) & keys)
+
+
+async def _has_keys(client: aioredis.Redis, prefix: bytes) -> bool:
+    return bool(await view(client, prefix))
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_a_truncate_in_a_transaction_a_full_redis_refuses_still_happens(
+    redis_server: RedisServer, app_redis: aioredis.Redis
+) -> None:
+    store = Store(
+        socket_path=str(redis_server.socket_path),
+        offsets_key="sidecar-state:offsets",
+        metadata_key="sidecar-state:meta",
+        spare_db=1,
+    )
+    index = table_index_key(binding="b", table="shop.public.blobs")
+    await store.inspect()
+    try:
+        stored = 0
+        while True:  # fill Redis with one table's rows until it refuses more
+            rows = {f"b:{stored + i}".encode(): b"x" * 100_000 for i in range(5)}
+            batch = Batch(sets=rows, index_of=dict.fromkeys(rows, index))
+            result = await store.apply(
+                sets=batch.sets, deletes=(), offsets={}, meta={}, commands=batch.commands
+            )
+            if result.oom_rejected:
+                break
+            stored += len(rows)
+        served = set(await view(app_redis, b"b:"))
+        assert len(served) == stored > 0
+        assert served <= await app_redis.smembers(index)
+
+        # One batch: the truncate, and another table's row that does not fit.
+        truncate = Batch(sets={b"b:other": b"y" * 500_000}, truncates=[index])
+        result = await store.apply(
+            sets=truncate.sets, deletes=(), offsets={}, meta={}, commands=truncate.commands
+        )
+        assert result.oom_rejected == 1  # the transaction was refused ...
+        assert await view(app_redis, b"b:") == {}  # ... and the truncate happened anyway
+        assert await app_redis.exists(index) == 0
+    finally:
+        await store.close()
