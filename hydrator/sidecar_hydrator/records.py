@@ -54,7 +54,8 @@ BadRecordKind = Literal[
 _DEBEZIUM_IGNORED_OPS = frozenset({"m"})
 
 #: Bookkeeping keys of Debezium bindings live under this prefix (next to the hydrator's
-#: offsets and metadata, out of reach of record keys).
+#: offsets and metadata, out of reach of record keys). They belong to their binding's view:
+#: whatever copies a binding's keys from one database to another must copy these with them.
 TABLE_INDEX_PREFIX = "sidecar-state:tables:"
 
 
