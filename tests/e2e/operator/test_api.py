@@ -112,3 +112,23 @@ def test_sasl_without_tls_is_accepted_with_the_explicit_opt_in(
         assert got["spec"]["source"]["kafka"]["auth"]["tls"] is False  # schema default
     finally:
         cluster.kubectl_run("delete", "sb", "opted-in-plaintext", "-n", "default")
+
+
+@pytest.mark.parametrize(
+    ("auth", "rule_says"),
+    [
+        ({"secretRef": {"name": "kafka-creds"}, "mechanism": "PLAIN"},
+         "SASL credentials without tls go over the network unencrypted"),
+        ({"secretRef": {"name": "kafka-creds"}}, "uses nothing of the Secret"),
+    ],
+    ids=["SASL without tls", "neither mechanism nor tls"],
+)  # fmt: skip
+def test_the_crd_itself_refuses_unprotected_or_unused_credentials(
+    cluster: ClusterAccess, crd_installed: None, auth: dict[str, Any], rule_says: str
+) -> None:
+    """The apiserver's own validation (the CRD's CEL rules) runs before any admission webhook:
+    its message shows that the rule holds even when the webhook is not there."""
+    obj = _with("source.kafka.auth", auth, "crd-rule")
+    proc = cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj), check=False)
+    assert proc.returncode != 0, f"accepted {auth}"
+    assert "spec.source.kafka.auth" in proc.stderr and rule_says in proc.stderr, proc.stderr
