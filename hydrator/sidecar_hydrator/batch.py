@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sidecar_hydrator.records import BadRecord, Decoder, RecordLike
+from sidecar_hydrator.records import BadRecord, Change, Decoder, RecordLike
 
 
 @dataclass(slots=True)
@@ -30,6 +30,32 @@ class Batch:
     @property
     def writes(self) -> int:
         return len(self.sets) + len(self.deletes)
+
+
+def guard_reserved(decode: Decoder, *, prefix: str, reserved: str) -> Decoder:
+    """``decode``, refusing changes to keys in the hydrator's ``reserved`` namespace.
+
+    A record keyed ``sidecar-state:offsets`` under the default prefix ``""`` would otherwise
+    turn the offsets hash into a string, and every later transaction would fail. Only a
+    prefix that can reach the namespace pays for the check; ``"flag:"`` never can.
+    """
+    if not (reserved.startswith(prefix) or prefix.startswith(reserved)):
+        return decode
+    reserved_bytes = reserved.encode()
+
+    def guarded(record: RecordLike) -> Change | None:
+        change = decode(record)
+        if change is not None and change[0].startswith(reserved_bytes):
+            raise BadRecord(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                kind="reserved_key",
+                detail=f"key {change[0][:80]!r} is inside the hydrator's namespace {reserved!r}",
+            )
+        return change
+
+    return guarded
 
 
 def build_batch(partitions: Iterable[Sequence[RecordLike]], decode: Decoder) -> Batch:

@@ -20,8 +20,13 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.helpers import create_ssl_context
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
-from sidecar_hydrator.batch import Batch, build_batch
-from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection
+from sidecar_hydrator.batch import Batch, build_batch, guard_reserved
+from sidecar_hydrator.config import (
+    RESERVED_PREFIX,
+    BindingSource,
+    HydratorConfig,
+    KafkaConnection,
+)
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.records import BadRecord, make_decoder
 from sidecar_hydrator.store import Store, is_binding_field, offset_field
@@ -86,8 +91,12 @@ class Feed:
         self.binding = binding
         self._config = config
         self._store = store
-        self._decode = make_decoder(
-            format=binding.format, keys=binding.keys, max_value_bytes=config.max_value_bytes
+        self._decode = guard_reserved(
+            make_decoder(
+                format=binding.format, keys=binding.keys, max_value_bytes=config.max_value_bytes
+            ),
+            prefix=binding.keys.prefix,
+            reserved=RESERVED_PREFIX,
         )
         self._consumer: AIOKafkaConsumer | None = None
         #: Set once every partition reached the end offsets snapshotted at (re)positioning.

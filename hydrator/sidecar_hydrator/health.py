@@ -100,6 +100,14 @@ class Metrics:
             namespace=_NS,
             registry=r,
         )
+        self.store_failures = Counter(
+            "store_failures",
+            "Cycles ended by a Redis error, by exception kind; while they keep failing for "
+            "more than a few seconds the Pod is not ready.",
+            ["kind"],
+            namespace=_NS,
+            registry=r,
+        )
         self.redis_used_memory = Gauge(
             "redis_used_memory_bytes", "Redis INFO used_memory.", namespace=_NS, registry=r
         )

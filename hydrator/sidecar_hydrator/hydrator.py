@@ -27,6 +27,53 @@ logger = logging.getLogger(__name__)
 
 #: How often freshness is written to the metadata hash and Redis memory is sampled.
 HEARTBEAT_SECONDS = 1.0
+#: Redis failing for this long without a successful heartbeat in between makes the Pod not
+#: ready: one stalled command is a blip, a loop that keeps failing is an outage.
+UNREADY_AFTER_FAILING_SECONDS = 2.0
+
+
+class FailureStreak:
+    """Redis errors since the last successful heartbeat: for readiness, logs and metrics.
+
+    Every failure is counted (by exception kind); each kind is logged once per streak, so an
+    apply loop that fails ten times a second says why without flooding the log.
+    """
+
+    def __init__(self, *, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.since: float | None = None
+        self.count = 0
+        self._logged: set[str] = set()
+
+    def failed(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        self._metrics.store_failures.labels(kind=kind).inc()
+        if self.since is None:
+            self.since = time.monotonic()
+        self.count += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning(
+                "Redis failed (%s: %s); inspecting it again (further %s failures are "
+                "counted in store_failures_total, not logged)",
+                kind,
+                exc,
+                kind,
+            )
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            logger.info(
+                "Redis works again after %d failures in %.1f s",
+                self.count,
+                time.monotonic() - self.since,
+            )
+        self.since = None
+        self.count = 0
+        self._logged.clear()
+
+    def failing_for(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
 
 
 class Hydrator:
@@ -51,9 +98,14 @@ class Hydrator:
         self.hydrated = False
         #: This process has seen a complete view at least once (what ``/startupz`` reports).
         self.started = False
+        self.failures = FailureStreak(metrics=self.metrics)
         self.metrics.staleness.set_function(lambda: _or_minus_one(self.staleness_seconds()))
 
     # -- state the probes and the metadata report ---------------------------------------------
+
+    def ready(self) -> bool:
+        """What ``/readyz`` reports: a complete view, and Redis not failing for seconds."""
+        return self.hydrated and self.failures.failing_for() < UNREADY_AFTER_FAILING_SECONDS
 
     def fresh_as_of_ms(self) -> float | None:
         """Up to when the served view is known to be complete (None: never)."""
@@ -106,8 +158,7 @@ class Hydrator:
                     logger.warning("rebuilding the view: %s", exc.reason)
                     forced = exc.reason
                 except (RedisError, OSError) as exc:
-                    name = type(exc).__name__
-                    logger.warning("Redis failed (%s: %s); inspecting it again", name, exc)
+                    self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
                 else:
@@ -181,7 +232,9 @@ class Hydrator:
                 meta = self._freshness_meta()
                 meta["hydrated"] = 1 if self.hydrated else 0
                 await self.store.write_meta(meta)
+                self.failures.succeeded()
             except OutOfMemoryError:
+                self.failures.succeeded()  # Redis answers; being full is reported on its own
                 logger.warning("Redis is full: freshness metadata not updated")
             used, limit = await self.store.memory_usage()
             self.metrics.redis_used_memory.set(used)

@@ -111,3 +111,39 @@ def test_main_exits_2_with_a_clear_message_on_an_invalid_config(
         root.setLevel(level)
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["level"] == "error" and CONFIG_ENV in line["msg"] and "bindings" in line["msg"]
+
+
+def _two_bindings(first: str, second: str) -> dict[str, object]:
+    binding = MINIMAL["bindings"][0]
+    return {
+        "bindings": [
+            {**binding, "name": "a", "keys": {"prefix": first}},
+            {**binding, "name": "b", "keys": {"prefix": second}},
+        ]
+    }
+
+
+@pytest.mark.parametrize(("first", "second"), [("", "x:"), ("flag:", "flag:"), ("fl", "flag:")])
+def test_overlapping_key_prefixes_are_refused(first: str, second: str) -> None:
+    with pytest.raises(ValidationError, match=r"bindings a and b: key prefixes .* overlap"):
+        HydratorConfig.model_validate(_two_bindings(first, second))
+
+
+def test_disjoint_key_prefixes_are_accepted() -> None:
+    config = HydratorConfig.model_validate(_two_bindings("flag:", "price:"))
+    assert [b.keys.prefix for b in config.bindings] == ["flag:", "price:"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"offsets_key": "offsets"}, "offsets_key must start with 'sidecar-state:'"),
+        (
+            {"bindings": [{**MINIMAL["bindings"][0], "keys": {"prefix": "sidecar-state:x"}}]},
+            "inside the hydrator's reserved namespace",
+        ),
+    ],
+)
+def test_the_hydrators_namespace_is_its_own(override: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        HydratorConfig.model_validate({**MINIMAL, **override})
