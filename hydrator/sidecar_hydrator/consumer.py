@@ -106,6 +106,8 @@ class Feed:
         self.refused_keys = 0
         self._snapshot: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
+        #: Per partition, the position last handed to a write (in flight or done).
+        self._handed: dict[TopicPartition, int] = {}
         #: Offsets whose records are in Redis (field -> next offset); what a rebuild publishes.
         self.applied_offsets: dict[str, int] = {}
         #: Per partition: wall-clock ms at which it was last known to be fully applied.
@@ -249,6 +251,7 @@ class Feed:
         for tp, offset in starts.items():
             consumer.seek(tp, offset)
         self._positions = dict(starts)
+        self._handed = dict(starts)
         self._snapshot = dict(ends)
         self.applied_offsets = {
             offset_field(self.binding.name, tp.topic, tp.partition): offset
@@ -303,6 +306,10 @@ class Feed:
                 elif writing is not None:
                     await writing
                     writing = None
+                else:
+                    skipped = await self._skipped_positions(consumer)
+                    if skipped:  # only markers or aborted records: store the new positions
+                        await self._write(Batch(), skipped)
                 self._observe(consumer)
                 if not self.caught_up.is_set():
                     self._check_caught_up()
@@ -323,12 +330,26 @@ class Feed:
     ) -> tuple[Batch, dict[Any, int]]:
         batch = build_batch(data.values(), self._decode)
         self._m_read.inc(batch.records)
-        fetched: dict[Any, int] = {}
+        fetched = await self._skipped_positions(consumer)
         for tp in data:
             # The consumer's position also skips trailing control records, which the last
             # record's offset + 1 would not.
             fetched[tp] = max(await consumer.position(tp), batch.offsets[(tp.topic, tp.partition)])
+        self._handed.update(fetched)
         return batch, fetched
+
+    async def _skipped_positions(self, consumer: AIOKafkaConsumer) -> dict[Any, int]:
+        """Partitions whose consumer position moved past what was handed to a write without
+        returning a record: transaction markers and aborted transactions (read_committed)
+        take offsets too, and a partition whose tail is one would otherwise never reach its
+        end. Progress is the consumer's position, never "the last record seen"."""
+        skipped: dict[Any, int] = {}
+        for tp, handed in self._handed.items():
+            position = await consumer.position(tp)
+            if position > handed:
+                skipped[tp] = position
+        self._handed.update(skipped)
+        return skipped
 
     async def _write(self, batch: Batch, fetched: Mapping[Any, int]) -> None:
         offsets = {
@@ -413,6 +434,7 @@ class Feed:
             # Everything in a partition that appeared after start-up is news: read it all.
             consumer.seek(tp, beginnings[tp])
             self._positions[tp] = beginnings[tp]
+            self._handed[tp] = beginnings[tp]
         logger.info(
             "binding %s: picked up new partitions %s",
             self.binding.name,
