@@ -40,6 +40,13 @@ LIVE_FETCH_BYTES = 1024 * 1024
 POLL_TIMEOUT_MS = 200
 #: At most this many bad records are logged per second; all of them are counted.
 BAD_RECORD_LOG_RATE = 10
+#: Refused writes are retried after this long, doubling up to the maximum while Redis stays
+#: full; a batch that gets in (memory was freed) makes the next write retry at once.
+REFUSED_RETRY_SECONDS = 0.25
+REFUSED_RETRY_MAX_SECONDS = 2.0
+#: Refused values kept for retrying, at most: beyond it they are dropped and the view can
+#: only be made whole by a rebuild (the records are re-read from Kafka).
+REFUSED_KEEP_MAX_BYTES = 16 * 1024 * 1024
 
 
 class NeedRebuild(Exception):
@@ -101,9 +108,16 @@ class Feed:
         self._consumer: AIOKafkaConsumer | None = None
         #: Set once every partition reached the end offsets snapshotted at (re)positioning.
         self.caught_up = asyncio.Event()
-        #: Key writes Redis refused (maxmemory) in the view being served or built: while not
-        #: zero, the view is incomplete and must not count as hydrated.
-        self.refused_keys = 0
+        #: Key writes Redis refused (maxmemory, ``noeviction``), newest value per key, to be
+        #: retried: while any is left, the view is incomplete and must not count as hydrated.
+        self._refused: dict[bytes, bytes] = {}
+        self._refused_bytes = 0
+        #: Refused writes were dropped (too many to keep): only a rebuild makes the view whole.
+        self.refused_lost = False
+        self._retry_at = 0.0
+        self._retry_backoff = REFUSED_RETRY_SECONDS
+        #: Records of batches with refused writes: counted as applied once those got in.
+        self._refused_records = 0
         self._snapshot: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
         #: Per partition, the position last handed to a write (in flight or done).
@@ -133,7 +147,7 @@ class Feed:
         Redis error propagates (the hydrator re-inspects the store before writing again).
         """
         if rebuild:
-            self.refused_keys = 0  # a new view starts whole
+            self._forget_refused()  # a new view starts whole
         try:
             await self._position(stored=stored, rebuild=rebuild, stop=stop)
             await self._pump(stop)
@@ -147,6 +161,18 @@ class Feed:
                 await asyncio.wait_for(consumer.stop(), timeout=1.0)
             except (TimeoutError, KafkaError) as exc:
                 logger.warning("closing the Kafka consumer of %s: %r", self.binding.name, exc)
+
+    @property
+    def refused_keys(self) -> int:
+        """Writes Redis refused and that are not in the view yet (1 at least once dropped)."""
+        return len(self._refused) or int(self.refused_lost)
+
+    def _forget_refused(self) -> None:
+        self._refused.clear()
+        self._refused_bytes = 0
+        self.refused_lost = False
+        self._retry_backoff = REFUSED_RETRY_SECONDS
+        self._refused_records = 0
 
     @property
     def fresh_as_of_ms(self) -> float | None:
@@ -308,7 +334,10 @@ class Feed:
                     writing = None
                 else:
                     skipped = await self._skipped_positions(consumer)
-                    if skipped:  # only markers or aborted records: store the new positions
+                    retry = self._refused and time.monotonic() >= self._retry_at
+                    if skipped or retry:
+                        # Markers or aborted records only (store the new positions), or
+                        # refused writes due for another try.
                         await self._write(Batch(), skipped)
                 self._observe(consumer)
                 if not self.caught_up.is_set():
@@ -360,9 +389,19 @@ class Feed:
         meta: dict[str, str | int] = {"last_apply_ms": int(now * 1000)}
         if batch.last_event_ms is not None:
             meta["last_event_ms"] = batch.last_event_ms
+        sets = batch.sets
+        if self._refused:
+            # A newer record of a refused key replaces the refused write (or deletes it).
+            for key in batch.sets.keys() | batch.deletes:
+                value = self._refused.pop(key, None)
+                if value is not None:
+                    self._refused_bytes -= len(key) + len(value)
+            if self._refused and time.monotonic() >= self._retry_at:
+                sets = {**self._refused, **batch.sets}
+        retried = len(sets) - len(batch.sets)
         started = time.perf_counter()
         result = await self._store.apply(
-            sets=batch.sets, deletes=batch.deletes, offsets=offsets, meta=meta
+            sets=sets, deletes=batch.deletes, offsets=offsets, meta=meta
         )
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         if self.caught_up.is_set() and batch.last_event_ms is not None:
@@ -370,22 +409,56 @@ class Feed:
                 max(0.0, time.time() - batch.last_event_ms / 1000)
             )
         self._positions.update(fetched)
-        if not result.oom_rejected:
-            self.applied_offsets.update(offsets)
+        # The refused writes are kept here, so the positions go on: later records (deletes
+        # among them, which free memory) must not wait behind a full Redis.
+        self.applied_offsets.update(offsets)
+        if result.refused:
+            self._keep_refused(result.refused, retried=retried)
+            self._refused_records += batch.records
+        elif self.refused_lost and sets:
+            raise NeedRebuild("refused")  # writes get in again; the dropped ones need re-reading
         else:
-            self.refused_keys += result.oom_rejected
-            self._metrics.oom_rejections.inc(result.oom_rejected)
-            logger.error(
-                "Redis refused %d key writes: maxmemory reached (noeviction); the view is "
-                "incomplete until memory is raised or keys are deleted",
-                result.oom_rejected,
-            )
-        self._m_applied.inc(batch.records)
+            applied_records = batch.records
+            if not self.refused_lost and (retried or (self._refused_records and not self._refused)):
+                logger.info("Redis took the %d key writes it had refused", retried)
+                applied_records += self._refused_records
+                self._forget_refused()
+            elif self._refused and sets:
+                self._retry_at = 0.0  # writes got in again: memory was freed, retry now
+            self._m_applied.inc(applied_records)
         self._m_keys.inc(result.applied)
         self._metrics.mark_applied(now)
         for bad in batch.bad:
             self._metrics.bad_records.labels(binding=self.binding.name, kind=bad.kind).inc()
             self._log_bad(bad)
+
+    def _keep_refused(self, refused: Mapping[bytes, bytes], *, retried: int) -> None:
+        new = len(refused) - retried
+        if new > 0:
+            self._metrics.oom_rejections.inc(new)
+        if not self._refused and not self.refused_lost:
+            logger.error(
+                "Redis refused %d key writes: maxmemory reached (noeviction); the view is "
+                "incomplete (not ready, staleness growing) until memory is raised or keys are "
+                "deleted; retrying",
+                len(refused),
+            )
+        for key, value in refused.items():
+            if key not in self._refused:
+                self._refused_bytes += len(key) + len(value)
+            self._refused[key] = value
+        if self._refused_bytes > REFUSED_KEEP_MAX_BYTES:
+            logger.error(
+                "binding %s: %d refused writes are more than can be kept for retrying; the "
+                "view will be rebuilt once Redis takes writes again",
+                self.binding.name,
+                len(self._refused),
+            )
+            self._refused.clear()
+            self._refused_bytes = 0
+            self.refused_lost = True
+        self._retry_at = time.monotonic() + self._retry_backoff
+        self._retry_backoff = min(self._retry_backoff * 2, REFUSED_RETRY_MAX_SECONDS)
 
     def _observe(self, consumer: AIOKafkaConsumer) -> None:
         """Freshness and lag from the last fetch responses (no I/O)."""
@@ -396,7 +469,9 @@ class Feed:
             self._metrics.lag.labels(
                 binding=self.binding.name, topic=tp.topic, partition=str(tp.partition)
             ).set(max(0, end - position))
-            if position >= end:
+            if position >= end and not self.refused_keys:
+                # With refused writes outstanding the view is not "fully applied" anywhere:
+                # its staleness grows until Redis takes them.
                 polled = consumer.last_poll_timestamp(tp)
                 if polled is not None:
                     self._fresh[tp] = polled

@@ -94,14 +94,32 @@ class Hydrator:
             Feed(binding=b, config=config, store=self.store, metrics=self.metrics)
             for b in config.bindings
         ]
-        #: Database 0 holds a complete view (what ``/readyz`` reports).
-        self.hydrated = False
-        #: This process has seen a complete view at least once (what ``/startupz`` reports).
-        self.started = False
+        #: Database 0 holds this hydrator's view (resumed, or published by a rebuild).
+        self._serving = False
+        #: A rebuild is being written into the spare database (the served view is untouched).
+        self._rebuilding = False
+        self._started = False
+        #: Why the next cycle must rebuild even if the store looks resumable; taken up (and
+        #: cleared) by the cycle that starts the rebuild, so a later transient error does not
+        #: re-read every topic again.
+        self._forced: str | None = None
         self.failures = FailureStreak(metrics=self.metrics)
         self.metrics.staleness.set_function(lambda: _or_minus_one(self.staleness_seconds()))
+        self.metrics.hydrated.set_function(lambda: 1 if self.hydrated else 0)
 
     # -- state the probes and the metadata report ---------------------------------------------
+
+    @property
+    def hydrated(self) -> bool:
+        """Database 0 holds a complete view: ours, and no write refused (what the metadata's
+        ``hydrated`` says). A rebuild's refusals are in the spare database, not in it."""
+        return self._serving and (self._rebuilding or self.refused_keys() == 0)
+
+    @property
+    def started(self) -> bool:
+        """This process has seen a complete view at least once (what ``/startupz`` reports)."""
+        self._started = self._started or self.hydrated
+        return self._started
 
     def ready(self) -> bool:
         """What ``/readyz`` reports: a complete view, and Redis not failing for seconds."""
@@ -118,11 +136,6 @@ class Hydrator:
         fresh = self.fresh_as_of_ms()
         return None if fresh is None else max(0.0, time.time() - fresh / 1000)
 
-    def _set_hydrated(self, value: bool) -> None:
-        self.hydrated = value
-        self.started = self.started or value
-        self.metrics.hydrated.set(1 if value else 0)
-
     def refused_keys(self) -> int:
         """Writes Redis refused in the current view: not zero means the view is incomplete."""
         return sum(feed.refused_keys for feed in self.feeds)
@@ -130,11 +143,12 @@ class Hydrator:
     def _freshness_meta(self) -> dict[str, str | int]:
         fresh = self.fresh_as_of_ms()
         staleness = self.staleness_seconds()
-        refused = self.refused_keys()
+        complete = 1 if self.hydrated else 0
         meta: dict[str, str | int] = {
             "lag": sum(feed.lag() for feed in self.feeds),
-            "complete": 0 if refused else 1,
-            "oom_rejected_keys": refused,
+            "hydrated": complete,
+            "complete": complete,
+            "oom_rejected_keys": self.refused_keys(),
         }
         if fresh is not None and staleness is not None:
             meta["fresh_as_of_ms"] = int(fresh)
@@ -145,18 +159,16 @@ class Hydrator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hydrate until ``stop`` is set; then let the batch in flight finish and return."""
-        forced: str | None = None
         backoff = 0.05
         try:
             while not stop.is_set():
                 if not await self.store.wait_ready(stop=stop):
                     break
                 try:
-                    await self._cycle(stop=stop, forced=forced)
-                    forced = None
+                    await self._cycle(stop=stop)
                 except NeedRebuild as exc:
                     logger.warning("rebuilding the view: %s", exc.reason)
-                    forced = exc.reason
+                    self._forced = exc.reason
                 except (RedisError, OSError) as exc:
                     self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
@@ -167,19 +179,24 @@ class Hydrator:
             await asyncio.gather(*(feed.close() for feed in self.feeds))
             await self.store.close()
 
-    async def _cycle(self, *, stop: asyncio.Event, forced: str | None) -> None:
+    async def _cycle(self, *, stop: asyncio.Event) -> None:
+        self._rebuilding = False
         state = await self.store.inspect()
         loss = state.loss()
-        if loss is None and forced is None:
+        if loss is None and self._forced is None:
             self._resume(state)
             rebuild = False
         else:
-            reason = forced or loss or "unknown"
+            reason = self._forced or loss or "unknown"
             if loss is not None:
-                self._set_hydrated(False)  # what readers see now is empty or not ours
+                self._serving = False  # what readers see now is empty or not ours
             self.metrics.rebuilds.labels(reason=reason).inc()
             logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
             await self.store.begin_rebuild()
+            self._rebuilding = True
+            # Taken up. Should this rebuild fail half-way, the next cycle finds the cause
+            # again by itself (a stored offset still out of range, a store still damaged).
+            self._forced = None
             rebuild = True
         jobs: list[Coroutine[Any, Any, None]] = [
             feed.run(stored=state.offsets, rebuild=rebuild, stop=stop) for feed in self.feeds
@@ -193,7 +210,7 @@ class Hydrator:
         floor = state.meta.get("fresh_as_of_ms")
         for feed in self.feeds:
             feed.fresh_floor_ms = float(floor) if floor else None
-        self._set_hydrated(True)
+        self._serving = True
         logger.info("resuming the served view from %d stored offsets", len(state.offsets))
 
     async def _publish_when_caught_up(self, stop: asyncio.Event) -> None:
@@ -201,6 +218,21 @@ class Hydrator:
             await until(stop, asyncio.gather(*(feed.caught_up.wait() for feed in self.feeds)))
         except Stopped:
             return
+        # A complete served view is never replaced by a less complete one: while the rebuild
+        # has refused writes (Redis is full, holding both copies), the old view stays.
+        warned = False
+        while self._serving and self.refused_keys():
+            if not warned:
+                logger.error(
+                    "the rebuilt view does not fit next to the served one (Redis refused %d "
+                    "key writes): serving the old view until it does; a rebuild needs room "
+                    "for two copies (see the README on memory)",
+                    self.refused_keys(),
+                )
+                warned = True
+            await sleep_or_stop(stop, 0.5)
+            if stop.is_set():
+                return
         offsets: dict[str, int] = {}
         for feed in self.feeds:
             offsets.update(feed.applied_offsets)
@@ -209,9 +241,11 @@ class Hydrator:
         await self.store.complete_rebuild(
             offsets=offsets, meta=self._freshness_meta(), complete=complete
         )
-        # An incomplete view is published (it is better than none for a running app) but never
-        # counts as hydrated: the Pod is not Ready, and a new Pod's app does not start on it.
-        self._set_hydrated(complete)
+        self._rebuilding = False
+        self._serving = True
+        # An incomplete view is published only over an empty or broken one (it is better than
+        # none for a running app) and does not count as hydrated until its refused writes got
+        # in: the Pod is not Ready, and a new Pod's app does not start on it.
         if not complete:
             logger.error(
                 "the view is incomplete: Redis refused %d key writes (maxmemory); raise the "
@@ -227,11 +261,7 @@ class Hydrator:
         while not stop.is_set():
             await sleep_or_stop(stop, HEARTBEAT_SECONDS)
             try:
-                if self.hydrated and self.refused_keys():
-                    self._set_hydrated(False)  # a live write was refused: the view has a hole
-                meta = self._freshness_meta()
-                meta["hydrated"] = 1 if self.hydrated else 0
-                await self.store.write_meta(meta)
+                await self.store.write_meta(self._freshness_meta())
                 self.failures.succeeded()
             except OutOfMemoryError:
                 self.failures.succeeded()  # Redis answers; being full is reported on its own

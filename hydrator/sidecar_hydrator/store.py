@@ -94,8 +94,13 @@ UNSEEN_CHUNK_KEYS = 500
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     applied: int
-    #: Keys whose write Redis refused because ``maxmemory`` was reached (``noeviction``).
-    oom_rejected: int
+    #: Key writes Redis refused because ``maxmemory`` was reached (``noeviction``), with
+    #: their values: the caller keeps them and retries once memory allows.
+    refused: Mapping[bytes, bytes]
+
+    @property
+    def oom_rejected(self) -> int:
+        return len(self.refused)
 
 
 class Store:
@@ -176,6 +181,7 @@ class Store:
     async def inspect(self) -> StoreState:
         """Read what database 0 holds, and adopt the current server as the one to write to."""
         self._run_id = None
+        self._target = self._served  # a rebuild that failed half-way is abandoned
         await self._served.connection_pool.disconnect()
         await self._spare.connection_pool.disconnect()
         info = await self._served.info("server")
@@ -206,23 +212,34 @@ class Store:
         restarted hydrator rebuilds it rather than resuming a view with holes.
         """
         assert self._run_id is not None, "inspect() first"
+        fields = _fields(
+            {
+                **meta,
+                "hydrated": 1 if complete else 0,
+                "complete": 1 if complete else 0,
+                "run_id": self._run_id,
+                "built_at_ms": int(time.time() * 1000),
+            }
+        )
         async with self._lock:
-            async with self._spare.pipeline(transaction=True) as pipe:
-                if offsets:
-                    pipe.hset(self.offsets_key, mapping=_fields(offsets))
-                pipe.hset(
-                    self.metadata_key,
-                    mapping=_fields(
-                        {
-                            **meta,
-                            "hydrated": 1 if complete else 0,
-                            "run_id": self._run_id,
-                            "built_at_ms": int(time.time() * 1000),
-                        }
-                    ),
-                )
-                pipe.swapdb(0, self.spare_db)
-                await pipe.execute()
+            try:
+                async with self._spare.pipeline(transaction=True) as pipe:
+                    if offsets:
+                        pipe.hset(self.offsets_key, mapping=_fields(offsets))
+                    pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.swapdb(0, self.spare_db)
+                    await pipe.execute()
+            except OutOfMemoryError:
+                # Full (only an incomplete view gets here): swap first, free the old view,
+                # then write the bookkeeping. Until it is written, database 0 has no
+                # ``hydrated=1``, so a crash in between means a rebuild, never a resume.
+                await self._spare.swapdb(0, self.spare_db)
+                await self._spare.flushdb()
+                async with self._served.pipeline(transaction=True) as pipe:
+                    if offsets:
+                        pipe.hset(self.offsets_key, mapping=_fields(offsets))
+                    pipe.hset(self.metadata_key, mapping=fields)
+                    await pipe.execute()
             self._target = self._served
             # The old view now sits in the spare database; free it off the main thread.
             await self._spare.flushdb(asynchronous=True)
@@ -239,8 +256,10 @@ class Store:
 
         Under ``noeviction`` a full Redis refuses the whole transaction (writes are checked
         when queued). Deletes are still allowed then and only free memory, so they are applied
-        on their own; the refused keys are reported, the stored offsets stay where they were
-        (a restarted hydrator reads those records again).
+        on their own, after removing ``hydrated`` from the metadata (``HDEL`` is allowed
+        too): from then on neither the app nor a restarted hydrator takes the view
+        for complete, even though the offsets a later batch stores go past the refused keys.
+        The refused writes are returned for the caller to retry.
         """
         deletes = list(deletes)
         async with self._lock:
@@ -262,10 +281,15 @@ class Store:
                 except OutOfMemoryError:
                     pass
                 else:
-                    return ApplyResult(applied=len(sets) + len(deletes), oom_rejected=0)
-            if deletes:
-                await self._target.unlink(*deletes)
-        return ApplyResult(applied=len(deletes), oom_rejected=len(sets))
+                    return ApplyResult(applied=len(sets) + len(deletes), refused={})
+            # Not a transaction: a full Redis refuses every command queued in MULTI, even
+            # the ones that only free memory.
+            async with self._target.pipeline(transaction=False) as pipe:
+                pipe.hdel(self.metadata_key, "hydrated", "complete")
+                if deletes:
+                    pipe.unlink(*deletes)
+                await pipe.execute()
+        return ApplyResult(applied=len(deletes), refused=dict(sets))
 
     async def _apply_unseen(
         self,
@@ -295,22 +319,21 @@ class Store:
                 pipe.mset(chunk)
             results = await pipe.execute(raise_on_error=False)
         failures = [r for r in results if isinstance(r, Exception)]
-        rejected = sum(
-            len(chunk)
-            for chunk, result in zip(chunks, results[len(results) - len(chunks) :], strict=True)
-            if isinstance(result, OutOfMemoryError)
-        )
+        refused: dict[bytes, bytes] = {}
+        for chunk, result in zip(chunks, results[len(results) - len(chunks) :], strict=True):
+            if isinstance(result, OutOfMemoryError):
+                refused.update(chunk)
         if any(not isinstance(f, OutOfMemoryError) for f in failures):
             raise next(f for f in failures if not isinstance(f, OutOfMemoryError))
-        if rejected:
-            return ApplyResult(applied=len(deletes) + len(items) - rejected, oom_rejected=rejected)
+        if refused:
+            return ApplyResult(applied=len(deletes) + len(items) - len(refused), refused=refused)
         async with self._target.pipeline(transaction=True) as pipe:
             if offsets:
                 pipe.hset(self.offsets_key, mapping=_fields(offsets))
             if meta:
                 pipe.hset(self.metadata_key, mapping=_fields(meta))
             await pipe.execute()
-        return ApplyResult(applied=len(deletes) + len(items), oom_rejected=0)
+        return ApplyResult(applied=len(deletes) + len(items), refused={})
 
     async def write_meta(self, fields: Mapping[str, str | int]) -> None:
         """Update metadata the app reads (freshness) outside of any batch."""

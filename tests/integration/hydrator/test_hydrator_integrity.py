@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.integration.hydrator.support import (
+    MIB,
     eventually,
     http_status,
     hydrated,
@@ -21,6 +22,7 @@ from tests.integration.hydrator.support import (
     running,
     sample,
     serving,
+    sidecar_redis_config,
     view,
 )
 from tests.support.kafka_broker import KafkaBroker
@@ -101,3 +103,61 @@ async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
 
 async def _status_is(port: int, path: str, status: int) -> bool:
     return await http_status(port, path) == status
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_writes_refused_by_a_full_redis_are_retried_once_memory_is_freed(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(b"small", b"1")])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="raw",
+        live_batch_max_keys=5,
+    )
+    big = [(f"big{i:02d}".encode(), bytes([65 + i]) * 100_000) for i in range(30)]
+    async with serving(config) as (hydrator, port):
+        await hydrated(hydrator)
+        await produce(kafka_broker, topic, big)  # ~3 MB: more than fits next to Redis itself
+        await eventually(
+            lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="refusals"
+        )
+        await eventually(lambda: _status_is(port, "/readyz", 503), within=5, what="unready")
+        assert (await app_redis.hgetall(config.metadata_key)).get(b"hydrated") != b"1"
+        await asyncio.sleep(2.0)
+        # The refused records are not fresh in the view, and not counted as applied.
+        assert sample(hydrator, "staleness_seconds") >= 1.5
+        assert sample(hydrator, "records_applied_total", binding="b") < sample(
+            hydrator, "records_read_total", binding="b"
+        )
+
+        # Tombstones free memory; the writes refused before them must get in after all.
+        await produce(kafka_broker, topic, [(key, None) for key, _ in big[:20]])
+        expected = {b"small": b"1"} | dict(big[20:])
+        await eventually(
+            lambda: _view_is(app_redis, expected), within=15, what="refused writes retried"
+        )
+        await eventually(lambda: _status_is(port, "/readyz", 200), within=5, what="ready")
+        await eventually(
+            lambda: _meta_says(app_redis, config.metadata_key, hydrated=b"1", complete=b"1"),
+            within=5,
+            what="metadata complete",
+        )
+        assert sample(hydrator, "staleness_seconds") < 1.5
+        read = sample(hydrator, "records_read_total", binding="b")
+        assert sample(hydrator, "records_applied_total", binding="b") == read
+
+
+async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
+    return await view(client, b"") == expected
+
+
+async def _meta_says(client: aioredis.Redis, key: str, **fields: bytes) -> bool:
+    meta = await client.hgetall(key)
+    return all(meta.get(name.encode()) == value for name, value in fields.items())
