@@ -50,11 +50,16 @@ REFUSED_KEEP_MAX_BYTES = 16 * 1024 * 1024
 
 
 class NeedRebuild(Exception):
-    """The stored positions cannot be continued from; the view must be rebuilt."""
+    """The stored positions cannot be continued from; the view must be rebuilt.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    ``binding`` names the one binding whose part of the view must be re-read (the others'
+    keys are carried over into the rebuilt view); ``None`` means all of them.
+    """
+
+    def __init__(self, reason: str, *, binding: str | None = None) -> None:
+        super().__init__(reason if binding is None else f"{reason} (binding {binding})")
         self.reason = reason
+        self.binding = binding
 
 
 def consumer_options(
@@ -266,7 +271,7 @@ class Feed:
                 offset = stored[field]
                 if not beginnings[tp] <= offset <= ends[tp]:
                     # Retention removed records we never read, or the topic was recreated.
-                    raise NeedRebuild("offset_out_of_range")
+                    raise NeedRebuild("offset_out_of_range", binding=self.binding.name)
                 starts[tp] = offset
             elif self.binding.start_from == "latest" and not resumed:
                 # A partition missing from a resumed binding appeared while we were away.
@@ -319,7 +324,7 @@ class Feed:
                 try:
                     data = await consumer.getmany(timeout_ms=timeout_ms, max_records=cap)
                 except OffsetOutOfRangeError as exc:
-                    raise NeedRebuild("offset_out_of_range") from exc
+                    raise NeedRebuild("offset_out_of_range", binding=self.binding.name) from exc
                 except KafkaError as exc:
                     logger.warning("binding %s: fetch failed: %r", self.binding.name, exc)
                     await sleep_or_stop(stop, 0.5)
@@ -416,7 +421,9 @@ class Feed:
             self._keep_refused(result.refused, retried=retried)
             self._refused_records += batch.records
         elif self.refused_lost and sets:
-            raise NeedRebuild("refused")  # writes get in again; the dropped ones need re-reading
+            raise NeedRebuild(
+                "refused", binding=self.binding.name
+            )  # writes get in again; the dropped ones need re-reading
         else:
             applied_records = batch.records
             if not self.refused_lost and (retried or (self._refused_records and not self._refused)):

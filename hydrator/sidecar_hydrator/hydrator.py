@@ -103,6 +103,8 @@ class Hydrator:
         #: cleared) by the cycle that starts the rebuild, so a later transient error does not
         #: re-read every topic again.
         self._forced: str | None = None
+        #: The one binding the forced rebuild is for (``None``: all of them).
+        self._forced_binding: str | None = None
         self.failures = FailureStreak(metrics=self.metrics)
         self.metrics.staleness.set_function(lambda: _or_minus_one(self.staleness_seconds()))
         self.metrics.hydrated.set_function(lambda: 1 if self.hydrated else 0)
@@ -167,8 +169,9 @@ class Hydrator:
                 try:
                     await self._cycle(stop=stop)
                 except NeedRebuild as exc:
-                    logger.warning("rebuilding the view: %s", exc.reason)
+                    logger.warning("rebuilding the view: %s", exc)
                     self._forced = exc.reason
+                    self._forced_binding = exc.binding
                 except (RedisError, OSError) as exc:
                     self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
@@ -183,9 +186,10 @@ class Hydrator:
         self._rebuilding = False
         state = await self.store.inspect()
         loss = state.loss()
+        rebuilt = {feed.binding.name for feed in self.feeds}
         if loss is None and self._forced is None:
             self._resume(state)
-            rebuild = False
+            rebuilt.clear()
         else:
             reason = self._forced or loss or "unknown"
             if loss is not None:
@@ -194,15 +198,23 @@ class Hydrator:
             logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
             await self.store.begin_rebuild()
             self._rebuilding = True
+            if loss is None and self._forced_binding in rebuilt:
+                # One binding's positions are gone; the others' keys come along unchanged and
+                # those bindings resume from their stored offsets.
+                rebuilt = {self._forced_binding}
+                for feed in self.feeds:
+                    if feed.binding.name not in rebuilt:
+                        copied = await self.store.carry_over(prefix=feed.binding.keys.prefix)
+                        logger.info("binding %s: %d keys carried over", feed.binding.name, copied)
             # Taken up. Should this rebuild fail half-way, the next cycle finds the cause
             # again by itself (a stored offset still out of range, a store still damaged).
-            self._forced = None
-            rebuild = True
+            self._forced = self._forced_binding = None
         jobs: list[Coroutine[Any, Any, None]] = [
-            feed.run(stored=state.offsets, rebuild=rebuild, stop=stop) for feed in self.feeds
+            feed.run(stored=state.offsets, rebuild=feed.binding.name in rebuilt, stop=stop)
+            for feed in self.feeds
         ]
         jobs.append(self._heartbeat(stop))
-        if rebuild:
+        if self._rebuilding:
             jobs.append(self._publish_when_caught_up(stop))
         await _all_or_first_error(jobs)
 

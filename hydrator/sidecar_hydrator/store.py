@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -37,6 +37,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from redis.typing import EncodableT, FieldT
 
 from sidecar_hydrator.aio import sleep_or_stop
+from sidecar_hydrator.config import RESERVED_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,29 @@ class Store:
         async with self._lock:
             await self._spare.flushdb(asynchronous=True)
             self._target = self._spare
+
+    async def carry_over(self, *, prefix: str) -> int:
+        """Copy the served keys under ``prefix`` into the spare database; returns how many.
+
+        A rebuild forced by one binding (say, its stored offset fell out of the topic's
+        retention) must not drop the other bindings' keys: a ``startFrom: latest`` binding
+        could never read them again. Prefixes of one Pod never overlap (the config refuses
+        it), so a prefix names exactly one binding's keys. ``COPY`` runs inside Redis; only
+        key names cross the socket, a page of ``SCAN`` at a time.
+        """
+        assert self._target is self._spare, "begin_rebuild() first"
+        copied = 0
+        pattern = _glob_escape(prefix.encode()) + b"*"
+        async with self._lock:
+            async for keys in _scan_pages(self._served, pattern=pattern):
+                own = [k for k in keys if not k.startswith(RESERVED_PREFIX.encode())]
+                if not own:
+                    continue
+                async with self._served.pipeline(transaction=False) as pipe:
+                    for key in own:
+                        pipe.execute_command("COPY", key, key, "DB", self.spare_db, "REPLACE")
+                    copied += sum(1 for done in await pipe.execute() if done)
+        return copied
 
     async def complete_rebuild(
         self, *, offsets: Mapping[str, int], meta: Mapping[str, str | int], complete: bool = True
@@ -371,6 +395,26 @@ def parse_run_id(info: bytes | str) -> str:
         if line.startswith("run_id:"):
             return line[len("run_id:") :].strip()
     raise RedisError("INFO server has no run_id")
+
+
+async def _scan_pages(client: Redis, *, pattern: bytes) -> AsyncIterator[list[bytes]]:
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=UNSEEN_CHUNK_KEYS)
+        if keys:
+            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
+        if cursor == 0:
+            return
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` matched literally by a Redis glob (``SCAN MATCH``)."""
+    out = bytearray()
+    for byte in text:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
 
 
 def _fields(mapping: Mapping[str, str | int]) -> dict[FieldT, EncodableT]:

@@ -1,0 +1,176 @@
+"""Forced rebuilds (a stored offset gone from the broker): what the app reads before, during
+and after, with one binding or several, and with a Redis too small for two copies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from tests.integration.hydrator.support import (
+    MIB,
+    eventually,
+    hydrated,
+    make_config,
+    produce,
+    running,
+    sample,
+    sidecar_redis_config,
+    view,
+)
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def delete_before(broker: KafkaBroker, topic: str, offset: int) -> None:
+    """Retention, on demand: the records of partition 0 before ``offset`` are gone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(topic, 0): RecordsToDelete(before_offset=offset)}, timeout_ms=10_000
+        )
+    finally:
+        await admin.close()
+
+
+async def test_a_transient_redis_error_after_a_forced_rebuild_does_not_rebuild_again(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(compacted=False)
+    await produce(kafka_broker, topic, [(f"k{i}".encode(), b"old") for i in range(10)])
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with running(config) as first:
+        await hydrated(first)
+    await produce(kafka_broker, topic, [(f"k{i}".encode(), b"new") for i in range(10)])
+    await delete_before(kafka_broker, topic, 15)
+    async with running(config) as second:
+        await eventually(
+            lambda: sample(second, "rebuilds_total", reason="offset_out_of_range") == 1,
+            what="the forced rebuild",
+        )
+        await hydrated(second)
+        read = sample(second, "records_read_total", binding="b")
+        # A blip: for a moment Redis refuses the hydrator's writes (as a stall past the
+        # socket timeout would fail them).
+        await app_redis.execute_command("ACL", "SETUSER", "default", "-hset")
+        await asyncio.sleep(1.5)  # a heartbeat fails at least
+        await app_redis.execute_command("ACL", "SETUSER", "default", "+hset")
+        assert sample(second, "store_failures_total", kind="NoPermissionError") >= 1
+        await produce(kafka_broker, topic, [(b"after", b"1")])
+        await eventually(lambda: _equals(app_redis, b"after", b"1"), what="record after")
+        assert sample(second, "rebuilds_total", reason="offset_out_of_range") == 1
+        assert sample(second, "records_read_total", binding="b") == read + 1
+        assert second.hydrated
+    assert await view(app_redis, b"k") == {f"k{i}".encode(): b"new" for i in range(5, 10)}
+
+
+async def test_one_bindings_forced_rebuild_keeps_the_other_bindings_keys(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    earliest = make_topic(compacted=False, suffix="earliest")
+    latest = make_topic(suffix="latest")
+    await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"1") for i in range(10)])
+    await produce(kafka_broker, latest, [(b"before-start", b"never read")])
+    connection = KafkaConnection(bootstrap_servers=(kafka_broker.bootstrap_servers,))
+    config = HydratorConfig(
+        redis_socket=str(redis_server.socket_path),
+        bindings=(
+            BindingSource(
+                name="history",
+                kafka=connection,
+                topics=(earliest,),
+                format="raw",
+                keys=KeyMapping(prefix="h:"),
+            ),
+            BindingSource(
+                name="live",
+                kafka=connection,
+                topics=(latest,),
+                start_from="latest",
+                format="raw",
+                keys=KeyMapping(prefix="l:"),
+            ),
+        ),
+    )
+    async with running(config) as first:
+        await hydrated(first)
+        await produce(kafka_broker, latest, [(b"x", b"1"), (b"y", b"2")])
+        await eventually(lambda: _equals(app_redis, b"l:y", b"2"), what="live records")
+    await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"2") for i in range(10)])
+    await delete_before(kafka_broker, earliest, 12)
+    async with running(config) as second:
+        await eventually(
+            lambda: sample(second, "rebuilds_total", reason="offset_out_of_range") == 1,
+            what="the forced rebuild",
+        )
+        await hydrated(second)
+        assert await view(app_redis, b"l:") == {b"l:x": b"1", b"l:y": b"2"}
+        assert await view(app_redis, b"h:") == {f"h:e{i}".encode(): b"2" for i in range(2, 10)}
+        # The latest binding resumed where it was: nothing re-read, and it goes on.
+        assert sample(second, "records_read_total", binding="live") == 0
+        await produce(kafka_broker, latest, [(b"z", b"3")])
+        await eventually(lambda: _equals(app_redis, b"l:z", b"3"), what="live after rebuild")
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=7 * MIB)])
+async def test_a_rebuild_that_does_not_fit_beside_the_served_view_never_replaces_it(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(compacted=False)
+    old = {f"k{i:02d}".encode(): bytes([65 + i % 26]) * 100_000 for i in range(40)}
+    await produce(kafka_broker, topic, list(old.items()))  # ~4 MB: fits once, not twice
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="raw",
+        bootstrap_batch_max_keys=5,
+    )
+    async with running(config) as first:
+        await hydrated(first)
+    new = {key: b"n" * 100_000 for key in old}
+    await produce(kafka_broker, topic, list(new.items()))
+    await delete_before(kafka_broker, topic, 45)
+    expected_new = {f"k{i:02d}".encode(): new[f"k{i:02d}".encode()] for i in range(5, 40)}
+
+    async with running(config) as second:
+        await eventually(
+            lambda: sample(second, "redis_oom_rejections_total") > 0, what="rebuild refused"
+        )
+        for _ in range(10):  # the old, complete view is served all along
+            assert await view(app_redis, b"k") == old
+            assert (await app_redis.hgetall(config.metadata_key))[b"hydrated"] == b"1"
+            await asyncio.sleep(0.2)
+        assert second.hydrated
+
+        # Room for two copies: the rebuild completes and is published whole.
+        await app_redis.config_set("maxmemory", str(64 * MIB))
+        await eventually(lambda: _view_is(app_redis, expected_new), within=20, what="new view")
+        await hydrated(second)
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
+
+
+async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
+    return bool(await client.get(key) == value)
+
+
+async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
+    return await view(client, b"k") == expected
