@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import HydratorConfig
@@ -96,6 +97,10 @@ class Hydrator:
         ]
         #: Database 0 holds this hydrator's view (resumed, or published by a rebuild).
         self._serving = False
+        #: The generation of that view (its sentinel); ``None`` when none of ours is served.
+        self._generation: str | None = None
+        #: Held while a rebuilt view is published, and by each heartbeat.
+        self._publishing = asyncio.Lock()
         #: A rebuild is being written into the spare database (the served view is untouched).
         self._rebuilding = False
         self._started = False
@@ -194,6 +199,7 @@ class Hydrator:
             reason = self._forced or loss or "unknown"
             if loss is not None:
                 self._serving = False  # what readers see now is empty or not ours
+                self._generation = None
             self.metrics.rebuilds.labels(reason=reason).inc()
             logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
             await self.store.begin_rebuild()
@@ -223,6 +229,7 @@ class Hydrator:
         for feed in self.feeds:
             feed.fresh_floor_ms = float(floor) if floor else None
         self._serving = True
+        self._generation = state.generation
         logger.info("resuming the served view from %d stored offsets", len(state.offsets))
 
     async def _publish_when_caught_up(self, stop: asyncio.Event) -> None:
@@ -250,11 +257,17 @@ class Hydrator:
             offsets.update(feed.applied_offsets)
         started = time.monotonic()
         complete = self.refused_keys() == 0
-        await self.store.complete_rebuild(
-            offsets=offsets, meta=self._freshness_meta(), complete=complete
-        )
-        self._rebuilding = False
-        self._serving = True
+        generation = uuid.uuid4().hex
+        async with self._publishing:
+            await self.store.complete_rebuild(
+                offsets=offsets,
+                meta=self._freshness_meta(),
+                generation=generation,
+                complete=complete,
+            )
+            self._rebuilding = False
+            self._serving = True
+            self._generation = generation
         # An incomplete view is published only over an empty or broken one (it is better than
         # none for a running app) and does not count as hydrated until its refused writes got
         # in: the Pod is not Ready, and a new Pod's app does not start on it.
@@ -268,15 +281,29 @@ class Hydrator:
         logger.info("published the rebuilt view (SWAPDB in %.1f ms)", elapsed_ms)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Publish freshness to the app, sample memory — and notice a Redis that restarted
-        while no batch was written (its error ends the cycle like a failed batch would)."""
+        """Publish freshness to the app, sample memory, notice a Redis that restarted while
+        no batch was written (its error ends the cycle like a failed batch would) — and check
+        that the served view is still the one published: flushed or written over by someone
+        else, it is reported at once (``hydrated=0``, ``/readyz`` 503) and rebuilt."""
         while not stop.is_set():
             await sleep_or_stop(stop, HEARTBEAT_SECONDS)
-            try:
-                await self.store.write_meta(self._freshness_meta())
-                self.failures.succeeded()
-            except OutOfMemoryError:
-                self.failures.succeeded()  # Redis answers; being full is reported on its own
+            # Not across a publish: metadata computed for the old view must not land in the
+            # new one, nor the new one's sentinel be checked against the old generation.
+            async with self._publishing:
+                generation = self._generation
+                beat = await self.store.heartbeat(
+                    fields=self._freshness_meta(), generation=generation
+                )
+            self.failures.succeeded()
+            if generation is not None and not beat.intact:
+                self._serving = False
+                self._generation = None
+                logger.error(
+                    "the served view was damaged (its sentinel or bookkeeping is gone: a "
+                    "FLUSHALL, or a write over the hydrator's keys): rebuilding it"
+                )
+                raise NeedRebuild("damaged")
+            if beat.full:
                 logger.warning("Redis is full: freshness metadata not updated")
             used, limit = await self.store.memory_usage()
             self.metrics.redis_used_memory.set(used)

@@ -33,7 +33,7 @@ from redis.asyncio.connection import AbstractConnection, UnixDomainSocketConnect
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from sidecar_hydrator.aio import sleep_or_stop
@@ -41,7 +41,45 @@ from sidecar_hydrator.config import RESERVED_PREFIX
 
 logger = logging.getLogger(__name__)
 
-LossReason = Literal["empty", "run_id_changed", "offsets_missing", "not_hydrated"]
+LossReason = Literal["empty", "run_id_changed", "offsets_missing", "not_hydrated", "damaged"]
+
+#: A hash whose ``generation`` field names the view in database 0 (the metadata has it too):
+#: written with every published view, checked by every heartbeat. A view whose sentinel is
+#: missing or different was flushed or overwritten by someone else. A hash, like the other
+#: bookkeeping keys, so that an app's ``MGET`` over all keys reads it as nil.
+SENTINEL_KEY = RESERVED_PREFIX + "sentinel"
+_GENERATION = "generation"
+
+#: The heartbeat, atomically: check that the view is the one this hydrator published (its
+#: sentinel and both bookkeeping hashes are there), then write the metadata, never claiming
+#: ``hydrated``/``complete`` nor freshness on a view that failed the check. Returns
+#: ``{intact, error}``: a refused write (a full Redis) does not hide the check's result.
+#: KEYS: sentinel, meta, offsets. ARGV: expected generation ("" = none), then field/value pairs.
+_HEARTBEAT_LUA = """
+local expected = ARGV[1]
+local intact = 0
+if expected ~= '' then
+  local sentinel = redis.pcall('HGET', KEYS[1], 'generation')
+  if sentinel == expected and redis.call('TYPE', KEYS[2]).ok == 'hash'
+      and redis.call('TYPE', KEYS[3]).ok == 'hash' then
+    intact = 1
+  end
+end
+local fields = {}
+for i = 2, #ARGV, 2 do
+  local name, value = ARGV[i], ARGV[i + 1]
+  if intact == 1 or (name ~= 'fresh_as_of_ms' and name ~= 'staleness_ms') then
+    if intact == 0 and (name == 'hydrated' or name == 'complete') then value = '0' end
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then redis.call('DEL', KEYS[2]) end
+if intact == 0 then redis.pcall('HDEL', KEYS[2], 'fresh_as_of_ms', 'staleness_ms') end
+local written = redis.pcall('HSET', KEYS[2], unpack(fields))
+if type(written) == 'table' and written.err then return {intact, written.err} end
+return {intact, ''}
+"""
 
 
 class DataLost(RedisConnectionError):
@@ -69,13 +107,21 @@ class StoreState:
     run_id: str
     meta: Mapping[str, str]
     offsets: Mapping[str, int]
+    #: The sentinel's value (:data:`SENTINEL_KEY`); ``None`` when missing.
+    sentinel: str | None = None
+    #: A bookkeeping key holds the wrong type (someone wrote over it).
+    wrong_type: bool = False
 
     def loss(self) -> LossReason | None:
         """Why the served view cannot be resumed, or ``None`` when it can.
 
         A Redis restart shows as an empty meta hash (no persistence) and, should persistence
-        ever restore one, as a ``run_id`` other than the one the view was built in.
+        ever restore one, as a ``run_id`` other than the one the view was built in. A view
+        whose sentinel disagrees with its metadata was flushed or written over by someone
+        else since it was published.
         """
+        if self.wrong_type:
+            return "damaged"
         if not self.meta:
             return "empty"
         if self.meta.get("hydrated") != "1":
@@ -84,7 +130,14 @@ class StoreState:
             return "run_id_changed"
         if not self.offsets:
             return "offsets_missing"
+        if self.sentinel is None or self.sentinel != self.meta.get("generation"):
+            return "damaged"
         return None
+
+    @property
+    def generation(self) -> str | None:
+        """The generation of the view, when it can be resumed."""
+        return self.meta.get("generation") if self.loss() is None else None
 
 
 #: Keys per MSET while writing the spare database: small enough that a reader of the served
@@ -102,6 +155,14 @@ class ApplyResult:
     @property
     def oom_rejected(self) -> int:
         return len(self.refused)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    #: Database 0 still holds the view of the expected generation.
+    intact: bool
+    #: Redis refused the metadata write: it is full (the check above still holds).
+    full: bool
 
 
 class Store:
@@ -129,6 +190,7 @@ class Store:
         self._run_id: str | None = None
         self._served = self._client(db=0)
         self._spare = self._client(db=spare_db)
+        self._heartbeat_script = self._served.register_script(_HEARTBEAT_LUA)
         self._target = self._served
         #: Serialises batch writes with the swap: a batch meant for the spare database must
         #: not land after ``SWAPDB`` (it would be flushed with the old view).
@@ -191,11 +253,18 @@ class Store:
         async with self._served.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.metadata_key)
             pipe.hgetall(self.offsets_key)
-            meta_raw, offsets_raw = await pipe.execute()
+            pipe.hget(SENTINEL_KEY, _GENERATION)
+            meta_raw, offsets_raw, sentinel = await pipe.execute(raise_on_error=False)
+        wrong = [r for r in (meta_raw, offsets_raw, sentinel) if isinstance(r, Exception)]
+        if any(not isinstance(r, ResponseError) for r in wrong):
+            raise next(r for r in wrong if not isinstance(r, ResponseError))
+        if wrong:  # WRONGTYPE: a bookkeeping key was written over; rebuild, do not loop
+            return StoreState(run_id=run_id, meta={}, offsets={}, wrong_type=True)
         return StoreState(
             run_id=run_id,
             meta={k.decode(): v.decode() for k, v in meta_raw.items()},
             offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
+            sentinel=sentinel.decode() if sentinel is not None else None,
         )
 
     async def begin_rebuild(self) -> None:
@@ -228,7 +297,12 @@ class Store:
         return copied
 
     async def complete_rebuild(
-        self, *, offsets: Mapping[str, int], meta: Mapping[str, str | int], complete: bool = True
+        self,
+        *,
+        offsets: Mapping[str, int],
+        meta: Mapping[str, str | int],
+        generation: str,
+        complete: bool = True,
     ) -> None:
         """Publish the rebuilt view: metadata and the swap in one transaction.
 
@@ -242,6 +316,7 @@ class Store:
                 "hydrated": 1 if complete else 0,
                 "complete": 1 if complete else 0,
                 "run_id": self._run_id,
+                "generation": generation,
                 "built_at_ms": int(time.time() * 1000),
             }
         )
@@ -251,6 +326,7 @@ class Store:
                     if offsets:
                         pipe.hset(self.offsets_key, mapping=_fields(offsets))
                     pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.hset(SENTINEL_KEY, _GENERATION, generation)
                     pipe.swapdb(0, self.spare_db)
                     await pipe.execute()
             except OutOfMemoryError:
@@ -263,6 +339,7 @@ class Store:
                     if offsets:
                         pipe.hset(self.offsets_key, mapping=_fields(offsets))
                     pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.hset(SENTINEL_KEY, _GENERATION, generation)
                     await pipe.execute()
             self._target = self._served
             # The old view now sits in the spare database; free it off the main thread.
@@ -359,9 +436,28 @@ class Store:
             await pipe.execute()
         return ApplyResult(applied=len(deletes) + len(items), refused={})
 
-    async def write_meta(self, fields: Mapping[str, str | int]) -> None:
-        """Update metadata the app reads (freshness) outside of any batch."""
-        await self._served.hset(self.metadata_key, mapping=_fields(fields))
+    async def heartbeat(
+        self, *, fields: Mapping[str, str | int], generation: str | None
+    ) -> HeartbeatResult:
+        """Check the served view and update the metadata the app reads, in one step.
+
+        The check is cheap (three key look-ups, no scan) and atomic with the write, so
+        ``hydrated=1`` never lands on a view that was flushed a moment before. With
+        ``generation`` ``None`` (no view of ours is served) the metadata says ``hydrated=0``
+        and claims no freshness.
+        """
+        args: list[EncodableT] = [generation or ""]
+        for name, value in fields.items():
+            args += [name, value]
+        intact, error = await self._heartbeat_script(
+            keys=[SENTINEL_KEY, self.metadata_key, self.offsets_key], args=args
+        )
+        message = error.decode() if isinstance(error, bytes) else str(error)
+        if message and not message.startswith("OOM"):
+            raise ResponseError(message)
+        return HeartbeatResult(
+            intact=generation is not None and bool(intact), full=message.startswith("OOM")
+        )
 
     async def used_memory(self) -> int:
         info = await self._served.info("memory")

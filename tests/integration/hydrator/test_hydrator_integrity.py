@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import pytest
@@ -161,3 +162,86 @@ async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool
 async def _meta_says(client: aioredis.Redis, key: str, **fields: bytes) -> bool:
     meta = await client.hgetall(key)
     return all(meta.get(name.encode()) == value for name, value in fields.items())
+
+
+@pytest.mark.parametrize("damage", ["FLUSHALL", "FLUSHDB", "DEL sidecar-state:offsets"])
+async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_heartbeat_and_rebuilt(
+    damage: str,
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(partitions=2)
+    data = {f"k{i:06d}".encode(): f"v{i}".encode() for i in range(50_000)}
+    await produce(kafka_broker, topic, list(data.items()))
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with serving(config) as (hydrator, port):
+        await hydrated(hydrator, within=60)
+        await asyncio.sleep(1.2)  # a heartbeat of the intact view
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
+
+        seen: list[tuple[float, bytes | None, int]] = []
+        watching = asyncio.Event()
+
+        async def watch() -> None:
+            while not watching.is_set():
+                meta = await app_redis.hgetall(config.metadata_key)
+                seen.append(
+                    (time.monotonic(), meta.get(b"hydrated"), await http_status(port, "/readyz"))
+                )
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        damaged_at = time.monotonic()
+        await app_redis.execute_command(*damage.split())
+        await eventually(
+            lambda: sample(hydrator, "rebuilds_total", reason="damaged") == 1,
+            within=3,
+            what="the damage counted",
+        )
+        await hydrated(hydrator, within=60)
+        await eventually(lambda: _view_is(app_redis, data), within=30, what="the full view")
+        await asyncio.sleep(1.2)  # a heartbeat of the rebuilt view
+        watching.set()
+        await watcher
+
+        reported = [t - damaged_at for t, flag, status in seen if flag == b"0" and status == 503]
+        assert reported, "the damage was never reported as hydrated=0 with /readyz 503"
+        assert reported[0] < 1.5, f"reported {reported[0]:.2f} s after the damage"
+        if damage.startswith("FLUSH"):
+            # The heartbeat never wrote hydrated=1 onto the flushed view (a DEL leaves the
+            # old metadata standing until the heartbeat's check).
+            first_report = damaged_at + reported[0]
+            claimed = [t for t, flag, _ in seen if flag == b"1" and damaged_at < t < first_report]
+            assert not claimed
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
+        assert await http_status(port, "/readyz") == 200
+
+
+async def test_a_redis_restarted_empty_while_kafka_is_down_claims_neither_complete_nor_fresh(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(b"a", b"1"), (b"b", b"2")])
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with serving(config) as (hydrator, port):
+        await hydrated(hydrator)
+        kafka_broker.kill()
+        redis_server.restart()  # empty, and nothing to rebuild from
+        await asyncio.sleep(2.5)
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert meta.get(b"hydrated") == b"0" and meta.get(b"complete") == b"0", meta
+        assert b"fresh_as_of_ms" not in meta and b"staleness_ms" not in meta, meta
+        assert await http_status(port, "/readyz") == 503
+        kafka_broker.start()
+        await hydrated(hydrator, within=60)
+        assert await view(app_redis, b"") == {b"a": b"1", b"b": b"2"}
+        await asyncio.sleep(1.2)
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
