@@ -30,6 +30,7 @@ from sidecar_hydrator.config import (
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.records import BadRecord, make_decoder
 from sidecar_hydrator.store import Store, is_binding_field, offset_field
+from sidecar_hydrator.topic_ids import fetch_topic_ids, recreated
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class Feed:
         self._refused_records = 0
         self._snapshot: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
+        #: Topic name -> Kafka topic ID, as of the last positioning.
+        self._topic_ids: dict[str, str] = {}
         #: Per partition, the position last handed to a write (in flight or done).
         self._handed: dict[TopicPartition, int] = {}
         #: Offsets whose records are in Redis (field -> next offset); what a rebuild publishes.
@@ -145,7 +148,14 @@ class Feed:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    async def run(self, *, stored: Mapping[str, int], rebuild: bool, stop: asyncio.Event) -> None:
+    async def run(
+        self,
+        *,
+        stored: Mapping[str, int],
+        rebuild: bool,
+        stop: asyncio.Event,
+        stored_topic_ids: Mapping[str, str] | None = None,
+    ) -> None:
         """Position every partition, then pump batches into the store until ``stop``.
 
         Raises :class:`NeedRebuild` when a stored position no longer exists on the broker; any
@@ -154,7 +164,9 @@ class Feed:
         if rebuild:
             self._forget_refused()  # a new view starts whole
         try:
-            await self._position(stored=stored, rebuild=rebuild, stop=stop)
+            await self._position(
+                stored=stored, rebuild=rebuild, stop=stop, stored_topic_ids=stored_topic_ids or {}
+            )
             await self._pump(stop)
         except Stopped:
             return
@@ -244,7 +256,12 @@ class Feed:
             await until(stop, consumer._client.force_metadata_update())
 
     async def _position(
-        self, *, stored: Mapping[str, int], rebuild: bool, stop: asyncio.Event
+        self,
+        *,
+        stored: Mapping[str, int],
+        rebuild: bool,
+        stop: asyncio.Event,
+        stored_topic_ids: Mapping[str, str],
     ) -> None:
         # The served view stops advancing here (a rebuild writes elsewhere): keep its mark.
         self.fresh_floor_ms = self.fresh_as_of_ms
@@ -258,11 +275,25 @@ class Feed:
                 partitions = await self._partitions(consumer, stop)
                 beginnings = await until(stop, consumer.beginning_offsets(list(partitions)))
                 ends = await until(stop, consumer.end_offsets(list(partitions)))
+                topic_ids = await until(stop, fetch_topic_ids(consumer, self.binding.topics))
                 break
             except KafkaError as exc:
                 logger.warning("binding %s: positioning failed: %r", self.binding.name, exc)
                 await until(stop, asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
+        own_ids = {
+            field.split("/", 1)[1]: topic_id
+            for field, topic_id in stored_topic_ids.items()
+            if is_binding_field(field, self.binding.name)
+        }
+        if not rebuild and recreated(own_ids, topic_ids):
+            # Deleted and created again: its offsets start over, and stored positions may
+            # well fall inside the new range. Only its identity tells.
+            raise NeedRebuild("topic_recreated", binding=self.binding.name)
+        self._topic_ids = topic_ids
+        await self._store.record_topic_ids(
+            {f"{self.binding.name}/{topic}": topic_id for topic, topic_id in topic_ids.items()}
+        )
         resumed = not rebuild and any(is_binding_field(f, self.binding.name) for f in stored)
         starts: dict[TopicPartition, int] = {}
         for tp in partitions:
@@ -496,6 +527,13 @@ class Feed:
         self, consumer: AIOKafkaConsumer, stop: asyncio.Event
     ) -> None:
         self._next_partition_check = time.monotonic() + self._config.metadata_refresh_ms / 1000
+        try:
+            topic_ids = await until(stop, fetch_topic_ids(consumer, self.binding.topics))
+        except KafkaError as exc:
+            logger.warning("binding %s: topic IDs: %r", self.binding.name, exc)
+        else:
+            if recreated(self._topic_ids, topic_ids):
+                raise NeedRebuild("topic_recreated", binding=self.binding.name)
         current = {
             TopicPartition(t, p)
             for t in self.binding.topics

@@ -216,7 +216,12 @@ class Hydrator:
             # again by itself (a stored offset still out of range, a store still damaged).
             self._forced = self._forced_binding = None
         jobs: list[Coroutine[Any, Any, None]] = [
-            feed.run(stored=state.offsets, rebuild=feed.binding.name in rebuilt, stop=stop)
+            feed.run(
+                stored=state.offsets,
+                stored_topic_ids=state.topic_ids,
+                rebuild=feed.binding.name in rebuilt,
+                stop=stop,
+            )
             for feed in self.feeds
         ]
         jobs.append(self._heartbeat(stop))

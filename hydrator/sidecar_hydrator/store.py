@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import hiredis
@@ -49,6 +49,9 @@ LossReason = Literal["empty", "run_id_changed", "offsets_missing", "not_hydrated
 #: bookkeeping keys, so that an app's ``MGET`` over all keys reads it as nil.
 SENTINEL_KEY = RESERVED_PREFIX + "sentinel"
 _GENERATION = "generation"
+#: A hash ``<binding>/<topic>`` -> the Kafka topic ID the view was read from, so a topic that
+#: was deleted and created again is not resumed from positions of its predecessor.
+TOPIC_IDS_KEY = RESERVED_PREFIX + "topic-ids"
 
 #: The heartbeat, atomically: check that the view is the one this hydrator published (its
 #: sentinel and both bookkeeping hashes are there), then write the metadata, never claiming
@@ -111,6 +114,8 @@ class StoreState:
     sentinel: str | None = None
     #: A bookkeeping key holds the wrong type (someone wrote over it).
     wrong_type: bool = False
+    #: ``<binding>/<topic>`` -> topic ID, as recorded when the positions were taken.
+    topic_ids: Mapping[str, str] = field(default_factory=dict)
 
     def loss(self) -> LossReason | None:
         """Why the served view cannot be resumed, or ``None`` when it can.
@@ -254,8 +259,10 @@ class Store:
             pipe.hgetall(self.metadata_key)
             pipe.hgetall(self.offsets_key)
             pipe.hget(SENTINEL_KEY, _GENERATION)
-            meta_raw, offsets_raw, sentinel = await pipe.execute(raise_on_error=False)
-        wrong = [r for r in (meta_raw, offsets_raw, sentinel) if isinstance(r, Exception)]
+            pipe.hgetall(TOPIC_IDS_KEY)
+            replies = await pipe.execute(raise_on_error=False)
+        meta_raw, offsets_raw, sentinel, topic_ids_raw = replies
+        wrong = [r for r in replies if isinstance(r, Exception)]
         if any(not isinstance(r, ResponseError) for r in wrong):
             raise next(r for r in wrong if not isinstance(r, ResponseError))
         if wrong:  # WRONGTYPE: a bookkeeping key was written over; rebuild, do not loop
@@ -265,7 +272,14 @@ class Store:
             meta={k.decode(): v.decode() for k, v in meta_raw.items()},
             offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
             sentinel=sentinel.decode() if sentinel is not None else None,
+            topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
         )
+
+    async def record_topic_ids(self, ids: Mapping[str, str]) -> None:
+        """Remember the topic IDs of the view being written (served or being rebuilt)."""
+        if ids:
+            async with self._lock:
+                await self._target.hset(TOPIC_IDS_KEY, mapping=_fields(ids))
 
     async def begin_rebuild(self) -> None:
         """Empty the spare database and direct every following batch into it."""

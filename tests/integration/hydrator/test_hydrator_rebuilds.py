@@ -178,3 +178,77 @@ async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
 
 async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
     return await view(client, b"k") == expected
+
+
+async def test_a_topic_deleted_and_created_again_is_rebuilt_not_resumed_mid_log(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(f"old{i}".encode(), b"1") for i in range(5)])
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with running(config) as first:
+        await hydrated(first)
+    kafka_broker.delete_topic(topic)
+    await eventually(lambda: _recreate(kafka_broker, topic), within=30, what="topic re-created")
+    # The stored position (5) lies inside the new topic's range (0..8).
+    fresh = {f"new{i}".encode(): b"2" for i in range(8)}
+    await produce(kafka_broker, topic, list(fresh.items()))
+    async with running(config) as second:
+        await eventually(
+            lambda: sample(second, "rebuilds_total", reason="topic_recreated") == 1,
+            what="the re-created topic noticed",
+        )
+        await hydrated(second)
+        assert await view(app_redis, b"") == fresh
+
+
+async def test_a_topic_re_created_under_a_running_hydrator_is_rebuilt(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(f"old{i}".encode(), b"1") for i in range(5)])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="raw",
+        metadata_refresh_ms=300,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        kafka_broker.delete_topic(topic)
+        await eventually(lambda: _recreate(kafka_broker, topic), within=30, what="re-created")
+        fresh = {f"new{i}".encode(): b"2" for i in range(8)}
+        await produce(kafka_broker, topic, list(fresh.items()))
+        # Whichever the hydrator sees first: its position beyond the new, empty topic's end,
+        # or (records already there) the topic's new ID at the next metadata refresh.
+        await eventually(
+            lambda: (
+                sum(
+                    sample(hydrator, "rebuilds_total", reason=reason)
+                    for reason in ("topic_recreated", "offset_out_of_range")
+                )
+                >= 1
+            ),
+            what="the re-created topic noticed",
+        )
+        await eventually(lambda: _view_all_is(app_redis, fresh), within=20, what="new view")
+        await hydrated(hydrator)
+
+
+def _recreate(broker: KafkaBroker, topic: str) -> bool:
+    try:
+        broker.create_topic(topic, partitions=1, compacted=True)
+    except Exception:  # still being deleted
+        return False
+    return True
+
+
+async def _view_all_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
+    return await view(client, b"") == expected
