@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +42,8 @@ LIVE_FETCH_BYTES = 1024 * 1024
 POLL_TIMEOUT_MS = 200
 #: At most this many bad records are logged per second; all of them are counted.
 BAD_RECORD_LOG_RATE = 10
+#: How often a Kafka client that cannot be set up as configured is tried again.
+CONFIG_RETRY_SECONDS = 5.0
 #: Refused writes are retried after this long, doubling up to the maximum while Redis stays
 #: full; a batch that gets in (memory was freed) makes the next write retry at once.
 REFUSED_RETRY_SECONDS = 0.25
@@ -48,6 +51,14 @@ REFUSED_RETRY_MAX_SECONDS = 2.0
 #: Refused values kept for retrying, at most: beyond it they are dropped and the view can
 #: only be made whole by a rebuild (the records are re-read from Kafka).
 REFUSED_KEEP_MAX_BYTES = 16 * 1024 * 1024
+
+
+class KafkaConfigError(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """The Kafka client cannot be set up as configured (a TLS file that does not load, say).
+
+    A Kafka error like any other: reported as one, retried (a mounted Secret may be fixed in
+    place), and never a reason to touch the store.
+    """
 
 
 class NeedRebuild(Exception):
@@ -85,9 +96,15 @@ def consumer_options(
         "security_protocol": conn.security_protocol,
     }
     if conn.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=conn.ca_file, certfile=conn.cert_file, keyfile=conn.key_file
-        )
+        # ``ca.crt`` is optional in the Secret: without it, the system's CAs verify the
+        # broker (a public CA, or one the image trusts), as any TLS client would.
+        cafile = conn.ca_file if conn.ca_file and os.path.exists(conn.ca_file) else None
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=cafile, certfile=conn.cert_file, keyfile=conn.key_file
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise KafkaConfigError(f"TLS settings: {exc}") from exc
     if conn.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
         options["sasl_mechanism"] = conn.sasl_mechanism or "PLAIN"
         options["sasl_plain_username"] = conn.username()
@@ -126,6 +143,8 @@ class Feed:
         self._refused_records = 0
         self._snapshot: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
+        #: The last Kafka configuration error logged (each is logged once).
+        self._config_error = ""
         #: Topic name -> Kafka topic ID, as of the last positioning.
         self._topic_ids: dict[str, str] = {}
         #: Per partition, the position last handed to a write (in flight or done).
@@ -212,17 +231,35 @@ class Feed:
     async def _open(self, stop: asyncio.Event) -> AIOKafkaConsumer:
         backoff = 0.1
         while self._consumer is None:
-            consumer = AIOKafkaConsumer(
-                **consumer_options(
-                    self.binding.kafka,
-                    client_id=f"sidecar-state-hydrator.{self.binding.name}",
-                    config=self._config,
+            try:
+                consumer = AIOKafkaConsumer(
+                    **consumer_options(
+                        self.binding.kafka,
+                        client_id=f"sidecar-state-hydrator.{self.binding.name}",
+                        config=self._config,
+                    )
                 )
-            )
+            except KafkaConfigError as exc:
+                if str(exc) != self._config_error:
+                    self._config_error = str(exc)
+                    logger.error(
+                        "binding %s: the Kafka client cannot be set up: %s (retrying every "
+                        "%.0f s; the served view stays as it is)",
+                        self.binding.name,
+                        exc,
+                        CONFIG_RETRY_SECONDS,
+                    )
+                self._metrics.kafka_errors.labels(binding=self.binding.name, kind="config").inc()
+                await until(stop, asyncio.sleep(CONFIG_RETRY_SECONDS))
+                continue
+            self._config_error = ""
             try:
                 await until(stop, consumer.start())
                 self._consumer = consumer
             except KafkaError as exc:
+                self._metrics.kafka_errors.labels(
+                    binding=self.binding.name, kind="unreachable"
+                ).inc()
                 logger.warning(
                     "Kafka unreachable for binding %s: %r (retrying in %.1f s)",
                     self.binding.name,

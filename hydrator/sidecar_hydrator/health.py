@@ -100,6 +100,14 @@ class Metrics:
             namespace=_NS,
             registry=r,
         )
+        self.kafka_errors = Counter(
+            "kafka_errors",
+            "Kafka client failures by kind: unreachable (connecting), config (the client "
+            "cannot be set up as configured, e.g. TLS files).",
+            ["binding", "kind"],
+            namespace=_NS,
+            registry=r,
+        )
         self.store_failures = Counter(
             "store_failures",
             "Cycles ended by a Redis error, by exception kind; while they keep failing for "

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
@@ -179,6 +180,11 @@ class Hydrator:
                     self._forced_binding = exc.binding
                 except (RedisError, OSError) as exc:
                     self.failures.failed(exc)
+                    await sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 1.0)
+                except KafkaError as exc:
+                    # Kafka's trouble, never the store's: no rebuild, the view stays served.
+                    logger.warning("Kafka failed (%r); positioning again", exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
                 else:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import ssl
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
-from sidecar_hydrator.consumer import consumer_options
+from sidecar_hydrator.consumer import KafkaConfigError, consumer_options
 
 MINIMAL = {
     "bindings": [
@@ -147,3 +149,24 @@ def test_disjoint_key_prefixes_are_accepted() -> None:
 def test_the_hydrators_namespace_is_its_own(override: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         HydratorConfig.model_validate({**MINIMAL, **override})
+
+
+def _tls(ca_file: str) -> HydratorConfig:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["bindings"][0]["kafka"].update(security_protocol="SSL", ca_file=ca_file)
+    return HydratorConfig.model_validate(doc)
+
+
+def test_tls_without_a_ca_file_verifies_with_the_system_cas(tmp_path: Path) -> None:
+    config = _tls(str(tmp_path / "ca.crt"))  # the Secret had no ca.crt
+    context = consumer_options(config.bindings[0].kafka, client_id="c", config=config)[
+        "ssl_context"
+    ]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_tls_files_that_do_not_load_are_a_kafka_config_error(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("not a certificate\n")
+    config = _tls(str(tmp_path / "ca.crt"))
+    with pytest.raises(KafkaConfigError, match="TLS settings"):
+        consumer_options(config.bindings[0].kafka, client_id="c", config=config)

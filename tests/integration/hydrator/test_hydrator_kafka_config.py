@@ -1,0 +1,74 @@
+"""Kafka-side configuration problems are Kafka errors: reported as such, retried, and never a
+reason to rebuild (or even touch) the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from tests.integration.hydrator.support import produce, running, sample
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def tls_config(broker: KafkaBroker, redis: RedisServer, topic: str, ca: str) -> HydratorConfig:
+    return HydratorConfig(
+        redis_socket=str(redis.socket_path),
+        bindings=(
+            BindingSource(
+                name="b",
+                kafka=KafkaConnection(
+                    bootstrap_servers=(broker.bootstrap_servers,),
+                    security_protocol="SSL",
+                    ca_file=ca,
+                ),
+                topics=(topic,),
+                format="raw",
+                keys=KeyMapping(),
+            ),
+        ),
+    )
+
+
+@pytest.mark.parametrize("ca", ["absent", "garbage"])
+async def test_tls_settings_that_do_not_work_are_kafka_errors_and_never_rebuilds(
+    ca: str,
+    tmp_path: Path,
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(b"a", b"1")])
+    ca_file = tmp_path / "ca.crt"
+    if ca == "garbage":
+        ca_file.write_text("not a certificate\n")
+    # The broker speaks plaintext: with the system's CAs (no ca.crt in the Secret) the TLS
+    # handshake fails, which is the broker being unreachable over TLS, nothing else.
+    config = tls_config(kafka_broker, redis_server, topic, str(ca_file))
+    caplog.set_level(logging.INFO, logger="sidecar_hydrator")
+    async with running(config) as hydrator:
+        await asyncio.sleep(4.0)
+        rebuilds = hydrator.metrics.registry.get_sample_value(
+            "sidecar_state_hydrator_rebuilds_total", {"reason": "empty"}
+        )
+        assert rebuilds == 1  # the first start's, and no more
+        assert not [r for r in caplog.records if "Redis failed" in r.getMessage()]
+        kind = "config" if ca == "garbage" else "unreachable"
+        assert sample(hydrator, "kafka_errors_total", binding="b", kind=kind) >= 1
+        if ca == "garbage":
+            said = [r for r in caplog.records if "cannot be set up" in r.getMessage()]
+            assert len(said) == 1 and "TLS settings" in said[0].getMessage()
+        assert not hydrator.hydrated
+    meta = await app_redis.hgetall("sidecar-state:meta")
+    assert meta.get(b"hydrated") == b"0"
