@@ -112,7 +112,7 @@ class Hydrator:
         #: The one binding the forced rebuild is for (``None``: all of them).
         self._forced_binding: str | None = None
         self.failures = FailureStreak(metrics=self.metrics)
-        self.metrics.staleness.set_function(lambda: _or_minus_one(self.staleness_seconds()))
+        self.metrics.staleness_source = self.staleness_seconds
         self.metrics.hydrated.set_function(lambda: 1 if self.hydrated else 0)
 
     # -- state the probes and the metadata report ---------------------------------------------
@@ -244,8 +244,14 @@ class Hydrator:
         logger.info("resuming the served view from %d stored offsets", len(state.offsets))
 
     async def _publish_when_caught_up(self, stop: asyncio.Event) -> None:
+        async def all_caught_up() -> None:
+            # A plain coroutine, not gather(): a gather cancelled by a stop before the first
+            # hydration finished with an exception nobody retrieved, logged at ERROR.
+            for feed in self.feeds:
+                await feed.caught_up.wait()
+
         try:
-            await until(stop, asyncio.gather(*(feed.caught_up.wait() for feed in self.feeds)))
+            await until(stop, all_caught_up())
         except Stopped:
             return
         # A complete served view is never replaced by a less complete one: while the rebuild
@@ -334,7 +340,3 @@ async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
-
-
-def _or_minus_one(value: float | None) -> float:
-    return -1.0 if value is None else value

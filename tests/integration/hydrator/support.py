@@ -112,19 +112,26 @@ async def serving(config: HydratorConfig) -> AsyncIterator[tuple[Hydrator, int]]
             await server.stop()
 
 
-async def http_status(port: int, path: str) -> int:
-    """The status code of ``GET path`` on the hydrator's port (0 when nothing answers)."""
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """``GET path`` on the hydrator's port: ``(status, body)``, ``(0, b"")`` when nothing
+    answers. Each connection carries one response and is closed (see ``health.py``)."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
-        return 0
+        return 0, b""
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), timeout=2)
+        response = await asyncio.wait_for(reader.read(), timeout=2)
     finally:
         writer.close()
-    return int(status_line.split()[1])
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def http_status(port: int, path: str) -> int:
+    """The status code of ``GET path`` on the hydrator's port (0 when nothing answers)."""
+    return (await http_get(port, path))[0]
 
 
 async def produce(

@@ -91,7 +91,7 @@ def test_metrics_route_exposes_the_documented_series() -> None:
     for name in (
         "records_applied_total",
         "lag_records",
-        "last_apply_age_seconds -1.0",
+        "last_apply_age_seconds",
         "staleness_seconds",
         "rebuilds_total",
         "redis_used_memory_bytes",
@@ -107,3 +107,16 @@ def test_json_log_lines_carry_extra_fields() -> None:
     )
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "skipped r" and line["level"] == "warning" and line["offset"] == 7
+
+
+def test_unknown_staleness_and_last_apply_age_have_no_sample_not_minus_one() -> None:
+    metrics = Metrics()
+    text = metrics.render().decode()
+    assert "# TYPE sidecar_state_hydrator_staleness_seconds gauge" in text
+    assert "\nsidecar_state_hydrator_staleness_seconds " not in text
+    assert "\nsidecar_state_hydrator_last_apply_age_seconds " not in text
+    metrics.staleness_source = lambda: 2.5
+    metrics.mark_applied(1.0)
+    text = metrics.render().decode()
+    assert "\nsidecar_state_hydrator_staleness_seconds 2.5\n" in text
+    assert "\nsidecar_state_hydrator_last_apply_age_seconds " in text
