@@ -587,8 +587,13 @@ class Feed:
         consumer.assign(sorted(self._positions.keys() | added))
         for tp, offset in self._positions.items():
             consumer.seek(tp, offset)
+        known = min(self._fresh.values(), default=None)
         for tp in added:
             # Everything in a partition that appeared after start-up is news: read it all.
+            # Until it is read to its end, the binding is as fresh as it was when the
+            # partition appeared, not "unknown".
+            if known is not None:
+                self._fresh[tp] = known
             consumer.seek(tp, beginnings[tp])
             self._positions[tp] = beginnings[tp]
             self._handed[tp] = beginnings[tp]

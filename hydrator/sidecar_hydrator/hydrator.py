@@ -201,6 +201,9 @@ class Hydrator:
         if loss is None and self._forced is None:
             self._resume(state)
             rebuilt.clear()
+            leftover = await self.store.discard_spare()
+            if leftover:
+                logger.info("freed %d keys left in the spare database", leftover)
         else:
             reason = self._forced or loss or "unknown"
             if loss is not None:

@@ -281,6 +281,19 @@ class Store:
             async with self._lock:
                 await self._target.hset(TOPIC_IDS_KEY, mapping=_fields(ids))
 
+    async def discard_spare(self) -> int:
+        """Free whatever the spare database holds; returns how many keys it had.
+
+        When the served view is resumed, the spare can only hold leftovers: the old view of a
+        hydrator that died between ``SWAPDB`` and its ``FLUSHDB``, or a rebuild it never
+        finished. Either would keep a whole copy's worth of ``maxmemory`` for nothing.
+        """
+        async with self._lock:
+            keys = int(await self._spare.dbsize())
+            if keys:
+                await self._spare.flushdb(asynchronous=True)
+            return keys
+
     async def begin_rebuild(self) -> None:
         """Empty the spare database and direct every following batch into it."""
         async with self._lock:

@@ -252,3 +252,66 @@ def _recreate(broker: KafkaBroker, topic: str) -> bool:
 
 async def _view_all_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
     return await view(client, b"") == expected
+
+
+async def test_a_copy_left_in_the_spare_database_is_freed_when_the_view_is_resumed(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(b"a", b"1")])
+    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+    async with running(config) as first:
+        await hydrated(first)
+    # What a hydrator killed between SWAPDB and its FLUSHDB leaves: the old view, in full.
+    spare = aioredis.Redis(unix_socket_path=str(redis_server.socket_path), db=config.spare_db)
+    try:
+        await spare.mset({f"old{i}".encode(): b"x" * 1000 for i in range(500)})
+        async with running(config) as second:
+            await hydrated(second)
+            await eventually(lambda: _empty(spare), within=5, what="the spare freed")
+            assert sample(second, "rebuilds_total", reason="empty") == 0  # resumed
+    finally:
+        await spare.aclose()
+    assert await view(app_redis, b"") == {b"a": b"1"}
+
+
+async def test_a_partition_added_later_keeps_the_freshness_known(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    from aiokafka.admin import NewPartitions
+
+    topic = make_topic(partitions=1)
+    await produce(kafka_broker, topic, [(b"p0", b"0")])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="raw",
+        metadata_refresh_ms=200,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_partitions({topic: NewPartitions(total_count=4)})
+        finally:
+            await admin.close()
+        unknown = 0
+        for _ in range(60):  # three seconds: the partitions are picked up and read
+            if hydrator.staleness_seconds() is None:
+                unknown += 1
+            await asyncio.sleep(0.05)
+        assert unknown == 0
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert int(meta[b"staleness_ms"]) < 2000
+
+
+async def _empty(client: aioredis.Redis) -> bool:
+    return int(await client.dbsize()) == 0
