@@ -336,9 +336,15 @@ async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        for task in tasks:
-            if not task.done():
+        pending = [task for task in tasks if not task.done()]
+        while pending:
+            for task in pending:
                 task.cancel()
+            # A cancellation can be lost (Python 3.11's wait_for swallows one that races
+            # with its timeout), and the task runs on: cancel it again rather than wait for
+            # it forever, which froze the whole hydrator in a cycle that had ended.
+            await asyncio.wait(pending, timeout=0.5)
+            pending = [task for task in pending if not task.done()]
     await asyncio.gather(*tasks, return_exceptions=True)
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
