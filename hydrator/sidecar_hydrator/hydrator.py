@@ -211,12 +211,21 @@ class Hydrator:
                 self._generation = None
             self.metrics.rebuilds.labels(reason=reason).inc()
             logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
-            await self.store.begin_rebuild()
+            forced_binding = self._forced_binding
+            partial = loss is None and forced_binding is not None and forced_binding in rebuilt
+            interrupted = await self.store.begin_rebuild(resume=not partial)
             self._rebuilding = True
-            if loss is None and self._forced_binding in rebuilt:
+            if interrupted is not None:
+                logger.info(
+                    "continuing the rebuild an earlier hydrator left (%d stored offsets)",
+                    len(interrupted.offsets),
+                )
+                state = interrupted
+                rebuilt.clear()  # every binding goes on from the rebuild's own offsets
+            elif partial:
                 # One binding's positions are gone; the others' keys come along unchanged and
                 # those bindings resume from their stored offsets.
-                rebuilt = {self._forced_binding}
+                rebuilt = {forced_binding} if forced_binding is not None else rebuilt
                 for feed in self.feeds:
                     if feed.binding.name not in rebuilt:
                         copied = await self.store.carry_over(prefix=feed.binding.keys.prefix)

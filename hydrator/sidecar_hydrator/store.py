@@ -52,6 +52,9 @@ _GENERATION = "generation"
 #: A hash ``<binding>/<topic>`` -> the Kafka topic ID the view was read from, so a topic that
 #: was deleted and created again is not resumed from positions of its predecessor.
 TOPIC_IDS_KEY = RESERVED_PREFIX + "topic-ids"
+#: Metadata field of the spare database while a rebuild is written into it: the ``run_id`` of
+#: the Redis it is built in (see :meth:`Store.begin_rebuild`).
+REBUILD_MARK = "rebuilding_in"
 
 #: The heartbeat, atomically: check that the view is the one this hydrator published (its
 #: sentinel and both bookkeeping hashes are there), then write the metadata, never claiming
@@ -294,11 +297,39 @@ class Store:
                 await self._spare.flushdb(asynchronous=True)
             return keys
 
-    async def begin_rebuild(self) -> None:
-        """Empty the spare database and direct every following batch into it."""
+    async def begin_rebuild(self, *, resume: bool = True) -> StoreState | None:
+        """Direct every following batch into the spare database, which starts empty — or,
+        with ``resume``, holds a rebuild this same Redis process has not finished.
+
+        A bootstrap longer than the startup probe allows gets the hydrator restarted; it must
+        not start over each time. The spare database carries a mark naming the Redis
+        ``run_id`` it is built in, and its batches store their offsets last, so a hydrator
+        that died mid-rebuild left a consistent prefix of each partition: the state returned
+        here, to continue from. A rebuild that had writes refused is not resumable (the
+        refused writes lived in the dead process), and neither is a Redis that restarted.
+        """
+        assert self._run_id is not None, "inspect() first"
         async with self._lock:
-            await self._spare.flushdb(asynchronous=True)
             self._target = self._spare
+            if resume:
+                async with self._spare.pipeline(transaction=True) as pipe:
+                    pipe.hgetall(self.metadata_key)
+                    pipe.hgetall(self.offsets_key)
+                    pipe.hgetall(TOPIC_IDS_KEY)
+                    replies = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, Exception) for r in replies):
+                    meta_raw, offsets_raw, topic_ids_raw = replies
+                    mark = meta_raw.get(REBUILD_MARK.encode(), b"").decode()
+                    if mark == self._run_id and offsets_raw:
+                        return StoreState(
+                            run_id=self._run_id,
+                            meta={k.decode(): v.decode() for k, v in meta_raw.items()},
+                            offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
+                            topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
+                        )
+            await self._spare.flushdb(asynchronous=True)
+            await self._spare.hset(self.metadata_key, REBUILD_MARK, self._run_id)
+            return None
 
     async def carry_over(self, *, prefix: str) -> int:
         """Copy the served keys under ``prefix`` into the spare database; returns how many.
@@ -353,6 +384,7 @@ class Store:
                     if offsets:
                         pipe.hset(self.offsets_key, mapping=_fields(offsets))
                     pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.hdel(self.metadata_key, REBUILD_MARK)
                     pipe.hset(SENTINEL_KEY, _GENERATION, generation)
                     pipe.swapdb(0, self.spare_db)
                     await pipe.execute()
@@ -366,6 +398,7 @@ class Store:
                     if offsets:
                         pipe.hset(self.offsets_key, mapping=_fields(offsets))
                     pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.hdel(self.metadata_key, REBUILD_MARK)
                     pipe.hset(SENTINEL_KEY, _GENERATION, generation)
                     await pipe.execute()
             self._target = self._served
@@ -454,6 +487,9 @@ class Store:
         if any(not isinstance(f, OutOfMemoryError) for f in failures):
             raise next(f for f in failures if not isinstance(f, OutOfMemoryError))
         if refused:
+            # The refused writes live only in this process: a rebuild with holes must start
+            # over rather than be resumed after a restart (HDEL works on a full Redis).
+            await self._target.hdel(self.metadata_key, REBUILD_MARK)
             return ApplyResult(applied=len(deletes) + len(items) - len(refused), refused=refused)
         async with self._target.pipeline(transaction=True) as pipe:
             if offsets:

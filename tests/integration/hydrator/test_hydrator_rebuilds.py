@@ -315,3 +315,37 @@ async def test_a_partition_added_later_keeps_the_freshness_known(
 
 async def _empty(client: aioredis.Redis) -> bool:
     return int(await client.dbsize()) == 0
+
+
+async def test_a_hydrator_stopped_mid_bootstrap_continues_where_it_was(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic(partitions=2)
+    data = {f"k{i:06d}".encode(): f"v{i}".encode() for i in range(60_000)}
+    await produce(kafka_broker, topic, list(data.items()))
+    # Small batches and small fetches stretch the bootstrap over many seconds' worth of steps.
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="raw",
+        bootstrap_batch_max_keys=200,
+        catchup_fetch_bytes=16 * 1024,
+    )
+    async with running(config) as first:
+        await eventually(
+            lambda: sample(first, "records_read_total", binding="b") >= 10_000,
+            what="bootstrap under way",
+        )
+        assert not first.hydrated
+    # As the kubelet would after the startup probe gave up: a new process, the same Redis.
+    async with running(config) as second:
+        await hydrated(second, within=60)
+        read_again = sample(second, "records_read_total", binding="b")
+        assert read_again <= len(data) - 10_000, f"read {read_again:.0f} of {len(data)} again"
+        assert await view(app_redis, b"k") == data
+        meta = await app_redis.hgetall(config.metadata_key)
+        assert meta[b"hydrated"] == b"1" and b"rebuilding_in" not in meta
