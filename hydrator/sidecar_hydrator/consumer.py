@@ -29,9 +29,15 @@ from sidecar_hydrator.config import (
     KafkaConnection,
 )
 from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.kafka_internals import (
+    fetch_topic_ids,
+    recreated,
+    refresh_metadata,
+    set_fetch_bytes,
+    track_topics,
+)
 from sidecar_hydrator.records import BadRecord, make_decoder
 from sidecar_hydrator.store import Store, is_binding_field, offset_field
-from sidecar_hydrator.topic_ids import fetch_topic_ids, recreated
 
 logger = logging.getLogger(__name__)
 
@@ -277,9 +283,7 @@ class Feed:
     async def _partitions(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> set[Any]:
         """Every partition of every topic, waiting (and saying so) for missing topics."""
         topics = self.binding.topics
-        # aiokafka only fetches metadata for topics it tracks; assign() tracks the assigned
-        # ones, but the partitions are what we need to know first.
-        await until(stop, consumer._client.set_topics(list(topics)))
+        await until(stop, track_topics(consumer, topics))
         warned = False
         while True:
             found = {t: consumer.partitions_for_topic(t) for t in topics}
@@ -290,7 +294,7 @@ class Feed:
                 logger.warning("binding %s: waiting for topics %s", self.binding.name, missing)
                 warned = True
             await until(stop, asyncio.sleep(1.0))
-            await until(stop, consumer._client.force_metadata_update())
+            await until(stop, refresh_metadata(consumer))
 
     async def _position(
         self,
@@ -356,7 +360,7 @@ class Feed:
             offset_field(self.binding.name, tp.topic, tp.partition): offset
             for tp, offset in starts.items()
         }
-        self._set_fetch_bytes(consumer, self._config.catchup_fetch_bytes)
+        set_fetch_bytes(consumer, self._config.catchup_fetch_bytes)
         self._next_partition_check = time.monotonic() + self._config.metadata_refresh_ms / 1000
         behind = sum(max(0, ends[tp] - starts[tp]) for tp in partitions)
         logger.info(
@@ -556,7 +560,7 @@ class Feed:
             for tp in self._positions:
                 self._fresh.setdefault(tp, self._snapshot_ms)
             if self._consumer is not None:
-                self._set_fetch_bytes(self._consumer, LIVE_FETCH_BYTES)
+                set_fetch_bytes(self._consumer, LIVE_FETCH_BYTES)
             self.caught_up.set()
             logger.info("binding %s: caught up", self.binding.name)
 
@@ -621,14 +625,6 @@ class Feed:
                     "kind": bad.kind,
                 },
             )
-
-    @staticmethod
-    def _set_fetch_bytes(consumer: AIOKafkaConsumer, size: int) -> None:
-        # aiokafka fixes the per-partition fetch size at construction; its fetcher reads this
-        # attribute for every request, so big catch-up fetches can shrink once live.
-        fetcher = getattr(consumer, "_fetcher", None)
-        if fetcher is not None and hasattr(fetcher, "_max_partition_fetch_bytes"):
-            fetcher._max_partition_fetch_bytes = size
 
 
 def _end_offset(consumer: AIOKafkaConsumer, tp: Any) -> int | None:

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.fetcher import Fetcher
 
-from sidecar_hydrator.topic_ids import (
+from sidecar_hydrator.kafka_internals import (
     ZERO_TOPIC_ID,
     MetadataRequest_v12,
     MetadataResponse_v12,

@@ -1,11 +1,20 @@
-"""Kafka topic IDs: how a hydrator tells a re-created topic from the one its view was read from.
+"""Everything the hydrator needs from aiokafka beyond its public API, in one place.
 
-A topic deleted and created again under the same name starts its offsets at 0 again, so stored
-positions can fall inside the new topic's range and look resumable; resuming would mix the old
-topic's keys with part of the new one's. Since Kafka 2.8 every topic has a UUID, returned by
-Metadata v10 and later. aiokafka 0.14 speaks Metadata up to v5 only, so this module defines the
-v12 request and response (the flexible encoding, from aiokafka's own protocol types) and sends
-it over the consumer's connection. It is the one place that reaches into aiokafka's client.
+aiokafka 0.14 is the Kafka client; three things the hydrator needs are not public there:
+
+- which topics the client tracks metadata for, and a forced metadata refresh (the partitions
+  of every topic must be known before anything is assigned);
+- the per-partition fetch size, fixed at construction, which must shrink once a view is live
+  (prefetch buffers count against the sidecar's memory limit);
+- topic IDs. A topic deleted and created again under the same name starts its offsets at 0
+  again, so stored positions can fall inside the new topic's range and look resumable;
+  resuming would mix the old topic's keys with part of the new one's. Since Kafka 2.8 every
+  topic has a UUID, returned by Metadata v10 and later, but aiokafka speaks Metadata up to v5
+  only: the v12 request and response are defined here, from aiokafka's own protocol types,
+  and sent over the consumer's connection.
+
+``tests/unit/hydrator/test_hydrator_kafka_internals.py`` fails loudly when an aiokafka upgrade
+changes any of these.
 """
 
 from __future__ import annotations
@@ -158,3 +167,22 @@ async def fetch_topic_ids(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> 
 def recreated(stored: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
     """Topics whose ID differs from the one the view was read from (pure)."""
     return sorted(t for t, topic_id in stored.items() if current.get(t, topic_id) != topic_id)
+
+
+async def track_topics(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> None:
+    """Make the client fetch metadata for ``topics`` (it only does for topics it tracks, and
+    ``assign()`` would track them only once their partitions are known)."""
+    await consumer._client.set_topics(list(topics))
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Fetch cluster metadata now (a topic that was missing may exist by now)."""
+    await consumer._client.force_metadata_update()
+
+
+def set_fetch_bytes(consumer: AIOKafkaConsumer, size: int) -> None:
+    """Change the per-partition fetch size of a running consumer: its fetcher reads this
+    attribute for every request, so big catch-up fetches can shrink once live."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_max_partition_fetch_bytes"):
+        fetcher._max_partition_fetch_bytes = size
