@@ -28,8 +28,8 @@ from sidecar_hydrator.config import (
     KeyMapping,
     RecordFormat,
 )
-from sidecar_hydrator.consumer import consumer_options
 from sidecar_hydrator.hydrator import Hydrator
+from sidecar_hydrator.kafka_source import consumer_options
 from sidecar_hydrator.main import tune_gc
 from sidecar_hydrator.store import PackedConnection
 

@@ -23,6 +23,7 @@ from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.store import Store, StoreState
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,13 @@ class Hydrator:
             password=config.redis_password(),
         )
         self.feeds = [
-            Feed(binding=b, config=config, store=self.store, metrics=self.metrics)
+            Feed(
+                binding=b,
+                config=config,
+                store=self.store,
+                metrics=self.metrics,
+                source=KafkaSource(binding=b, config=config, metrics=self.metrics),
+            )
             for b in config.bindings
         ]
         #: Database 0 holds this hydrator's view (resumed, or published by a rebuild).

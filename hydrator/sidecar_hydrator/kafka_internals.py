@@ -20,7 +20,7 @@ changes any of these.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from io import BytesIO
 from typing import Any, TypeAlias
 
@@ -162,11 +162,6 @@ async def fetch_topic_ids(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> 
     except (IncompatibleBrokerVersion, NotImplementedError):
         return {}  # a broker without topic IDs: positions are all there is to go by
     return parse_topic_ids(response)
-
-
-def recreated(stored: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
-    """Topics whose ID differs from the one the view was read from (pure)."""
-    return sorted(t for t, topic_id in stored.items() if current.get(t, topic_id) != topic_id)
 
 
 async def track_topics(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
-from sidecar_hydrator.consumer import KafkaConfigError, consumer_options
+from sidecar_hydrator.kafka_source import KafkaConfigError, consumer_options
 
 MINIMAL = {
     "bindings": [

@@ -17,8 +17,8 @@ from sidecar_hydrator.kafka_internals import (
     MetadataResponse_v12,
     TopicIdsRequest,
     parse_topic_ids,
-    recreated,
 )
+from sidecar_hydrator.source import recreated
 
 
 def test_the_request_is_metadata_v12_for_the_named_topics_without_creating_them() -> None:
