@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -24,6 +24,7 @@ from sidecar_hydrator.config import HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
+from sidecar_hydrator.source import Source
 from sidecar_hydrator.store import Store, StoreState
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,14 @@ class FailureStreak:
 class Hydrator:
     """Keeps database 0 of the Pod's Redis equal to the bindings' topics."""
 
-    def __init__(self, config: HydratorConfig, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: HydratorConfig,
+        *,
+        metrics: Metrics | None = None,
+        sources: Mapping[str, Source] | None = None,
+    ) -> None:
+        """``sources`` (by binding name) replace the Kafka source a binding gets by default."""
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = Store(
@@ -99,7 +107,8 @@ class Hydrator:
                 config=config,
                 store=self.store,
                 metrics=self.metrics,
-                source=KafkaSource(binding=b, config=config, metrics=self.metrics),
+                source=(sources or {}).get(b.name)
+                or KafkaSource(binding=b, config=config, metrics=self.metrics),
             )
             for b in config.bindings
         ]
