@@ -17,7 +17,6 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import HydratorConfig
@@ -25,7 +24,7 @@ from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.source import Source
-from sidecar_hydrator.store import Store, StoreState
+from sidecar_hydrator.store import Store, StoreError, StoreState
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ class FailureStreak:
         self.count = 0
         self._logged: set[str] = set()
 
-    def failed(self, exc: BaseException) -> None:
-        kind = type(exc).__name__
+    def failed(self, exc: StoreError) -> None:
+        kind = exc.kind
         self._metrics.store_failures.labels(kind=kind).inc()
         if self.since is None:
             self.since = time.monotonic()
@@ -194,7 +193,7 @@ class Hydrator:
                     logger.warning("rebuilding the view: %s", exc)
                     self._forced = exc.reason
                     self._forced_binding = exc.binding
-                except (RedisError, OSError) as exc:
+                except StoreError as exc:
                     self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)

@@ -21,11 +21,12 @@ view (or an empty one after a restart) until the new one is complete, never a ha
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import hiredis
 from redis.asyncio import ConnectionPool, Redis
@@ -86,6 +87,36 @@ local written = redis.pcall('HSET', KEYS[2], unpack(fields))
 if type(written) == 'table' and written.err then return {intact, written.err} end
 return {intact, ''}
 """
+
+
+class StoreError(Exception):
+    """The store failed; what the hydrator handles, whatever the engine behind it.
+
+    ``kind`` names the engine's own error (``NoPermissionError``, ``ConnectionError``, ...) for
+    logs and metrics; the original is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Translate redis-py's errors (and socket errors) into :class:`StoreError` at the
+    store's edge, so that its callers stay store-neutral."""
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreError(str(exc), kind=type(exc).__name__) from exc
+
+    return translated
 
 
 class DataLost(RedisConnectionError):
@@ -249,6 +280,7 @@ class Store:
             backoff = min(backoff * 2, max_backoff)
         return False
 
+    @_store_errors
     async def inspect(self) -> StoreState:
         """Read what database 0 holds, and adopt the current server as the one to write to."""
         self._run_id = None
@@ -278,12 +310,14 @@ class Store:
             topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
         )
 
+    @_store_errors
     async def record_topic_ids(self, ids: Mapping[str, str]) -> None:
         """Remember the topic IDs of the view being written (served or being rebuilt)."""
         if ids:
             async with self._lock:
                 await self._target.hset(TOPIC_IDS_KEY, mapping=_fields(ids))
 
+    @_store_errors
     async def discard_spare(self) -> int:
         """Free whatever the spare database holds; returns how many keys it had.
 
@@ -297,6 +331,7 @@ class Store:
                 await self._spare.flushdb(asynchronous=True)
             return keys
 
+    @_store_errors
     async def begin_rebuild(self, *, resume: bool = True) -> StoreState | None:
         """Direct every following batch into the spare database, which starts empty — or,
         with ``resume``, holds a rebuild this same Redis process has not finished.
@@ -331,6 +366,7 @@ class Store:
             await self._spare.hset(self.metadata_key, REBUILD_MARK, self._run_id)
             return None
 
+    @_store_errors
     async def carry_over(self, *, prefix: str) -> int:
         """Copy the served keys under ``prefix`` into the spare database; returns how many.
 
@@ -354,6 +390,7 @@ class Store:
                     copied += sum(1 for done in await pipe.execute() if done)
         return copied
 
+    @_store_errors
     async def complete_rebuild(
         self,
         *,
@@ -405,6 +442,7 @@ class Store:
             # The old view now sits in the spare database; free it off the main thread.
             await self._spare.flushdb(asynchronous=True)
 
+    @_store_errors
     async def apply(
         self,
         *,
@@ -499,6 +537,7 @@ class Store:
             await pipe.execute()
         return ApplyResult(applied=len(deletes) + len(items), refused={})
 
+    @_store_errors
     async def heartbeat(
         self, *, fields: Mapping[str, str | int], generation: str | None
     ) -> HeartbeatResult:
@@ -522,6 +561,7 @@ class Store:
             intact=generation is not None and bool(intact), full=message.startswith("OOM")
         )
 
+    @_store_errors
     async def used_memory(self) -> int:
         info = await self._served.info("memory")
         return int(info["used_memory"])
