@@ -2,9 +2,12 @@
 
 The whole recovery story is one loop. Each *cycle* inspects Redis and decides: resume the
 served view from its stored offsets, or rebuild it into the spare database (Redis lost its
-data, or a stored offset no longer exists on the broker). Any Redis error ends the cycle and
-the next one inspects again before writing anything; a Kafka outage ends nothing — feeds
-retry on their own while the served view stays as it is (fail static).
+data, the view was damaged, a stored offset no longer exists on the broker, a topic was
+re-created). A rebuild forced by one binding re-reads only that binding and carries the others'
+keys over; a rebuild is published only if it is at least as complete as the view it replaces.
+Any store error ends the cycle and the next one inspects again before writing anything (a
+streak of them makes the Pod unready); a Kafka outage ends nothing — feeds retry on their own
+while the served view stays as it is (fail static).
 """
 
 from __future__ import annotations

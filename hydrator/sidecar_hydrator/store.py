@@ -6,7 +6,11 @@ Layout (all in database 0, the one the app reads):
 - ``offsets_key``: a hash ``<binding>/<topic>/<partition>`` -> next offset to read, written in
   the same ``MULTI/EXEC`` as the data it accounts for, so a restarted hydrator resumes exactly;
 - ``metadata_key``: a hash the app can read in the same round trip as its data
-  (``hydrated``, ``run_id``, ``fresh_as_of_ms``, ``staleness_ms``, ``last_event_ms``, ...).
+  (``hydrated``, ``complete``, ``generation``, ``run_id``, ``fresh_as_of_ms``,
+  ``staleness_ms``, ``last_event_ms``, ...);
+- :data:`SENTINEL_KEY` (the published view's generation) and :data:`TOPIC_IDS_KEY` (the
+  topics the positions belong to). Every key under ``sidecar-state:`` is the hydrator's; no
+  record can write there (see :func:`sidecar_hydrator.batch.guard_reserved`).
 
 Why the connection hook: redis-py reconnects transparently, so after the Redis container
 restarts (empty — it has no persistence) a write could land in the fresh instance and store
@@ -16,6 +20,8 @@ ever reaches a Redis the hydrator has not inspected.
 
 A rebuild is written into ``spare_db`` and published with ``SWAPDB``, so readers see the old
 view (or an empty one after a restart) until the new one is complete, never a half-built one.
+Each heartbeat checks, atomically with its metadata write, that the served view is still the
+published one (:meth:`Store.heartbeat`), so a flushed store never claims to be complete.
 """
 
 from __future__ import annotations
