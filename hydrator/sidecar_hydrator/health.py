@@ -76,24 +76,22 @@ class Metrics:
             registry=r,
         )
         self._last_apply_at = 0.0
-        r.register(
-            OptionalGauge(
-                f"{_NS}_last_apply_age_seconds",
-                "Seconds since the last batch was written (no sample before the first).",
-                lambda: time.time() - self._last_apply_at if self._last_apply_at else None,
-            )
+        self.last_apply_age = OptionalGauge(
+            f"{_NS}_last_apply_age_seconds",
+            "Seconds since the last batch was written (no sample before the first).",
+            lambda: time.time() - self._last_apply_at if self._last_apply_at else None,
         )
+        r.register(self.last_apply_age)
         #: What the staleness gauge reports; the hydrator sets it (``None``: unknown).
         self.staleness_source: Callable[[], float | None] = lambda: None
-        r.register(
-            OptionalGauge(
-                f"{_NS}_staleness_seconds",
-                "How old the served view may be: time since every partition was last known to "
-                "be fully applied (grows while Kafka is unreachable or writes are refused; no "
-                "sample while unknown, e.g. before the first hydration: see hydrated).",
-                lambda: self.staleness_source(),
-            )
+        self.staleness = OptionalGauge(
+            f"{_NS}_staleness_seconds",
+            "How old the served view may be: time since every partition was last known to be "
+            "fully applied (grows while Kafka is unreachable or writes are refused; no sample "
+            "while unknown, e.g. before the first hydration: see hydrated).",
+            lambda: self.staleness_source(),
         )
+        r.register(self.staleness)
         self.hydrated = Gauge(
             "hydrated", "1 when Redis holds a complete view.", namespace=_NS, registry=r
         )
@@ -169,6 +167,7 @@ class OptionalGauge(Collector):
     """
 
     def __init__(self, name: str, documentation: str, value: Callable[[], float | None]) -> None:
+        self.name = name
         self._name = name
         self._documentation = documentation
         self._value = value
