@@ -32,6 +32,7 @@ from typing import TextIO
 
 from images import base, docker
 from images.docker import DockerError
+from sidecar_operator.injection.defaults import ENVOY_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REGISTRY = "ghcr.io/sidecar-state"
@@ -56,13 +57,15 @@ class ImageRecipe:
 
 
 def recipes() -> dict[str, ImageRecipe]:
-    """Every image, by short name: the three the chart names, and the demo's app."""
+    """Every image, by short name: the four the chart names, and the demo's app."""
     version = project_version()
     return {
         "operator": ImageRecipe(name="operator", dockerfile="operator/Dockerfile", tag=version),
         "hydrator": ImageRecipe(name="hydrator", dockerfile="hydrator/Dockerfile", tag=version),
         "redis": ImageRecipe(name="redis", dockerfile="images/redis/Dockerfile", tag=REDIS_TAG),
         "demo-app": ImageRecipe(name="demo-app", dockerfile="demo/Dockerfile", tag=version),
+        # The interceptor's Envoy, tagged with Envoy's version (the chart's images.envoy.tag).
+        "envoy": ImageRecipe(name="envoy", dockerfile="envoy/Dockerfile", tag=ENVOY_VERSION),
     }
 
 

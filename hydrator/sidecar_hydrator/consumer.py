@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from sidecar_hydrator.aio import Stopped
 from sidecar_hydrator.batch import Batch, build_batch, guard_reserved
+from sidecar_hydrator.changes import change_channel, change_message
 from sidecar_hydrator.config import RESERVED_PREFIX, BindingSource, HydratorConfig
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.records import BadRecord, RecordLike, make_decoder
@@ -314,8 +315,13 @@ class Feed:
                 sets = {**self._refused, **batch.sets}
         retried = len(sets) - len(batch.sets)
         started = time.perf_counter()
+        notify = None
+        if sets or batch.deletes:
+            # Retried writes that get in now are changes the app sees now, too.
+            message = change_message(binding=self.binding.name, sets=sets, deletes=batch.deletes)
+            notify = (change_channel(self.binding.name), message)
         result = await self._store.apply(
-            sets=sets, deletes=batch.deletes, offsets=offsets, meta=meta
+            sets=sets, deletes=batch.deletes, offsets=offsets, meta=meta, notify=notify
         )
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         if self.caught_up.is_set() and batch.last_event_ms is not None:

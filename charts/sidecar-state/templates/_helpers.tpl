@@ -93,6 +93,8 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ printf "%s:%s" .Values.images.redis.repository (required "images.redis.tag is required: the store server's own version, never the chart's appVersion" .Values.images.redis.tag | toString) | quote }}
 - name: SIDECAR_STATE_HYDRATOR_IMAGE
   value: {{ include "sidecar-state.image" (dict "root" . "image" .Values.images.hydrator) | quote }}
+- name: SIDECAR_STATE_ENVOY_IMAGE
+  value: {{ include "sidecar-state.image" (dict "root" . "image" .Values.images.envoy) | quote }}
 - name: SIDECAR_STATE_IMAGE_PULL_POLICY
   value: {{ .Values.images.sidecarPullPolicy | quote }}
 - name: SIDECAR_STATE_IMAGE_PULL_SECRETS

@@ -14,6 +14,8 @@ from sidecar_operator import __version__
 
 SidecarMode = Literal["native", "containers"]
 
+ENVOY_VERSION = "1.40.0"
+
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 
 
@@ -22,6 +24,8 @@ class InjectionDefaults(BaseModel):
 
     redis_image: str = "ghcr.io/sidecar-state/redis:7.0-bookworm"
     hydrator_image: str = f"ghcr.io/sidecar-state/hydrator:{__version__}"
+    #: The interceptor's Envoy: our pinned build of the official release (images/build.py).
+    envoy_image: str = f"ghcr.io/sidecar-state/envoy:{ENVOY_VERSION}"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = Field(
         default=(),
@@ -49,7 +53,22 @@ class InjectionDefaults(BaseModel):
         default=False,
         description="write prometheus.io/* annotations for the hydrator on injected Pods",
     )
+    authz_health_port: int = Field(default=9465, ge=1, le=65535)
+    authz_cpu_request: str = "50m"
+    authz_cpu_limit: str = "500m"
+    authz_memory_request: str = "48Mi"
+    authz_memory_limit: str = "96Mi"
+    envoy_cpu_request: str = "50m"
+    envoy_cpu_limit: str = "1"
+    envoy_memory_request: str = "64Mi"
+    envoy_memory_limit: str = "128Mi"
+    #: Envoy worker threads: one per core it may use, at most this many.
+    envoy_concurrency: int = Field(default=2, ge=1)
 
     @property
     def socket_path(self) -> str:
         return f"{self.socket_dir}/redis.sock"
+
+    @property
+    def authz_socket_path(self) -> str:
+        return f"{self.socket_dir}/authz.sock"

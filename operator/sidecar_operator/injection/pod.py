@@ -17,9 +17,12 @@ from typing import Any
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.app_containers import wire_app_container
+from sidecar_operator.injection.authorizer_container import build_authorizer_container
 from sidecar_operator.injection.credentials_container import build_credentials_container
 from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.envoy_container import build_envoy_container
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
+from sidecar_operator.injection.intercept_plan import InterceptError, InterceptPlan, plan_intercept
 from sidecar_operator.injection.names import CONTAINER_NAMES, CREDENTIALS_DIR, VOLUME_NAMES
 from sidecar_operator.injection.plan import OverlappingPrefixes, SidecarPlan, plan_sidecars
 from sidecar_operator.injection.redis_container import build_redis_container
@@ -141,20 +144,28 @@ def config_hash(sidecars: Sequence[Mapping[str, Any]], volumes: Sequence[Any]) -
 @dataclass(frozen=True, kw_only=True)
 class Sidecars:
     """What we add: a one-shot init container that must finish before Redis starts, the
-    long-running sidecars (Redis first: the hydrator needs it), and our volumes."""
+    long-running sidecars in start order (Redis first: the hydrator needs it; with an
+    interceptor then the authorizer, which reads the hydrated Redis, and Envoy, which calls
+    it), and our volumes."""
 
     setup: list[dict[str, Any]]
     running: list[dict[str, Any]]
     volumes: list[dict[str, Any]]
 
 
-def build_sidecars(*, plan: SidecarPlan, defaults: InjectionDefaults) -> Sidecars:
+def build_sidecars(
+    *, plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None = None
+) -> Sidecars:
+    running = [
+        build_redis_container(plan=plan, defaults=defaults),
+        build_hydrator_container(plan=plan, defaults=defaults),
+    ]
+    if intercept is not None:
+        running.append(build_authorizer_container(plan=intercept, defaults=defaults))
+        running.append(build_envoy_container(plan=intercept, defaults=defaults))
     return Sidecars(
         setup=[build_credentials_container(defaults=defaults)],
-        running=[
-            build_redis_container(plan=plan, defaults=defaults),
-            build_hydrator_container(plan=plan, defaults=defaults),
-        ],
+        running=running,
         volumes=build_volumes(plan=plan),
     )
 
@@ -206,7 +217,11 @@ def inject_pod(
         plan = plan_sidecars(selected, defaults=defaults)
     except OverlappingPrefixes as error:
         raise InjectionConflict(str(error)) from None
-    ours = build_sidecars(plan=plan, defaults=defaults)
+    try:
+        intercept = plan_intercept(selected, spec=spec, defaults=defaults)
+    except InterceptError as exc:
+        raise InjectionConflict(str(exc)) from None
+    ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
     digest = config_hash([*ours.setup, *ours.running], ours.volumes)
 
     injected = copy.deepcopy(dict(pod))

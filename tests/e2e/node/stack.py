@@ -48,6 +48,7 @@ class NodeOperator(LocalOperator):
             **super().env(),
             "SIDECAR_STATE_REDIS_IMAGE": IMAGES["redis"],
             "SIDECAR_STATE_HYDRATOR_IMAGE": IMAGES["hydrator"],
+            "SIDECAR_STATE_ENVOY_IMAGE": IMAGES["envoy"],
             # Imported into containerd, never on a registry: pulling would only fail.
             "SIDECAR_STATE_IMAGE_PULL_POLICY": "Never",
             "SIDECAR_STATE_BOOTSTRAP_SERVERS": self.bootstrap,

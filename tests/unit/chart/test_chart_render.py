@@ -401,6 +401,7 @@ def test_chart_defaults_equal_the_code_defaults(render: Callable[[str], Objects]
     code = InjectionDefaults()
     assert env["SIDECAR_STATE_HYDRATOR_IMAGE"] == code.hydrator_image
     assert env["SIDECAR_STATE_REDIS_IMAGE"] == code.redis_image
+    assert env["SIDECAR_STATE_ENVOY_IMAGE"] == code.envoy_image
     assert env["SIDECAR_STATE_BOOTSTRAP_SERVERS"] == ",".join(code.bootstrap_servers)
     assert env["SIDECAR_STATE_MAX_MEMORY"] == code.max_memory
     assert container["image"] == f"ghcr.io/sidecar-state/operator:{__version__}"
