@@ -28,8 +28,8 @@ from sidecar_hydrator.config import (
     KeyMapping,
     RecordFormat,
 )
-from sidecar_hydrator.consumer import consumer_options
 from sidecar_hydrator.hydrator import Hydrator
+from sidecar_hydrator.kafka_source import consumer_options
 from sidecar_hydrator.main import tune_gc
 from sidecar_hydrator.store import PackedConnection
 
@@ -121,7 +121,9 @@ async def hydrate(
     await task
     client = aioredis.Redis(unix_socket_path=socket)
     try:
-        keys = await client.dbsize() - 2  # minus the offsets and metadata hashes
+        # The hydrator's own keys (offsets, metadata, sentinel, topic IDs) do not count.
+        own = [k async for k in client.scan_iter(match=b"sidecar-state:*")]
+        keys = await client.dbsize() - len(own)
         sample = await client.get(b"item:item-%08d" % (n - 1))
         await client.flushall()
     finally:

@@ -15,7 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sidecar_hydrator.records import BadRecord, Decoder, RecordLike, RowDecoder, Truncate
+from sidecar_hydrator.records import (
+    BadRecord,
+    Change,
+    Decoder,
+    RecordLike,
+    RowChange,
+    RowDecoder,
+    Truncate,
+)
 
 #: Deletes every key a table index names, then the index; run inside the batch's transaction.
 #: ``UNLINK`` frees the values off Redis's main thread; chunks keep ``unpack`` within Lua's
@@ -67,6 +75,52 @@ class Batch:
         commands += [("SADD", index, *keys) for index, keys in added.items()]
         commands += [("SREM", index, *keys) for index, keys in removed.items()]
         return commands
+
+
+def guard_reserved(
+    decode: Decoder | RowDecoder, *, prefix: str, reserved: str
+) -> Decoder | RowDecoder:
+    """``decode``, refusing changes to keys in the hydrator's ``reserved`` namespace.
+
+    A record keyed ``sidecar-state:offsets`` under the default prefix ``""`` would otherwise
+    turn the offsets hash into a string, and every later transaction would fail. Only a
+    prefix that can reach the namespace pays for the check; ``"flag:"`` never can.
+    """
+    if not (reserved.startswith(prefix) or prefix.startswith(reserved)):
+        return decode
+    reserved_bytes = reserved.encode()
+
+    def refuse(record: RecordLike, key: bytes) -> BadRecord:
+        return BadRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            kind="reserved_key",
+            detail=f"key {key[:80]!r} is inside the hydrator's namespace {reserved!r}",
+        )
+
+    if isinstance(decode, RowDecoder):
+        decode_row = decode.decode
+
+        def guarded_row(record: RecordLike) -> RowChange | Truncate | None:
+            change = decode_row(record)
+            if (
+                change is not None
+                and not isinstance(change, Truncate)
+                and change[0].startswith(reserved_bytes)
+            ):
+                raise refuse(record, change[0])
+            return change
+
+        return RowDecoder(decode=guarded_row, binding=decode.binding)
+
+    def guarded(record: RecordLike) -> Change | None:
+        change = decode(record)
+        if change is not None and change[0].startswith(reserved_bytes):
+            raise refuse(record, change[0])
+        return change
+
+    return guarded
 
 
 def build_batch(partitions: Iterable[Sequence[RecordLike]], decode: Decoder | RowDecoder) -> Batch:

@@ -12,12 +12,19 @@ by the kubelet from ``secretKeyRef``) and the *files* (a mounted Secret) that ho
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CONFIG_ENV = "SIDECAR_STATE_HYDRATOR_CONFIG"
+
+#: The hydrator's own keys (offsets, metadata, sentinel) live under this prefix in database 0.
+#: No binding may write there: records whose key falls in it are bad records (``reserved_key``)
+#: and a key prefix inside it is refused.
+RESERVED_PREFIX = "sidecar-state:"
 
 RecordFormat = Literal["raw", "json", "debezium"]
 StartFrom = Literal["earliest", "latest"]
@@ -92,6 +99,21 @@ class BindingSource(_Contract):
     keys: KeyMapping = KeyMapping()
 
 
+def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:
+    """Two bindings (by name) whose key prefixes overlap, or ``None`` when all are disjoint.
+
+    One binding's keys must be told apart from another's by prefix alone: a rebuild of one
+    binding carries the others' keys over by prefix, and a tombstone of one must never delete
+    a key another one wrote. Two prefixes overlap when one starts with the other (``""``
+    overlaps everything).
+    """
+    ordered = sorted(prefixes.items(), key=lambda item: (item[1], item[0]))
+    for (first, first_prefix), (second, second_prefix) in itertools.pairwise(ordered):
+        if second_prefix.startswith(first_prefix):
+            return first, second
+    return None
+
+
 class HydratorConfig(_Contract):
     """Everything one hydrator needs; the operator renders it, the sidecar parses it."""
 
@@ -121,6 +143,27 @@ class HydratorConfig(_Contract):
     catchup_fetch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     #: How often topic metadata is refreshed, i.e. how soon added partitions are picked up.
     metadata_refresh_ms: int = Field(default=30_000, ge=100)
+
+    @model_validator(mode="after")
+    def _keyspaces_disjoint(self) -> HydratorConfig:
+        for key_name in ("metadata_key", "offsets_key"):
+            if not getattr(self, key_name).startswith(RESERVED_PREFIX):
+                raise ValueError(f"{key_name} must start with {RESERVED_PREFIX!r}")
+        for binding in self.bindings:
+            if binding.keys.prefix.startswith(RESERVED_PREFIX):
+                raise ValueError(
+                    f"binding {binding.name}: key prefix {binding.keys.prefix!r} is inside the "
+                    f"hydrator's reserved namespace {RESERVED_PREFIX!r}"
+                )
+        prefixes = {b.name: b.keys.prefix for b in self.bindings}
+        overlap = prefix_overlaps(prefixes)
+        if overlap is not None:
+            first, second = overlap
+            raise ValueError(
+                f"bindings {first} and {second}: key prefixes {prefixes[first]!r} and "
+                f"{prefixes[second]!r} overlap (each binding needs a prefix of its own)"
+            )
+        return self
 
     def to_env_value(self) -> str:
         # Every field, defaults included: an operator and a hydrator of different versions

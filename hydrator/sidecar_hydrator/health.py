@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -81,23 +83,23 @@ class Metrics:
             namespace=_NS,
             registry=r,
         )
-        self.last_apply_age = Gauge(
-            "last_apply_age_seconds",
-            "Seconds since the last batch was written (-1 before the first).",
-            namespace=_NS,
-            registry=r,
-        )
         self._last_apply_at = 0.0
-        self.last_apply_age.set_function(
-            lambda: time.time() - self._last_apply_at if self._last_apply_at else -1.0
+        self.last_apply_age = OptionalGauge(
+            f"{_NS}_last_apply_age_seconds",
+            "Seconds since the last batch was written (no sample before the first).",
+            lambda: time.time() - self._last_apply_at if self._last_apply_at else None,
         )
-        self.staleness = Gauge(
-            "staleness_seconds",
+        r.register(self.last_apply_age)
+        #: What the staleness gauge reports; the hydrator sets it (``None``: unknown).
+        self.staleness_source: Callable[[], float | None] = lambda: None
+        self.staleness = OptionalGauge(
+            f"{_NS}_staleness_seconds",
             "How old the served view may be: time since every partition was last known to be "
-            "fully applied (grows while Kafka is unreachable; -1 if never).",
-            namespace=_NS,
-            registry=r,
+            "fully applied (grows while Kafka is unreachable or writes are refused; no sample "
+            "while unknown, e.g. before the first hydration: see hydrated).",
+            lambda: self.staleness_source(),
         )
+        r.register(self.staleness)
         self.hydrated = Gauge(
             "hydrated", "1 when Redis holds a complete view.", namespace=_NS, registry=r
         )
@@ -105,6 +107,22 @@ class Metrics:
             "rebuilds",
             "Full rebuilds into the spare database, by reason.",
             ["reason"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "kafka_errors",
+            "Kafka client failures by kind: unreachable (connecting), config (the client "
+            "cannot be set up as configured, e.g. TLS files).",
+            ["binding", "kind"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "store_failures",
+            "Cycles ended by a Redis error, by exception kind; while they keep failing for "
+            "more than a few seconds the Pod is not ready.",
+            ["kind"],
             namespace=_NS,
             registry=r,
         )
@@ -146,6 +164,31 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class OptionalGauge(Collector):
+    """A gauge whose sample is left out while its value is unknown.
+
+    A placeholder such as -1 reads as "fresh" to an alert like ``staleness_seconds > 60``, so
+    a Pod that never hydrated would never fire it; with no sample, ``absent()`` or the
+    ``hydrated`` gauge tells instead.
+    """
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float | None]) -> None:
+        self.name = name
+        self._name = name
+        self._documentation = documentation
+        self._value = value
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation)
+        value = self._value()
+        if value is not None:
+            family.add_metric([], value)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, self._documentation)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,12 @@
 
 The whole recovery story is one loop. Each *cycle* inspects Redis and decides: resume the
 served view from its stored offsets, or rebuild it into the spare database (Redis lost its
-data, or a stored offset no longer exists on the broker). Any Redis error ends the cycle and
-the next one inspects again before writing anything; a Kafka outage ends nothing — feeds
-retry on their own while the served view stays as it is (fail static).
+data, the view was damaged, a stored offset no longer exists on the broker, a topic was
+re-created). A rebuild forced by one binding re-reads only that binding and carries the others'
+keys over; a rebuild is published only if it is at least as complete as the view it replaces.
+Any store error ends the cycle and the next one inspects again before writing anything (a
+streak of them makes the Pod unready); a Kafka outage ends nothing — feeds retry on their own
+while the served view stays as it is (fail static).
 """
 
 from __future__ import annotations
@@ -12,27 +15,84 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+import uuid
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from redis.exceptions import OutOfMemoryError, RedisError
+from aiokafka.errors import KafkaError
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
-from sidecar_hydrator.store import Store, StoreState
+from sidecar_hydrator.kafka_source import KafkaSource
+from sidecar_hydrator.source import Source
+from sidecar_hydrator.store import Store, StoreError, StoreState
 
 logger = logging.getLogger(__name__)
 
 #: How often freshness is written to the metadata hash and Redis memory is sampled.
 HEARTBEAT_SECONDS = 1.0
+#: Redis failing for this long without a successful heartbeat in between makes the Pod not
+#: ready: one stalled command is a blip, a loop that keeps failing is an outage.
+UNREADY_AFTER_FAILING_SECONDS = 2.0
+
+
+class FailureStreak:
+    """Redis errors since the last successful heartbeat: for readiness, logs and metrics.
+
+    Every failure is counted (by exception kind); each kind is logged once per streak, so an
+    apply loop that fails ten times a second says why without flooding the log.
+    """
+
+    def __init__(self, *, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.since: float | None = None
+        self.count = 0
+        self._logged: set[str] = set()
+
+    def failed(self, exc: StoreError) -> None:
+        kind = exc.kind
+        self._metrics.store_failures.labels(kind=kind).inc()
+        if self.since is None:
+            self.since = time.monotonic()
+        self.count += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning(
+                "Redis failed (%s: %s); inspecting it again (further %s failures are "
+                "counted in store_failures_total, not logged)",
+                kind,
+                exc,
+                kind,
+            )
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            logger.info(
+                "Redis works again after %d failures in %.1f s",
+                self.count,
+                time.monotonic() - self.since,
+            )
+        self.since = None
+        self.count = 0
+        self._logged.clear()
+
+    def failing_for(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
 
 
 class Hydrator:
     """Keeps database 0 of the Pod's Redis equal to the bindings' topics."""
 
-    def __init__(self, config: HydratorConfig, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: HydratorConfig,
+        *,
+        metrics: Metrics | None = None,
+        sources: Mapping[str, Source] | None = None,
+    ) -> None:
+        """``sources`` (by binding name) replace the Kafka source a binding gets by default."""
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = Store(
@@ -44,16 +104,52 @@ class Hydrator:
             password=config.redis_password(),
         )
         self.feeds = [
-            Feed(binding=b, config=config, store=self.store, metrics=self.metrics)
+            Feed(
+                binding=b,
+                config=config,
+                store=self.store,
+                metrics=self.metrics,
+                source=(sources or {}).get(b.name)
+                or KafkaSource(binding=b, config=config, metrics=self.metrics),
+            )
             for b in config.bindings
         ]
-        #: Database 0 holds a complete view (what ``/readyz`` reports).
-        self.hydrated = False
-        #: This process has seen a complete view at least once (what ``/startupz`` reports).
-        self.started = False
-        self.metrics.staleness.set_function(lambda: _or_minus_one(self.staleness_seconds()))
+        #: Database 0 holds this hydrator's view (resumed, or published by a rebuild).
+        self._serving = False
+        #: The generation of that view (its sentinel); ``None`` when none of ours is served.
+        self._generation: str | None = None
+        #: Held while a rebuilt view is published, and by each heartbeat.
+        self._publishing = asyncio.Lock()
+        #: A rebuild is being written into the spare database (the served view is untouched).
+        self._rebuilding = False
+        self._started = False
+        #: Why the next cycle must rebuild even if the store looks resumable; taken up (and
+        #: cleared) by the cycle that starts the rebuild, so a later transient error does not
+        #: re-read every topic again.
+        self._forced: str | None = None
+        #: The one binding the forced rebuild is for (``None``: all of them).
+        self._forced_binding: str | None = None
+        self.failures = FailureStreak(metrics=self.metrics)
+        self.metrics.staleness_source = self.staleness_seconds
+        self.metrics.hydrated.set_function(lambda: 1 if self.hydrated else 0)
 
     # -- state the probes and the metadata report ---------------------------------------------
+
+    @property
+    def hydrated(self) -> bool:
+        """Database 0 holds a complete view: ours, and no write refused (what the metadata's
+        ``hydrated`` says). A rebuild's refusals are in the spare database, not in it."""
+        return self._serving and (self._rebuilding or self.refused_keys() == 0)
+
+    @property
+    def started(self) -> bool:
+        """This process has seen a complete view at least once (what ``/startupz`` reports)."""
+        self._started = self._started or self.hydrated
+        return self._started
+
+    def ready(self) -> bool:
+        """What ``/readyz`` reports: a complete view, and Redis not failing for seconds."""
+        return self.hydrated and self.failures.failing_for() < UNREADY_AFTER_FAILING_SECONDS
 
     def fresh_as_of_ms(self) -> float | None:
         """Up to when the served view is known to be complete (None: never)."""
@@ -66,11 +162,6 @@ class Hydrator:
         fresh = self.fresh_as_of_ms()
         return None if fresh is None else max(0.0, time.time() - fresh / 1000)
 
-    def _set_hydrated(self, value: bool) -> None:
-        self.hydrated = value
-        self.started = self.started or value
-        self.metrics.hydrated.set(1 if value else 0)
-
     def refused_keys(self) -> int:
         """Writes Redis refused in the current view: not zero means the view is incomplete."""
         return sum(feed.refused_keys for feed in self.feeds)
@@ -78,11 +169,12 @@ class Hydrator:
     def _freshness_meta(self) -> dict[str, str | int]:
         fresh = self.fresh_as_of_ms()
         staleness = self.staleness_seconds()
-        refused = self.refused_keys()
+        complete = 1 if self.hydrated else 0
         meta: dict[str, str | int] = {
             "lag": sum(feed.lag() for feed in self.feeds),
-            "complete": 0 if refused else 1,
-            "oom_rejected_keys": refused,
+            "hydrated": complete,
+            "complete": complete,
+            "oom_rejected_keys": self.refused_keys(),
         }
         if fresh is not None and staleness is not None:
             meta["fresh_as_of_ms"] = int(fresh)
@@ -93,21 +185,24 @@ class Hydrator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hydrate until ``stop`` is set; then let the batch in flight finish and return."""
-        forced: str | None = None
         backoff = 0.05
         try:
             while not stop.is_set():
                 if not await self.store.wait_ready(stop=stop):
                     break
                 try:
-                    await self._cycle(stop=stop, forced=forced)
-                    forced = None
+                    await self._cycle(stop=stop)
                 except NeedRebuild as exc:
-                    logger.warning("rebuilding the view: %s", exc.reason)
-                    forced = exc.reason
-                except (RedisError, OSError) as exc:
-                    name = type(exc).__name__
-                    logger.warning("Redis failed (%s: %s); inspecting it again", name, exc)
+                    logger.warning("rebuilding the view: %s", exc)
+                    self._forced = exc.reason
+                    self._forced_binding = exc.binding
+                except StoreError as exc:
+                    self.failures.failed(exc)
+                    await sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 1.0)
+                except KafkaError as exc:
+                    # Kafka's trouble, never the store's: no rebuild, the view stays served.
+                    logger.warning("Kafka failed (%r); positioning again", exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
                 else:
@@ -116,25 +211,59 @@ class Hydrator:
             await asyncio.gather(*(feed.close() for feed in self.feeds))
             await self.store.close()
 
-    async def _cycle(self, *, stop: asyncio.Event, forced: str | None) -> None:
+    async def _cycle(self, *, stop: asyncio.Event) -> None:
+        self._rebuilding = False
         state = await self.store.inspect()
         loss = state.loss()
-        if loss is None and forced is None:
+        rebuilt = {feed.binding.name for feed in self.feeds}
+        if loss is None and self._forced is None:
             self._resume(state)
-            rebuild = False
+            rebuilt.clear()
+            leftover = await self.store.discard_spare()
+            if leftover:
+                logger.info("freed %d keys left in the spare database", leftover)
         else:
-            reason = forced or loss or "unknown"
+            reason = self._forced or loss or "unknown"
             if loss is not None:
-                self._set_hydrated(False)  # what readers see now is empty or not ours
+                self._serving = False  # what readers see now is empty or not ours
+                self._generation = None
             self.metrics.rebuilds.labels(reason=reason).inc()
             logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
-            await self.store.begin_rebuild()
-            rebuild = True
+            forced_binding = self._forced_binding
+            partial = loss is None and forced_binding is not None and forced_binding in rebuilt
+            interrupted = await self.store.begin_rebuild(resume=not partial)
+            self._rebuilding = True
+            if interrupted is not None:
+                logger.info(
+                    "continuing the rebuild an earlier hydrator left (%d stored offsets)",
+                    len(interrupted.offsets),
+                )
+                state = interrupted
+                rebuilt.clear()  # every binding goes on from the rebuild's own offsets
+            elif partial:
+                # One binding's positions are gone; the others' keys come along unchanged and
+                # those bindings resume from their stored offsets.
+                rebuilt = {forced_binding} if forced_binding is not None else rebuilt
+                for feed in self.feeds:
+                    if feed.binding.name not in rebuilt:
+                        copied = await self.store.carry_over(
+                            prefix=feed.binding.keys.prefix, binding=feed.binding.name
+                        )
+                        logger.info("binding %s: %d keys carried over", feed.binding.name, copied)
+            # Taken up. Should this rebuild fail half-way, the next cycle finds the cause
+            # again by itself (a stored offset still out of range, a store still damaged).
+            self._forced = self._forced_binding = None
         jobs: list[Coroutine[Any, Any, None]] = [
-            feed.run(stored=state.offsets, rebuild=rebuild, stop=stop) for feed in self.feeds
+            feed.run(
+                stored=state.offsets,
+                stored_topic_ids=state.topic_ids,
+                rebuild=feed.binding.name in rebuilt,
+                stop=stop,
+            )
+            for feed in self.feeds
         ]
         jobs.append(self._heartbeat(stop))
-        if rebuild:
+        if self._rebuilding:
             jobs.append(self._publish_when_caught_up(stop))
         await _all_or_first_error(jobs)
 
@@ -142,25 +271,55 @@ class Hydrator:
         floor = state.meta.get("fresh_as_of_ms")
         for feed in self.feeds:
             feed.fresh_floor_ms = float(floor) if floor else None
-        self._set_hydrated(True)
+        self._serving = True
+        self._generation = state.generation
         logger.info("resuming the served view from %d stored offsets", len(state.offsets))
 
     async def _publish_when_caught_up(self, stop: asyncio.Event) -> None:
+        async def all_caught_up() -> None:
+            # A plain coroutine, not gather(): a gather cancelled by a stop before the first
+            # hydration finished with an exception nobody retrieved, logged at ERROR.
+            for feed in self.feeds:
+                await feed.caught_up.wait()
+
         try:
-            await until(stop, asyncio.gather(*(feed.caught_up.wait() for feed in self.feeds)))
+            await until(stop, all_caught_up())
         except Stopped:
             return
+        # A complete served view is never replaced by a less complete one: while the rebuild
+        # has refused writes (Redis is full, holding both copies), the old view stays.
+        warned = False
+        while self._serving and self.refused_keys():
+            if not warned:
+                logger.error(
+                    "the rebuilt view does not fit next to the served one (Redis refused %d "
+                    "key writes): serving the old view until it does; a rebuild needs room "
+                    "for two copies (see the README on memory)",
+                    self.refused_keys(),
+                )
+                warned = True
+            await sleep_or_stop(stop, 0.5)
+            if stop.is_set():
+                return
         offsets: dict[str, int] = {}
         for feed in self.feeds:
             offsets.update(feed.applied_offsets)
         started = time.monotonic()
         complete = self.refused_keys() == 0
-        await self.store.complete_rebuild(
-            offsets=offsets, meta=self._freshness_meta(), complete=complete
-        )
-        # An incomplete view is published (it is better than none for a running app) but never
-        # counts as hydrated: the Pod is not Ready, and a new Pod's app does not start on it.
-        self._set_hydrated(complete)
+        generation = uuid.uuid4().hex
+        async with self._publishing:
+            await self.store.complete_rebuild(
+                offsets=offsets,
+                meta=self._freshness_meta(),
+                generation=generation,
+                complete=complete,
+            )
+            self._rebuilding = False
+            self._serving = True
+            self._generation = generation
+        # An incomplete view is published only over an empty or broken one (it is better than
+        # none for a running app) and does not count as hydrated until its refused writes got
+        # in: the Pod is not Ready, and a new Pod's app does not start on it.
         if not complete:
             logger.error(
                 "the view is incomplete: Redis refused %d key writes (maxmemory); raise the "
@@ -171,17 +330,29 @@ class Hydrator:
         logger.info("published the rebuilt view (SWAPDB in %.1f ms)", elapsed_ms)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Publish freshness to the app, sample memory — and notice a Redis that restarted
-        while no batch was written (its error ends the cycle like a failed batch would)."""
+        """Publish freshness to the app, sample memory, notice a Redis that restarted while
+        no batch was written (its error ends the cycle like a failed batch would) — and check
+        that the served view is still the one published: flushed or written over by someone
+        else, it is reported at once (``hydrated=0``, ``/readyz`` 503) and rebuilt."""
         while not stop.is_set():
             await sleep_or_stop(stop, HEARTBEAT_SECONDS)
-            try:
-                if self.hydrated and self.refused_keys():
-                    self._set_hydrated(False)  # a live write was refused: the view has a hole
-                meta = self._freshness_meta()
-                meta["hydrated"] = 1 if self.hydrated else 0
-                await self.store.write_meta(meta)
-            except OutOfMemoryError:
+            # Not across a publish: metadata computed for the old view must not land in the
+            # new one, nor the new one's sentinel be checked against the old generation.
+            async with self._publishing:
+                generation = self._generation
+                beat = await self.store.heartbeat(
+                    fields=self._freshness_meta(), generation=generation
+                )
+            self.failures.succeeded()
+            if generation is not None and not beat.intact:
+                self._serving = False
+                self._generation = None
+                logger.error(
+                    "the served view was damaged (its sentinel or bookkeeping is gone: a "
+                    "FLUSHALL, or a write over the hydrator's keys): rebuilding it"
+                )
+                raise NeedRebuild("damaged")
+            if beat.full:
                 logger.warning("Redis is full: freshness metadata not updated")
             used, limit = await self.store.memory_usage()
             self.metrics.redis_used_memory.set(used)
@@ -194,14 +365,16 @@ async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        for task in tasks:
-            if not task.done():
+        pending = [task for task in tasks if not task.done()]
+        while pending:
+            for task in pending:
                 task.cancel()
+            # A cancellation can be lost (Python 3.11's wait_for swallows one that races
+            # with its timeout), and the task runs on: cancel it again rather than wait for
+            # it forever, which froze the whole hydrator in a cycle that had ended.
+            await asyncio.wait(pending, timeout=0.5)
+            pending = [task for task in pending if not task.done()]
     await asyncio.gather(*tasks, return_exceptions=True)
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
-
-
-def _or_minus_one(value: float | None) -> float:
-    return -1.0 if value is None else value

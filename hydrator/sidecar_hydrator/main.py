@@ -73,13 +73,16 @@ def configure_logging(level: str | None = None) -> None:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
+def probes_of(hydrator: Hydrator) -> Probes:
+    """What the kubelet's probes ask: ``/readyz`` is :meth:`Hydrator.ready`."""
+    return Probes(ready=hydrator.ready, started=lambda: hydrator.started)
+
+
 async def serve(config: HydratorConfig, *, stop: asyncio.Event) -> None:
     """Run the hydrator and its HTTP endpoints until ``stop`` is set."""
     hydrator = Hydrator(config)
     server = HealthServer(
-        metrics=hydrator.metrics,
-        probes=Probes(ready=lambda: hydrator.hydrated, started=lambda: hydrator.started),
-        port=config.http_port,
+        metrics=hydrator.metrics, probes=probes_of(hydrator), port=config.http_port
     )
     await server.start()
     logger.info(

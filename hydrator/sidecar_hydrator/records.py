@@ -48,6 +48,7 @@ BadRecordKind = Literal[
     "bad_key",  # the key field is not a string or an integer
     "missing_value",  # the configured value field is absent
     "bad_envelope",  # not a Debezium change event
+    "reserved_key",  # the key falls in the hydrator's own namespace (config.RESERVED_PREFIX)
 ]
 
 #: Debezium operations that carry no row: logical-decoding messages.

@@ -6,7 +6,11 @@ Layout (all in database 0, the one the app reads):
 - ``offsets_key``: a hash ``<binding>/<topic>/<partition>`` -> next offset to read, written in
   the same ``MULTI/EXEC`` as the data it accounts for, so a restarted hydrator resumes exactly;
 - ``metadata_key``: a hash the app can read in the same round trip as its data
-  (``hydrated``, ``run_id``, ``fresh_as_of_ms``, ``staleness_ms``, ``last_event_ms``, ...).
+  (``hydrated``, ``complete``, ``generation``, ``run_id``, ``fresh_as_of_ms``,
+  ``staleness_ms``, ``last_event_ms``, ...);
+- :data:`SENTINEL_KEY` (the published view's generation) and :data:`TOPIC_IDS_KEY` (the
+  topics the positions belong to). Every key under ``sidecar-state:`` is the hydrator's; no
+  record can write there (see :func:`sidecar_hydrator.batch.guard_reserved`).
 
 Why the connection hook: redis-py reconnects transparently, so after the Redis container
 restarts (empty — it has no persistence) a write could land in the fresh instance and store
@@ -16,16 +20,19 @@ ever reaches a Redis the hydrator has not inspected.
 
 A rebuild is written into ``spare_db`` and published with ``SWAPDB``, so readers see the old
 view (or an empty one after a restart) until the new one is complete, never a half-built one.
+Each heartbeat checks, atomically with its metadata write, that the served view is still the
+published one (:meth:`Store.heartbeat`), so a flushed store never claims to be complete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import hiredis
 from redis.asyncio import ConnectionPool, Redis
@@ -33,14 +40,90 @@ from redis.asyncio.connection import AbstractConnection, UnixDomainSocketConnect
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from sidecar_hydrator.aio import sleep_or_stop
+from sidecar_hydrator.config import RESERVED_PREFIX
+from sidecar_hydrator.records import table_index_key
 
 logger = logging.getLogger(__name__)
 
-LossReason = Literal["empty", "run_id_changed", "offsets_missing", "not_hydrated"]
+LossReason = Literal["empty", "run_id_changed", "offsets_missing", "not_hydrated", "damaged"]
+
+#: A hash whose ``generation`` field names the view in database 0 (the metadata has it too):
+#: written with every published view, checked by every heartbeat. A view whose sentinel is
+#: missing or different was flushed or overwritten by someone else. A hash, like the other
+#: bookkeeping keys, so that an app's ``MGET`` over all keys reads it as nil.
+SENTINEL_KEY = RESERVED_PREFIX + "sentinel"
+_GENERATION = "generation"
+#: A hash ``<binding>/<topic>`` -> the Kafka topic ID the view was read from, so a topic that
+#: was deleted and created again is not resumed from positions of its predecessor.
+TOPIC_IDS_KEY = RESERVED_PREFIX + "topic-ids"
+#: Metadata field of the spare database while a rebuild is written into it: the ``run_id`` of
+#: the Redis it is built in (see :meth:`Store.begin_rebuild`).
+REBUILD_MARK = "rebuilding_in"
+
+#: The heartbeat, atomically: check that the view is the one this hydrator published (its
+#: sentinel and both bookkeeping hashes are there), then write the metadata, never claiming
+#: ``hydrated``/``complete`` nor freshness on a view that failed the check. Returns
+#: ``{intact, error}``: a refused write (a full Redis) does not hide the check's result.
+#: KEYS: sentinel, meta, offsets. ARGV: expected generation ("" = none), then field/value pairs.
+_HEARTBEAT_LUA = """
+local expected = ARGV[1]
+local intact = 0
+if expected ~= '' then
+  local sentinel = redis.pcall('HGET', KEYS[1], 'generation')
+  if sentinel == expected and redis.call('TYPE', KEYS[2]).ok == 'hash'
+      and redis.call('TYPE', KEYS[3]).ok == 'hash' then
+    intact = 1
+  end
+end
+local fields = {}
+for i = 2, #ARGV, 2 do
+  local name, value = ARGV[i], ARGV[i + 1]
+  if intact == 1 or (name ~= 'fresh_as_of_ms' and name ~= 'staleness_ms') then
+    if intact == 0 and (name == 'hydrated' or name == 'complete') then value = '0' end
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then redis.call('DEL', KEYS[2]) end
+if intact == 0 then redis.pcall('HDEL', KEYS[2], 'fresh_as_of_ms', 'staleness_ms') end
+local written = redis.pcall('HSET', KEYS[2], unpack(fields))
+if type(written) == 'table' and written.err then return {intact, written.err} end
+return {intact, ''}
+"""
+
+
+class StoreError(Exception):
+    """The store failed; what the hydrator handles, whatever the engine behind it.
+
+    ``kind`` names the engine's own error (``NoPermissionError``, ``ConnectionError``, ...) for
+    logs and metrics; the original is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Translate redis-py's errors (and socket errors) into :class:`StoreError` at the
+    store's edge, so that its callers stay store-neutral."""
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreError(str(exc), kind=type(exc).__name__) from exc
+
+    return translated
 
 
 class DataLost(RedisConnectionError):
@@ -68,13 +151,23 @@ class StoreState:
     run_id: str
     meta: Mapping[str, str]
     offsets: Mapping[str, int]
+    #: The sentinel's value (:data:`SENTINEL_KEY`); ``None`` when missing.
+    sentinel: str | None = None
+    #: A bookkeeping key holds the wrong type (someone wrote over it).
+    wrong_type: bool = False
+    #: ``<binding>/<topic>`` -> topic ID, as recorded when the positions were taken.
+    topic_ids: Mapping[str, str] = field(default_factory=dict)
 
     def loss(self) -> LossReason | None:
         """Why the served view cannot be resumed, or ``None`` when it can.
 
         A Redis restart shows as an empty meta hash (no persistence) and, should persistence
-        ever restore one, as a ``run_id`` other than the one the view was built in.
+        ever restore one, as a ``run_id`` other than the one the view was built in. A view
+        whose sentinel disagrees with its metadata was flushed or written over by someone
+        else since it was published.
         """
+        if self.wrong_type:
+            return "damaged"
         if not self.meta:
             return "empty"
         if self.meta.get("hydrated") != "1":
@@ -83,7 +176,14 @@ class StoreState:
             return "run_id_changed"
         if not self.offsets:
             return "offsets_missing"
+        if self.sentinel is None or self.sentinel != self.meta.get("generation"):
+            return "damaged"
         return None
+
+    @property
+    def generation(self) -> str | None:
+        """The generation of the view, when it can be resumed."""
+        return self.meta.get("generation") if self.loss() is None else None
 
 
 #: Keys per MSET while writing the spare database: small enough that a reader of the served
@@ -94,8 +194,21 @@ UNSEEN_CHUNK_KEYS = 500
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     applied: int
-    #: Keys whose write Redis refused because ``maxmemory`` was reached (``noeviction``).
-    oom_rejected: int
+    #: Key writes Redis refused because ``maxmemory`` was reached (``noeviction``), with
+    #: their values: the caller keeps them and retries once memory allows.
+    refused: Mapping[bytes, bytes]
+
+    @property
+    def oom_rejected(self) -> int:
+        return len(self.refused)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    #: Database 0 still holds the view of the expected generation.
+    intact: bool
+    #: Redis refused the metadata write: it is full (the check above still holds).
+    full: bool
 
 
 class Store:
@@ -123,6 +236,7 @@ class Store:
         self._run_id: str | None = None
         self._served = self._client(db=0)
         self._spare = self._client(db=spare_db)
+        self._heartbeat_script = self._served.register_script(_HEARTBEAT_LUA)
         self._target = self._served
         #: Serialises batch writes with the swap: a batch meant for the spare database must
         #: not land after ``SWAPDB`` (it would be flushed with the old view).
@@ -173,9 +287,11 @@ class Store:
             backoff = min(backoff * 2, max_backoff)
         return False
 
+    @_store_errors
     async def inspect(self) -> StoreState:
         """Read what database 0 holds, and adopt the current server as the one to write to."""
         self._run_id = None
+        self._target = self._served  # a rebuild that failed half-way is abandoned
         await self._served.connection_pool.disconnect()
         await self._spare.connection_pool.disconnect()
         info = await self._served.info("server")
@@ -184,21 +300,117 @@ class Store:
         async with self._served.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.metadata_key)
             pipe.hgetall(self.offsets_key)
-            meta_raw, offsets_raw = await pipe.execute()
+            pipe.hget(SENTINEL_KEY, _GENERATION)
+            pipe.hgetall(TOPIC_IDS_KEY)
+            replies = await pipe.execute(raise_on_error=False)
+        meta_raw, offsets_raw, sentinel, topic_ids_raw = replies
+        wrong = [r for r in replies if isinstance(r, Exception)]
+        if any(not isinstance(r, ResponseError) for r in wrong):
+            raise next(r for r in wrong if not isinstance(r, ResponseError))
+        if wrong:  # WRONGTYPE: a bookkeeping key was written over; rebuild, do not loop
+            return StoreState(run_id=run_id, meta={}, offsets={}, wrong_type=True)
         return StoreState(
             run_id=run_id,
             meta={k.decode(): v.decode() for k, v in meta_raw.items()},
             offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
+            sentinel=sentinel.decode() if sentinel is not None else None,
+            topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
         )
 
-    async def begin_rebuild(self) -> None:
-        """Empty the spare database and direct every following batch into it."""
-        async with self._lock:
-            await self._spare.flushdb(asynchronous=True)
-            self._target = self._spare
+    @_store_errors
+    async def record_topic_ids(self, ids: Mapping[str, str]) -> None:
+        """Remember the topic IDs of the view being written (served or being rebuilt)."""
+        if ids:
+            async with self._lock:
+                await self._target.hset(TOPIC_IDS_KEY, mapping=_fields(ids))
 
+    @_store_errors
+    async def discard_spare(self) -> int:
+        """Free whatever the spare database holds; returns how many keys it had.
+
+        When the served view is resumed, the spare can only hold leftovers: the old view of a
+        hydrator that died between ``SWAPDB`` and its ``FLUSHDB``, or a rebuild it never
+        finished. Either would keep a whole copy's worth of ``maxmemory`` for nothing.
+        """
+        async with self._lock:
+            keys = int(await self._spare.dbsize())
+            if keys:
+                await self._spare.flushdb(asynchronous=True)
+            return keys
+
+    @_store_errors
+    async def begin_rebuild(self, *, resume: bool = True) -> StoreState | None:
+        """Direct every following batch into the spare database, which starts empty — or,
+        with ``resume``, holds a rebuild this same Redis process has not finished.
+
+        A bootstrap longer than the startup probe allows gets the hydrator restarted; it must
+        not start over each time. The spare database carries a mark naming the Redis
+        ``run_id`` it is built in, and its batches store their offsets last, so a hydrator
+        that died mid-rebuild left a consistent prefix of each partition: the state returned
+        here, to continue from. A rebuild that had writes refused is not resumable (the
+        refused writes lived in the dead process), and neither is a Redis that restarted.
+        """
+        assert self._run_id is not None, "inspect() first"
+        async with self._lock:
+            self._target = self._spare
+            if resume:
+                async with self._spare.pipeline(transaction=True) as pipe:
+                    pipe.hgetall(self.metadata_key)
+                    pipe.hgetall(self.offsets_key)
+                    pipe.hgetall(TOPIC_IDS_KEY)
+                    replies = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, Exception) for r in replies):
+                    meta_raw, offsets_raw, topic_ids_raw = replies
+                    mark = meta_raw.get(REBUILD_MARK.encode(), b"").decode()
+                    if mark == self._run_id and offsets_raw:
+                        return StoreState(
+                            run_id=self._run_id,
+                            meta={k.decode(): v.decode() for k, v in meta_raw.items()},
+                            offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
+                            topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
+                        )
+            await self._spare.flushdb(asynchronous=True)
+            await self._spare.hset(self.metadata_key, REBUILD_MARK, self._run_id)
+            return None
+
+    @_store_errors
+    async def carry_over(self, *, prefix: str, binding: str) -> int:
+        """Copy the served keys of one binding into the spare database; returns how many.
+
+        Its keys are those under ``prefix``, and its table indexes (Debezium truncates need
+        them to find the table's rows), which live in the hydrator's namespace.
+
+        A rebuild forced by one binding (say, its stored offset fell out of the topic's
+        retention) must not drop the other bindings' keys: a ``startFrom: latest`` binding
+        could never read them again. Prefixes of one Pod never overlap (the config refuses
+        it), so a prefix names exactly one binding's keys. ``COPY`` runs inside Redis; only
+        key names cross the socket, a page of ``SCAN`` at a time.
+        """
+        assert self._target is self._spare, "begin_rebuild() first"
+        copied = 0
+        reserved = RESERVED_PREFIX.encode()
+        data = _glob_escape(prefix.encode()) + b"*"
+        indexes = _glob_escape(table_index_key(binding=binding, table="")) + b"*"
+        async with self._lock:
+            for pattern, is_data in ((data, True), (indexes, False)):
+                async for keys in _scan_pages(self._served, pattern=pattern):
+                    own = [k for k in keys if not (is_data and k.startswith(reserved))]
+                    if not own:
+                        continue
+                    async with self._served.pipeline(transaction=False) as pipe:
+                        for key in own:
+                            pipe.execute_command("COPY", key, key, "DB", self.spare_db, "REPLACE")
+                        copied += sum(1 for done in await pipe.execute() if done)
+        return copied
+
+    @_store_errors
     async def complete_rebuild(
-        self, *, offsets: Mapping[str, int], meta: Mapping[str, str | int], complete: bool = True
+        self,
+        *,
+        offsets: Mapping[str, int],
+        meta: Mapping[str, str | int],
+        generation: str,
+        complete: bool = True,
     ) -> None:
         """Publish the rebuilt view: metadata and the swap in one transaction.
 
@@ -206,27 +418,44 @@ class Store:
         restarted hydrator rebuilds it rather than resuming a view with holes.
         """
         assert self._run_id is not None, "inspect() first"
+        fields = _fields(
+            {
+                **meta,
+                "hydrated": 1 if complete else 0,
+                "complete": 1 if complete else 0,
+                "run_id": self._run_id,
+                "generation": generation,
+                "built_at_ms": int(time.time() * 1000),
+            }
+        )
         async with self._lock:
-            async with self._spare.pipeline(transaction=True) as pipe:
-                if offsets:
-                    pipe.hset(self.offsets_key, mapping=_fields(offsets))
-                pipe.hset(
-                    self.metadata_key,
-                    mapping=_fields(
-                        {
-                            **meta,
-                            "hydrated": 1 if complete else 0,
-                            "run_id": self._run_id,
-                            "built_at_ms": int(time.time() * 1000),
-                        }
-                    ),
-                )
-                pipe.swapdb(0, self.spare_db)
-                await pipe.execute()
+            try:
+                async with self._spare.pipeline(transaction=True) as pipe:
+                    if offsets:
+                        pipe.hset(self.offsets_key, mapping=_fields(offsets))
+                    pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.hdel(self.metadata_key, REBUILD_MARK)
+                    pipe.hset(SENTINEL_KEY, _GENERATION, generation)
+                    pipe.swapdb(0, self.spare_db)
+                    await pipe.execute()
+            except OutOfMemoryError:
+                # Full (only an incomplete view gets here): swap first, free the old view,
+                # then write the bookkeeping. Until it is written, database 0 has no
+                # ``hydrated=1``, so a crash in between means a rebuild, never a resume.
+                await self._spare.swapdb(0, self.spare_db)
+                await self._spare.flushdb()
+                async with self._served.pipeline(transaction=True) as pipe:
+                    if offsets:
+                        pipe.hset(self.offsets_key, mapping=_fields(offsets))
+                    pipe.hset(self.metadata_key, mapping=fields)
+                    pipe.hdel(self.metadata_key, REBUILD_MARK)
+                    pipe.hset(SENTINEL_KEY, _GENERATION, generation)
+                    await pipe.execute()
             self._target = self._served
             # The old view now sits in the spare database; free it off the main thread.
             await self._spare.flushdb(asynchronous=True)
 
+    @_store_errors
     async def apply(
         self,
         *,
@@ -245,8 +474,10 @@ class Store:
 
         Under ``noeviction`` a full Redis refuses the whole transaction (writes are checked
         when queued). Deletes are still allowed then and only free memory, so they are applied
-        on their own; the refused keys are reported, the stored offsets stay where they were
-        (a restarted hydrator reads those records again).
+        on their own, after removing ``hydrated`` from the metadata (``HDEL`` is allowed
+        too): from then on neither the app nor a restarted hydrator takes the view
+        for complete, even though the offsets a later batch stores go past the refused keys.
+        The refused writes are returned for the caller to retry.
         """
         deletes = list(deletes)
         async with self._lock:
@@ -272,14 +503,19 @@ class Store:
                 except OutOfMemoryError:
                     pass
                 else:
-                    return ApplyResult(applied=len(sets) + len(deletes), oom_rejected=0)
-            if deletes:
-                await self._target.unlink(*deletes)
+                    return ApplyResult(applied=len(sets) + len(deletes), refused={})
+            # Not a transaction: a full Redis refuses every command queued in MULTI, even
+            # the ones that only free memory.
+            async with self._target.pipeline(transaction=False) as pipe:
+                pipe.hdel(self.metadata_key, "hydrated", "complete")
+                if deletes:
+                    pipe.unlink(*deletes)
+                await pipe.execute()
             if commands:
                 # A truncate only frees memory, so it runs on a full Redis too. Index entries
                 # of refused keys may get in: a member whose key is missing costs nothing.
                 await _run_allowing_oom(self._target, commands)
-        return ApplyResult(applied=len(deletes), oom_rejected=len(sets))
+        return ApplyResult(applied=len(deletes), refused=dict(sets))
 
     async def _apply_unseen(
         self,
@@ -312,27 +548,50 @@ class Store:
                 pipe.mset(chunk)
             results = await pipe.execute(raise_on_error=False)
         failures = [r for r in results if isinstance(r, Exception)]
-        rejected = sum(
-            len(chunk)
-            for chunk, result in zip(chunks, results[len(results) - len(chunks) :], strict=True)
-            if isinstance(result, OutOfMemoryError)
-        )
+        refused: dict[bytes, bytes] = {}
+        for chunk, result in zip(chunks, results[len(results) - len(chunks) :], strict=True):
+            if isinstance(result, OutOfMemoryError):
+                refused.update(chunk)
         if any(not isinstance(f, OutOfMemoryError) for f in failures):
             raise next(f for f in failures if not isinstance(f, OutOfMemoryError))
-        if rejected:
-            return ApplyResult(applied=len(deletes) + len(items) - rejected, oom_rejected=rejected)
+        if refused:
+            # The refused writes live only in this process: a rebuild with holes must start
+            # over rather than be resumed after a restart (HDEL works on a full Redis).
+            await self._target.hdel(self.metadata_key, REBUILD_MARK)
+            return ApplyResult(applied=len(deletes) + len(items) - len(refused), refused=refused)
         async with self._target.pipeline(transaction=True) as pipe:
             if offsets:
                 pipe.hset(self.offsets_key, mapping=_fields(offsets))
             if meta:
                 pipe.hset(self.metadata_key, mapping=_fields(meta))
             await pipe.execute()
-        return ApplyResult(applied=len(deletes) + len(items), oom_rejected=0)
+        return ApplyResult(applied=len(deletes) + len(items), refused={})
 
-    async def write_meta(self, fields: Mapping[str, str | int]) -> None:
-        """Update metadata the app reads (freshness) outside of any batch."""
-        await self._served.hset(self.metadata_key, mapping=_fields(fields))
+    @_store_errors
+    async def heartbeat(
+        self, *, fields: Mapping[str, str | int], generation: str | None
+    ) -> HeartbeatResult:
+        """Check the served view and update the metadata the app reads, in one step.
 
+        The check is cheap (three key look-ups, no scan) and atomic with the write, so
+        ``hydrated=1`` never lands on a view that was flushed a moment before. With
+        ``generation`` ``None`` (no view of ours is served) the metadata says ``hydrated=0``
+        and claims no freshness.
+        """
+        args: list[EncodableT] = [generation or ""]
+        for name, value in fields.items():
+            args += [name, value]
+        intact, error = await self._heartbeat_script(
+            keys=[SENTINEL_KEY, self.metadata_key, self.offsets_key], args=args
+        )
+        message = error.decode() if isinstance(error, bytes) else str(error)
+        if message and not message.startswith("OOM"):
+            raise ResponseError(message)
+        return HeartbeatResult(
+            intact=generation is not None and bool(intact), full=message.startswith("OOM")
+        )
+
+    @_store_errors
     async def used_memory(self) -> int:
         info = await self._served.info("memory")
         return int(info["used_memory"])
@@ -376,6 +635,26 @@ def parse_run_id(info: bytes | str) -> str:
         if line.startswith("run_id:"):
             return line[len("run_id:") :].strip()
     raise RedisError("INFO server has no run_id")
+
+
+async def _scan_pages(client: Redis, *, pattern: bytes) -> AsyncIterator[list[bytes]]:
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=UNSEEN_CHUNK_KEYS)
+        if keys:
+            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
+        if cursor == 0:
+            return
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` matched literally by a Redis glob (``SCAN MATCH``)."""
+    out = bytearray()
+    for byte in text:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
 
 
 def _fields(mapping: Mapping[str, str | int]) -> dict[FieldT, EncodableT]:

@@ -67,7 +67,7 @@ def _metric_series(metric: MetricWrapperBase) -> dict[str, frozenset[str]]:
 
 def exported_series() -> dict[str, frozenset[str]]:
     """Every series name the hydrator and the operator export -> its label names."""
-    from sidecar_hydrator.health import Metrics
+    from sidecar_hydrator.health import Metrics, OptionalGauge
     from sidecar_operator import metrics as operator_metrics
 
     series: dict[str, frozenset[str]] = {}
@@ -75,6 +75,8 @@ def exported_series() -> dict[str, frozenset[str]]:
     for value in [*vars(hydrator).values(), *vars(operator_metrics).values()]:
         if isinstance(value, MetricWrapperBase):
             series.update(_metric_series(value))
+        elif isinstance(value, OptionalGauge):  # a gauge with no sample while unknown
+            series[value.name] = frozenset()
     return series
 
 

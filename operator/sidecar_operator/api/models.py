@@ -21,11 +21,13 @@ from pydantic import (
     JsonValue,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import WithJsonSchema
 
+from sidecar_hydrator.config import RESERVED_PREFIX
 from sidecar_operator.api.quantity import QUANTITY_PATTERN, quantity_bytes
 
 GROUP = "sidecarstate.dev"
@@ -345,7 +347,9 @@ class Keys(ApiModel):
         default="",
         max_length=256,
         description=(
-            "Prepended to every key; keeps bindings apart in one Redis. Default: empty. "
+            "Prepended to every key; keeps bindings apart in one Redis. Must not start with "
+            f"{RESERVED_PREFIX!r} (the hydrator's own keys), nor overlap the prefix of another "
+            "binding of the same Pod (none the start of another). Default: empty. "
             "Example: 'flag:'"
         ),
     )
@@ -365,6 +369,16 @@ class Keys(ApiModel):
             "whole JSON document. Example: enabled"
         ),
     )
+
+    @field_validator("prefix")
+    @classmethod
+    def _outside_reserved_namespace(cls, prefix: str) -> str:
+        if prefix.startswith(RESERVED_PREFIX):
+            raise ValueError(
+                f"prefix {prefix!r} is inside {RESERVED_PREFIX!r}, the namespace of the "
+                "hydrator's offsets and metadata"
+            )
+        return prefix
 
 
 class Store(ApiModel):

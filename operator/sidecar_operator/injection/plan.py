@@ -10,13 +10,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from sidecar_hydrator.config import (
+    BindingSource,
+    HydratorConfig,
+    KafkaConnection,
+    KeyMapping,
+    prefix_overlaps,
+)
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import parse_quantity, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import HYDRATOR_ACL_USER, HYDRATOR_PASSWORD_PATH
 
 SECRETS_DIR = "/var/run/sidecar-state-secrets"
+
+
+class OverlappingPrefixes(ValueError):
+    """Two bindings that select one Pod have key prefixes that overlap."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +117,15 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
     if not bindings:
         raise ValueError("a sidecar plan needs at least one StateBinding")
     ordered = sorted(bindings, key=lambda b: b.name)
+    prefixes = {b.name: b.spec.keys.prefix for b in ordered}
+    overlap = prefix_overlaps(prefixes)
+    if overlap is not None:
+        first, second = overlap
+        raise OverlappingPrefixes(
+            f"StateBindings {first} and {second} both select this Pod and their "
+            f"spec.keys.prefix values {prefixes[first]!r} and {prefixes[second]!r} overlap: "
+            "give each binding a prefix that is not the start of another's"
+        )
     sources = []
     secrets = []
     memory = 0

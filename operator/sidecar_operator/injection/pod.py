@@ -24,7 +24,7 @@ from sidecar_operator.injection.envoy_container import build_envoy_container
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
 from sidecar_operator.injection.intercept_plan import InterceptError, InterceptPlan, plan_intercept
 from sidecar_operator.injection.names import CONTAINER_NAMES, CREDENTIALS_DIR, VOLUME_NAMES
-from sidecar_operator.injection.plan import SidecarPlan, plan_sidecars
+from sidecar_operator.injection.plan import OverlappingPrefixes, SidecarPlan, plan_sidecars
 from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
 from sidecar_operator.injection.volumes import build_volumes
@@ -213,7 +213,10 @@ def inject_pod(
     _check_shape(spec)
     _check_conflicts(spec, defaults=defaults)
 
-    plan = plan_sidecars(selected, defaults=defaults)
+    try:
+        plan = plan_sidecars(selected, defaults=defaults)
+    except OverlappingPrefixes as error:
+        raise InjectionConflict(str(error)) from None
     try:
         intercept = plan_intercept(selected, spec=spec, defaults=defaults)
     except InterceptError as exc:

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from demo.publish import publish, publish_many
 from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
@@ -251,3 +253,52 @@ def test_topic_bigger_than_max_memory_is_reported(
         timeout=60,
         what="the binding's status to list the Pod as not hydrated",
     )
+
+
+def test_a_full_store_freed_by_tombstones_turns_ready_with_the_whole_view(
+    node_cluster: NodeCluster, namespace: str
+) -> None:
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    topic = f"full-{namespace}"
+    broker.create_topic(topic)
+    filler = "x" * 1024
+    records = [
+        (f"k{i}", json.dumps({"id": f"k{i}", "enabled": filler}).encode()) for i in range(6000)
+    ]
+    asyncio.run(publish_many(broker.bootstrap_servers, records, topic=topic))
+    cluster.apply(flag_binding("full", namespace, topic=topic, max_memory="4Mi"))
+    wait_reconciled(cluster, "full", namespace)
+    cluster.apply(app_pod("full-1", namespace, app="full"))
+
+    def oom_ip() -> str | None:
+        ip = get_pod(cluster, "full-1", namespace)["status"].get("podIP")
+        try:
+            return (
+                ip
+                if ip and metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total")
+                else None
+            )
+        except OSError:
+            return None
+
+    ip = wait_for(oom_ip, timeout=90, interval=1, what="OOM rejections in the metrics")
+    assert metric(ip, "sidecar_state_hydrator_hydrated") == 0
+
+    async def tombstones() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for i in range(5500):
+                await producer.send(topic, key=f"k{i}".encode(), value=None)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(tombstones())
+    # The writes Redis refused are retried once the tombstones freed memory: the view becomes
+    # whole, the hydrator's startup probe passes, and the app starts on it.
+    wait_ready(cluster, "full-1", namespace, timeout=120)
+    view = app_json(ip, "/flags")
+    assert view["meta"]["hydrated"] == "1" and view["meta"]["complete"] == "1", view["meta"]
+    assert sorted(view["flags"]) == sorted(f"k{i}" for i in range(5500, 6000))  # unprefixed
+    assert metric(ip, "sidecar_state_hydrator_hydrated") == 1

@@ -20,7 +20,9 @@ from sidecar_hydrator.config import (
     KeyMapping,
     RecordFormat,
 )
+from sidecar_hydrator.health import HealthServer
 from sidecar_hydrator.hydrator import Hydrator
+from sidecar_hydrator.main import probes_of
 from sidecar_operator.injection.redis_container import redis_server_args
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
@@ -93,6 +95,43 @@ async def running(config: HydratorConfig) -> AsyncIterator[Hydrator]:
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: HydratorConfig) -> AsyncIterator[tuple[Hydrator, int]]:
+    """:func:`running`, plus its probes and metrics on a free loopback port, wired as the
+    sidecar's process wires them: yields ``(hydrator, port)``."""
+    async with running(config) as hydrator:
+        server = HealthServer(
+            metrics=hydrator.metrics, probes=probes_of(hydrator), port=0, host="127.0.0.1"
+        )
+        await server.start()
+        try:
+            yield hydrator, server.port
+        finally:
+            await server.stop()
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """``GET path`` on the hydrator's port: ``(status, body)``, ``(0, b"")`` when nothing
+    answers. Each connection carries one response and is closed (see ``health.py``)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0, b""
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), timeout=2)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def http_status(port: int, path: str) -> int:
+    """The status code of ``GET path`` on the hydrator's port (0 when nothing answers)."""
+    return (await http_get(port, path))[0]
 
 
 async def produce(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sidecar_hydrator.batch import build_batch
+import pytest
+
+from sidecar_hydrator.batch import build_batch, guard_reserved
 from sidecar_hydrator.config import KeyMapping
-from sidecar_hydrator.records import make_decoder
+from sidecar_hydrator.records import BadRecord, make_decoder
 
 RAW = make_decoder(format="raw", keys=KeyMapping(prefix="p:"), max_value_bytes=100)
 JSON = make_decoder(format="json", keys=KeyMapping(key_field="id"), max_value_bytes=100)
@@ -132,3 +134,16 @@ def test_a_tombstone_keeps_its_keys_table() -> None:
     batch = build_batch([[row("c", "orders", 1, 0), tombstone, truncate("orders", 2)]], DBZ)
     assert (batch.sets, batch.deletes) == ({}, set())
     assert [c[0] for c in batch.commands] == ["EVAL"]
+
+
+def test_reserved_namespace_is_guarded_only_where_a_prefix_can_reach_it() -> None:
+    assert guard_reserved(RAW, prefix="p:", reserved="sidecar-state:") is RAW
+    bare = make_decoder(format="raw", keys=KeyMapping(), max_value_bytes=100)
+    guarded = guard_reserved(bare, prefix="", reserved="sidecar-state:")
+    with pytest.raises(BadRecord) as caught:
+        guarded(Rec(b"sidecar-state:meta", None, 7))  # a tombstone must not delete it either
+    assert (caught.value.kind, caught.value.offset) == ("reserved_key", 7)
+    assert guarded(Rec(b"sidecar-statement", b"x", 8)) == (b"sidecar-statement", b"x")
+    batch = build_batch([[Rec(b"sidecar-state:offsets", b"x", 0), Rec(b"a", b"1", 1)]], guarded)
+    assert batch.sets == {b"a": b"1"}
+    assert [bad.kind for bad in batch.bad] == ["reserved_key"]

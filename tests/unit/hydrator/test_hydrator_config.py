@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import ssl
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
-from sidecar_hydrator.consumer import consumer_options
+from sidecar_hydrator.kafka_source import KafkaConfigError, consumer_options
 
 MINIMAL = {
     "bindings": [
@@ -131,3 +133,60 @@ def test_credentials_are_never_silently_dropped_nor_made_up(
     doc["bindings"][0]["kafka"].update(kafka)
     with pytest.raises(ValidationError, match=fragment):
         HydratorConfig.model_validate(doc)
+
+
+def _two_bindings(first: str, second: str) -> dict[str, object]:
+    binding = MINIMAL["bindings"][0]
+    return {
+        "bindings": [
+            {**binding, "name": "a", "keys": {"prefix": first}},
+            {**binding, "name": "b", "keys": {"prefix": second}},
+        ]
+    }
+
+
+@pytest.mark.parametrize(("first", "second"), [("", "x:"), ("flag:", "flag:"), ("fl", "flag:")])
+def test_overlapping_key_prefixes_are_refused(first: str, second: str) -> None:
+    with pytest.raises(ValidationError, match=r"bindings a and b: key prefixes .* overlap"):
+        HydratorConfig.model_validate(_two_bindings(first, second))
+
+
+def test_disjoint_key_prefixes_are_accepted() -> None:
+    config = HydratorConfig.model_validate(_two_bindings("flag:", "price:"))
+    assert [b.keys.prefix for b in config.bindings] == ["flag:", "price:"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"offsets_key": "offsets"}, "offsets_key must start with 'sidecar-state:'"),
+        (
+            {"bindings": [{**MINIMAL["bindings"][0], "keys": {"prefix": "sidecar-state:x"}}]},
+            "inside the hydrator's reserved namespace",
+        ),
+    ],
+)
+def test_the_hydrators_namespace_is_its_own(override: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        HydratorConfig.model_validate({**MINIMAL, **override})
+
+
+def _tls(ca_file: str) -> HydratorConfig:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["bindings"][0]["kafka"].update(security_protocol="SSL", ca_file=ca_file)
+    return HydratorConfig.model_validate(doc)
+
+
+def test_tls_without_a_ca_file_verifies_with_the_system_cas(tmp_path: Path) -> None:
+    config = _tls(str(tmp_path / "ca.crt"))  # the Secret had no ca.crt
+    context = consumer_options(config.bindings[0].kafka, client_id="c", config=config)[
+        "ssl_context"
+    ]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_tls_files_that_do_not_load_are_a_kafka_config_error(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("not a certificate\n")
+    config = _tls(str(tmp_path / "ca.crt"))
+    with pytest.raises(KafkaConfigError, match="TLS settings"):
+        consumer_options(config.bindings[0].kafka, client_id="c", config=config)

@@ -11,7 +11,7 @@ from sidecar_hydrator.health import HealthServer, Metrics, Probes
 from sidecar_hydrator.main import JsonFormatter
 from sidecar_hydrator.store import StoreState, is_binding_field, offset_field, parse_run_id
 
-GOOD_META = {"hydrated": "1", "run_id": "abc"}
+GOOD_META = {"hydrated": "1", "run_id": "abc", "generation": "g1"}
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,27 @@ GOOD_META = {"hydrated": "1", "run_id": "abc"}
     ],
 )
 def test_loss_reason(meta: dict[str, str], offsets: dict[str, int], loss: str | None) -> None:
-    assert StoreState(run_id="abc", meta=meta, offsets=offsets).loss() == loss
+    state = StoreState(run_id="abc", meta=meta, offsets=offsets, sentinel="g1")
+    assert state.loss() == loss
+
+
+@pytest.mark.parametrize(
+    ("sentinel", "meta", "wrong_type"),
+    [
+        (None, GOOD_META, False),  # the sentinel was deleted (or flushed, and meta rewritten)
+        ("g0", GOOD_META, False),  # a sentinel of another view
+        ("g1", {"hydrated": "1", "run_id": "abc"}, False),  # metadata without a generation
+        ("g1", GOOD_META, True),  # a bookkeeping key written over with another type
+    ],
+)
+def test_a_view_that_disagrees_with_its_sentinel_is_damaged(
+    sentinel: str | None, meta: dict[str, str], wrong_type: bool
+) -> None:
+    state = StoreState(
+        run_id="abc", meta=meta, offsets={"b/t/0": 3}, sentinel=sentinel, wrong_type=wrong_type
+    )
+    assert state.loss() == "damaged"
+    assert state.generation is None
 
 
 def test_offset_fields_are_per_binding() -> None:
@@ -71,7 +91,7 @@ def test_metrics_route_exposes_the_documented_series() -> None:
     for name in (
         "records_applied_total",
         "lag_records",
-        "last_apply_age_seconds -1.0",
+        "last_apply_age_seconds",
         "staleness_seconds",
         "rebuilds_total",
         "redis_used_memory_bytes",
@@ -87,3 +107,16 @@ def test_json_log_lines_carry_extra_fields() -> None:
     )
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "skipped r" and line["level"] == "warning" and line["offset"] == 7
+
+
+def test_unknown_staleness_and_last_apply_age_have_no_sample_not_minus_one() -> None:
+    metrics = Metrics()
+    text = metrics.render().decode()
+    assert "# TYPE sidecar_state_hydrator_staleness_seconds gauge" in text
+    assert "\nsidecar_state_hydrator_staleness_seconds " not in text
+    assert "\nsidecar_state_hydrator_last_apply_age_seconds " not in text
+    metrics.staleness_source = lambda: 2.5
+    metrics.mark_applied(1.0)
+    text = metrics.render().decode()
+    assert "\nsidecar_state_hydrator_staleness_seconds 2.5\n" in text
+    assert "\nsidecar_state_hydrator_last_apply_age_seconds " in text

@@ -144,6 +144,8 @@ INVALID = [
     pytest.param({TOPICS: ["a", "b", "a"]}, TOPICS, "listed twice: a", id="duplicate topics"),
     pytest.param({TOPICS: [f"t{i}" for i in range(65)]}, TOPICS, "at most 64",
                  id="too many topics"),
+    pytest.param({"spec.keys.prefix": "sidecar-state:x:"}, "spec.keys.prefix",
+                 "inside 'sidecar-state:'", id="prefix in the hydrator's namespace"),
     pytest.param({"spec.store.maxMemory": "lots"}, "spec.store.maxMemory",
                  "not a Kubernetes quantity", id="maxMemory lots"),
     pytest.param({"spec.store.maxMemory": "0"}, "spec.store.maxMemory",

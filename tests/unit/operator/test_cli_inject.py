@@ -191,7 +191,7 @@ def test_binding_from_stdin(cli, make_workload, binding_doc, write_yaml):
 
 
 def test_several_binding_files_serve_one_pod(cli, write_yaml, make_workload, binding_doc):
-    prices = binding_doc("prices", topics=["prices"], max_memory="32Mi")
+    prices = binding_doc("prices", topics=["prices"], max_memory="32Mi", prefix="price:")
 
     result = cli("inject", "-f", write_yaml(make_workload("Deployment")),
                  "-b", write_yaml(binding_doc()), "-b", write_yaml(prices))  # fmt: skip

@@ -42,7 +42,8 @@ def test_named_binding_is_used_even_if_its_selector_does_not_match(
 def test_named_bindings_tolerate_spaces_and_empty_items(make_pod, make_binding, injected):
     pod = make_pod(annotations={BINDINGS: " orders , ,feature-flags,"})
 
-    result = injected(pod, make_binding(), make_binding("orders", topics=["orders"]))
+    orders = make_binding("orders", topics=["orders"], prefix="order:")
+    result = injected(pod, make_binding(), orders)
 
     assert result.outcome.bindings == ("feature-flags", "orders")
 
@@ -90,8 +91,8 @@ def test_memory_of_several_bindings_adds_up(make_pod, two_bindings, injected):
 def test_binding_without_max_memory_counts_the_default(make_pod, make_binding, injected):
     result = injected(
         make_pod(),
-        make_binding("a", max_memory="64Mi"),
-        make_binding("b", max_memory=None),
+        make_binding("a", max_memory="64Mi", prefix="a:"),
+        make_binding("b", max_memory=None, prefix="b:"),
         defaults=InjectionDefaults(max_memory="16Mi"),
     )
 
@@ -127,10 +128,21 @@ def test_marker_lists_every_binding_sorted(make_pod, two_bindings, injected):
     ids=["agree", "one says noeviction", "disagree", "both default"],
 )
 def test_eviction_policy_of_several_bindings(make_pod, make_binding, injected, policies, expected):
-    a, b = (make_binding(name, eviction_policy=policy)
+    a, b = (make_binding(name, eviction_policy=policy, prefix=f"{name}:")
             for name, policy in zip(("a", "b"), policies, strict=True))  # fmt: skip
 
     assert injected(make_pod(), a, b).redis_args["--maxmemory-policy"] == expected
+
+
+@pytest.mark.parametrize(("first", "second"), [("flag:", "flag:"), ("", "price:"), ("f", "flag:")])
+def test_bindings_of_one_pod_with_overlapping_prefixes_are_refused(
+    make_pod, make_binding, inject, first, second
+):
+    a = make_binding("a", prefix=first)
+    b = make_binding("b", prefix=second)
+
+    with pytest.raises(InjectionConflict, match=r"StateBindings a and b .* overlap"):
+        inject(make_pod(), a, b)
 
 
 def test_only_the_bindings_that_select_the_pod_are_used(make_pod, make_binding, injected):
@@ -225,8 +237,8 @@ def test_config_references_credentials_by_env_name_and_file_only(make_pod, make_
 
 
 def test_credentials_of_similar_binding_names_do_not_collide(make_pod, make_binding, injected):
-    result = injected(make_pod(), make_binding("orders.v1", auth=SASL_TLS),
-                      make_binding("orders-v1", auth=SASL_TLS))  # fmt: skip
+    result = injected(make_pod(), make_binding("orders.v1", auth=SASL_TLS, prefix="o1:"),
+                      make_binding("orders-v1", auth=SASL_TLS, prefix="o2:"))  # fmt: skip
 
     env_names = [e["name"] for e in result.hydrator["env"]]
     volume_names = [v["name"] for v in result.spec["volumes"]]

@@ -204,7 +204,9 @@ def test_two_intercepting_bindings_on_one_pod_are_refused(
     make_binding: Any, make_pod: Any, make_container: Any, inject: Any
 ) -> None:
     first = make_binding("a", patch={"spec.intercept": SESSION_INTERCEPT})
-    second = make_binding("b", topics=["other"], patch={"spec.intercept": SESSION_INTERCEPT})
+    second = make_binding(
+        "b", topics=["other"], prefix="other:", patch={"spec.intercept": SESSION_INTERCEPT}
+    )
     expected = re.escape("StateBindings a, b all set spec.intercept")
     with pytest.raises(InjectionConflict, match=expected):
         inject(make_pod(containers=[app_container(make_container)]), first, second)
