@@ -6,13 +6,25 @@ the webhook server on it, in the ``all`` role) never stalls.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient
 
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JSON_PATCH = "application/json-patch+json"
+#: Answers worth another try: a conflicting write, throttling, an apiserver restarting.
+RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 _WORKLOAD_LISTS = {
     "Deployment": "list_namespaced_deployment",
@@ -24,6 +36,31 @@ _WORKLOAD_PATCHES = {
     "StatefulSet": "patch_namespaced_stateful_set",
     "DaemonSet": "patch_namespaced_daemon_set",
 }
+
+
+def with_retries(
+    call: Callable[[], T], *, what: str, delays: tuple[float, ...] = RETRY_DELAYS_SECONDS
+) -> T:
+    """Run a blocking API call, retrying transient failures with growing pauses.
+
+    kopf never retries ``on.event`` handlers, so a write that meets a conflict or an apiserver
+    restart would otherwise be lost until the object next changes. Client errors (400, 403,
+    404, 422) are the request's own fault and are raised at once.
+    """
+    for attempt, delay in enumerate((*delays, None)):
+        try:
+            return call()
+        except kubernetes.client.ApiException as error:
+            if delay is None or error.status not in RETRIED_STATUSES:
+                raise
+            reason = f"{error.status} {error.reason}"
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            if delay is None:
+                raise
+            reason = repr(error)
+        logger.info(f"{what}: attempt {attempt + 1} failed ({reason}); retrying in {delay} s")
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @cache
@@ -101,21 +138,39 @@ def get_binding(name: str, namespace: str) -> dict[str, Any] | None:
 def create_binding(binding: dict[str, Any]) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
     namespace = binding["metadata"]["namespace"]
-    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, binding)
+    with_retries(
+        lambda: api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, binding),
+        what=f"create StateBinding {namespace}/{binding['metadata']['name']}",
+    )
+
+
+def spec_replacement(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A JSON Patch that replaces the whole spec.
+
+    A JSON merge patch would keep fields the new spec leaves out (a removed key prefix), so
+    the spec is replaced wholesale; the list is only valid with the json-patch content type.
+    """
+    return [{"op": "replace", "path": "/spec", "value": spec}]
 
 
 def replace_binding_spec(name: str, namespace: str, spec: dict[str, Any]) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
-    # A JSON merge patch cannot remove list items; replacing the spec wholesale can.
-    api.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, [{"op": "replace", "path": "/spec", "value": spec}]
-    )
+    with_retries(
+        lambda: api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, spec_replacement(spec),
+            _content_type=JSON_PATCH,
+        ),
+        what=f"update StateBinding {namespace}/{name}",
+    )  # fmt: skip
 
 
 def delete_binding(name: str, namespace: str) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
     try:
-        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        with_retries(
+            lambda: api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+            what=f"delete StateBinding {namespace}/{name}",
+        )
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise

@@ -8,11 +8,13 @@ API calls run in threads (:mod:`sidecar_operator.kube`).
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
+import kubernetes
 
 from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
@@ -168,11 +170,16 @@ async def deployment_event(
     type: str | None,
     namespace: str,
     name: str,
+    memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
     **_: Any,
 ) -> None:
-    """Keep the StateBinding that a Deployment's annotations ask for, and only that one."""
+    """Keep the StateBinding that a Deployment's annotations ask for, and only that one.
+
+    Deployments change often (every status update is an event), so this handler writes only
+    when the binding differs and warns about a clash once per clash, not once per event.
+    """
     if type == "DELETED":
         return  # the owner reference lets the garbage collector delete the binding
     existing = next(
@@ -184,24 +191,49 @@ async def deployment_event(
             logger.info(f"Annotation {ann.TOPICS} removed: deleting StateBinding {name}")
             await asyncio.to_thread(kube.delete_binding, name, namespace)
         return
+    warned: set[tuple[str, ...]] = memo.setdefault("deployment_warnings", set())
+
+    def warn_once(reason: str, message: str, *key: str) -> None:
+        marker = (namespace, name, str(body.metadata.get("uid")), reason, *key)
+        if marker not in warned:
+            warned.add(marker)
+            kopf.warn(body, reason=reason, message=message)
+
     try:
         desired = owned_binding(body)
     except ValueError as error:
-        kopf.warn(body, reason="InvalidAnnotations", message=str(error))
+        warn_once("InvalidAnnotations", str(error), str(body.metadata.annotations))
         return
     if desired is None:
         return
-    if existing is None:
-        logger.info(f"Creating StateBinding {name} from the Deployment's annotations")
-        await asyncio.to_thread(kube.create_binding, desired)
-        kopf.info(body, reason="BindingCreated", message=f"StateBinding {name} created")
-    elif not _owned_by(existing, name):
-        kopf.warn(body, reason="BindingExists",
-                  message=f"StateBinding {name} exists and is not managed by this Deployment; "
-                  "rename one of them")  # fmt: skip
-    elif existing.spec.to_api() != parse_binding(desired).spec.to_api():
-        logger.info(f"Updating StateBinding {name} from the Deployment's annotations")
-        await asyncio.to_thread(kube.replace_binding_spec, name, namespace, desired["spec"])
+    try:
+        if existing is None:
+            logger.info(f"Creating StateBinding {name} from the Deployment's annotations")
+            await asyncio.to_thread(kube.create_binding, desired)
+            kopf.info(body, reason="BindingCreated", message=f"StateBinding {name} created")
+        elif not _owned_by(existing, name):
+            warn_once("BindingExists",
+                      f"StateBinding {name} exists and is not managed by this Deployment; "
+                      "rename one of them", str(existing.metadata.get("uid")))  # fmt: skip
+        elif existing.spec.to_api() != parse_binding(desired).spec.to_api():
+            logger.info(f"Updating StateBinding {name} from the Deployment's annotations")
+            await asyncio.to_thread(kube.replace_binding_spec, name, namespace, desired["spec"])
+            kopf.info(body, reason="BindingUpdated", message=f"StateBinding {name} updated")
+    except kubernetes.client.ApiException as error:
+        # Refused (the validating webhook, a policy) or still failing after retries: say so on
+        # the Deployment, where its owner looks; the next change of the Deployment tries again.
+        detail = _api_message(error)
+        warn_once("BindingNotWritten", f"StateBinding {name} could not be written: {detail}",
+                  str(body.metadata.annotations), detail)  # fmt: skip
+        logger.warning(f"StateBinding {name} could not be written: {detail}")
+
+
+def _api_message(error: kubernetes.client.ApiException) -> str:
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"({error.status}) {message or error.reason}"
 
 
 async def watchdog(
