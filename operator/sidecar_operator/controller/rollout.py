@@ -19,6 +19,7 @@ from sidecar_operator.api.models import LabelSelector, StateBinding
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection import bindings_hash
 from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.pod import missing_bindings
 from sidecar_operator.injection.selector import selector_matches
 from sidecar_operator.injection.workloads import pod_template
 
@@ -65,6 +66,10 @@ def plan_rollouts(
     for workload in workloads:
         template = pod_template(dict(workload))
         if template is None or workload.get("kind") not in ROLLED_KINDS:
+            continue
+        if missing_bindings(template, bindings):
+            # Rolling to "without it" would replace healthy Pods by Pods without the state
+            # they expect; they keep running, and new ones are admitted with a warning.
             continue
         desired = bindings_hash(template, bindings=bindings, namespace=namespace, defaults=defaults)
         wanted = desired or NOT_INJECTED

@@ -43,11 +43,14 @@ class Injected:
     pod: dict[str, Any]
     bindings: tuple[str, ...]
     config_hash: str
+    missing: tuple[str, ...] = ()
+    """Bindings the Pod names that do not exist (only with ``admit_missing``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Skipped:
     reason: str
+    missing: tuple[str, ...] = ()
 
 
 Outcome = Injected | Skipped
@@ -57,22 +60,39 @@ def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return pod.get("metadata") or {}
 
 
-def select_bindings(pod: Mapping[str, Any], bindings: Iterable[StateBinding]) -> list[StateBinding]:
+def named_bindings(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """The bindings a Pod names by annotation, in order, each once."""
+    return tuple(
+        dict.fromkeys(ann.split_names((_meta(pod).get("annotations") or {}).get(ann.BINDINGS)))
+    )
+
+
+def missing_bindings(pod: Mapping[str, Any], bindings: Iterable[StateBinding]) -> tuple[str, ...]:
+    """Bindings the Pod names that are not among ``bindings``."""
+    available = {b.name for b in bindings}
+    return tuple(name for name in named_bindings(pod) if name not in available)
+
+
+def select_bindings(
+    pod: Mapping[str, Any], bindings: Iterable[StateBinding], *, missing_ok: bool = False
+) -> list[StateBinding]:
     """The bindings this Pod uses: those it names, or else those whose selector matches.
 
     Bindings must already be those of the Pod's namespace: a selector never reaches across.
+    A named binding that does not exist raises :class:`UnknownBinding`, or with ``missing_ok``
+    is left out (the admission webhook: a deleted binding must never stop a workload).
     """
     meta = _meta(pod)
     available = {b.name: b for b in bindings}
-    named = tuple(dict.fromkeys(ann.split_names((meta.get("annotations") or {}).get(ann.BINDINGS))))
+    named = named_bindings(pod)
     if named:
         missing = [name for name in named if name not in available]
-        if missing:
+        if missing and not missing_ok:
             raise UnknownBinding(
                 f"annotation {ann.BINDINGS} names StateBinding(s) {', '.join(missing)} "
                 "that do not exist in this namespace; create them or fix the annotation"
             )
-        return [available[name] for name in named]
+        return [available[name] for name in named if name in available]
     labels = meta.get("labels") or {}
     return [b for b in available.values() if selector_matches(b.spec.selector, labels)]
 
@@ -163,18 +183,28 @@ def inject_pod(
     bindings: Iterable[StateBinding],
     namespace: str,
     defaults: InjectionDefaults,
+    admit_missing: bool = False,
 ) -> Outcome:
     """Inject one Pod or pod template (``{"metadata": ..., "spec": ...}``).
 
     ``bindings`` are the StateBindings of ``namespace``; which of them apply is decided here.
     Raises :class:`InjectionConflict` or :class:`UnknownBinding` when the Pod cannot be
-    injected as asked; returns :class:`Skipped` when it should not be.
+    injected as asked; returns :class:`Skipped` when it should not be. With
+    ``admit_missing`` a named binding that does not exist is left out and reported in the
+    outcome's ``missing`` instead of raising: refusing would stop the workload's Pods.
     """
     reason = skip_reason(pod, namespace=namespace, defaults=defaults)
     if reason is not None:
         return Skipped(reason=reason)
-    selected = select_bindings(pod, bindings)
+    bindings = list(bindings)
+    selected = select_bindings(pod, bindings, missing_ok=admit_missing)
+    missing = missing_bindings(pod, bindings) if admit_missing else ()
     if not selected:
+        if missing:
+            return Skipped(
+                reason=f"the StateBinding(s) it names ({', '.join(missing)}) do not exist",
+                missing=missing,
+            )
         return Skipped(reason="no StateBinding selects this Pod")
     spec = pod.get("spec") or {}
     _check_shape(spec)
@@ -209,7 +239,7 @@ def inject_pod(
         ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
         ann.CONFIG_HASH: digest,
     }
-    return Injected(pod=injected, bindings=plan.binding_names, config_hash=digest)
+    return Injected(pod=injected, bindings=plan.binding_names, config_hash=digest, missing=missing)
 
 
 def bindings_hash(

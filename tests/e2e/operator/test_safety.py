@@ -139,3 +139,51 @@ def test_a_clashing_binding_is_reported_once_not_on_every_deployment_event(
     assert (get_binding(cluster, "taken", namespace) or {})["spec"]["source"]["kafka"][
         "topics"
     ] == ["feature-flags"]  # never taken over
+
+
+# --- item 2: a deleted binding that Pods name --------------------------------------------------
+
+
+def test_deleting_a_named_binding_never_stops_the_workload_having_pods(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    cluster.apply(binding("named", namespace))
+    wait_reconciled(cluster, "named", namespace)
+    dep = deployment("uses-named", namespace)  # Recreate: the strategy that lost every Pod
+    dep["spec"]["template"]["metadata"]["annotations"] = {"sidecarstate.dev/bindings": "named"}
+    cluster.apply(dep)
+    (before,) = all_pods(cluster, namespace, "app=uses-named", is_injected, 1)
+
+    cluster.kubectl_run("delete", "sb", "named", "-n", namespace)
+    time.sleep(5)  # the controller's passes: it must not roll the workload away from the binding
+    (still,) = pods_of(cluster, namespace, "app=uses-named")
+    assert still["metadata"]["name"] == before["metadata"]["name"]
+
+    # An evicted Pod is replaced: the new one is admitted, without the sidecars, with a warning.
+    cluster.kubectl_run("delete", "pod", before["metadata"]["name"], "-n", namespace)
+    (after,) = all_pods(cluster, namespace, "app=uses-named", lambda p: not is_injected(p), 1)
+    assert after["metadata"]["name"] != before["metadata"]["name"]
+    replica_set = after["metadata"]["ownerReferences"][0]["name"]
+    (warning, *_) = wait_for(
+        lambda: [
+            e
+            for e in events_on(cluster, namespace, "ReplicaSet", replica_set)
+            if e["reason"] == "BindingMissing"
+        ],
+        timeout=30,
+        what="a BindingMissing Event on the ReplicaSet",
+    )
+    assert warning["type"] == "Warning" and "named" in warning["message"]
+
+    bare = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bare",
+            "namespace": namespace,
+            "annotations": {"sidecarstate.dev/bindings": "named"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }
+    created = cluster.kubectl_run("create", "-f", "-", input=json.dumps(bare))
+    assert "StateBinding(s) named" in created.stderr and "do not exist" in created.stderr

@@ -189,6 +189,16 @@ def test_deleting_the_last_binding_rolls_injected_pods_back(make_workload, make_
     assert rollout.template_hash == NOT_INJECTED
 
 
+def test_a_workload_naming_a_deleted_binding_is_not_rolled_to_no_sidecars(make_workload,
+                                                                          make_pod):  # fmt: skip
+    named = {"sidecarstate.dev/bindings": "feature-flags"}
+    deployment = make_workload("Deployment", template=make_pod(annotations=named))
+    pod = running(injected_by(make_pod("checkout-1", annotations=named), "feature-flags"))
+
+    assert plan_rollouts(workloads=[deployment], pods=[pod], bindings=[],
+                         namespace="shop", defaults=DEFAULTS) == []  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", ["Job", "CronJob", "Pod"])
 def test_only_long_lived_workloads_are_rolled(kind, make_binding, make_workload, make_pod):
     assert plan_rollouts(workloads=[make_workload(kind)], pods=[running(make_pod())],

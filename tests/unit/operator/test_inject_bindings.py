@@ -8,11 +8,13 @@ import json
 import pytest
 
 from sidecar_operator.injection import (
+    Injected,
     InjectionConflict,
     InjectionDefaults,
     Skipped,
     UnknownBinding,
     bindings_hash,
+    inject_pod,
 )
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
 
@@ -48,6 +50,26 @@ def test_unknown_named_binding_is_refused(make_pod, make_binding, inject):
 
     with pytest.raises(UnknownBinding, match="StateBinding\\(s\\) prices that do not exist"):
         inject(pod, make_binding())
+
+
+def test_admission_admits_a_pod_whose_named_binding_is_gone_with_the_others(make_pod, make_binding):
+    pod = make_pod(annotations={BINDINGS: "feature-flags,prices"})
+
+    outcome = inject_pod(pod, bindings=[make_binding()], namespace="shop",
+                         defaults=InjectionDefaults(), admit_missing=True)  # fmt: skip
+
+    assert isinstance(outcome, Injected)
+    assert outcome.bindings == ("feature-flags",) and outcome.missing == ("prices",)
+
+
+def test_admission_admits_a_pod_whose_only_named_binding_is_gone_without_sidecars(make_pod):
+    pod = make_pod(annotations={BINDINGS: "prices"})
+
+    outcome = inject_pod(pod, bindings=[], namespace="shop", defaults=InjectionDefaults(),
+                         admit_missing=True)  # fmt: skip
+
+    assert isinstance(outcome, Skipped) and outcome.missing == ("prices",)
+    assert "prices" in outcome.reason and "do not exist" in outcome.reason
 
 
 def test_binding_named_twice_is_used_once(make_pod, make_binding, injected):
