@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +22,7 @@ import kopf
 
 from sidecar_operator import certificates
 from sidecar_operator.api.models import GROUP
+from sidecar_operator.controller.rollout import RolloutThrottle
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import (
@@ -86,6 +88,11 @@ def cmd_run(settings: OperatorSettings) -> None:
         settings=settings,
         injection_defaults=settings.injection_defaults(),
         webhook_tls=webhook_tls,
+        rollout_throttle=RolloutThrottle(
+            per_minute=settings.rollout_max_per_minute,
+            per_namespace=settings.rollout_max_in_progress_per_namespace,
+            now=time.monotonic(),
+        ),
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission
     asyncio.run(

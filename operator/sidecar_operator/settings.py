@@ -57,6 +57,12 @@ class OperatorSettings(BaseSettings):
 
     watchdog_interval_seconds: float = Field(default=15.0, gt=0)
     rollout_workloads: bool = True
+    rollout_max_per_minute: float = Field(
+        default=10.0, gt=0, description="roll-outs the controller starts per minute, cluster-wide"
+    )
+    rollout_max_in_progress_per_namespace: int = Field(
+        default=2, ge=1, description="roll-outs of one namespace that may run at once"
+    )
 
     def injection_defaults(self) -> InjectionDefaults:
         return InjectionDefaults(

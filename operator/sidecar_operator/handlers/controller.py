@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
 from sidecar_operator.controller.health import HydratorHealth, parse_metrics, scrape_targets
 from sidecar_operator.controller.owned import owned_binding
-from sidecar_operator.controller.rollout import plan_rollouts
+from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
@@ -67,6 +68,42 @@ async def scrape_hydrators(
     return [r for r in results if r is not None]
 
 
+async def roll_workloads(
+    namespace: str,
+    *,
+    bindings: list[StateBinding],
+    pods: list[dict[str, Any]],
+    memo: Any,
+    logger: kopf.Logger,
+) -> None:
+    """Roll the workloads whose Pods lack their bindings' current content, throttled."""
+    defaults: InjectionDefaults = memo.injection_defaults
+    throttle: RolloutThrottle = memo.rollout_throttle
+    workloads = await asyncio.to_thread(kube.list_workloads, namespace)
+    plan = plan_rollouts(
+        workloads=workloads, pods=pods, bindings=bindings, namespace=namespace,
+        defaults=defaults, changed=changed_bindings(memo, namespace),
+    )  # fmt: skip
+    started = throttle.allow(plan, now=time.monotonic())
+    for rollout in started:
+        logger.info(f"Rolling {rollout.kind} {rollout.name}: {rollout.reason}")
+        await asyncio.to_thread(
+            kube.patch_workload, rollout.kind, rollout.name, namespace, rollout.patch()
+        )
+    if len(started) < len(plan.due):
+        logger.info(
+            f"Namespace {namespace}: {len(plan.due) - len(started)} roll-out(s) deferred "
+            f"({plan.in_progress} in progress, at most {throttle.per_namespace} per namespace "
+            f"and {throttle.per_minute:g} per minute); the next pass starts them"
+        )
+
+
+def changed_bindings(memo: Any, namespace: str) -> set[str]:
+    """Bindings whose spec changed while this controller ran (see controller.rollout)."""
+    changed: dict[str, set[str]] = memo.setdefault("changed_bindings", {})
+    return changed.setdefault(namespace, set())
+
+
 async def reconcile_namespace(
     namespace: str,
     *,
@@ -87,15 +124,7 @@ async def reconcile_namespace(
         logger.info(f"Namespace {namespace}: label {ann.INJECTION_LABEL}={label}")
     pods = await asyncio.to_thread(kube.list_pods, namespace)
     if roll:
-        workloads = await asyncio.to_thread(kube.list_workloads, namespace)
-        for rollout in plan_rollouts(
-            workloads=workloads, pods=pods, bindings=bindings,
-            namespace=namespace, defaults=defaults,
-        ):  # fmt: skip
-            logger.info(f"Rolling {rollout.kind} {rollout.name}: {rollout.reason}")
-            await asyncio.to_thread(
-                kube.patch_workload, rollout.kind, rollout.name, namespace, rollout.patch()
-            )
+        await roll_workloads(namespace, bindings=bindings, pods=pods, memo=memo, logger=logger)
     health = await scrape_hydrators(pods, port=defaults.hydrator_port, logger=logger)
     for binding in bindings:
         current = await asyncio.to_thread(kube.get_binding, binding.name, namespace)
@@ -124,13 +153,17 @@ async def reconcile_namespace(
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def statebinding_reconcile(
+    name: str,
     namespace: str,
+    reason: str,
     memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
     **_: Any,
 ) -> None:
     settings: OperatorSettings = memo.settings
+    if reason == kopf.Reason.UPDATE:
+        changed_bindings(memo, namespace).add(name)
     await reconcile_namespace(
         namespace,
         index=bindings_by_namespace,
@@ -242,7 +275,8 @@ async def watchdog(
     index: kopf.Index[str, StateBinding],
     logger: kopf.Logger,
 ) -> None:
-    """Find Pods that should carry the sidecars but do not, on every binding's status.
+    """Find Pods that should carry the sidecars but do not, on every binding's status, and
+    start the roll-outs that the throttle deferred.
 
     A loop of our own rather than a kopf timer: timers put a finalizer on every binding, which
     would block deleting bindings once the operator is uninstalled.
@@ -254,7 +288,7 @@ async def watchdog(
             try:
                 await reconcile_namespace(
                     namespace, index=index, memo=memo,
-                    roll=False, logger=logger,
+                    roll=settings.rollout_workloads, logger=logger,
                 )  # fmt: skip
             except Exception as error:  # keep watching the other namespaces
                 logger.warning(f"Watchdog could not check namespace {namespace}: {error}")

@@ -27,8 +27,12 @@ INJECTED_BINDINGS = f"{GROUP}/injected-bindings"
 """The marker: a Pod that carries it has our sidecars and is never injected again."""
 CONFIG_HASH = f"{GROUP}/config-hash"
 """Hash of what was injected: tells which configuration a running Pod has."""
+BINDINGS_HASH = f"{GROUP}/bindings-hash"
+"""Hash of the content of the bindings a Pod got (their names and specs, nothing of the
+operator's own settings): what the controller compares to decide a roll-out. Pods injected by
+versions before it have none."""
 TEMPLATE_HASH = f"{GROUP}/template-hash"
-"""On pod templates: the bindings' hash; changing it rolls the workload."""
+"""On pod templates: the bindings' content hash; changing it rolls the workload."""
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 INJECTION_LABEL = f"{GROUP}/injection"
 INJECTION_ENABLED = "enabled"

@@ -43,6 +43,7 @@ class Injected:
     pod: dict[str, Any]
     bindings: tuple[str, ...]
     config_hash: str
+    bindings_hash: str
     missing: tuple[str, ...] = ()
     """Bindings the Pod names that do not exist (only with ``admit_missing``)."""
 
@@ -157,6 +158,22 @@ def config_hash(sidecars: Sequence[Mapping[str, Any]], volumes: Sequence[Any]) -
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def binding_content_hash(bindings: Iterable[StateBinding]) -> str:
+    """A digest of what the bindings ask for, and nothing else.
+
+    Image tags, pull policies and the operator's defaults are left out on purpose: an operator
+    upgrade or a chart value change must restart no workload by itself (new Pods pick up the
+    new sidecars). Fields at their defaults are left out too, so that a new optional field in
+    a later API version does not change the digest of every binding.
+    """
+    content = [
+        [b.name, b.spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")]
+        for b in sorted(bindings, key=lambda b: b.name)
+    ]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def build_sidecars(
     *, plan: SidecarPlan, defaults: InjectionDefaults
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -213,6 +230,7 @@ def inject_pod(
     plan = plan_sidecars(selected, defaults=defaults)
     sidecars, volumes = build_sidecars(plan=plan, defaults=defaults)
     digest = config_hash(sidecars, volumes)
+    content = binding_content_hash(selected)
 
     injected = copy.deepcopy(dict(pod))
     new_spec = injected.setdefault("spec", {})
@@ -238,8 +256,15 @@ def inject_pod(
         **(metadata.get("annotations") or {}),
         ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
         ann.CONFIG_HASH: digest,
+        ann.BINDINGS_HASH: content,
     }
-    return Injected(pod=injected, bindings=plan.binding_names, config_hash=digest, missing=missing)
+    return Injected(
+        pod=injected,
+        bindings=plan.binding_names,
+        config_hash=digest,
+        bindings_hash=content,
+        missing=missing,
+    )
 
 
 def bindings_hash(
@@ -249,13 +274,15 @@ def bindings_hash(
     namespace: str,
     defaults: InjectionDefaults,
 ) -> str | None:
-    """The config hash a Pod from this template would get now; ``None`` if not injected.
+    """The bindings' content hash a Pod from this template would get now; ``None`` if it
+    would not be injected.
 
     The controller writes it on pod templates (``template-hash``): when a binding changes,
-    the hash changes, and the workload rolls so that new Pods get the new sidecars.
+    the hash changes, and the workload rolls so that new Pods get the new sidecars. It does
+    not change with the operator's settings (see :func:`binding_content_hash`).
     """
     try:
         outcome = inject_pod(pod, bindings=bindings, namespace=namespace, defaults=defaults)
     except (InjectionConflict, UnknownBinding, InvalidPod):
         return None
-    return outcome.config_hash if isinstance(outcome, Injected) else None
+    return outcome.bindings_hash if isinstance(outcome, Injected) else None

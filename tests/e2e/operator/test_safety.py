@@ -22,6 +22,7 @@ from tests.e2e.helpers import (
     wait_for,
     wait_reconciled,
 )
+from tests.e2e.operator_process import OperatorHandle
 
 Pod = dict[str, Any]
 
@@ -187,3 +188,75 @@ def test_deleting_a_named_binding_never_stops_the_workload_having_pods(
     }
     created = cluster.kubectl_run("create", "-f", "-", input=json.dumps(bare))
     assert "StateBinding(s) named" in created.stderr and "do not exist" in created.stderr
+
+
+# --- item 3: upgrades restart nothing; binding changes roll at a bounded rate ----------------
+
+
+def test_an_operator_upgrade_restarts_no_workload(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    cluster.apply(binding("steady", namespace))
+    wait_reconciled(cluster, "steady", namespace)
+    cluster.apply(deployment("steady", namespace, replicas=2))
+    before = all_pods(cluster, namespace, "app=steady", is_injected, 2)
+    generation = cluster.kubectl_json("get", "deployment", "steady", "-n", namespace)["metadata"][
+        "generation"
+    ]
+
+    upgraded = {
+        "SIDECAR_STATE_HYDRATOR_IMAGE": "sidecar-state/hydrator:next",
+        "SIDECAR_STATE_IMAGE_PULL_POLICY": "Always",
+        "SIDECAR_STATE_MAX_MEMORY": "96Mi",
+    }
+    with operator.restart_with(upgraded):
+        # Resume handlers and several watchdog passes (2 s apart in this suite) run meanwhile.
+        time.sleep(8)
+        found = cluster.kubectl_json("get", "deployment", "steady", "-n", namespace)
+        assert found["metadata"]["generation"] == generation, "the Deployment was rolled"
+        pods = pods_of(cluster, namespace, "app=steady")
+        assert {p["metadata"]["name"] for p in pods} == {p["metadata"]["name"] for p in before}
+
+        # New Pods get the new sidecars: scale up, and the new Pod has the new image.
+        cluster.kubectl_run("scale", "deployment", "steady", "-n", namespace, "--replicas=3")
+        pods = all_pods(cluster, namespace, "app=steady", is_injected, 3)
+        (new,) = [
+            p for p in pods if p["metadata"]["name"] not in {b["metadata"]["name"] for b in before}
+        ]
+        images = {c["name"]: c["image"] for c in new["spec"]["initContainers"]}
+        assert images["sidecar-state-hydrator"] == "sidecar-state/hydrator:next"
+
+
+def test_a_binding_change_rolls_its_workloads_at_a_bounded_rate(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    sb = binding("wide", namespace, labels={"tier": "wide"})
+    cluster.apply(sb)
+    wait_reconciled(cluster, "wide", namespace)
+    names = [f"wide-{i}" for i in range(4)]
+    for name in names:
+        dep = deployment(name, namespace, labels={"app": name, "tier": "wide"})
+        cluster.apply(dep)
+    for name in names:
+        all_pods(cluster, namespace, f"app={name}", is_injected, 1)
+
+    def rolled() -> list[str]:
+        hashes = {}
+        for name in names:
+            found = cluster.kubectl_json("get", "deployment", name, "-n", namespace)
+            annotations = found["spec"]["template"]["metadata"].get("annotations") or {}
+            hashes[name] = annotations.get("sidecarstate.dev/template-hash")
+        return [n for n, h in hashes.items() if h is not None and h != first[n]]
+
+    first: dict[str, str | None] = {}
+    for name in names:
+        found = cluster.kubectl_json("get", "deployment", name, "-n", namespace)
+        first[name] = (found["spec"]["template"]["metadata"].get("annotations") or {}).get(
+            "sidecarstate.dev/template-hash"
+        )
+    with operator.restart_with({"SIDECAR_STATE_ROLLOUT_MAX_PER_MINUTE": "6"}):
+        sb["spec"]["store"]["maxMemory"] = "80Mi"
+        cluster.apply(sb)
+        time.sleep(6)  # 6 per minute: one now, then one per 10 s
+        assert len(rolled()) == 1, rolled()
+        wait_for(lambda: len(rolled()) == 4, timeout=90, what="all four rolled, in turn")

@@ -316,10 +316,24 @@ def template_hash(template, *bindings, namespace="shop"):
     )
 
 
-def test_bindings_hash_is_the_config_hash_a_pod_would_get(make_pod, make_binding, injected):
-    expected = injected(make_pod(), make_binding()).outcome.config_hash
+def test_bindings_hash_is_the_content_hash_a_pod_would_get(make_pod, make_binding, injected):
+    outcome = injected(make_pod(), make_binding()).outcome
 
-    assert template_hash(make_pod(), make_binding()) == expected
+    assert template_hash(make_pod(), make_binding()) == outcome.bindings_hash
+    assert outcome.pod["metadata"]["annotations"]["sidecarstate.dev/bindings-hash"] == (
+        outcome.bindings_hash
+    )
+
+
+def test_bindings_hash_ignores_the_operator_settings_and_spelled_out_defaults(
+    make_pod, make_binding
+):
+    plain = make_binding()
+    spelled = make_binding(patch={"spec.source.kafka.startFrom": "earliest"})
+    upgraded = InjectionDefaults(hydrator_image="hydrator:9", image_pull_policy="Always")
+
+    assert bindings_hash(make_pod(), bindings=[plain], namespace="shop",
+                         defaults=upgraded) == template_hash(make_pod(), spelled)  # fmt: skip
 
 
 def test_bindings_hash_follows_binding_changes(make_pod, make_binding):
