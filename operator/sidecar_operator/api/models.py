@@ -256,6 +256,10 @@ class StateBindingStatus(ApiModel):
     store_full_pods: tuple[str, ...] = Field(
         default=(), description="Pods whose Redis refused writes: maxMemory is too small"
     )
+    unchecked_pods: int = Field(
+        default=0,
+        description="Injected Pods whose hydrator the controller could not reach: health unknown",
+    )
     topics: str | None = Field(default=None, description="Topics, for kubectl get")
     memory: str | None = Field(default=None, description="Store memory, for kubectl get")
     ready: str | None = Field(default=None, description="Ready condition, for kubectl get")

@@ -124,7 +124,7 @@ def build_status(
         )  # fmt: skip
     shown_memory = format_bytes(quantity_bytes(memory))
     store = store_condition(health, memory=shown_memory, generation=generation, now=stamp)
-    if store["status"] == "False":
+    if store["status"] != "True":
         ready = {**store, "type": "Ready"}
     else:
         ready = _condition(
@@ -144,6 +144,7 @@ def build_status(
         "injectedPods": injected,
         "uninjectedPods": missing[:MAX_LISTED],
         "storeFullPods": sorted(h.pod for h in health if h.oom_rejections > 0)[:MAX_LISTED],
+        "uncheckedPods": sum(1 for h in health if not h.reachable),
         "topics": ",".join(binding.spec.source.kafka.topics),
         "memory": shown_memory,
         "ready": ready["status"],

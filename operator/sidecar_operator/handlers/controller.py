@@ -19,7 +19,12 @@ import kubernetes
 
 from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
-from sidecar_operator.controller.health import HydratorHealth, parse_metrics, scrape_targets
+from sidecar_operator.controller.health import (
+    HydratorHealth,
+    parse_metrics,
+    scrape_targets,
+    unreachable,
+)
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts
 from sidecar_operator.controller.status import build_status
@@ -42,7 +47,8 @@ class BindingHealth:
 async def scrape_hydrators(
     pods: list[dict[str, Any]], *, port: int, logger: kopf.Logger
 ) -> list[BindingHealth]:
-    """Read every running injected Pod's hydrator metrics; an unreachable one is skipped."""
+    """Read every running injected Pod's hydrator metrics; an unreachable one is reported as
+    such (its health is unknown, not good)."""
     targets = scrape_targets(pods, port=port)
     owners = {
         str(p["metadata"]["name"]): ann.split_names(
@@ -53,19 +59,19 @@ async def scrape_hydrators(
     timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)
     limit = asyncio.Semaphore(SCRAPE_CONCURRENCY)
 
-    async def scrape(session: aiohttp.ClientSession, pod: str, url: str) -> BindingHealth | None:
+    async def scrape(session: aiohttp.ClientSession, pod: str, url: str) -> BindingHealth:
         async with limit:
             try:
                 async with session.get(url) as response:
+                    response.raise_for_status()
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError) as error:
                 logger.debug(f"Hydrator of Pod {pod} did not answer: {error!r}")
-                return None
+                return BindingHealth(health=unreachable(pod), bindings=owners.get(pod, ()))
         return BindingHealth(health=parse_metrics(pod, text), bindings=owners.get(pod, ()))
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        results = await asyncio.gather(*(scrape(session, p, u) for p, u in targets.items()))
-    return [r for r in results if r is not None]
+        return list(await asyncio.gather(*(scrape(session, p, u) for p, u in targets.items())))
 
 
 async def roll_workloads(

@@ -21,10 +21,12 @@ from sidecar_operator.injection import (
     InjectionConflict,
     InjectionDefaults,
     InvalidPod,
+    Skipped,
     inject_pod,
     select_bindings,
 )
 from sidecar_operator.injection import annotations as ann
+from sidecar_operator.injection.placement import reposition
 from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS
 
 # The index fills within moments of start; a Pod arriving before waits this long, not forever.
@@ -131,6 +133,19 @@ async def pod_mutate(
         injected = isinstance(outcome, Injected)
         _warn_missing(memo, body, namespace=namespace, missing=outcome.missing,
                       injected=injected, warnings=warnings, dryrun=dryrun)  # fmt: skip
+
+    if isinstance(outcome, Skipped) and outcome.reason == "already injected":
+        # A re-invocation (reinvocationPolicy: IfNeeded) after a later webhook, perhaps a
+        # mesh's, added init containers behind ours: move ours behind them.
+        moved = reposition(list(body.spec.get("initContainers") or []))
+        if moved is not None:
+            metrics.ADMISSIONS.labels("repositioned", "").inc()
+
+            def move(target: kopf.RawBody) -> None:
+                target.setdefault("spec", {})["initContainers"] = moved
+
+            patch.fns.append(move)
+            return
 
     if not isinstance(outcome, Injected):
         metrics.ADMISSIONS.labels("skipped", outcome.reason).inc()

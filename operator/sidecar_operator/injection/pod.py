@@ -20,6 +20,7 @@ from sidecar_operator.injection.app_containers import wire_app_container
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
 from sidecar_operator.injection.names import CONTAINER_NAMES, SOCKET_VOLUME
+from sidecar_operator.injection.placement import place
 from sidecar_operator.injection.plan import SidecarPlan, plan_sidecars
 from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
@@ -239,10 +240,11 @@ def inject_pod(
     ]
     apps = [wire_app_container(c, defaults=defaults) for c in new_spec.get("containers") or []]
     if defaults.sidecar_mode == "native":
-        # Native sidecars (restartPolicy: Always) first: later init containers and the app
-        # start only after Redis answers and the hydrator reports the state hydrated.
+        # Native sidecars (restartPolicy: Always) after a mesh's, before the app's own init
+        # containers: those and the app start only after Redis answers and the hydrator
+        # reports the state hydrated.
         native = [{**c, "restartPolicy": "Always"} for c in sidecars]
-        new_spec["initContainers"] = native + app_inits
+        new_spec["initContainers"] = place(app_inits, native)
         new_spec["containers"] = apps
     else:
         if app_inits:

@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.helpers import (
     binding,
+    container_names,
     deployment,
     get_binding,
     is_injected,
+    pod,
     pods_of,
     redis_arg,
     wait_for,
     wait_reconciled,
 )
+from tests.e2e.operator.mesh_webhook import mesh_webhook
 from tests.e2e.operator_process import OperatorHandle
 
 Pod = dict[str, Any]
+SIDECARS = ["sidecar-state-redis", "sidecar-state-hydrator"]
 
 
 def events_on(cluster: ClusterAccess, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
@@ -260,3 +267,64 @@ def test_a_binding_change_rolls_its_workloads_at_a_bounded_rate(
         time.sleep(6)  # 6 per minute: one now, then one per 10 s
         assert len(rolled()) == 1, rolled()
         wait_for(lambda: len(rolled()) == 4, timeout=90, what="all four rolled, in turn")
+
+
+# --- item 7: mesh ordering, re-invocation, unreachable hydrators -----------------------------
+
+
+def test_sidecars_go_after_the_init_containers_and_sidecars_of_a_mesh(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    cluster.apply(binding("meshed", namespace))
+    wait_reconciled(cluster, "meshed", namespace)
+    meshed = pod("meshed", namespace, labels={"app": "meshed"})
+    # What Istio's injector (it runs before ours: webhooks run in name order) leaves behind.
+    meshed["spec"]["initContainers"] = [
+        {"name": "istio-init", "image": "registry.invalid/proxyv2:1"},
+        {"name": "istio-proxy", "image": "registry.invalid/proxyv2:1", "restartPolicy": "Always"},
+        {"name": "migrate", "image": "registry.invalid/app:1"},
+    ]
+    cluster.apply(meshed)
+
+    inits, _ = container_names(cluster.kubectl_json("get", "pod", "meshed", "-n", namespace))
+    assert inits == ["istio-init", "istio-proxy", *SIDECARS, "migrate"]
+
+
+def test_a_mesh_injected_after_us_is_handled_by_reinvocation(
+    cluster: ClusterAccess, namespace: str, tmp_path: Path
+) -> None:
+    if cluster.existing:
+        pytest.skip("the stand-in mesh webhook runs on this machine, out of a kind node's reach")
+    cluster.apply(binding("late-mesh", namespace))
+    wait_reconciled(cluster, "late-mesh", namespace)
+    with mesh_webhook(cluster, namespace=namespace, workdir=tmp_path):
+        cluster.apply(pod("late-mesh", namespace, labels={"app": "late-mesh"}))
+        found = cluster.kubectl_json("get", "pod", "late-mesh", "-n", namespace)
+
+    inits, _ = container_names(found)
+    assert inits == ["linkerd-proxy", *SIDECARS]
+    assert is_injected(found)
+
+
+def test_an_unreachable_hydrator_is_unknown_and_counted(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    cluster.apply(binding("strict", namespace))
+    wait_reconciled(cluster, "strict", namespace)
+    cluster.apply(pod("strict", namespace, labels={"app": "strict"}))
+    # No kubelet runs here: the Pod's status is written as one would under STRICT mTLS, with an
+    # address whose metrics port never answers (TEST-NET-1).
+    status = {"status": {"phase": "Running", "podIP": "192.0.2.10",
+                         "podIPs": [{"ip": "192.0.2.10"}]}}  # fmt: skip
+    cluster.kubectl_run("patch", "pod", "strict", "-n", namespace, "--subresource=status",
+                        "--type=merge", "-p", json.dumps(status))  # fmt: skip
+
+    def counted() -> dict[str, Any] | None:
+        found = get_binding(cluster, "strict", namespace) or {}
+        return found if (found.get("status") or {}).get("uncheckedPods") == 1 else None
+
+    found = wait_for(counted, timeout=30, what="uncheckedPods=1 on the binding")
+    conditions = {c["type"]: c for c in found["status"]["conditions"]}
+    assert conditions["StoreHealthy"]["status"] == "Unknown"
+    assert "1 could not be reached" in conditions["StoreHealthy"]["message"]
+    assert conditions["Ready"]["status"] == "Unknown"

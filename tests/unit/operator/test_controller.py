@@ -11,6 +11,7 @@ from sidecar_operator.controller.health import (
     HydratorHealth,
     parse_metrics,
     scrape_targets,
+    unreachable,
 )
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import (
@@ -107,6 +108,30 @@ def test_a_full_store_makes_the_binding_not_ready(make_binding):
     assert status["ready"] == "False"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "StoreFull" and "spec.store.maxMemory" in ready["message"]
+
+
+def test_unreachable_hydrators_make_health_unknown_and_are_counted(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=0), unreachable("b"),
+              unreachable("c")]  # fmt: skip
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["uncheckedPods"] == 2 and status["ready"] == "Unknown"
+    store = next(c for c in status["conditions"] if c["type"] == "StoreHealthy")
+    assert (store["status"], store["reason"]) == ("Unknown", "HydratorsUnreachable")
+    assert store["message"].startswith("1 hydrator(s) checked; 2 could not be reached")
+
+
+def test_a_full_store_wins_over_unreachable_ones(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=3), unreachable("b")]
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["ready"] == "False" and status["uncheckedPods"] == 1
 
 
 # --- hydrator metrics ------------------------------------------------------------------------
