@@ -6,6 +6,7 @@ the webhook server on it, in the ``all`` role) never stalls.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -174,3 +175,26 @@ def delete_binding(name: str, namespace: str) -> None:
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise
+
+
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+def read_secret_metadata(name: str, namespace: str) -> dict[str, Any] | None:
+    """A Secret's metadata only (labels, annotations), never its data; ``None`` if absent.
+
+    The apiserver serves just the metadata when asked for PartialObjectMetadata, so the
+    webhook checks a Secret's opt-in without ever holding its values.
+    """
+    core = kubernetes.client.CoreV1Api(client())
+    try:
+        response = core.read_namespaced_secret(
+            name, namespace, _headers={"Accept": PARTIAL_METADATA},
+            _preload_content=False, _request_timeout=3,
+        )  # fmt: skip
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    metadata: dict[str, Any] = json.loads(response.data).get("metadata") or {}
+    return metadata

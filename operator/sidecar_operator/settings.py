@@ -38,6 +38,10 @@ class OperatorSettings(BaseSettings):
     max_memory: str = InjectionDefaults().max_memory
     sidecar_mode: SidecarMode = "native"
     excluded_namespaces: CommaList = ()
+    allowed_bootstrap_servers: CommaList = Field(
+        default=(),
+        description="host:port patterns (* wildcards) a binding may read from; empty = any",
+    )
 
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443

@@ -105,6 +105,8 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ join "," .Values.excludedNamespaces | quote }}
 - name: SIDECAR_STATE_HEALTH_PORT
   value: {{ .Values.healthPort | quote }}
+- name: SIDECAR_STATE_ALLOWED_BOOTSTRAP_SERVERS
+  value: {{ join "," .Values.kafka.allowedBootstrapServers | quote }}
 {{- end }}
 
 {{/* Probes of both roles, on the health server of handlers/lifecycle.py. */}}

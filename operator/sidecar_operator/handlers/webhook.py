@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from sidecar_operator import metrics
+from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
 from sidecar_operator.events import Event, EventRecorder, ObjectRef
 from sidecar_operator.handlers.index import binding_ref, bindings_in
@@ -23,10 +23,13 @@ from sidecar_operator.injection import (
     InvalidPod,
     Skipped,
     inject_pod,
+    policy,
     select_bindings,
 )
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.placement import reposition
+from sidecar_operator.injection.pod import WINDOWS_SKIP
+from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS
 
 # The index fills within moments of start; a Pod arriving before waits this long, not forever.
@@ -151,6 +154,8 @@ async def pod_mutate(
         metrics.ADMISSIONS.labels("skipped", outcome.reason).inc()
         if outcome.reason not in {"no StateBinding selects this Pod", "already injected"}:
             selected = select_bindings(pod, candidates, missing_ok=True)
+            if selected and outcome.reason == WINDOWS_SKIP:
+                warnings.append(f"sidecar-state: {outcome.reason}")
             _explain(memo, selected, reason="Skipped",
                      message=f"{_pod_label(body)}: {outcome.reason}", dryrun=dryrun)  # fmt: skip
         return
@@ -172,8 +177,26 @@ async def pod_mutate(
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, id=VALIDATE_BINDINGS, operations=["CREATE", "UPDATE"])
-async def statebinding_validate(body: kopf.Body, **_: Any) -> None:
+async def statebinding_validate(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Refuse invalid bindings, and bindings that would use what the platform does not allow:
+    brokers outside the allow-list, Secrets that have not opted in (see injection.policy)."""
     try:
-        parse_binding(dict(body))
+        binding = parse_binding(dict(body))
     except ValueError as error:
         raise kopf.AdmissionError(f"invalid StateBinding: {error}", code=422) from None
+    settings: OperatorSettings = memo.settings
+    allowed = settings.allowed_bootstrap_servers
+    disallowed = policy.disallowed_servers(binding, allowed=allowed)
+    if disallowed:
+        message = policy.servers_refusal(disallowed, allowed=allowed)
+        raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
+    auth = binding.spec.source.kafka.auth
+    if auth is None:
+        return
+    namespace = binding.namespace or str(body.metadata.get("namespace") or "")
+    secret = auth.secret_ref.name
+    # The only API call on an admission path: bindings are few and rarely written.
+    metadata = await asyncio.to_thread(kube.read_secret_metadata, secret, namespace)
+    if metadata is None or not policy.secret_allows(metadata, binding=binding.name):
+        message = policy.secret_refusal(binding, secret=secret, exists=metadata is not None)
+        raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)

@@ -22,6 +22,10 @@ KEY_PREFIX = f"{GROUP}/key-prefix"
 BOOTSTRAP_SERVERS = f"{GROUP}/bootstrap-servers"
 FORMAT = f"{GROUP}/format"
 
+SECRET_OPT_IN = f"{GROUP}/allow-bindings"
+"""On a Secret: label ``"true"`` (any binding of its namespace) or annotation ``*`` or binding
+names: which StateBindings may use it in ``auth.secretRef``. Without it, none may."""
+
 # Outputs (written by sidecar-state).
 INJECTED_BINDINGS = f"{GROUP}/injected-bindings"
 """The marker: a Pod that carries it has our sidecars and is never injected again."""

@@ -26,6 +26,11 @@ from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
 from sidecar_operator.injection.volumes import build_volumes
 
+WINDOWS_SKIP = (
+    "Windows Pods are never injected: the sidecars are Linux containers with Linux-only "
+    "security settings"
+)
+
 
 class InjectionConflict(ValueError):
     """The Pod already uses one of our names for something else; injecting would clobber it."""
@@ -99,6 +104,24 @@ def select_bindings(
     return [b for b in available.values() if selector_matches(b.spec.selector, labels)]
 
 
+def runs_on_windows(spec: Mapping[str, Any]) -> bool:
+    """Whether the Pod asks for Windows nodes: ``spec.os.name``, the ``kubernetes.io/os`` node
+    selector, or a required node affinity that only allows Windows."""
+    if ((spec.get("os") or {}).get("name") or "").lower() == "windows":
+        return True
+    if ((spec.get("nodeSelector") or {}).get("kubernetes.io/os") or "").lower() == "windows":
+        return True
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}).get("nodeSelectorTerms") or []  # fmt: skip
+    terms_allowing = []
+    for term in required:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == "kubernetes.io/os" and expression.get("operator") == "In":
+                terms_allowing.append({v.lower() for v in expression.get("values") or []})
+    return bool(terms_allowing) and all(values == {"windows"} for values in terms_allowing)
+
+
 def skip_reason(
     pod: Mapping[str, Any], *, namespace: str, defaults: InjectionDefaults
 ) -> str | None:
@@ -113,6 +136,8 @@ def skip_reason(
         return "already injected"
     if spec.get("hostNetwork"):
         return "hostNetwork Pods are never injected"
+    if isinstance(spec, Mapping) and runs_on_windows(spec):
+        return WINDOWS_SKIP
     return None
 
 

@@ -328,3 +328,78 @@ def test_an_unreachable_hydrator_is_unknown_and_counted(
     assert conditions["StoreHealthy"]["status"] == "Unknown"
     assert "1 could not be reached" in conditions["StoreHealthy"]["message"]
     assert conditions["Ready"]["status"] == "Unknown"
+
+
+# --- item 9: Windows Pods --------------------------------------------------------------------
+
+
+def test_windows_pods_are_skipped_with_an_event(cluster: ClusterAccess, namespace: str) -> None:
+    cluster.apply(binding("win", namespace))
+    wait_reconciled(cluster, "win", namespace)
+    windows = pod("win", namespace, labels={"app": "win"})
+    windows["spec"]["os"] = {"name": "windows"}
+
+    created = cluster.kubectl_run("create", "-f", "-", input=json.dumps(windows))
+
+    assert "Windows Pods are never injected" in created.stderr  # the admission warning
+    assert not is_injected(cluster.kubectl_json("get", "pod", "win", "-n", namespace))
+    (event, *_) = wait_for(
+        lambda: [e for e in events_on(cluster, namespace, "StateBinding", "win")
+                 if e["reason"] == "Skipped" and "Windows" in e["message"]],
+        timeout=15, what="a Skipped Event about the Windows Pod",
+    )  # fmt: skip
+    assert "Pod win" in event["message"]
+
+
+# --- item 12: Secrets opt in; brokers are allow-listed ----------------------------------------
+
+
+def _apply_refused(cluster: ClusterAccess, obj: dict[str, Any]) -> str:
+    proc = cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj), check=False)
+    assert proc.returncode != 0, f"{obj['metadata']['name']} was admitted"
+    return proc.stderr
+
+
+def test_a_binding_may_use_only_a_secret_that_opted_in(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "kafka-creds", "namespace": namespace},
+              "stringData": {"username": "app", "password": "s3cret"}}  # fmt: skip
+    cluster.apply(secret)
+    sb = binding("creds", namespace)
+    sb["spec"]["source"]["kafka"]["auth"] = {"secretRef": {"name": "kafka-creds"},
+                                             "mechanism": "PLAIN"}  # fmt: skip
+
+    message = _apply_refused(cluster, sb)
+    assert "Secret 'kafka-creds' has not opted in" in message
+    assert (
+        f"kubectl label secret kafka-creds -n {namespace} sidecarstate.dev/allow-bindings=true"
+        in message
+    )
+
+    missing = {**sb, "metadata": {"name": "creds-missing", "namespace": namespace},
+               "spec": {**sb["spec"], "source": {"kafka": {**sb["spec"]["source"]["kafka"],
+                        "auth": {"secretRef": {"name": "nowhere"}}}}}}  # fmt: skip
+    assert "Secret 'nowhere' does not exist" in _apply_refused(cluster, missing)
+
+    cluster.kubectl_run("annotate", "secret", "kafka-creds", "-n", namespace,
+                        "sidecarstate.dev/allow-bindings=creds")  # fmt: skip
+    cluster.apply(sb)
+    assert get_binding(cluster, "creds", namespace) is not None
+
+
+def test_bootstrap_servers_outside_the_allow_list_are_refused(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    with operator.restart_with({"SIDECAR_STATE_ALLOWED_BOOTSTRAP_SERVERS": "*.svc:9092"}):
+        sb = binding("elsewhere", namespace)
+        servers = ["kafka.data.svc:9092", "collector.example.com:9092"]
+        sb["spec"]["source"]["kafka"]["bootstrapServers"] = servers
+        message = _apply_refused(cluster, sb)
+        assert "bootstrapServers[1]: 'collector.example.com:9092' is not allowed" in message
+        assert "*.svc:9092" in message
+
+        sb["spec"]["source"]["kafka"]["bootstrapServers"] = ["kafka.data.svc:9092"]
+        cluster.apply(sb)
+        assert get_binding(cluster, "elsewhere", namespace) is not None
