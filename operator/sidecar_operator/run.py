@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import kopf
 
-from sidecar_operator import certificates
+from sidecar_operator import capabilities, certificates
 from sidecar_operator.api.models import GROUP
 from sidecar_operator.controller.rollout import RolloutThrottle
 from sidecar_operator.settings import OperatorSettings
@@ -84,9 +84,18 @@ def cmd_run(settings: OperatorSettings) -> None:
             key_file=Path(settings.webhook_key_file or ""),
         )  # fmt: skip
         certificates.prepare(webhook_tls)
+        importlib.import_module("sidecar_operator.handlers.ca_bundle")
+    mode = None
+    if serves_webhooks:  # only the webhook's injections depend on the mode, not the hashes
+        try:
+            choice = capabilities.detect(settings.sidecar_mode, namespace=settings.namespace)
+        except capabilities.UnsupportedMode as error:
+            raise SystemExit(f"sidecar-state cannot start: {error}") from None
+        logging.getLogger(__name__).warning(f"Sidecars: {choice.reason}")
+        mode = choice.mode
     memo = kopf.Memo(
         settings=settings,
-        injection_defaults=settings.injection_defaults(),
+        injection_defaults=settings.injection_defaults(sidecar_mode=mode),
         webhook_tls=webhook_tls,
         rollout_throttle=RolloutThrottle(
             per_minute=settings.rollout_max_per_minute,

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sidecar_operator.capabilities import RequestedMode
 from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES, InjectionDefaults, SidecarMode
 
 Role = Literal["all", "webhook", "controller"]
@@ -36,7 +37,9 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     bootstrap_servers: CommaList = InjectionDefaults().bootstrap_servers
     max_memory: str = InjectionDefaults().max_memory
-    sidecar_mode: SidecarMode = "native"
+    sidecar_mode: RequestedMode = Field(
+        default="auto", description="auto: native sidecars where the server runs them"
+    )
     excluded_namespaces: CommaList = ()
     allowed_bootstrap_servers: CommaList = Field(
         default=(),
@@ -68,14 +71,19 @@ class OperatorSettings(BaseSettings):
         default=2, ge=1, description="roll-outs of one namespace that may run at once"
     )
 
-    def injection_defaults(self) -> InjectionDefaults:
+    def injection_defaults(self, *, sidecar_mode: SidecarMode | None = None) -> InjectionDefaults:
+        """The engine's defaults; ``sidecar_mode`` is what ``auto`` resolved to at start
+        (without it, ``auto`` means native, the mode of every supported Kubernetes)."""
+        resolved: SidecarMode = sidecar_mode or (
+            "containers" if self.sidecar_mode == "containers" else "native"
+        )
         return InjectionDefaults(
             redis_image=self.redis_image,
             hydrator_image=self.hydrator_image,
             image_pull_policy=self.image_pull_policy,
             bootstrap_servers=self.bootstrap_servers,
             max_memory=self.max_memory,
-            sidecar_mode=self.sidecar_mode,
+            sidecar_mode=resolved,
             excluded_namespaces=SYSTEM_NAMESPACES
             | {self.namespace}
             | frozenset(self.excluded_namespaces),

@@ -251,11 +251,16 @@ def test_service_accounts_may_do_what_the_code_does_and_no_more(release: Release
                  ("update", secret, "-n", release.namespace),
                  ("create", "secrets", "-n", release.namespace),
                  ("patch", f"mutatingwebhookconfigurations/{FULLNAME}"),
-                 ("patch", f"validatingwebhookconfigurations/{FULLNAME}")):  # fmt: skip
+                 ("patch", f"validatingwebhookconfigurations/{FULLNAME}"),
+                 ("watch", "mutatingwebhookconfigurations"),
+                 ("watch", "validatingwebhookconfigurations"),
+                 # the opt-in label of a binding's Secret, read as metadata only
+                 ("get", "secrets/other", "-n", "default"),
+                 # the dry-run probe of native sidecar support
+                 ("create", "pods", "-n", release.namespace)):  # fmt: skip
         assert can(webhook, *args), f"webhook may not {args}"
-    for args in (("get", "secrets/other", "-n", release.namespace),
-                 ("list", "secrets", "-n", release.namespace),
-                 ("get", secret, "-n", "default"),
+    for args in (("list", "secrets", "-n", release.namespace),
+                 ("watch", "secrets", "-A"), ("update", "secrets/other", "-n", "default"),
                  ("patch", "mutatingwebhookconfigurations/sidecar-state-other"),
                  ("list", "pods", "-A"), ("patch", f"{PLURAL}.{GROUP}", "-A"),
                  ("create", "pods", "-n", "default")):  # fmt: skip
@@ -483,6 +488,34 @@ def test_both_roles_run_with_nothing_but_the_charts_rbac(release: Release) -> No
         webhook.stop()
         controller.stop()
         release.cluster.kubectl_run("delete", "namespace", app, "--wait=false", check=False)
+
+
+def test_a_wiped_ca_bundle_is_repaired_within_seconds(release: Release) -> None:
+    """``helm upgrade --force`` or an Argo CD Replace sync rewrites the configurations without
+    a caBundle; with failurePolicy Fail that refuses Pods until it is back."""
+    webhook = _run_role(release, "webhook", release.webhook_account)
+    try:
+        _eventually("the webhook role to be ready", webhook.ready)
+        before = [
+            c["webhooks"][0]["clientConfig"].get("caBundle") for c in release.configurations()
+        ]
+        assert all(before)
+        wipe = json.dumps([{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}])
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            release.cluster.kubectl_run("patch", kind, FULLNAME, "--type=json", "-p", wipe)
+        started = time.monotonic()
+
+        def restored() -> bool:
+            now = [
+                c["webhooks"][0]["clientConfig"].get("caBundle") for c in release.configurations()
+            ]
+            return now == before
+
+        _eventually("both caBundles to be restored", restored, timeout=15)
+        assert time.monotonic() - started < 15
+        assert webhook.permission_errors() == [], "\n".join(webhook.permission_errors())
+    finally:
+        webhook.stop()
 
 
 # --- upgrade and uninstall -------------------------------------------------------------------
