@@ -403,3 +403,23 @@ def test_bootstrap_servers_outside_the_allow_list_are_refused(
         sb["spec"]["source"]["kafka"]["bootstrapServers"] = ["kafka.data.svc:9092"]
         cluster.apply(sb)
         assert get_binding(cluster, "elsewhere", namespace) is not None
+
+
+# --- item 6: native sidecars only where the server runs them ---------------------------------
+
+
+def test_auto_mode_asks_the_server_and_injects_native_sidecars_on_it(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    version = cluster.kubectl_json("version")["serverVersion"]
+    minor = int("".join(ch for ch in version["minor"] if ch.isdigit()))
+    cluster.apply(binding("auto", namespace))
+    wait_reconciled(cluster, "auto", namespace)
+    with operator.restart_with({"SIDECAR_STATE_SIDECAR_MODE": "auto"}):
+        assert f"Kubernetes 1.{minor} runs native sidecars" in operator.log_tail(400)
+        cluster.apply(pod("auto", namespace, labels={"app": "auto"}))
+        found = cluster.kubectl_json("get", "pod", "auto", "-n", namespace)
+
+    inits, containers = container_names(found)
+    assert inits == SIDECARS and containers == ["app"]
+    assert all(c["restartPolicy"] == "Always" for c in found["spec"]["initContainers"])
