@@ -11,7 +11,12 @@ from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar_operator.capabilities import RequestedMode
-from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES, InjectionDefaults, SidecarMode
+from sidecar_operator.injection.defaults import (
+    SYSTEM_NAMESPACES,
+    InjectionDefaults,
+    SidecarMode,
+    UserIds,
+)
 
 Role = Literal["all", "webhook", "controller"]
 
@@ -41,6 +46,19 @@ class OperatorSettings(BaseSettings):
         default="auto", description="auto: native sidecars where the server runs them"
     )
     excluded_namespaces: CommaList = ()
+    # Cluster-wide defaults of the sidecars (Helm values sidecars.*); bindings and Pod
+    # annotations override them (injection.overrides).
+    user_ids: UserIds = InjectionDefaults().user_ids
+    metrics_port: int = Field(default=InjectionDefaults().hydrator_port, ge=1, le=65535)
+    hydration_timeout_seconds: int = Field(
+        default=InjectionDefaults().hydration_timeout_seconds, ge=10
+    )
+    hydrator_cpu_request: str = InjectionDefaults().hydrator_cpu_request
+    hydrator_cpu_limit: str = InjectionDefaults().hydrator_cpu_limit
+    hydrator_memory_request: str = InjectionDefaults().hydrator_memory_request
+    hydrator_memory_limit: str = InjectionDefaults().hydrator_memory_limit
+    redis_cpu_request: str = InjectionDefaults().redis_cpu_request
+    redis_cpu_limit: str = InjectionDefaults().redis_cpu_limit
     allowed_bootstrap_servers: CommaList = Field(
         default=(),
         description="host:port patterns (* wildcards) a binding may read from; empty = any",
@@ -84,6 +102,15 @@ class OperatorSettings(BaseSettings):
             bootstrap_servers=self.bootstrap_servers,
             max_memory=self.max_memory,
             sidecar_mode=resolved,
+            user_ids=self.user_ids,
+            hydrator_port=self.metrics_port,
+            hydration_timeout_seconds=self.hydration_timeout_seconds,
+            hydrator_cpu_request=self.hydrator_cpu_request,
+            hydrator_cpu_limit=self.hydrator_cpu_limit,
+            hydrator_memory_request=self.hydrator_memory_request,
+            hydrator_memory_limit=self.hydrator_memory_limit,
+            redis_cpu_request=self.redis_cpu_request,
+            redis_cpu_limit=self.redis_cpu_limit,
             excluded_namespaces=SYSTEM_NAMESPACES
             | {self.namespace}
             | frozenset(self.excluded_namespaces),

@@ -205,13 +205,6 @@ class Keys(ApiModel):
     value_field: str | None = Field(default=None, min_length=1)
 
 
-class Store(ApiModel):
-    max_memory: Quantity | None = Field(
-        default=None, description="Redis maxmemory; the operator's default when omitted"
-    )
-    eviction_policy: EvictionPolicy = "noeviction"
-
-
 class ResourceList(ApiModel):
     cpu: Quantity | None = None
     memory: Quantity | None = None
@@ -222,8 +215,37 @@ class ResourceRequirements(ApiModel):
     limits: ResourceList | None = None
 
 
+class RedisResourceList(ApiModel):
+    cpu: Quantity | None = None
+
+
+class RedisResources(ApiModel):
+    requests: RedisResourceList | None = None
+    limits: RedisResourceList | None = None
+
+
+class Store(ApiModel):
+    max_memory: Quantity | None = Field(
+        default=None, description="Redis maxmemory; the operator's default when omitted"
+    )
+    eviction_policy: EvictionPolicy = "noeviction"
+    resources: RedisResources | None = Field(
+        default=None,
+        description="CPU of the Redis container (its memory follows maxMemory); the largest of "
+        "the Pod's bindings wins, a Pod annotation over both",
+    )
+
+
 class HydratorOptions(ApiModel):
     resources: ResourceRequirements | None = None
+    hydration_timeout_seconds: int | None = Field(
+        default=None, ge=10, le=86400,
+        description="How long the hydrator may take to hydrate before its startup probe fails",
+    )  # fmt: skip
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of the hydrator's /metrics and probes (default 9464)",
+    )  # fmt: skip
 
 
 class StateBindingSpec(ApiModel):

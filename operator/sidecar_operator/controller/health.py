@@ -44,6 +44,16 @@ def parse_metrics(pod: str, text: str) -> HydratorHealth:
     return HydratorHealth(pod=pod, hydrated=hydrated >= 1, oom_rejections=int(oom))
 
 
+def _metrics_port(pod: Mapping[str, Any]) -> int | None:
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if container.get("name") == "sidecar-state-hydrator":
+            for declared in container.get("ports") or []:
+                if declared.get("name") == "state-metrics":
+                    return int(declared["containerPort"])
+    return None
+
+
 def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str, str]:
     """Pod name -> metrics URL, for live injected Pods that have an IP.
 
@@ -58,7 +68,8 @@ def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str,
             continue
         if status.get("phase") not in {"Pending", "Running"} or not status.get("podIP"):
             continue
-        targets[str(meta.get("name"))] = f"http://{status['podIP']}:{port}/metrics"
+        actual = _metrics_port(pod) or port  # a Pod annotation may have moved it
+        targets[str(meta.get("name"))] = f"http://{status['podIP']}:{actual}/metrics"
     return targets
 
 

@@ -20,6 +20,12 @@ from sidecar_operator.injection.app_containers import wire_app_container
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
 from sidecar_operator.injection.names import CONTAINER_NAMES, SOCKET_VOLUME
+from sidecar_operator.injection.overrides import (
+    METRICS_PORT,
+    InvalidOverride,
+    effective_defaults,
+    port_conflict,
+)
 from sidecar_operator.injection.placement import place
 from sidecar_operator.injection.plan import SidecarPlan, plan_sidecars
 from sidecar_operator.injection.redis_container import build_redis_container
@@ -171,6 +177,13 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
                     f"container {container.get('name')!r} already mounts {defaults.socket_dir}, "
                     "where sidecar-state puts its socket"
                 )
+    taken_by = port_conflict(spec, port=defaults.hydrator_port)
+    if taken_by is not None:
+        raise InjectionConflict(
+            f"container {taken_by!r} already uses port {defaults.hydrator_port}, the hydrator's "
+            f"metrics port; move the hydrator with the annotation {METRICS_PORT} (or the "
+            "binding's spec.hydrator.metricsPort)"
+        )
     for volume in spec.get("volumes") or []:
         if volume.get("name") == SOCKET_VOLUME:
             raise InjectionConflict(
@@ -251,6 +264,10 @@ def inject_pod(
         return Skipped(reason="no StateBinding selects this Pod")
     spec = pod.get("spec") or {}
     _check_shape(spec)
+    try:
+        defaults = effective_defaults(pod, bindings=selected, defaults=defaults)
+    except InvalidOverride as error:
+        raise InvalidPod(str(error)) from None
     _check_conflicts(spec, defaults=defaults)
 
     plan = plan_sidecars(selected, defaults=defaults)
@@ -276,7 +293,8 @@ def inject_pod(
             new_spec["initContainers"] = app_inits
         new_spec["containers"] = apps + sidecars
     new_spec["volumes"] = [*(new_spec.get("volumes") or []), *volumes]
-    _add_supplemental_group(new_spec, defaults.socket_group)
+    if defaults.user_ids == "fixed":
+        _add_supplemental_group(new_spec, defaults.socket_group)
 
     metadata = injected.setdefault("metadata", {})
     metadata["annotations"] = {

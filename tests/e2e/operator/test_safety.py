@@ -423,3 +423,45 @@ def test_auto_mode_asks_the_server_and_injects_native_sidecars_on_it(
     inits, containers = container_names(found)
     assert inits == SIDECARS and containers == ["app"]
     assert all(c["restartPolicy"] == "Always" for c in found["spec"]["initContainers"])
+
+
+# --- item 8: policies ------------------------------------------------------------------------
+
+
+def test_injected_pods_pass_a_limit_range_and_take_per_pod_overrides(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    ratio = {"type": "Container", "maxLimitRequestRatio": {"cpu": "2", "memory": "2"}}
+    limits = {"apiVersion": "v1", "kind": "LimitRange",
+              "metadata": {"name": "ratio", "namespace": namespace},
+              "spec": {"limits": [ratio]}}  # fmt: skip
+    cluster.apply(limits, binding("policed", namespace))
+    wait_reconciled(cluster, "policed", namespace)
+
+    cluster.apply(pod("policed", namespace, labels={"app": "policed"}))  # LimitRanger admits it
+    assert is_injected(cluster.kubectl_json("get", "pod", "policed", "-n", namespace))
+
+    overrides = {"sidecarstate.dev/metrics-port": "9470", "sidecarstate.dev/user-ids": "platform",
+                 "sidecarstate.dev/hydrator-cpu-limit": "150m"}  # fmt: skip
+    cluster.apply(pod("tuned", namespace, labels={"app": "policed"}, annotations=overrides))
+    found = cluster.kubectl_json("get", "pod", "tuned", "-n", namespace)
+    hydrator = next(c for c in found["spec"]["initContainers"] if c["name"] == SIDECARS[1])
+    assert hydrator["ports"][0]["containerPort"] == 9470
+    assert hydrator["resources"]["limits"]["cpu"] == "150m"
+    assert "runAsUser" not in hydrator["securityContext"]
+
+
+def test_an_app_on_the_metrics_port_is_refused_with_a_hint(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    cluster.apply(binding("otel", namespace))
+    wait_reconciled(cluster, "otel", namespace)
+    app = pod("otel", namespace, labels={"app": "otel"})
+    app["spec"]["containers"][0]["ports"] = [{"name": "prometheus", "containerPort": 9464}]
+
+    proc = cluster.kubectl_run("create", "-f", "-", input=json.dumps(app), check=False)
+
+    assert proc.returncode != 0
+    assert (
+        "already uses port 9464" in proc.stderr and "sidecarstate.dev/metrics-port" in proc.stderr
+    )
