@@ -101,14 +101,36 @@ def list_workloads(namespace: str) -> list[dict[str, Any]]:
 
 
 def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
-    """Set (or remove, with ``None``) one label; return whether anything changed."""
+    """Set (or remove, with ``None``) one label; return whether anything changed.
+
+    The patch carries the resourceVersion it read, so a concurrent change of the namespace
+    makes it fail (409) and it is re-read and decided again, instead of overwriting. A label
+    value of :data:`~sidecar_operator.injection.annotations.INJECTION_PINNED` is the user's
+    (GitOps) and is never changed.
+    """
+    from sidecar_operator.injection import annotations as ann
+
     core = kubernetes.client.CoreV1Api(client())
-    metadata = core.read_namespace(namespace).metadata
-    labels = (metadata.labels if metadata else None) or {}
-    if labels.get(key) == value:
-        return False
-    core.patch_namespace(namespace, {"metadata": {"labels": {key: value}}})
-    return True
+
+    def attempt() -> bool:
+        metadata = core.read_namespace(namespace).metadata
+        labels = (metadata.labels if metadata else None) or {}
+        if labels.get(key) == value or labels.get(key) == ann.INJECTION_PINNED:
+            return False
+        version = metadata.resource_version if metadata else None
+        body = {"metadata": {"resourceVersion": version, "labels": {key: value}}}
+        core.patch_namespace(namespace, body)
+        return True
+
+    return with_retries(attempt, what=f"label namespace {namespace}")
+
+
+def list_bindings(namespace: str) -> list[dict[str, Any]]:
+    """Every StateBinding of a namespace, in one call (one pass reads them once)."""
+    api = kubernetes.client.CustomObjectsApi(client())
+    listed: dict[str, Any] = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    items: list[dict[str, Any]] = listed.get("items") or []
+    return items
 
 
 def patch_workload(kind: str, name: str, namespace: str, patch: dict[str, Any]) -> None:

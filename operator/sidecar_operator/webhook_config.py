@@ -36,13 +36,18 @@ def _client_config(*, base_url: str, path: str, ca_bundle: bytes) -> dict[str, A
 def namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
     """Only namespaces that hold StateBindings reach the webhook.
 
-    The controller labels them (``sidecarstate.dev/injection: enabled``). With
+    The controller labels them (``sidecarstate.dev/injection: enabled``), or a user pins the
+    label (``always``) so that injection never depends on the controller running. With
     ``failurePolicy: Fail``, an operator outage then blocks only Pods that could need the
     sidecars, never those of other teams or of kube-system.
     """
     return {
         "matchExpressions": [
-            {"key": ann.INJECTION_LABEL, "operator": "In", "values": [ann.INJECTION_ENABLED]},
+            {
+                "key": ann.INJECTION_LABEL,
+                "operator": "In",
+                "values": list(ann.INJECTION_LABEL_VALUES),
+            },
             {
                 "key": "kubernetes.io/metadata.name",
                 "operator": "NotIn",

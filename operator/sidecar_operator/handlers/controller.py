@@ -30,6 +30,7 @@ from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.handlers.passes import NamespacePasses
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
@@ -132,13 +133,19 @@ async def reconcile_namespace(
     if roll:
         await roll_workloads(namespace, bindings=bindings, pods=pods, memo=memo, logger=logger)
     health = await scrape_hydrators(pods, port=defaults.hydrator_port, logger=logger)
+    # One LIST for the whole namespace: the index's copies may lag a generation behind, and a
+    # GET per binding made a pass cost one call per binding.
+    listed = {
+        str(item["metadata"]["name"]): item
+        for item in await asyncio.to_thread(kube.list_bindings, namespace)
+    }
     for binding in bindings:
-        current = await asyncio.to_thread(kube.get_binding, binding.name, namespace)
+        current = listed.get(binding.name)
         if current is None:
             continue
         previous = current.get("status") or {}
         try:
-            live = parse_binding(current)  # the index's copy may lag a generation behind
+            live = parse_binding(current)
         except ValueError:
             continue  # invalid bindings are never indexed; the validate webhook says why
         status = build_status(
@@ -155,6 +162,23 @@ async def reconcile_namespace(
             await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
 
 
+def namespace_passes(
+    memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
+) -> NamespacePasses:
+    """The controller's one :class:`NamespacePasses`, made on first use."""
+    passes: NamespacePasses | None = memo.get("namespace_passes")
+    if passes is None:
+        settings: OperatorSettings = memo.settings
+
+        async def run(namespace: str) -> None:
+            await reconcile_namespace(
+                namespace, index=index, memo=memo, roll=settings.rollout_workloads, logger=logger
+            )
+
+        passes = memo["namespace_passes"] = NamespacePasses(run)
+    return passes
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
@@ -167,16 +191,9 @@ async def statebinding_reconcile(
     bindings_by_namespace: kopf.Index[str, StateBinding],
     **_: Any,
 ) -> None:
-    settings: OperatorSettings = memo.settings
     if reason == kopf.Reason.UPDATE:
         changed_bindings(memo, namespace).add(name)
-    await reconcile_namespace(
-        namespace,
-        index=bindings_by_namespace,
-        memo=memo,
-        roll=settings.rollout_workloads,
-        logger=logger,
-    )
+    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -191,11 +208,7 @@ async def statebinding_event(
     """A deleted binding: roll its workloads back to no sidecars, and maybe unlabel."""
     if type != "DELETED":
         return  # creation and changes go through statebinding_reconcile
-    settings: OperatorSettings = memo.settings
-    await reconcile_namespace(
-        namespace, index=bindings_by_namespace, memo=memo,
-        roll=settings.rollout_workloads, logger=logger,
-    )  # fmt: skip
+    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace)
 
 
 def _owned_by(binding: StateBinding, deployment: str) -> bool:
@@ -288,13 +301,11 @@ async def watchdog(
     would block deleting bindings once the operator is uninstalled.
     """
     settings: OperatorSettings = memo.settings
+    passes = namespace_passes(memo, index, logger)
     while True:
         await asyncio.sleep(settings.watchdog_interval_seconds)
         for namespace in list(index):
             try:
-                await reconcile_namespace(
-                    namespace, index=index, memo=memo,
-                    roll=settings.rollout_workloads, logger=logger,
-                )  # fmt: skip
+                await passes.request(namespace)
             except Exception as error:  # keep watching the other namespaces
                 logger.warning(f"Watchdog could not check namespace {namespace}: {error}")

@@ -42,6 +42,10 @@ INJECTION_LABEL = f"{GROUP}/injection"
 INJECTION_ENABLED = "enabled"
 """Namespace label kept by the controller on namespaces that hold StateBindings; the webhook's
 namespaceSelector requires it, so other namespaces never depend on the webhook."""
+INJECTION_PINNED = "always"
+"""The same label set by a user (in a GitOps repository): the webhook serves the namespace
+whether or not the controller runs, and the controller never changes it."""
+INJECTION_LABEL_VALUES = (INJECTION_ENABLED, INJECTION_PINNED)
 OWNER_LABEL = f"{GROUP}/owner"
 """On StateBindings made from Deployment annotations: the owning Deployment's name."""
 

@@ -266,7 +266,7 @@ def test_namespace_and_object_selectors(render: Callable[[str], Objects], values
     (hook,) = one(render(values), "MutatingWebhookConfiguration")["webhooks"]
     opt_in, expression = hook["namespaceSelector"]["matchExpressions"]
     assert opt_in == {"key": ann.INJECTION_LABEL, "operator": "In",
-                      "values": [ann.INJECTION_ENABLED]}  # fmt: skip
+                      "values": ["enabled", "always"]}  # fmt: skip
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"
     assert expression["values"] == sorted({*SYSTEM_NAMESPACES, *excluded(VALUE_SETS[values])})
