@@ -71,6 +71,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "webhook": {"replicas": 3},
     },
     "single": {"webhook": {"replicas": 1}, "controller": {"replicas": 0}},
+    "no-rollouts": {"controller": {"rolloutWorkloads": False}},
 }
 
 
@@ -480,14 +481,17 @@ def test_rbac_is_least_privilege(render: Callable[[str], Objects], values: str) 
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
-            if "secrets" in rule["resources"]:
-                assert role["kind"] == "Role", "Secrets only in the release namespace"
+            if "secrets" in rule["resources"] and role["kind"] == "ClusterRole":
+                # Only the webhook's check of a binding's Secret opt-in label (metadata only).
+                assert role["metadata"]["name"] == f"{FULLNAME}-webhook", role
+                assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"], rule
     webhook = one(objects, "ClusterRole", f"{FULLNAME}-webhook")
     granted = {(g, r, v) for rule in webhook["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
     assert (GROUP, PLURAL, "list") in granted and (GROUP, PLURAL, "watch") in granted
     assert not {v for g, r, v in granted if r == PLURAL} - {"list", "watch"}
-    assert not {r for g, r, v in granted} & {"pods", "deployments", "secrets", "namespaces"}
+    assert not {r for g, r, v in granted} & {"pods", "deployments", "namespaces"}
+    assert {v for g, r, v in granted if r == "secrets"} == {"get"}
     for binding in of_kind(objects, "ClusterRoleBinding") + of_kind(objects, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject == {"kind": "ServiceAccount", "namespace": NAMESPACE,
@@ -514,6 +518,10 @@ def test_controller_rbac_covers_the_calls_it_makes(render: Callable[[str], Objec
     } | {("apps", kind, verb) for kind in ("deployments", "statefulsets", "daemonsets")
          for verb in ("list", "patch")}  # fmt: skip
     assert needed <= granted
+    without_rollouts = one(render("no-rollouts"), "ClusterRole", f"{FULLNAME}-controller")
+    writes = {(g, r, v) for rule in without_rollouts["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"] for v in rule["verbs"] if g == "apps"}  # fmt: skip
+    assert writes == {("apps", "deployments", "list"), ("apps", "deployments", "watch")}
     assert not {r for g, r, v in granted} & {"secrets", "configmaps", "serviceaccounts"}
     assert {v for g, r, v in granted if r == "namespaces"} == {"get", "patch"}
 
