@@ -30,7 +30,7 @@ from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
-from sidecar_operator.handlers.passes import NamespacePasses
+from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
@@ -107,8 +107,8 @@ async def roll_workloads(
 
 def changed_bindings(memo: Any, namespace: str) -> set[str]:
     """Bindings whose spec changed while this controller ran (see controller.rollout)."""
-    changed: dict[str, set[str]] = memo.setdefault("changed_bindings", {})
-    return changed.setdefault(namespace, set())
+    state: ControllerState = memo.controller_state
+    return state.changed_bindings.setdefault(namespace, set())
 
 
 async def reconcile_namespace(
@@ -166,8 +166,8 @@ def namespace_passes(
     memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
 ) -> NamespacePasses:
     """The controller's one :class:`NamespacePasses`, made on first use."""
-    passes: NamespacePasses | None = memo.get("namespace_passes")
-    if passes is None:
+    state: ControllerState = memo.controller_state
+    if state.passes is None:
         settings: OperatorSettings = memo.settings
 
         async def run(namespace: str) -> None:
@@ -175,8 +175,8 @@ def namespace_passes(
                 namespace, index=index, memo=memo, roll=settings.rollout_workloads, logger=logger
             )
 
-        passes = memo["namespace_passes"] = NamespacePasses(run)
-    return passes
+        state.passes = NamespacePasses(run)
+    return state.passes
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -243,7 +243,7 @@ async def deployment_event(
             logger.info(f"Annotation {ann.TOPICS} removed: deleting StateBinding {name}")
             await asyncio.to_thread(kube.delete_binding, name, namespace)
         return
-    warned: set[tuple[str, ...]] = memo.setdefault("deployment_warnings", set())
+    warned = memo.controller_state.warned
 
     def warn_once(reason: str, message: str, *key: str) -> None:
         marker = (namespace, name, str(body.metadata.get("uid")), reason, *key)

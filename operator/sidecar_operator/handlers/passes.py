@@ -56,3 +56,19 @@ class NamespacePasses:
                             future.set_result(None)
         finally:
             state.running = False
+
+
+@dataclass
+class ControllerState:
+    """What the controller's handlers share across objects.
+
+    kopf gives each object's handlers a *shallow copy* of the operator's memo, so anything
+    set on it inside a handler stays with that object. This one instance is put on the memo
+    before kopf starts; every copy then refers to it.
+    """
+
+    passes: NamespacePasses | None = None
+    changed_bindings: dict[str, set[str]] = field(default_factory=dict)
+    """Per namespace: bindings whose spec changed since start (see controller.rollout)."""
+    warned: set[tuple[str, ...]] = field(default_factory=set)
+    """Warnings already posted on Deployments, so each is posted once."""
