@@ -155,7 +155,9 @@ def test_a_clashing_binding_is_reported_once_not_on_every_deployment_event(
 def test_deleting_a_named_binding_never_stops_the_workload_having_pods(
     cluster: ClusterAccess, namespace: str
 ) -> None:
-    cluster.apply(binding("named", namespace))
+    # Another binding keeps the namespace labelled, so the webhook sees the Pods (with none
+    # left, the namespace leaves the webhook's selector and Pods are admitted without it).
+    cluster.apply(binding("named", namespace), binding("neighbour", namespace))
     wait_reconciled(cluster, "named", namespace)
     dep = deployment("uses-named", namespace)  # Recreate: the strategy that lost every Pod
     dep["spec"]["template"]["metadata"]["annotations"] = {"sidecarstate.dev/bindings": "named"}
@@ -438,12 +440,18 @@ def test_injected_pods_pass_a_limit_range_and_take_per_pod_overrides(
     cluster.apply(limits, binding("policed", namespace))
     wait_reconciled(cluster, "policed", namespace)
 
-    cluster.apply(pod("policed", namespace, labels={"app": "policed"}))  # LimitRanger admits it
+    def app_pod(name: str, **options: Any) -> dict[str, Any]:
+        made = pod(name, namespace, labels={"app": "policed"}, **options)
+        quantity = {"cpu": "100m", "memory": "64Mi"}
+        made["spec"]["containers"][0]["resources"] = {"requests": quantity, "limits": quantity}
+        return made
+
+    cluster.apply(app_pod("policed"))  # LimitRanger admits it, sidecars included
     assert is_injected(cluster.kubectl_json("get", "pod", "policed", "-n", namespace))
 
     overrides = {"sidecarstate.dev/metrics-port": "9470", "sidecarstate.dev/user-ids": "platform",
                  "sidecarstate.dev/hydrator-cpu-limit": "150m"}  # fmt: skip
-    cluster.apply(pod("tuned", namespace, labels={"app": "policed"}, annotations=overrides))
+    cluster.apply(app_pod("tuned", annotations=overrides))
     found = cluster.kubectl_json("get", "pod", "tuned", "-n", namespace)
     hydrator = next(c for c in found["spec"]["initContainers"] if c["name"] == SIDECARS[1])
     assert hydrator["ports"][0]["containerPort"] == 9470
