@@ -52,6 +52,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config.watching.client_timeout = 300
     config.watching.connect_timeout = 10
     config.admission.managed = None  # the chart (or register-webhooks) owns the configuration
+    # A namespaced install may not list namespaces: kopf then takes the watched namespaces as
+    # given and discovers the resources once at start (the chart installs the CRD first).
+    config.scanning.disabled = bool(settings.watch_namespaces)
     if settings.role in {"all", "webhook"}:
         config.admission.server = NamespacedWebhookServer(
             addr=settings.webhook_host,
@@ -89,7 +92,7 @@ def cmd_run(settings: OperatorSettings) -> None:
     mode = None
     if serves_webhooks:  # only the webhook's injections depend on the mode, not the hashes
         try:
-            choice = capabilities.detect(settings.sidecar_mode, namespace=settings.namespace)
+            choice = capabilities.detect(settings.sidecar_mode)
         except capabilities.UnsupportedMode as error:
             raise SystemExit(f"sidecar-state cannot start: {error}") from None
         logging.getLogger(__name__).warning(f"Sidecars: {choice.reason}")
@@ -106,9 +109,16 @@ def cmd_run(settings: OperatorSettings) -> None:
         ),
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission
+    # A namespaced install (watch_namespaces) watches only those namespaces, with Roles there;
+    # kopf still watches cluster-scoped kinds (CRDs, webhook configurations) cluster-wide.
+    namespaces = list(settings.watch_namespaces)
     asyncio.run(
         kopf.operator(
-            settings=kopf_settings(settings), standalone=True, clusterwide=True, memo=memo
+            settings=kopf_settings(settings),
+            standalone=True,
+            memo=memo,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
         )
     )
 
@@ -130,6 +140,7 @@ def cmd_register_webhooks(args: argparse.Namespace, settings: OperatorSettings) 
     objects = [
         build_mutating_configuration(
             base_url=args.url, ca_bundle=ca_bundle, excluded_namespaces=excluded,
+            served_namespaces=settings.watch_namespaces,
             failure_policy=args.failure_policy, name=args.name,
         ),
         build_validating_configuration(

@@ -46,6 +46,10 @@ class OperatorSettings(BaseSettings):
         default="auto", description="auto: native sidecars where the server runs them"
     )
     excluded_namespaces: CommaList = ()
+    watch_namespaces: CommaList = Field(
+        default=(),
+        description="namespaces served (a namespaced install with Roles); empty = all",
+    )
     # Cluster-wide defaults of the sidecars (Helm values sidecars.*); bindings and Pod
     # annotations override them (injection.overrides).
     user_ids: UserIds = InjectionDefaults().user_ids

@@ -33,7 +33,7 @@ def _client_config(*, base_url: str, path: str, ca_bundle: bytes) -> dict[str, A
     }
 
 
-def namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
+def namespace_selector(excluded: Sequence[str], served: Sequence[str] = ()) -> dict[str, Any]:
     """Only namespaces that hold StateBindings reach the webhook.
 
     The controller labels them (``sidecarstate.dev/injection: enabled``), or a user pins the
@@ -53,6 +53,12 @@ def namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
                 "operator": "NotIn",
                 "values": sorted({*SYSTEM_NAMESPACES, *excluded}),
             },
+            # A namespaced install (watch_namespaces) serves only its namespaces.
+            *(
+                [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(served)}]
+                if served
+                else []
+            ),
         ]
     }
 
@@ -67,6 +73,7 @@ def build_mutating_configuration(
     base_url: str,
     ca_bundle: bytes,
     excluded_namespaces: Sequence[str] = (),
+    served_namespaces: Sequence[str] = (),
     failure_policy: FailurePolicy = "Fail",
     timeout_seconds: int = 5,
     name: str = DEFAULT_NAME,
@@ -90,7 +97,7 @@ def build_mutating_configuration(
                         "scope": "Namespaced",
                     }
                 ],
-                "namespaceSelector": namespace_selector(excluded_namespaces),
+                "namespaceSelector": namespace_selector(excluded_namespaces, served_namespaces),
                 "objectSelector": opt_out_selector(),
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",

@@ -255,9 +255,7 @@ def test_service_accounts_may_do_what_the_code_does_and_no_more(release: Release
                  ("watch", "mutatingwebhookconfigurations"),
                  ("watch", "validatingwebhookconfigurations"),
                  # the opt-in label of a binding's Secret, read as metadata only
-                 ("get", "secrets/other", "-n", "default"),
-                 # the dry-run probe of native sidecar support
-                 ("create", "pods", "-n", release.namespace)):  # fmt: skip
+                 ("get", "secrets/other", "-n", "default")):  # fmt: skip
         assert can(webhook, *args), f"webhook may not {args}"
     for args in (("list", "secrets", "-n", release.namespace),
                  ("watch", "secrets", "-A"), ("update", "secrets/other", "-n", "default"),
@@ -418,7 +416,9 @@ class RoleProcess:
                 if any(mark in line.lower() for mark in FORBIDDEN_MARKS)]  # fmt: skip
 
 
-def _run_role(release: Release, role: str, account: str) -> RoleProcess:
+def _run_role(
+    release: Release, role: str, account: str, *, extra: dict[str, str] | None = None
+) -> RoleProcess:
     health = _free_port()
     env = {
         **os.environ,
@@ -427,6 +427,7 @@ def _run_role(release: Release, role: str, account: str) -> RoleProcess:
         "SIDECAR_STATE_NAMESPACE": release.namespace,
         "SIDECAR_STATE_HEALTH_PORT": str(health),
         "SIDECAR_STATE_WATCHDOG_INTERVAL_SECONDS": "2",
+        **(extra or {}),
     }
     if role == "webhook":
         tls = release.tls
@@ -539,6 +540,56 @@ def test_upgrade_applies_values_and_keeps_the_ca_bundle(release: Release) -> Non
     after = [c["webhooks"][0]["clientConfig"]["caBundle"] for c in (mutating, validating)]
     assert after == before, "helm upgrade dropped the caBundle the operator set"
     _assert_serves_with(bundle, release)
+
+
+def test_a_namespaced_install_serves_its_namespaces_with_roles_only(release: Release) -> None:
+    """watchNamespaces: Roles in those namespaces, nothing namespaced cluster-wide; both roles
+    run as their ServiceAccounts and do their work there without a permission error."""
+    app = f"e2e-chart-ns-{uuid.uuid4().hex[:6]}"
+    release.cluster.kubectl_run("create", "namespace", app)
+    release.helm(
+        "upgrade", RELEASE, str(CHART), values={**INSTALL_VALUES, "watchNamespaces": [app]}
+    )
+
+    def can(account: str, *args: str) -> bool:
+        proc = release.cluster.kubectl_run(
+            "auth", "can-i", *args,
+            f"--as=system:serviceaccount:{release.namespace}:{account}", check=False,
+        )  # fmt: skip
+        return proc.stdout.strip() == "yes"
+
+    webhook_account, controller_account = release.webhook_account, release.controller_account
+    assert can(controller_account, "list", "pods", "-n", app)
+    assert can(controller_account, "patch", f"namespaces/{app}")
+    assert can(webhook_account, "watch", f"{PLURAL}.{GROUP}", "-n", app)
+    for account, args in ((controller_account, ("list", "pods", "-A")),
+                          (controller_account, ("list", "pods", "-n", "default")),
+                          (controller_account, ("patch", "namespaces/default")),
+                          (controller_account, ("patch", "deployments.apps", "-n", "default")),
+                          (webhook_account, ("list", f"{PLURAL}.{GROUP}", "-A")),
+                          (webhook_account, ("get", "secrets/x", "-n", "default"))):  # fmt: skip
+        assert not can(account, *args), f"{account} may {args}"
+
+    scoped = {"SIDECAR_STATE_WATCH_NAMESPACES": app}
+    webhook = _run_role(release, "webhook", webhook_account, extra=scoped)
+    controller = _run_role(release, "controller", controller_account, extra=scoped)
+    try:
+        _eventually("the webhook role to be ready", webhook.ready)
+        _eventually("the controller role to be ready", controller.ready)
+        release.cluster.apply(binding("flags", app))
+        _eventually("the binding's status", lambda: release.cluster.kubectl_json(
+            "get", "statebinding", "flags", "-n", app).get("status", {}).get(
+            "observedGeneration"))  # fmt: skip
+        labels = release.cluster.kubectl_json("get", "namespace", app)["metadata"]["labels"]
+        assert labels.get(f"{GROUP}/injection") == "enabled"
+        time.sleep(3)  # let every watcher of both roles list and watch once
+        for role in (webhook, controller):
+            assert role.ready()
+            assert role.permission_errors() == [], "\n".join(role.permission_errors())
+    finally:
+        webhook.stop()
+        controller.stop()
+        release.cluster.kubectl_run("delete", "namespace", app, "--wait=false", check=False)
 
 
 def test_uninstall_removes_what_it_installed_and_keeps_the_crd(release: Release) -> None:

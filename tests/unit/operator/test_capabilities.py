@@ -8,27 +8,24 @@ from sidecar_operator.capabilities import UnsupportedMode, choose_sidecar_mode, 
 
 
 @pytest.mark.parametrize(
-    ("requested", "version", "kept", "mode"),
+    ("requested", "version", "mode"),
     [
-        ("auto", (1, 34), None, "native"),
-        ("auto", (1, 29), None, "native"),
-        ("auto", (1, 28), True, "native"),  # the feature gate is on
-        ("auto", (1, 28), False, "containers"),
-        ("auto", (1, 25), None, "containers"),
-        ("native", (1, 30), None, "native"),
-        ("containers", (1, 34), None, "containers"),
+        ("auto", (1, 34), "native"),
+        ("auto", (1, 29), "native"),
+        ("auto", (1, 28), "containers"),  # the gate cannot be seen: the safe mode
+        ("native", (1, 28), "native"),  # whoever enabled the gate says so
+        ("auto", (1, 25), "containers"),
+        ("native", (1, 30), "native"),
+        ("containers", (1, 34), "containers"),
     ],
 )
-def test_the_mode_follows_the_server(requested, version, kept, mode):
-    choice = choose_sidecar_mode(requested, version=version, probe_kept_restart_policy=kept)
-
-    assert choice.mode == mode
+def test_the_mode_follows_the_server(requested, version, mode):
+    assert choose_sidecar_mode(requested, version=version).mode == mode
 
 
-@pytest.mark.parametrize(("version", "kept"), [((1, 27), None), ((1, 28), False)])
-def test_native_on_a_server_without_it_refuses_clearly(version, kept):
+def test_native_on_a_server_without_it_refuses_clearly():
     with pytest.raises(UnsupportedMode, match="would drop restartPolicy: Always") as error:
-        choose_sidecar_mode("native", version=version, probe_kept_restart_policy=kept)
+        choose_sidecar_mode("native", version=(1, 27))
 
     assert "sidecars.mode=auto or containers" in str(error.value)
 
