@@ -86,6 +86,10 @@ class OperatorSettings(BaseSettings):
 
     watchdog_interval_seconds: float = Field(default=15.0, gt=0)
     rollout_workloads: bool = True
+    rollout_missed_injections: bool = Field(
+        default=False,
+        description="the watchdog rolls workloads whose Pods were created without sidecars",
+    )
     rollout_max_per_minute: float = Field(
         default=10.0, gt=0, description="roll-outs the controller starts per minute, cluster-wide"
     )

@@ -117,8 +117,18 @@ def plan_rollouts(
     namespace: str,
     defaults: InjectionDefaults,
     changed: Collection[str] = (),
+    roll_missed: bool = True,
+    deferred: Collection[str] = (),
 ) -> RolloutPlan:
-    """``changed``: names of bindings of this namespace whose spec changed since start."""
+    """``changed``: names of bindings of this namespace whose spec changed since start.
+
+    Pods without any sidecars where a new Pod would get them are stale for two reasons that
+    look alike: a binding now selects them (the pass of a binding change: ``roll_missed``), or
+    the webhook missed them during an outage with failurePolicy Ignore, which the watchdog's
+    passes roll only when the operator is told to (``rollout_missed_injections``) and
+    otherwise report. ``deferred`` (``Kind/name``) are workloads a throttled pass left for
+    later: they roll whatever the pass.
+    """
     due = []
     in_progress = 0
     for workload in workloads:
@@ -133,10 +143,13 @@ def plan_rollouts(
         names = (
             tuple(sorted(b.name for b in select_bindings(template, bindings))) if desired else ()
         )
+        key = f"{workload.get('kind')}/{(workload.get('metadata') or {}).get('name')}"
+        rolls_uninjected = roll_missed or key in deferred
         stale = [
             p
             for p in _workload_pods(workload, pods)
             if not pod_is_current(p, desired=desired, desired_names=names, changed=changed)
+            and (rolls_uninjected or ann.INJECTED_BINDINGS in _annotations(p))
         ]
         wanted = desired or NOT_INJECTED
         if _annotations(template).get(ann.TEMPLATE_HASH) == wanted:

@@ -81,17 +81,23 @@ async def roll_workloads(
     bindings: list[StateBinding],
     pods: list[dict[str, Any]],
     memo: Any,
+    roll_missed: bool,
     logger: kopf.Logger,
 ) -> None:
     """Roll the workloads whose Pods lack their bindings' current content, throttled."""
     defaults: InjectionDefaults = memo.injection_defaults
     throttle: RolloutThrottle = memo.rollout_throttle
     workloads = await asyncio.to_thread(kube.list_workloads, namespace)
+    state: ControllerState = memo.controller_state
+    deferred = state.deferred.setdefault(namespace, set())
     plan = plan_rollouts(
         workloads=workloads, pods=pods, bindings=bindings, namespace=namespace,
         defaults=defaults, changed=changed_bindings(memo, namespace),
+        roll_missed=roll_missed, deferred=deferred,
     )  # fmt: skip
     started = throttle.allow(plan, now=time.monotonic())
+    deferred.clear()
+    deferred.update(f"{r.kind}/{r.name}" for r in plan.due if r not in started)
     for rollout in started:
         logger.info(f"Rolling {rollout.kind} {rollout.name}: {rollout.reason}")
         await asyncio.to_thread(
@@ -117,6 +123,7 @@ async def reconcile_namespace(
     index: kopf.Index[str, StateBinding],
     memo: Any,
     roll: bool,
+    roll_missed: bool,
     logger: kopf.Logger,
 ) -> None:
     """Bring every binding's status, and every workload's roll-out, in line for a namespace."""
@@ -131,7 +138,10 @@ async def reconcile_namespace(
         logger.info(f"Namespace {namespace}: label {ann.INJECTION_LABEL}={label}")
     pods = await asyncio.to_thread(kube.list_pods, namespace)
     if roll:
-        await roll_workloads(namespace, bindings=bindings, pods=pods, memo=memo, logger=logger)
+        await roll_workloads(
+            namespace, bindings=bindings, pods=pods, memo=memo, roll_missed=roll_missed,
+            logger=logger,
+        )  # fmt: skip
     health = await scrape_hydrators(pods, port=defaults.hydrator_port, logger=logger)
     # One LIST for the whole namespace: the index's copies may lag a generation behind, and a
     # GET per binding made a pass cost one call per binding.
@@ -170,10 +180,11 @@ def namespace_passes(
     if state.passes is None:
         settings: OperatorSettings = memo.settings
 
-        async def run(namespace: str) -> None:
+        async def run(namespace: str, roll_missed: bool) -> None:
             await reconcile_namespace(
-                namespace, index=index, memo=memo, roll=settings.rollout_workloads, logger=logger
-            )
+                namespace, index=index, memo=memo, roll=settings.rollout_workloads,
+                roll_missed=roll_missed or settings.rollout_missed_injections, logger=logger,
+            )  # fmt: skip
 
         state.passes = NamespacePasses(run)
     return state.passes
@@ -193,7 +204,10 @@ async def statebinding_reconcile(
 ) -> None:
     if reason == kopf.Reason.UPDATE:
         changed_bindings(memo, namespace).add(name)
-    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace)
+    # A created or changed binding rolls the workloads it now selects; a resume (an operator
+    # restart) rolls only content changes, not Pods that an outage left without sidecars.
+    passes = namespace_passes(memo, bindings_by_namespace, logger)
+    await passes.request(namespace, roll_missed=reason != kopf.Reason.RESUME)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -208,7 +222,7 @@ async def statebinding_event(
     """A deleted binding: roll its workloads back to no sidecars, and maybe unlabel."""
     if type != "DELETED":
         return  # creation and changes go through statebinding_reconcile
-    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace)
+    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace, roll_missed=True)
 
 
 def _owned_by(binding: StateBinding, deployment: str) -> bool:
@@ -295,7 +309,9 @@ async def watchdog(
     logger: kopf.Logger,
 ) -> None:
     """Find Pods that should carry the sidecars but do not, on every binding's status, and
-    start the roll-outs that the throttle deferred.
+    start the roll-outs that the throttle deferred. Workloads whose Pods an outage left
+    without sidecars are rolled only with ``rollout_missed_injections`` (opt-in); otherwise
+    the status reports them (MissedInjection).
 
     A loop of our own rather than a kopf timer: timers put a finalizer on every binding, which
     would block deleting bindings once the operator is uninstalled.
@@ -306,6 +322,6 @@ async def watchdog(
         await asyncio.sleep(settings.watchdog_interval_seconds)
         for namespace in list(index):
             try:
-                await passes.request(namespace)
+                await passes.request(namespace, roll_missed=False)
             except Exception as error:  # keep watching the other namespaces
                 logger.warning(f"Watchdog could not check namespace {namespace}: {error}")

@@ -19,19 +19,25 @@ from dataclasses import dataclass, field
 class _Namespace:
     waiting: list[asyncio.Future[None]] = field(default_factory=list)
     running: bool = False
+    roll_missed: bool = False
     task: asyncio.Task[None] | None = None
 
 
 class NamespacePasses:
-    def __init__(self, run: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(self, run: Callable[[str, bool], Awaitable[None]]) -> None:
         self._run = run
         self._namespaces: dict[str, _Namespace] = {}
         self.passes = 0
         """Passes run so far (all namespaces): what a burst of changes cost."""
 
-    async def request(self, namespace: str) -> None:
-        """Reconcile ``namespace`` in a pass that starts after this call; raise its error."""
+    async def request(self, namespace: str, *, roll_missed: bool) -> None:
+        """Reconcile ``namespace`` in a pass that starts after this call; raise its error.
+
+        ``roll_missed`` (see controller.rollout.plan_rollouts) holds for the next pass if any
+        request that joins it asks for it.
+        """
         state = self._namespaces.setdefault(namespace, _Namespace())
+        state.roll_missed = state.roll_missed or roll_missed
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.waiting.append(done)
         if not state.running:
@@ -43,9 +49,10 @@ class NamespacePasses:
         try:
             while state.waiting:
                 served, state.waiting = state.waiting, []
+                roll_missed, state.roll_missed = state.roll_missed, False
                 self.passes += 1
                 try:
-                    await self._run(namespace)
+                    await self._run(namespace, roll_missed)
                 except Exception as error:
                     for future in served:
                         if not future.done():
@@ -72,3 +79,5 @@ class ControllerState:
     """Per namespace: bindings whose spec changed since start (see controller.rollout)."""
     warned: set[tuple[str, ...]] = field(default_factory=set)
     """Warnings already posted on Deployments, so each is posted once."""
+    deferred: dict[str, set[str]] = field(default_factory=dict)
+    """Per namespace: ``Kind/name`` of roll-outs the throttle left for a later pass."""

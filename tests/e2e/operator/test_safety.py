@@ -513,3 +513,38 @@ def test_many_bindings_in_a_namespace_cost_one_pass_not_one_per_binding(
 
     gets = _requests(cluster, verb="GET", resource="statebindings") - gets_before
     assert gets <= 2, f"{gets:.0f} GETs of StateBindings: one per binding per pass"
+
+
+# --- item 11: missed injections roll only when the operator is told to ----------------------
+
+
+def test_pods_an_outage_left_uninjected_are_reported_and_rolled_only_on_opt_in(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    cluster.apply(binding("outaged", namespace))
+    wait_reconciled(cluster, "outaged", namespace)
+    cluster.apply(deployment("outaged", namespace))
+    all_pods(cluster, namespace, "app=outaged", is_injected, 1)
+    operator.register_webhooks("Ignore")
+    operator.stop()
+    try:
+        cluster.kubectl_run("scale", "deployment", "outaged", "-n", namespace, "--replicas=2")
+        pods = all_pods(cluster, namespace, "app=outaged", lambda p: True, 2)
+        assert sorted(is_injected(p) for p in pods) == [False, True]
+    finally:
+        operator.start()
+        operator.register_webhooks("Fail")
+
+    def reported() -> dict[str, Any] | None:
+        found = get_binding(cluster, "outaged", namespace) or {}
+        return found if (found.get("status") or {}).get("uninjectedPods") else None
+
+    wait_for(reported, timeout=30, what="the uninjected Pod on the binding's status")
+    time.sleep(4)  # watchdog passes: without the opt-in they do not roll it
+    assert sorted(is_injected(p) for p in pods_of(cluster, namespace, "app=outaged")) == [
+        False,
+        True,
+    ]
+
+    with operator.restart_with({"SIDECAR_STATE_ROLLOUT_MISSED_INJECTIONS": "true"}):
+        all_pods(cluster, namespace, "app=outaged", is_injected, 2)

@@ -275,6 +275,22 @@ def test_pods_of_an_older_operator_roll_only_when_their_bindings_change(
     assert len(due(bindings=[binding, other])) == 1  # a new binding selects it too
 
 
+def test_the_watchdog_rolls_pods_an_outage_left_uninjected_only_when_told(
+    make_binding, make_workload, make_pod
+):
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    missed = running(make_pod("checkout-1"))  # selected, created without the sidecars
+
+    def due(**options: Any) -> list[Any]:
+        return plan_rollouts(workloads=[deployment], pods=[missed], bindings=[binding],
+                             namespace="shop", defaults=DEFAULTS, **options).due  # fmt: skip
+
+    assert due(roll_missed=False) == []  # reported (MissedInjection), not rolled
+    assert len(due(roll_missed=True)) == 1  # a binding change, or rollout_missed_injections
+    assert len(due(roll_missed=False, deferred={"Deployment/checkout"})) == 1  # throttled
+
+
 def test_roll_outs_are_throttled_per_namespace_and_per_minute(make_binding, make_pod):
     binding = make_binding()
     workloads = [make_workload_named(f"w{i}") for i in range(5)]
