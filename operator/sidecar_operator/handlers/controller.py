@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,11 @@ from sidecar_operator.settings import OperatorSettings
 
 SCRAPE_TIMEOUT_SECONDS = 1.0
 SCRAPE_CONCURRENCY = 16
+#: A whole namespace's scrape never takes longer; hydrators not reached by then are unknown.
+SCRAPE_BUDGET_SECONDS = 5.0
+#: Watchdog passes are spread by up to this fraction of the interval, so that many
+#: namespaces (and controller restarts) do not scrape and list in lockstep.
+WATCHDOG_JITTER = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +78,17 @@ async def scrape_hydrators(
         return BindingHealth(health=parse_metrics(pod, text), bindings=owners.get(pod, ()))
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        return list(await asyncio.gather(*(scrape(session, p, u) for p, u in targets.items())))
+        tasks = {asyncio.create_task(scrape(session, p, u)): p for p, u in targets.items()}
+        if not tasks:
+            return []
+        done, pending = await asyncio.wait(tasks, timeout=SCRAPE_BUDGET_SECONDS)
+        for task in pending:
+            task.cancel()
+        late = [
+            BindingHealth(health=unreachable(tasks[t]), bindings=owners.get(tasks[t], ()))
+            for t in pending
+        ]
+        return [t.result() for t in done] + late
 
 
 async def roll_workloads(
@@ -319,7 +335,8 @@ async def watchdog(
     settings: OperatorSettings = memo.settings
     passes = namespace_passes(memo, index, logger)
     while True:
-        await asyncio.sleep(settings.watchdog_interval_seconds)
+        spread = 1 + random.uniform(-WATCHDOG_JITTER, WATCHDOG_JITTER)
+        await asyncio.sleep(settings.watchdog_interval_seconds * spread)
         for namespace in list(index):
             try:
                 await passes.request(namespace, roll_missed=False)
