@@ -337,7 +337,11 @@ async def watchdog(
     while True:
         spread = 1 + random.uniform(-WATCHDOG_JITTER, WATCHDOG_JITTER)
         await asyncio.sleep(settings.watchdog_interval_seconds * spread)
-        for namespace in list(index):
+        state: ControllerState = memo.controller_state
+        # Also namespaces whose last binding is gone but whose roll-out back to no sidecars
+        # the throttle deferred.
+        pending = {ns for ns, deferred in state.deferred.items() if deferred}
+        for namespace in sorted(set(index) | pending):
             try:
                 await passes.request(namespace, roll_missed=False)
             except Exception as error:  # keep watching the other namespaces
