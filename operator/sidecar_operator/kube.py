@@ -145,19 +145,6 @@ def patch_binding_status(name: str, namespace: str, status: dict[str, Any]) -> N
     )
 
 
-def get_binding(name: str, namespace: str) -> dict[str, Any] | None:
-    api = kubernetes.client.CustomObjectsApi(client())
-    try:
-        found: dict[str, Any] = api.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
-    except kubernetes.client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return found
-
-
 def create_binding(binding: dict[str, Any]) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
     namespace = binding["metadata"]["namespace"]

@@ -37,7 +37,6 @@ class SidecarPlan:
     eviction_policy: str
     hydrator_config: HydratorConfig
     secrets: tuple[SecretUse, ...]
-    hydrator_resources: dict[str, dict[str, str]]
 
 
 def _secret_use(binding: StateBinding, *, position: int) -> SecretUse | None:
@@ -143,5 +142,4 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
             bindings=tuple(sources),
         ),
         secrets=tuple(secrets),
-        hydrator_resources=merge_hydrator_resources(ordered),
     )

@@ -510,7 +510,7 @@ def test_controller_rbac_covers_the_calls_it_makes(render: Callable[[str], Objec
     granted = {(g, r, v) for rule in controller["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
     needed = {
-        (GROUP, PLURAL, verb) for verb in ("get", "list", "watch", "create", "patch", "delete")
+        (GROUP, PLURAL, verb) for verb in ("list", "watch", "create", "patch", "delete")
     } | {
         (GROUP, f"{PLURAL}/status", "patch"),
         ("", "pods", "list"),
