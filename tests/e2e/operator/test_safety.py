@@ -548,3 +548,20 @@ def test_pods_an_outage_left_uninjected_are_reported_and_rolled_only_on_opt_in(
 
     with operator.restart_with({"SIDECAR_STATE_ROLLOUT_MISSED_INJECTIONS": "true"}):
         all_pods(cluster, namespace, "app=outaged", is_injected, 2)
+
+
+def test_a_namespace_label_pinned_by_its_owner_is_never_changed(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    """GitOps: ``sidecarstate.dev/injection=always`` keeps the namespace served by the webhook
+    whether or not the controller runs; the controller neither rewrites nor removes it."""
+    cluster.kubectl_run("label", "namespace", namespace, "sidecarstate.dev/injection=always")
+    cluster.apply(binding("pinned", namespace))
+    wait_reconciled(cluster, "pinned", namespace)
+    cluster.apply(pod("pinned", namespace, labels={"app": "pinned"}))
+    assert is_injected(cluster.kubectl_json("get", "pod", "pinned", "-n", namespace))
+    cluster.kubectl_run("delete", "sb", "pinned", "-n", namespace)
+    time.sleep(5)  # passes for the deletion and the watchdog
+
+    labels = cluster.kubectl_json("get", "namespace", namespace)["metadata"]["labels"]
+    assert labels.get("sidecarstate.dev/injection") == "always"
