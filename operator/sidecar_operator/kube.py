@@ -84,12 +84,6 @@ def create_event(namespace: str, body: dict[str, Any]) -> None:
     kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, body)
 
 
-def list_pods(namespace: str) -> list[dict[str, Any]]:
-    api = client()
-    pods = kubernetes.client.CoreV1Api(api).list_namespaced_pod(namespace)
-    return [_plain(api, pod, "Pod", "v1") for pod in pods.items]
-
-
 def list_workloads(namespace: str) -> list[dict[str, Any]]:
     api = client()
     apps = kubernetes.client.AppsV1Api(api)

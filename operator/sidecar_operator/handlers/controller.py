@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +153,9 @@ async def reconcile_namespace(
     label = ann.INJECTION_ENABLED if wanted else None
     if await asyncio.to_thread(kube.set_namespace_label, namespace, ann.INJECTION_LABEL, label):
         logger.info(f"Namespace {namespace}: label {ann.INJECTION_LABEL}={label}")
-    pods = await asyncio.to_thread(kube.list_pods, namespace)
+    state: ControllerState = memo.controller_state
+    cache = state.pods
+    pods = [dict(p) for p in cache.get(namespace, ())] if cache is not None else []
     if roll:
         await roll_workloads(
             namespace, bindings=bindings, pods=pods, memo=memo, roll_missed=roll_missed,
@@ -216,8 +219,10 @@ async def statebinding_reconcile(
     memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
+    pods_by_namespace: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
+    memo.controller_state.pods = pods_by_namespace
     if reason == kopf.Reason.UPDATE:
         changed_bindings(memo, namespace).add(name)
     # A created or changed binding rolls the workloads it now selects; a resume (an operator
@@ -233,12 +238,47 @@ async def statebinding_event(
     memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
+    pods_by_namespace: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
     """A deleted binding: roll its workloads back to no sidecars, and maybe unlabel."""
+    memo.controller_state.pods = pods_by_namespace
     if type != "DELETED":
         return  # creation and changes go through statebinding_reconcile
     await namespace_passes(memo, bindings_by_namespace, logger).request(namespace, roll_missed=True)
+
+
+_POD_SPEC_KEPT = ("hostNetwork", "os", "nodeSelector", "affinity")
+
+
+def trimmed_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pass reads of a Pod, and nothing more: the cache holds every Pod's, so each
+    one costs a few hundred bytes instead of its whole object."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    containers = {
+        field: [
+            {"name": c.get("name"), "ports": c.get("ports") or []} for c in spec.get(field) or []
+        ]
+        for field in ("initContainers", "containers")
+    }
+    return {
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "labels", "annotations", "deletionTimestamp")
+            if key in meta
+        },
+        "spec": {**{k: spec[k] for k in _POD_SPEC_KEPT if k in spec}, **containers},
+        "status": {k: status[k] for k in ("phase", "podIP") if k in status},
+    }
+
+
+@kopf.index("", "v1", "pods")
+def pods_by_namespace(body: kopf.Body, namespace: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """A watch-fed cache of every Pod, trimmed: a pass reads its namespace's Pods from here
+    instead of a full LIST every watchdog interval."""
+    return {namespace: trimmed_pod(body)}
 
 
 def _owned_by(binding: StateBinding, deployment: str) -> bool:
@@ -322,6 +362,7 @@ async def watchdog(
     *,
     memo: Any,
     index: kopf.Index[str, StateBinding],
+    pods: kopf.Index[str, dict[str, Any]],
     logger: kopf.Logger,
 ) -> None:
     """Find Pods that should carry the sidecars but do not, on every binding's status, and
@@ -333,6 +374,7 @@ async def watchdog(
     would block deleting bindings once the operator is uninstalled.
     """
     settings: OperatorSettings = memo.settings
+    memo.controller_state.pods = pods
     passes = namespace_passes(memo, index, logger)
     while True:
         spread = 1 + random.uniform(-WATCHDOG_JITTER, WATCHDOG_JITTER)

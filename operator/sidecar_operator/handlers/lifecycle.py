@@ -105,8 +105,11 @@ async def operator_startup(
         # role must not run.
         from sidecar_operator.handlers.controller import watchdog
 
+        pods = _["pods_by_namespace"]  # the controller's own index, with its handlers
         tasks.append(
-            asyncio.create_task(watchdog(memo=memo, index=bindings_by_namespace, logger=logger))
+            asyncio.create_task(
+                watchdog(memo=memo, index=bindings_by_namespace, pods=pods, logger=logger)
+            )
         )
     memo.background_tasks = tasks
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
 
 
 @dataclass
@@ -81,3 +84,5 @@ class ControllerState:
     """Warnings already posted on Deployments, so each is posted once."""
     deferred: dict[str, set[str]] = field(default_factory=dict)
     """Per namespace: ``Kind/name`` of roll-outs the throttle left for a later pass."""
+    pods: kopf.Index[str, dict[str, Any]] | None = None
+    """The watch-fed cache of trimmed Pods (handlers.controller.pods_by_namespace)."""

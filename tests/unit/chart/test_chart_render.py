@@ -514,6 +514,7 @@ def test_controller_rbac_covers_the_calls_it_makes(render: Callable[[str], Objec
     } | {
         (GROUP, f"{PLURAL}/status", "patch"),
         ("", "pods", "list"),
+        ("", "pods", "watch"),
         ("", "namespaces", "get"),
         ("", "namespaces", "patch"),
         ("apps", "deployments", "watch"),
