@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from prometheus_client import Counter
+
+PASSES = Counter(
+    "sidecar_state_controller_passes_total", "Reconcile passes of a namespace, all namespaces"
+)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class NamespacePasses:
                 served, state.waiting = state.waiting, []
                 roll_missed, state.roll_missed = state.roll_missed, False
                 self.passes += 1
+                PASSES.inc()
                 try:
                     await self._run(namespace, roll_missed)
                 except Exception as error:
