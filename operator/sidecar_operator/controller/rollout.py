@@ -30,7 +30,7 @@ from sidecar_operator.api.models import LabelSelector, StateBinding
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection import bindings_hash, select_bindings
 from sidecar_operator.injection.defaults import InjectionDefaults
-from sidecar_operator.injection.pod import missing_bindings
+from sidecar_operator.injection.pod import binding_content_hash, missing_bindings
 from sidecar_operator.injection.selector import selector_matches
 from sidecar_operator.injection.workloads import pod_template
 
@@ -107,6 +107,27 @@ def pod_is_current(
         return annotations[ann.BINDINGS_HASH] == desired
     # Injected by an older operator (no content hash): current unless its bindings differ.
     return tuple(sorted(names)) == desired_names and not set(names) & set(changed)
+
+
+def pods_may_be_stale(pods: Iterable[Mapping[str, Any]], bindings: Sequence[StateBinding]) -> bool:
+    """Whether any injected Pod may lack its bindings' current content, judged from the Pods
+    alone; when not, a watchdog pass needs no LIST of the namespace's workloads.
+
+    Conservative: a Pod of an older operator (no content hash) or one naming a binding that
+    is gone counts as maybe stale. Pods that a new binding now selects are the business of
+    that binding's own pass, which always plans.
+    """
+    by_name = {b.name: b for b in bindings}
+    for pod in pods:
+        annotations = _annotations(pod)
+        names = ann.split_names(annotations.get(ann.INJECTED_BINDINGS))
+        if not names or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        if ann.BINDINGS_HASH not in annotations or any(n not in by_name for n in names):
+            return True
+        if annotations[ann.BINDINGS_HASH] != binding_content_hash(by_name[n] for n in names):
+            return True
+    return False
 
 
 def plan_rollouts(

@@ -28,7 +28,7 @@ from sidecar_operator.controller.health import (
     unreachable,
 )
 from sidecar_operator.controller.owned import owned_binding
-from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts
+from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts, pods_may_be_stale
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
@@ -104,9 +104,11 @@ async def roll_workloads(
     """Roll the workloads whose Pods lack their bindings' current content, throttled."""
     defaults: InjectionDefaults = memo.injection_defaults
     throttle: RolloutThrottle = memo.rollout_throttle
-    workloads = await asyncio.to_thread(kube.list_workloads, namespace)
     state: ControllerState = memo.controller_state
     deferred = state.deferred.setdefault(namespace, set())
+    if not roll_missed and not deferred and not pods_may_be_stale(pods, bindings):
+        return  # a quiet watchdog pass: no LIST of the namespace's workloads
+    workloads = await asyncio.to_thread(kube.list_workloads, namespace)
     plan = plan_rollouts(
         workloads=workloads, pods=pods, bindings=bindings, namespace=namespace,
         defaults=defaults, changed=changed_bindings(memo, namespace),

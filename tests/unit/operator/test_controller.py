@@ -19,6 +19,7 @@ from sidecar_operator.controller.rollout import (
     RolloutPlan,
     RolloutThrottle,
     plan_rollouts,
+    pods_may_be_stale,
     workload_rolling,
 )
 from sidecar_operator.controller.status import build_status
@@ -289,6 +290,20 @@ def test_the_watchdog_rolls_pods_an_outage_left_uninjected_only_when_told(
     assert due(roll_missed=False) == []  # reported (MissedInjection), not rolled
     assert len(due(roll_missed=True)) == 1  # a binding change, or rollout_missed_injections
     assert len(due(roll_missed=False, deferred={"Deployment/checkout"})) == 1  # throttled
+
+
+def test_a_quiet_namespace_needs_no_workload_listing(make_binding, make_workload, make_pod):
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    content = bindings_hash(deployment["spec"]["template"], bindings=[binding],
+                            namespace="shop", defaults=DEFAULTS)  # fmt: skip
+    current = running(injected_by(make_pod("a"), "feature-flags", content=content))
+    changed = make_binding(max_memory="1Gi")
+
+    assert not pods_may_be_stale([current, running(make_pod("plain"))], [binding])
+    assert pods_may_be_stale([current], [changed])  # the binding's spec changed
+    assert pods_may_be_stale([current], [])  # the binding is gone
+    assert pods_may_be_stale([running(injected_by(make_pod("old"), "feature-flags"))], [binding])
 
 
 def test_roll_outs_are_throttled_per_namespace_and_per_minute(make_binding, make_pod):
