@@ -53,11 +53,21 @@ python_deps() {
 
 ACTIONLINT_VERSION=v1.7.12
 ACTIONLINT=${SIDECAR_STATE_CACHE:-$HOME/.cache/sidecar-state}/tools/actionlint-$ACTIONLINT_VERSION
+# promtool checks and unit-tests the chart's alerting rules (tests/unit/chart, tests/integration).
+# Prometheus' Go module is versioned v0.<major*100+minor>: v0.316.0 is Prometheus 3.16.0.
+PROMTOOL_VERSION=v0.316.0
+PROMTOOL=${SIDECAR_STATE_CACHE:-$HOME/.cache/sidecar-state}/tools/promtool-$PROMTOOL_VERSION
 
 tools() {
   if [ ! -x "$ACTIONLINT/actionlint" ]; then
     step "actionlint $ACTIONLINT_VERSION (Go module)"
     GOBIN="$ACTIONLINT" GOFLAGS=-trimpath go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  fi
+  if [ ! -x "$PROMTOOL/promtool" ]; then
+    step "promtool $PROMTOOL_VERSION (Go module; a cold build takes minutes)"
+    local started=$SECONDS
+    GOBIN="$PROMTOOL" GOFLAGS=-trimpath go install "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
+    echo "promtool built in $((SECONDS - started)) s"
   fi
 }
 
@@ -91,7 +101,8 @@ timed() {
 usage="usage: $0 [system|python|tools|kafka|cluster|node|all]"
 case "$what" in
   system) timed system ;;
-  tools) timed system; timed tools; echo "$ACTIONLINT/actionlint" ;;
+  # The last two lines name the tools, for the Makefile and the tests.
+  tools) timed system; timed tools; echo "$PROMTOOL/promtool"; echo "$ACTIONLINT/actionlint" ;;
   python) timed python_deps ;;
   kafka) timed system; timed python_deps; timed kafka ;;
   cluster) timed system; timed python_deps; timed cluster ;;

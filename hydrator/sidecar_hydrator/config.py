@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CONFIG_ENV = "SIDECAR_STATE_HYDRATOR_CONFIG"
 
@@ -78,6 +78,11 @@ class HydratorConfig(_Contract):
     """Everything one hydrator needs; the operator renders it, the sidecar parses it."""
 
     redis_socket: str = "/var/run/sidecar-state/redis.sock"
+    #: The Redis ACL user the hydrator writes as, and the file with its password (written at
+    #: the Pod's start, readable by the hydrator's UID only; see ``credentials``). Unset: the
+    #: ``default`` user, which on an injected Redis may only read.
+    redis_user: str | None = None
+    redis_password_file: str | None = None
     http_port: int = Field(default=9464, ge=1, le=65535)
     bindings: tuple[BindingSource, ...] = Field(min_length=1)
     live_batch_max_keys: int = Field(default=500, ge=1)
@@ -112,3 +117,22 @@ class HydratorConfig(_Contract):
                 "operator; run it through the webhook or `sidecar-state inject`."
             ) from None
         return cls.model_validate_json(raw)
+
+    @model_validator(mode="after")
+    def _user_with_password(self) -> HydratorConfig:
+        if (self.redis_user is None) != (self.redis_password_file is None):
+            raise ValueError("redis_user and redis_password_file: set both or neither")
+        return self
+
+    def redis_password(self) -> str | None:
+        """The hydrator's Redis password, read from ``redis_password_file``."""
+        if self.redis_password_file is None:
+            return None
+        try:
+            with open(self.redis_password_file) as handle:
+                return handle.read().strip()
+        except OSError as error:
+            raise SystemExit(
+                f"redis_password_file {self.redis_password_file}: {error.strerror}; it is "
+                "written by the sidecar-state-credentials init container before Redis starts"
+            ) from None

@@ -103,6 +103,12 @@ class Metrics:
         self.redis_used_memory = Gauge(
             "redis_used_memory_bytes", "Redis INFO used_memory.", namespace=_NS, registry=r
         )
+        self.redis_max_memory = Gauge(
+            "redis_max_memory_bytes",
+            "Redis maxmemory (the binding's spec.store.maxMemory; 0 = unlimited).",
+            namespace=_NS,
+            registry=r,
+        )
         self.oom_rejections = Counter(
             "redis_oom_rejections",
             "Key writes Redis refused because maxmemory was reached (noeviction).",

@@ -40,6 +40,8 @@ class Hydrator:
             offsets_key=config.offsets_key,
             metadata_key=config.metadata_key,
             spare_db=config.spare_db,
+            username=config.redis_user,
+            password=config.redis_password(),
         )
         self.feeds = [
             Feed(binding=b, config=config, store=self.store, metrics=self.metrics)
@@ -181,7 +183,9 @@ class Hydrator:
                 await self.store.write_meta(meta)
             except OutOfMemoryError:
                 logger.warning("Redis is full: freshness metadata not updated")
-            self.metrics.redis_used_memory.set(await self.store.used_memory())
+            used, limit = await self.store.memory_usage()
+            self.metrics.redis_used_memory.set(used)
+            self.metrics.redis_max_memory.set(limit)
 
 
 async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:

@@ -109,8 +109,12 @@ class Store:
         metadata_key: str,
         spare_db: int,
         socket_timeout: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.socket_path = socket_path
+        #: The hydrator's ACL user: the ``default`` one an app gets may only read.
+        self._username, self._password = username, password
         self.offsets_key = offsets_key
         self.metadata_key = metadata_key
         self.spare_db = spare_db
@@ -133,6 +137,8 @@ class Store:
             connection_class=PackedConnection,
             path=self.socket_path,
             db=db,
+            username=self._username,
+            password=self._password,
             # No automatic retries: a failed command must surface, so the hydrator
             # re-inspects the store before writing again (see the module docstring).
             retry=Retry(NoBackoff(), 0),
@@ -313,6 +319,11 @@ class Store:
     async def used_memory(self) -> int:
         info = await self._served.info("memory")
         return int(info["used_memory"])
+
+    async def memory_usage(self) -> tuple[int, int]:
+        """(used_memory, maxmemory) from one INFO: dashboards plot one against the other."""
+        info = await self._served.info("memory")
+        return int(info["used_memory"]), int(info["maxmemory"])
 
     async def close(self) -> None:
         await self._served.aclose()

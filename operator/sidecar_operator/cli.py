@@ -144,10 +144,39 @@ def cmd_crd(args: argparse.Namespace, *, stdout: TextIO) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, *, stdout: TextIO) -> int:
+    try:
+        from sidecar_operator import check
+    except ImportError as error:  # the CLI alone installs without the Kubernetes client
+        raise InputError(
+            f"`check` needs the operator's dependencies ({error.name}): "
+            "pip install 'sidecar-state[operator]'"
+        ) from None
+    import kubernetes
+
+    try:
+        facts = check.gather(namespace=args.namespace)
+    except (kubernetes.config.ConfigException, kubernetes.client.exceptions.ApiException,
+            OSError) as error:  # fmt: skip
+        print(f"{check.FAILED} cannot read the cluster: {error}".replace("\n", " "), file=stdout)
+        print("    -> check the current kubeconfig context (kubectl config current-context)",
+              file=stdout)  # fmt: skip
+        return 1
+    scope = f"namespace {args.namespace}" if args.namespace else "all namespaces"
+    print(f"sidecar-state check (CLI {__version__}, {scope})", file=stdout)
+    results = check.run_checks(
+        facts,
+        defaults=InjectionDefaults(),
+        max_staleness_seconds=args.max_staleness,
+    )
+    return check.report(results, out=stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidecar-state",
-        description="Inject sidecar-state into manifests offline, and print the CRD.",
+        description="Inject sidecar-state into manifests offline, print the CRD, and check "
+        "an installation.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -167,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the StateBinding CRD generated from the models")
     crd.add_argument("--write", nargs="+", metavar="DIR", help="write it into these folders")
 
+    check = commands.add_parser(
+        "check",
+        help="check the installation in the current kubeconfig's cluster",
+        description="Check, like `linkerd check`, that sidecar-state is healthy: the CRD, "
+        "both webhook configurations (caBundle, endpoint), the controller, namespace labels, "
+        "bindings, the Pods they select and their hydrators. Prints a list of checks; each "
+        "failed one says what to do. Exits 1 when any check fails.",
+    )
+    check.add_argument(
+        "-n", "--namespace", help="check the bindings of this namespace only (default: all)"
+    )
+    check.add_argument(
+        "--max-staleness",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a view older than this fails the freshness check (default: 300)",
+    )
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -184,6 +232,8 @@ def run(
             return cmd_inject(args, stdin=stdin, stdout=stdout)
         if args.command == "crd":
             return cmd_crd(args, stdout=stdout)
+        if args.command == "check":
+            return cmd_check(args, stdout=stdout)
         print(__version__, file=stdout)
         return 0
     except InputError as error:

@@ -96,6 +96,7 @@ class OperatorSettings(BaseSettings):
     rollout_max_in_progress_per_namespace: int = Field(
         default=2, ge=1, description="roll-outs of one namespace that may run at once"
     )
+    prometheus_annotations: bool = False
 
     def injection_defaults(self, *, sidecar_mode: SidecarMode | None = None) -> InjectionDefaults:
         """The engine's defaults; ``sidecar_mode`` is what ``auto`` resolved to at start
@@ -119,6 +120,7 @@ class OperatorSettings(BaseSettings):
             hydrator_memory_limit=self.hydrator_memory_limit,
             redis_cpu_request=self.redis_cpu_request,
             redis_cpu_limit=self.redis_cpu_limit,
+            prometheus_annotations=self.prometheus_annotations,
             excluded_namespaces=SYSTEM_NAMESPACES
             | {self.namespace}
             | frozenset(self.excluded_namespaces),

@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 #: What ``[project.scripts]`` in pyproject.toml installs.
-CONSOLE_SCRIPTS = ("sidecar-state", "sidecar-state-operator", "sidecar-state-hydrator")
+CONSOLE_SCRIPTS = (
+    "sidecar-state",
+    "sidecar-state-operator",
+    "sidecar-state-hydrator",
+    "sidecar-state-credentials",
+)
 
 
 def console_script(name: str) -> Path:

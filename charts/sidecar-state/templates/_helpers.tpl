@@ -129,6 +129,17 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
 - name: SIDECAR_STATE_REDIS_CPU_LIMIT
   value: {{ .redis.limits.cpu | quote }}
 {{- end }}
+- name: SIDECAR_STATE_PROMETHEUS_ANNOTATIONS
+  value: {{ .Values.monitoring.prometheusAnnotations | quote }}
+{{- end }}
+
+{{/* prometheus.io annotations of the operator's Pods (monitoring.prometheusAnnotations). */}}
+{{- define "sidecar-state.prometheusAnnotations" -}}
+{{- if .Values.monitoring.prometheusAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.healthPort | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end }}
 
 {{/* Probes of both roles, on the health server of handlers/lifecycle.py. */}}

@@ -36,6 +36,28 @@ PRINTER_COLUMNS = (
     {"name": "Injected", "type": "integer", "jsonPath": ".status.injectedPods"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # priority 1: shown by `kubectl get -o wide` only.
+    {
+        "name": "Source",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".status.source",
+        "description": "Where the records come from",
+    },
+    {
+        "name": "Hydrated",
+        "type": "integer",
+        "priority": 1,
+        "jsonPath": ".status.hydratedPods",
+        "description": "Pods whose hydrator reports a complete view",
+    },
+    {
+        "name": "Worst-Staleness",
+        "type": "integer",
+        "priority": 1,
+        "jsonPath": ".status.worstStalenessSeconds",
+        "description": "Seconds: the largest staleness among the binding's hydrators",
+    },
 )
 
 
@@ -91,8 +113,12 @@ def openapi_schema() -> dict[str, Any]:
         ),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {
+                "type": "string",
+                "description": f"{GROUP}/{VERSION}. Example: {GROUP}/{VERSION}",
+            },
+            "kind": {"type": "string", "description": f"{KIND}. Example: {KIND}"},
+            # The apiserver refuses anything but type on metadata (even a description).
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,

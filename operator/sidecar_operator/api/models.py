@@ -134,9 +134,24 @@ class ApiModel(BaseModel):
 
 
 class LabelSelectorRequirement(ApiModel):
-    key: LabelKey
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: tuple[LabelValue, ...] = ()
+    """One term of ``matchExpressions``: a label key, an operator and the values it takes."""
+
+    key: LabelKey = Field(
+        description="The Pod label the term tests. Required. Example: app.kubernetes.io/name"
+    )
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description=(
+            "How the label is tested: In, NotIn (against values), Exists, DoesNotExist "
+            "(values must be empty). Required. Example: In"
+        )
+    )
+    values: tuple[LabelValue, ...] = Field(
+        default=(),
+        description=(
+            "The label values for In and NotIn; empty for Exists and DoesNotExist. "
+            "Default: []. Example: [checkout, cart]"
+        ),
+    )
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
@@ -150,8 +165,20 @@ class LabelSelectorRequirement(ApiModel):
 class LabelSelector(ApiModel):
     """A Kubernetes LabelSelector; the terms are ANDed, as in every Kubernetes selector."""
 
-    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
-    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+    match_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        description=(
+            "Labels a Pod must carry, each with exactly this value. Default: {}. "
+            "Example: {app: checkout}"
+        ),
+    )
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(
+        default=(),
+        description=(
+            "Terms a Pod's labels must all satisfy. Default: []. "
+            "Example: [{key: tier, operator: In, values: [web]}]"
+        ),
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> LabelSelector:
@@ -165,126 +192,358 @@ class LabelSelector(ApiModel):
 
 
 class SecretReference(ApiModel):
-    name: ObjectName
+    """A Secret in the binding's own namespace."""
+
+    name: ObjectName = Field(
+        description="Name of the Secret in the binding's namespace. Required. Example: kafka-creds"
+    )
 
 
 class KafkaAuth(ApiModel):
     """Credentials from a Secret in the binding's own namespace (keys ``username``,
     ``password`` and optionally ``ca.crt``)."""
 
-    secret_ref: SecretReference
-    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    tls: bool = False
+    secret_ref: SecretReference = Field(
+        description=(
+            "The Secret with keys username, password and optionally ca.crt (a PEM CA that "
+            "verifies the brokers). Required. Example: {name: kafka-creds}"
+        )
+    )
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description=(
+            "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. Default: none (no SASL, "
+            "TLS client only when tls is true). Example: SCRAM-SHA-512"
+        ),
+    )
+    tls: bool = Field(
+        default=False,
+        description=(
+            "Connect to the brokers over TLS, verified against ca.crt when the Secret has one. "
+            "Default: false. Example: true"
+        ),
+    )
 
 
 class KafkaSource(ApiModel):
+    """Kafka topics whose records make up the view."""
+
     bootstrap_servers: tuple[HostPort, ...] | None = Field(
         default=None,
         min_length=1,
-        description="host:port of Kafka brokers; the operator's default when omitted",
+        description=(
+            "host:port of Kafka brokers. Default: the operator's (Helm value "
+            "kafka.bootstrapServers). Example: [kafka.data.svc:9092]"
+        ),
     )
     topics: Annotated[
         tuple[TopicName, ...],
         AfterValidator(_check_topic_list),
-        Field(json_schema_extra={"minItems": 1, "maxItems": MAX_TOPICS}),
+        Field(
+            json_schema_extra={"minItems": 1, "maxItems": MAX_TOPICS},
+            description=(
+                f"1-{MAX_TOPICS} Kafka topics (compacted, ideally) read into the store; their "
+                "records are applied in order per partition. Required. "
+                "Example: [feature-flags, prices]"
+            ),
+        ),
     ]
-    start_from: Literal["earliest", "latest"] = "earliest"
-    format: Literal["raw", "json", "debezium"] = "json"
-    auth: KafkaAuth | None = None
+    start_from: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description=(
+            "Where a new Pod starts reading: earliest (the whole compacted state) or latest "
+            "(only records from now on). Default: earliest. Example: latest"
+        ),
+    )
+    format: Literal["raw", "json", "debezium"] = Field(
+        default="json",
+        description=(
+            "How records map to keys: raw (record key to key, bytes as they are), json (key "
+            "and value from fields of the JSON value), debezium (change events: c/u/r set "
+            "after, d deletes). Default: json. Example: debezium"
+        ),
+    )
+    auth: KafkaAuth | None = Field(
+        default=None,
+        description=(
+            "SASL credentials and TLS for the brokers. Default: none (plaintext, no "
+            "authentication). Example: {secretRef: {name: kafka-creds}, mechanism: PLAIN, "
+            "tls: true}"
+        ),
+    )
 
 
 class Source(ApiModel):
-    kafka: KafkaSource
+    """Where the view's records come from."""
+
+    kafka: KafkaSource = Field(
+        description=(
+            "Kafka topics and how to reach them. Required. Example: {topics: [feature-flags]}"
+        )
+    )
 
 
 class Keys(ApiModel):
     """How a record becomes a Redis key: ``prefix`` + the key, value from ``valueField``."""
 
-    prefix: str = Field(default="", max_length=256)
-    key_field: str | None = Field(default=None, min_length=1)
-    value_field: str | None = Field(default=None, min_length=1)
+    prefix: str = Field(
+        default="",
+        max_length=256,
+        description=(
+            "Prepended to every key; keeps bindings apart in one Redis. Default: empty. "
+            "Example: 'flag:'"
+        ),
+    )
+    key_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "JSON field of the record value that gives the key (json format). Default: the "
+            "record's Kafka key. Example: id"
+        ),
+    )
+    value_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "JSON field of the record value stored as the value (json format). Default: the "
+            "whole JSON document. Example: enabled"
+        ),
+    )
 
 
 class ResourceList(ApiModel):
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    """CPU and memory quantities."""
+
+    cpu: Quantity | None = Field(
+        default=None, description="CPU quantity. Default: the operator's. Example: 100m"
+    )
+    memory: Quantity | None = Field(
+        default=None, description="Memory quantity. Default: the operator's. Example: 128Mi"
+    )
 
 
 class ResourceRequirements(ApiModel):
-    requests: ResourceList | None = None
-    limits: ResourceList | None = None
+    """Requests and limits of a container, as in a Pod spec."""
+
+    requests: ResourceList | None = Field(
+        default=None,
+        description=(
+            "Resources the scheduler reserves. Default: the operator's (cpu 50m, memory "
+            "64Mi). Example: {cpu: 100m, memory: 96Mi}"
+        ),
+    )
+    limits: ResourceList | None = Field(
+        default=None,
+        description=(
+            "Resources the container may not exceed. Default: the operator's (cpu 500m, "
+            "memory 128Mi). Example: {memory: 256Mi}"
+        ),
+    )
 
 
 class RedisResourceList(ApiModel):
-    cpu: Quantity | None = None
+    """The Redis container's CPU (its memory follows maxMemory)."""
+
+    cpu: Quantity | None = Field(
+        default=None, description="CPU quantity. Default: the operator's. Example: 100m"
+    )
 
 
 class RedisResources(ApiModel):
-    requests: RedisResourceList | None = None
-    limits: RedisResourceList | None = None
+    """CPU requests and limits of the Redis container."""
+
+    requests: RedisResourceList | None = Field(
+        default=None,
+        description="CPU the scheduler reserves. Default: the operator's (50m). "
+        "Example: {cpu: 100m}",
+    )
+    limits: RedisResourceList | None = Field(
+        default=None,
+        description="CPU the container may not exceed. Default: the operator's (100m). "
+        "Example: {cpu: 200m}",
+    )
 
 
 class Store(ApiModel):
+    """The Pod's Redis: how much it may hold and what it does when full."""
+
     max_memory: Quantity | None = Field(
-        default=None, description="Redis maxmemory; the operator's default when omitted"
+        default=None,
+        description=(
+            "Redis maxmemory, a quantity; bindings on one Pod add up. Default: the "
+            "operator's (Helm value sidecars.maxMemory, 64Mi). Example: 256Mi"
+        ),
     )
-    eviction_policy: EvictionPolicy = "noeviction"
+    eviction_policy: EvictionPolicy = Field(
+        default="noeviction",
+        description=(
+            "Redis maxmemory-policy. noeviction refuses writes when full (the binding turns "
+            "Ready=False, reason StoreFull) instead of silently serving a partial view. "
+            "Default: noeviction. Example: allkeys-lru"
+        ),
+    )
     resources: RedisResources | None = Field(
         default=None,
-        description="CPU of the Redis container (its memory follows maxMemory); the largest of "
-        "the Pod's bindings wins, a Pod annotation over both",
+        description="CPU of the Redis container (its memory follows maxMemory); the largest "
+        "of a Pod's bindings wins, a Pod annotation over both. Default: the operator's. "
+        "Example: {limits: {cpu: 200m}}",
     )
 
 
 class HydratorOptions(ApiModel):
-    resources: ResourceRequirements | None = None
+    """Settings of the injected hydrator sidecar."""
+
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description=(
+            "Requests and limits of the hydrator container. Default: the operator's. "
+            "Example: {limits: {memory: 256Mi}}"
+        ),
+    )
     hydration_timeout_seconds: int | None = Field(
         default=None, ge=10, le=86400,
-        description="How long the hydrator may take to hydrate before its startup probe fails",
+        description="How long the hydrator may take to hydrate before its startup probe "
+        "fails; the largest of a Pod's bindings wins. Default: the operator's (600). "
+        "Example: 900",
     )  # fmt: skip
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535,
-        description="Port of the hydrator's /metrics and probes (default 9464)",
+        description="Port of the hydrator's /metrics and probes. Default: the operator's "
+        "(9464). Example: 9465",
     )  # fmt: skip
 
 
 class StateBindingSpec(ApiModel):
-    selector: LabelSelector
-    source: Source
-    keys: Keys = Keys()
-    store: Store = Store()
-    hydrator: HydratorOptions = HydratorOptions()
+    """What a binding asks for: which Pods, which topics, and how they become keys."""
+
+    selector: LabelSelector = Field(
+        description=(
+            "Pods of the binding's namespace that get the sidecars; must not be empty. "
+            "Required. Example: {matchLabels: {app: checkout}}"
+        )
+    )
+    source: Source = Field(
+        description=(
+            "Where the records come from. Required. Example: {kafka: {topics: [feature-flags]}}"
+        )
+    )
+    keys: Keys = Field(
+        default=Keys(),
+        description=(
+            "How a record becomes a Redis key and value. Default: record key, whole value, "
+            "no prefix. Example: {prefix: 'flag:', keyField: id, valueField: enabled}"
+        ),
+    )
+    store: Store = Field(
+        default=Store(),
+        description=(
+            "Size and eviction of the Pod's Redis. Default: the operator's maxMemory, "
+            "noeviction. Example: {maxMemory: 64Mi}"
+        ),
+    )
+    hydrator: HydratorOptions = Field(
+        default=HydratorOptions(),
+        description=(
+            "Settings of the hydrator sidecar. Default: the operator's. "
+            "Example: {resources: {limits: {memory: 256Mi}}}"
+        ),
+    )
 
 
 class Condition(ApiModel):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    """A Kubernetes condition: one aspect of the binding, True or False, with why."""
+
+    type: str = Field(description="Ready, PodsInjected or StoreHealthy. Example: Ready")
+    status: Literal["True", "False", "Unknown"] = Field(
+        description="True, False or Unknown. Example: 'True'"
+    )
+    reason: str = Field(
+        default="", description="A CamelCase reason. Default: empty. Example: StoreFull"
+    )
+    message: str = Field(
+        default="",
+        description="What is wrong and what to do, for people. Default: empty. "
+        "Example: '2 selected Pod(s) run without the sidecars: ...'",
+    )
+    last_transition_time: str | None = Field(
+        default=None,
+        description="When status last changed (RFC 3339). Example: '2026-01-01T12:00:00Z'",
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        description="The binding's metadata.generation this condition was computed for. Example: 3",
+    )
 
 
 class StateBindingStatus(ApiModel):
+    """What the controller observed; written by it, never by users."""
+
     model_config = ConfigDict(extra="ignore")
 
-    observed_generation: int | None = None
-    conditions: tuple[Condition, ...] = ()
-    matched_pods: int = 0
-    injected_pods: int = 0
+    observed_generation: int | None = Field(
+        default=None,
+        description="The metadata.generation the controller last reconciled. Example: 3",
+    )
+    conditions: tuple[Condition, ...] = Field(
+        default=(),
+        description="Ready, PodsInjected and StoreHealthy. Default: []. "
+        "Example: [{type: Ready, status: 'True', reason: Accepted}]",
+    )
+    matched_pods: int = Field(
+        default=0, description="Live Pods the binding selects. Default: 0. Example: 3"
+    )
+    injected_pods: int = Field(
+        default=0,
+        description="Selected Pods that carry the sidecars. Default: 0. Example: 3",
+    )
     uninjected_pods: tuple[str, ...] = Field(
-        default=(), description="Matching Pods that run without the sidecars (watchdog)"
+        default=(),
+        description="Selected Pods that run without the sidecars, found by the watchdog "
+        "(at most 20 listed). Default: []. Example: [checkout-7d9f-x2x4q]",
     )
     store_full_pods: tuple[str, ...] = Field(
-        default=(), description="Pods whose Redis refused writes: maxMemory is too small"
+        default=(),
+        description="Pods whose Redis refused writes because maxMemory is too small (at most "
+        "20 listed). Default: []. Example: [checkout-7d9f-x2x4q]",
+    )
+    hydrated_pods: int = Field(
+        default=0,
+        description="Pods whose hydrator answered the controller's scrape and reports a "
+        "complete view. Default: 0. Example: 3",
+    )
+    unhydrated_pods: tuple[str, ...] = Field(
+        default=(),
+        description="Pods whose hydrator answered but has no complete view yet (at most 20 "
+        "listed). Default: []. Example: [checkout-7d9f-x2x4q]",
+    )
+    worst_staleness_seconds: int | None = Field(
+        default=None,
+        description="The largest staleness among the hydrators that answered, in whole "
+        "seconds: how old the stalest served view may be. Default: unset (no hydrator "
+        "answered, or none was ever fresh). Example: 2",
+    )
+    source: str | None = Field(
+        default=None,
+        description="The source, for kubectl get -o wide. Example: kafka://kafka.data.svc:9092",
+    )
+    topics: str | None = Field(
+        default=None,
+        description="The topics, comma-separated, for kubectl get. Example: feature-flags",
+    )
+    memory: str | None = Field(
+        default=None,
+        description="The store's maxMemory in effect, for kubectl get. Example: 64Mi",
+    )
+    ready: str | None = Field(
+        default=None,
+        description="The Ready condition's status, for kubectl get. Example: 'True'",
     )
     unchecked_pods: int = Field(
         default=0,
-        description="Injected Pods whose hydrator the controller could not reach: health unknown",
+        description="Injected Pods whose hydrator the controller could not reach (a mesh's "
+        "STRICT mTLS, a NetworkPolicy): their health is unknown. Default: 0. Example: 1",
     )
-    topics: str | None = Field(default=None, description="Topics, for kubectl get")
-    memory: str | None = Field(default=None, description="Store memory, for kubectl get")
-    ready: str | None = Field(default=None, description="Ready condition, for kubectl get")
 
 
 class StateBinding(ApiModel):

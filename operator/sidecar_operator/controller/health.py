@@ -16,6 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 OOM_METRIC = "sidecar_state_hydrator_redis_oom_rejections"
 HYDRATED_METRIC = "sidecar_state_hydrator_hydrated"
+STALENESS_METRIC = "sidecar_state_hydrator_staleness_seconds"
+#: What the hydrator reports before any partition was fully applied.
+NEVER_FRESH = -1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +26,7 @@ class HydratorHealth:
     pod: str
     hydrated: bool
     oom_rejections: int
+    staleness_seconds: float = NEVER_FRESH
     reachable: bool = True
     """False when the scrape failed (a mesh's STRICT mTLS, a NetworkPolicy): health unknown."""
 
@@ -32,16 +36,35 @@ def unreachable(pod: str) -> HydratorHealth:
 
 
 def parse_metrics(pod: str, text: str) -> HydratorHealth:
-    """Read the two figures the status needs; a metric that is missing counts as zero."""
+    """Read the figures the status needs; a missing counter counts as zero, a missing
+    staleness as never fresh."""
     oom = 0.0
     hydrated = 0.0
+    staleness = NEVER_FRESH
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in {OOM_METRIC, f"{OOM_METRIC}_total"}:
                 oom += sample.value
             elif sample.name == HYDRATED_METRIC:
                 hydrated = sample.value
-    return HydratorHealth(pod=pod, hydrated=hydrated >= 1, oom_rejections=int(oom))
+            elif sample.name == STALENESS_METRIC:
+                staleness = sample.value
+    return HydratorHealth(
+        pod=pod, hydrated=hydrated >= 1, oom_rejections=int(oom), staleness_seconds=staleness
+    )
+
+
+def worst_staleness(health: Sequence[HydratorHealth]) -> int | None:
+    """The largest staleness among hydrators that were ever fresh, in whole seconds; None when
+    none was.
+
+    Whole seconds: a healthy view's sub-second staleness changes on every scrape, and the
+    status is patched only when it changes.
+    A hydrator that was never fresh is not hydrated, and is reported as such instead: mixing
+    its -1 into a maximum would hide it, and a made-up large number would mislead.
+    """
+    known = [h.staleness_seconds for h in health if h.staleness_seconds >= 0]
+    return int(max(known)) if known else None
 
 
 def _metrics_port(pod: Mapping[str, Any]) -> int | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import format_bytes, quantity_bytes
-from sidecar_operator.controller.health import HydratorHealth, store_condition
+from sidecar_operator.controller.health import HydratorHealth, store_condition, worst_staleness
 from sidecar_operator.injection import UnknownBinding, select_bindings
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
@@ -145,6 +145,13 @@ def build_status(
         "uninjectedPods": missing[:MAX_LISTED],
         "storeFullPods": sorted(h.pod for h in health if h.oom_rejections > 0)[:MAX_LISTED],
         "uncheckedPods": sum(1 for h in health if not h.reachable),
+        "hydratedPods": sum(1 for h in health if h.hydrated),
+        "unhydratedPods": sorted(h.pod for h in health if h.reachable and not h.hydrated)[
+            :MAX_LISTED
+        ],
+        "worstStalenessSeconds": worst_staleness(health),
+        "source": "kafka://"
+        + ",".join(binding.spec.source.kafka.bootstrap_servers or defaults.bootstrap_servers),
         "topics": ",".join(binding.spec.source.kafka.topics),
         "memory": shown_memory,
         "ready": ready["status"],

@@ -162,10 +162,12 @@ async def pod_mutate(
 
     injected_spec = outcome.pod["spec"]
     injected_annotations = outcome.pod["metadata"]["annotations"]
+    injected_labels = outcome.pod["metadata"]["labels"]
 
     def apply(target: kopf.RawBody) -> None:
         target["spec"] = injected_spec
         target.setdefault("metadata", {})["annotations"] = injected_annotations
+        target["metadata"]["labels"] = injected_labels
 
     patch.fns.append(apply)
     metrics.ADMISSIONS.labels("injected", "").inc()

@@ -47,6 +47,10 @@ class InjectionDefaults(BaseModel):
     redis_cpu_request: str = "50m"
     redis_cpu_limit: str = "100m"
     hydration_timeout_seconds: int = Field(default=600, ge=10)
+    prometheus_annotations: bool = Field(
+        default=False,
+        description="write prometheus.io/* annotations for the hydrator on injected Pods",
+    )
 
     @property
     def socket_path(self) -> str:

@@ -6,7 +6,12 @@ from typing import Any
 
 from sidecar_hydrator.config import CONFIG_ENV
 from sidecar_operator.injection.defaults import InjectionDefaults
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, SOCKET_VOLUME
+from sidecar_operator.injection.names import (
+    CREDENTIALS_DIR,
+    CREDENTIALS_VOLUME,
+    HYDRATOR_CONTAINER,
+    SOCKET_VOLUME,
+)
 from sidecar_operator.injection.plan import SidecarPlan
 from sidecar_operator.injection.security import hardened_security_context
 
@@ -31,7 +36,10 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
     def probe(path: str, **timing: int) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": port}, **timing}
 
-    mounts: list[dict[str, Any]] = [{"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir}]
+    mounts: list[dict[str, Any]] = [
+        {"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir},
+        {"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True},
+    ]
     mounts += [
         {"name": s.volume_name, "mountPath": s.mount_path, "readOnly": True}
         for s in plan.secrets

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from sidecar_hydrator.credentials import ACL_FILE, HYDRATOR_REDIS_USER, PASSWORD_FILE
+
 REDIS_CONTAINER = "sidecar-state-redis"
 HYDRATOR_CONTAINER = "sidecar-state-hydrator"
+CREDENTIALS_CONTAINER = "sidecar-state-credentials"
 SOCKET_VOLUME = "sidecar-state-socket"
+#: The hydrator's Redis password and the ACL file: mounted into Redis and the hydrator only.
+CREDENTIALS_VOLUME = "sidecar-state-credentials"
+CREDENTIALS_DIR = "/var/run/sidecar-state-credentials"
+ACL_FILE_PATH = f"{CREDENTIALS_DIR}/{ACL_FILE}"
+HYDRATOR_PASSWORD_PATH = f"{CREDENTIALS_DIR}/{PASSWORD_FILE}"
+#: The Redis ACL user the hydrator writes as (apps get ``default``, which may only read).
+HYDRATOR_ACL_USER = HYDRATOR_REDIS_USER
 SOCKET_ENV = "SIDECAR_STATE_SOCKET"
 REDIS_URL_ENV = "SIDECAR_STATE_REDIS_URL"
 
-CONTAINER_NAMES = frozenset({REDIS_CONTAINER, HYDRATOR_CONTAINER})
+CONTAINER_NAMES = frozenset({CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER})
+VOLUME_NAMES = frozenset({SOCKET_VOLUME, CREDENTIALS_VOLUME})

@@ -14,6 +14,7 @@ from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnecti
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import parse_quantity, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.names import HYDRATOR_ACL_USER, HYDRATOR_PASSWORD_PATH
 
 SECRETS_DIR = "/var/run/sidecar-state-secrets"
 
@@ -138,6 +139,8 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
         eviction_policy=eviction,
         hydrator_config=HydratorConfig(
             redis_socket=defaults.socket_path,
+            redis_user=HYDRATOR_ACL_USER,
+            redis_password_file=HYDRATOR_PASSWORD_PATH,
             http_port=defaults.hydrator_port,
             bindings=tuple(sources),
         ),

@@ -17,9 +17,10 @@ from typing import Any
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.app_containers import wire_app_container
+from sidecar_operator.injection.credentials_container import build_credentials_container
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
-from sidecar_operator.injection.names import CONTAINER_NAMES, SOCKET_VOLUME
+from sidecar_operator.injection.names import CONTAINER_NAMES, CREDENTIALS_DIR, VOLUME_NAMES
 from sidecar_operator.injection.overrides import (
     METRICS_PORT,
     InvalidOverride,
@@ -172,10 +173,10 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
                 f'the container or opt the Pod out with {ann.INJECT}: "false"'
             )
         for mount in container.get("volumeMounts") or []:
-            if mount.get("mountPath") == defaults.socket_dir:
+            if mount.get("mountPath") in (defaults.socket_dir, CREDENTIALS_DIR):
                 raise InjectionConflict(
-                    f"container {container.get('name')!r} already mounts {defaults.socket_dir}, "
-                    "where sidecar-state puts its socket"
+                    f"container {container.get('name')!r} already mounts "
+                    f"{mount['mountPath']}, where sidecar-state puts its socket and credentials"
                 )
     taken_by = port_conflict(spec, port=defaults.hydrator_port)
     if taken_by is not None:
@@ -185,9 +186,9 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
             "binding's spec.hydrator.metricsPort)"
         )
     for volume in spec.get("volumes") or []:
-        if volume.get("name") == SOCKET_VOLUME:
+        if volume.get("name") in VOLUME_NAMES:
             raise InjectionConflict(
-                f"volume name {SOCKET_VOLUME!r} is reserved by sidecar-state; rename the volume"
+                f"volume name {volume['name']!r} is reserved by sidecar-state; rename the volume"
             )
 
 
@@ -213,15 +214,25 @@ def binding_content_hash(bindings: Iterable[StateBinding]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_sidecars(
-    *, plan: SidecarPlan, defaults: InjectionDefaults
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Our containers (Redis first: the hydrator needs it) and our volumes."""
-    containers = [
-        build_redis_container(plan=plan, defaults=defaults),
-        build_hydrator_container(plan=plan, defaults=defaults),
-    ]
-    return containers, build_volumes(plan=plan)
+@dataclass(frozen=True, kw_only=True)
+class Sidecars:
+    """What we add: a one-shot init container that must finish before Redis starts, the
+    long-running sidecars (Redis first: the hydrator needs it), and our volumes."""
+
+    setup: list[dict[str, Any]]
+    running: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+
+
+def build_sidecars(*, plan: SidecarPlan, defaults: InjectionDefaults) -> Sidecars:
+    return Sidecars(
+        setup=[build_credentials_container(defaults=defaults)],
+        running=[
+            build_redis_container(plan=plan, defaults=defaults),
+            build_hydrator_container(plan=plan, defaults=defaults),
+        ],
+        volumes=build_volumes(plan=plan),
+    )
 
 
 def _add_supplemental_group(spec: dict[str, Any], group: int) -> None:
@@ -271,8 +282,8 @@ def inject_pod(
     _check_conflicts(spec, defaults=defaults)
 
     plan = plan_sidecars(selected, defaults=defaults)
-    sidecars, volumes = build_sidecars(plan=plan, defaults=defaults)
-    digest = config_hash(sidecars, volumes)
+    ours = build_sidecars(plan=plan, defaults=defaults)
+    digest = config_hash([*ours.setup, *ours.running], ours.volumes)
     content = binding_content_hash(selected)
 
     injected = copy.deepcopy(dict(pod))
@@ -284,24 +295,36 @@ def inject_pod(
     if defaults.sidecar_mode == "native":
         # Native sidecars (restartPolicy: Always) after a mesh's, before the app's own init
         # containers: those and the app start only after Redis answers and the hydrator
-        # reports the state hydrated.
-        native = [{**c, "restartPolicy": "Always"} for c in sidecars]
-        new_spec["initContainers"] = place(app_inits, native)
+        # reports the state hydrated. The one-shot credentials step goes right before them.
+        native = [{**c, "restartPolicy": "Always"} for c in ours.running]
+        new_spec["initContainers"] = place(app_inits, ours.setup + native)
         new_spec["containers"] = apps
     else:
-        if app_inits:
-            new_spec["initContainers"] = app_inits
-        new_spec["containers"] = apps + sidecars
-    new_spec["volumes"] = [*(new_spec.get("volumes") or []), *volumes]
+        new_spec["initContainers"] = place(app_inits, ours.setup)
+        new_spec["containers"] = apps + ours.running
+    new_spec["volumes"] = [*(new_spec.get("volumes") or []), *ours.volumes]
     if defaults.user_ids == "fixed":
         _add_supplemental_group(new_spec, defaults.socket_group)
 
     metadata = injected.setdefault("metadata", {})
-    metadata["annotations"] = {
+    annotations = {
         **(metadata.get("annotations") or {}),
         ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
         ann.CONFIG_HASH: digest,
         ann.BINDINGS_HASH: content,
+    }
+    if defaults.prometheus_annotations and not any(
+        key.startswith("prometheus.io/") for key in annotations
+    ):
+        # A Pod that already has prometheus.io annotations points them at its own metrics;
+        # taking them over would silently stop that scrape.
+        annotations[ann.PROMETHEUS_SCRAPE] = "true"
+        annotations[ann.PROMETHEUS_PORT] = str(defaults.hydrator_port)
+        annotations[ann.PROMETHEUS_PATH] = "/metrics"
+    metadata["annotations"] = annotations
+    metadata["labels"] = {
+        **(metadata.get("labels") or {}),
+        ann.INJECTED_LABEL: ann.INJECTED_LABEL_VALUE,
     }
     return Injected(
         pod=injected,

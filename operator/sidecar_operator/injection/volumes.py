@@ -1,19 +1,26 @@
-"""Volumes we add: the in-memory socket directory, and Secrets holding Kafka CA files."""
+"""Volumes we add: the in-memory socket directory, the hydrator's Redis credentials, and
+Secrets holding Kafka CA files."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sidecar_operator.injection.names import SOCKET_VOLUME
+from sidecar_operator.injection.names import CREDENTIALS_VOLUME, SOCKET_VOLUME
 from sidecar_operator.injection.plan import SidecarPlan
 
 # Only a socket lives there; the limit stops anyone using it as scratch space in memory.
 SOCKET_VOLUME_SIZE = "1Mi"
+#: A password and a two-line ACL file.
+CREDENTIALS_VOLUME_SIZE = "64Ki"
 
 
 def build_volumes(*, plan: SidecarPlan) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SOCKET_VOLUME_SIZE}}
+        {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SOCKET_VOLUME_SIZE}},
+        {
+            "name": CREDENTIALS_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": CREDENTIALS_VOLUME_SIZE},
+        },
     ]
     volumes += [
         {

@@ -8,12 +8,14 @@ of this test, so exactly one webhook injects; it is restored afterwards.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from demo.publish import publish
-from tests.e2e.helpers import wait_reconciled
+from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.stack import IMAGES
 from tests.e2e.node.support import app_pod, flag_binding, wait_answer, wait_ready
@@ -82,5 +84,33 @@ def test_chart_operator_runs_and_injects_through_its_service(
     cluster.apply(app_pod("shop-1", namespace, app="shop"))
     pod = wait_ready(cluster, "shop-1", namespace, timeout=180)
     inits = [c["name"] for c in pod["spec"]["initContainers"]]
-    assert inits == ["sidecar-state-redis", "sidecar-state-hydrator"]
+    assert inits == ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
     assert wait_answer(pod["status"]["podIP"], "Showing New Layout", timeout=10)
+
+    # `sidecar-state check` on the chart's installation: service webhooks (caBundle against the
+    # TLS Secret, an answer through the service proxy), the controller Deployment, and a Pod
+    # whose hydrator the controller scraped.
+    wait_for(
+        lambda: (
+            ((get_binding(cluster, "shop", namespace) or {}).get("status") or {}).get(
+                "hydratedPods"
+            )
+            == 1
+        ),
+        timeout=60,
+        what="the controller to count the hydrated Pod",
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "sidecar_operator.cli", "check", "--namespace", namespace],
+        env=cluster.env(), capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    for line in (
+        "✓ inject-pods.sidecarstate.dev: caBundle verifies the serving certificate",
+        "✓ inject-pods.sidecarstate.dev: the endpoint answers",
+        f"✓ Deployment {OPERATOR_NAMESPACE}/{RELEASE}-controller is up",
+        f"✓ Pods selected by {namespace}/shop carry the sidecars (1 of 1)",
+        f"✓ hydrators of {namespace}/shop are hydrated (1 of 1 hydrated)",
+        f"✓ views of {namespace}/shop are fresh",
+    ):
+        assert line in check.stdout, check.stdout

@@ -62,6 +62,30 @@ def test_injected_pod_is_ready_and_app_started_after_hydration(
     )
     assert wait_answer(ip, "Showing New Layout", timeout=2)
 
+    # What monitoring reads from this Pod: the PodMonitor's label, and the hydrator's store
+    # figures; and what the controller put on the status from its scrape.
+    assert pod["metadata"]["labels"]["sidecarstate.dev/injected"] == "true"
+    wait_for(
+        lambda: metric(ip, "sidecar_state_hydrator_redis_max_memory_bytes") == 16 * 2**20,
+        timeout=10,
+        what="the hydrator to report Redis maxmemory (16Mi)",
+    )
+    assert 0 < metric(ip, "sidecar_state_hydrator_redis_used_memory_bytes") < 16 * 2**20
+    reported = wait_for(
+        lambda: (
+            (b := get_binding(cluster, "shop", namespace))
+            and (b.get("status") or {}).get("hydratedPods") == 1
+            and b["status"]
+        ),
+        timeout=60,
+        what="the binding's status to count the hydrated Pod",
+    )
+    assert reported["unhydratedPods"] == []
+    assert 0 <= reported["worstStalenessSeconds"] < 30, reported
+    wide = cluster.kubectl_run("get", "sb", "shop", "-n", namespace, "-o", "wide").stdout
+    header, row = (line.split() for line in wide.splitlines()[:2])
+    assert row[header.index("HYDRATED")] == "1", wide
+
 
 def _shop(node_cluster: NodeCluster, namespace: str, *, enabled: bool = False) -> tuple[str, str]:
     """A binding + one injected Pod answering from topic ``flags-<ns>``; returns (Pod IP, topic)."""
@@ -220,3 +244,10 @@ def test_topic_bigger_than_max_memory_is_reported(
     # container would then never start), or the app must be able to see it is partial.
     assert metric(ip, "sidecar_state_hydrator_hydrated") == 0
     assert "running" not in app["state"], app
+    assert "big-1" in wait_for(
+        lambda: (
+            (get_binding(cluster, "big", namespace) or {}).get("status", {}).get("unhydratedPods")
+        ),
+        timeout=60,
+        what="the binding's status to list the Pod as not hydrated",
+    )

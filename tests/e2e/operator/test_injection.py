@@ -20,7 +20,7 @@ from tests.e2e.helpers import (
 )
 from tests.e2e.operator_process import OperatorHandle
 
-SIDECARS = ["sidecar-state-redis", "sidecar-state-hydrator"]
+SIDECARS = ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
 
 
 def test_deployment_pods_are_injected_exactly_as_the_engine_says(
@@ -50,12 +50,15 @@ def test_deployment_pods_are_injected_exactly_as_the_engine_says(
         annotations = got["metadata"]["annotations"]
         assert annotations["sidecarstate.dev/injected-bindings"] == "checkout"
         assert annotations["sidecarstate.dev/config-hash"] == expected.config_hash
+        restart_policies = [c.get("restartPolicy") for c in got["spec"]["initContainers"]]
+        assert restart_policies == [None, "Always", "Always"]
         for want in expected.pod["spec"]["initContainers"]:
             have = next(c for c in got["spec"]["initContainers"] if c["name"] == want["name"])
             assert have["command" if "command" in want else "args"] == want.get(
                 "command", want.get("args")
             )
-            assert have["restartPolicy"] == "Always"
+            # The credentials step is a one-shot init container; the others are sidecars.
+            assert have.get("restartPolicy") == want.get("restartPolicy")
             assert have["securityContext"]["readOnlyRootFilesystem"] is True
             assert have["resources"]["limits"]["memory"] == want["resources"]["limits"]["memory"]
         app = got["spec"]["containers"][0]
@@ -67,7 +70,7 @@ def test_deployment_pods_are_injected_exactly_as_the_engine_says(
             v for v in got["spec"]["volumes"] if v["name"] == "sidecar-state-socket"
         )
         assert socket_volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
-        redis = got["spec"]["initContainers"][0]
+        redis = next(c for c in got["spec"]["initContainers"] if c["name"] == "sidecar-state-redis")
         assert (
             "ports" not in redis and redis["command"][redis["command"].index("--port") + 1] == "0"
         )

@@ -31,7 +31,7 @@ from tests.e2e.operator.mesh_webhook import mesh_webhook
 from tests.e2e.operator_process import OperatorHandle
 
 Pod = dict[str, Any]
-SIDECARS = ["sidecar-state-redis", "sidecar-state-hydrator"]
+SIDECARS = ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
 
 
 def events_on(cluster: ClusterAccess, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
@@ -424,7 +424,8 @@ def test_auto_mode_asks_the_server_and_injects_native_sidecars_on_it(
 
     inits, containers = container_names(found)
     assert inits == SIDECARS and containers == ["app"]
-    assert all(c["restartPolicy"] == "Always" for c in found["spec"]["initContainers"])
+    running = [c for c in found["spec"]["initContainers"] if c["name"] in SIDECARS[1:]]
+    assert [c.get("restartPolicy") for c in running] == ["Always", "Always"]
 
 
 # --- item 8: policies ------------------------------------------------------------------------
@@ -453,7 +454,9 @@ def test_injected_pods_pass_a_limit_range_and_take_per_pod_overrides(
                  "sidecarstate.dev/hydrator-cpu-limit": "150m"}  # fmt: skip
     cluster.apply(app_pod("tuned", annotations=overrides))
     found = cluster.kubectl_json("get", "pod", "tuned", "-n", namespace)
-    hydrator = next(c for c in found["spec"]["initContainers"] if c["name"] == SIDECARS[1])
+    hydrator = next(
+        c for c in found["spec"]["initContainers"] if c["name"] == "sidecar-state-hydrator"
+    )
     assert hydrator["ports"][0]["containerPort"] == 9470
     assert hydrator["resources"]["limits"]["cpu"] == "150m"
     assert "runAsUser" not in hydrator["securityContext"]

@@ -10,7 +10,11 @@ import yaml
 
 from sidecar_operator import __version__
 from sidecar_operator.api.crd import CRD_FILE_NAME, render_crd
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
+from sidecar_operator.injection.names import (
+    CREDENTIALS_CONTAINER,
+    HYDRATOR_CONTAINER,
+    REDIS_CONTAINER,
+)
 from tests.support.console_scripts import console_script
 
 
@@ -33,7 +37,11 @@ def container_names(template, key):
 
 def assert_injected(document):
     template = template_of(document)
-    assert container_names(template, "initContainers")[:2] == [REDIS_CONTAINER, HYDRATOR_CONTAINER]
+    assert container_names(template, "initContainers")[:3] == [
+        CREDENTIALS_CONTAINER,
+        REDIS_CONTAINER,
+        HYDRATOR_CONTAINER,
+    ]
     assert "sidecarstate.dev/injected-bindings" in template["metadata"]["annotations"]
 
 
@@ -66,12 +74,14 @@ def test_seed_example_gets_the_sidecars(cli, seed_files):
     (deployment,) = result.documents
     template = template_of(deployment)
     spec = template["spec"]
-    redis, hydrator = spec["initContainers"]
+    credentials, redis, hydrator = spec["initContainers"]
+    assert "restartPolicy" not in credentials
     command = redis["command"]
     assert command[command.index("--port") + 1] == "0"
     assert command[command.index("--unixsocket") + 1] == "/var/run/sidecar-state/redis.sock"
     assert command[command.index("--maxmemory") + 1] == str(64 * 2**20)
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert command[command.index("--aclfile") + 1] == "/var/run/sidecar-state-credentials/users.acl"
     assert redis["restartPolicy"] == hydrator["restartPolicy"] == "Always"
     assert '"topics":["feature-flags"]' in hydrator["env"][0]["value"]
     assert {"name": "SIDECAR_STATE_REDIS_URL", "value": SOCKET_URL} in spec["containers"][0]["env"]
@@ -157,7 +167,11 @@ def test_bare_pod_is_injected(cli, write_yaml, make_workload, binding_doc):
     result = cli("inject", "-f", write_yaml(make_workload("Pod")), "-b", write_yaml(binding_doc()))
 
     (pod,) = result.documents
-    assert container_names(pod, "initContainers") == [REDIS_CONTAINER, HYDRATOR_CONTAINER]
+    assert container_names(pod, "initContainers") == [
+        CREDENTIALS_CONTAINER,
+        REDIS_CONTAINER,
+        HYDRATOR_CONTAINER,
+    ]
 
 
 def test_manifest_from_stdin(cli, make_workload, binding_doc, write_yaml):
@@ -201,7 +215,7 @@ def test_containers_mode_flag(cli, seed_files):
 
     template = template_of(result.documents[0])
     assert container_names(template, "containers") == ["app", REDIS_CONTAINER, HYDRATOR_CONTAINER]
-    assert container_names(template, "initContainers") == []
+    assert container_names(template, "initContainers") == [CREDENTIALS_CONTAINER]
 
 
 def test_default_flags_apply_to_bindings_that_omit_them(
@@ -213,7 +227,7 @@ def test_default_flags_apply_to_bindings_that_omit_them(
                  "--max-memory", "1Gi", "--bootstrap-servers", "k1:9092,k2:9092",
                  "--redis-image", "redis:local", "--hydrator-image", "hydrator:local")  # fmt: skip
 
-    redis, hydrator = template_of(result.documents[0])["spec"]["initContainers"]
+    _, redis, hydrator = template_of(result.documents[0])["spec"]["initContainers"]
     assert str(2**30) in redis["command"]
     assert (redis["image"], hydrator["image"]) == ("redis:local", "hydrator:local")
     assert '"bootstrap_servers":["k1:9092","k2:9092"]' in hydrator["env"][0]["value"]

@@ -12,6 +12,7 @@ from sidecar_operator.controller.health import (
     parse_metrics,
     scrape_targets,
     unreachable,
+    worst_staleness,
 )
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import (
@@ -111,28 +112,38 @@ def test_a_full_store_makes_the_binding_not_ready(make_binding):
     assert ready["reason"] == "StoreFull" and "spec.store.maxMemory" in ready["message"]
 
 
-def test_unreachable_hydrators_make_health_unknown_and_are_counted(make_binding):
+def test_status_carries_hydration_and_the_worst_staleness(make_binding):
     binding = make_binding()
-    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=0), unreachable("b"),
-              unreachable("c")]  # fmt: skip
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=0, staleness_seconds=0.2),
+              HydratorHealth(pod="b", hydrated=True, oom_rejections=0, staleness_seconds=41.7),
+              HydratorHealth(pod="c", hydrated=False, oom_rejections=0)]  # fmt: skip
 
     status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
                           health=health, now=NOW)  # fmt: skip
 
-    assert status["uncheckedPods"] == 2 and status["ready"] == "Unknown"
-    store = next(c for c in status["conditions"] if c["type"] == "StoreHealthy")
-    assert (store["status"], store["reason"]) == ("Unknown", "HydratorsUnreachable")
-    assert store["message"].startswith("1 hydrator(s) checked; 2 could not be reached")
+    assert status["hydratedPods"] == 2
+    assert status["unhydratedPods"] == ["c"]
+    assert status["worstStalenessSeconds"] == 41
+    assert status["source"] == "kafka://kafka.kafka.svc:9092"
 
 
-def test_a_full_store_wins_over_unreachable_ones(make_binding):
+def test_worst_staleness_ignores_never_fresh_hydrators_and_is_unset_without_any():
+    never = HydratorHealth(pod="n", hydrated=False, oom_rejections=0)
+
+    assert worst_staleness([]) is None
+    assert worst_staleness([never]) is None
+    assert worst_staleness([never, HydratorHealth(pod="f", hydrated=True, oom_rejections=0,
+                                                  staleness_seconds=3.9)]) == 3  # fmt: skip
+
+
+def test_status_fields_are_all_in_the_crd_schema(make_binding):
+    # A field the controller writes but the schema lacks is pruned by the apiserver silently.
+    from sidecar_operator.api.crd import openapi_schema
+
     binding = make_binding()
-    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=3), unreachable("b")]
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS, now=NOW)
 
-    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
-                          health=health, now=NOW)  # fmt: skip
-
-    assert status["ready"] == "False" and status["uncheckedPods"] == 1
+    assert set(status) <= set(openapi_schema()["properties"]["status"]["properties"])
 
 
 # --- hydrator metrics ------------------------------------------------------------------------
@@ -144,11 +155,16 @@ sidecar_state_hydrator_hydrated 1.0
 # HELP sidecar_state_hydrator_redis_oom_rejections_total Key writes Redis refused.
 # TYPE sidecar_state_hydrator_redis_oom_rejections_total counter
 sidecar_state_hydrator_redis_oom_rejections_total 37.0
+# HELP sidecar_state_hydrator_staleness_seconds How old the served view may be.
+# TYPE sidecar_state_hydrator_staleness_seconds gauge
+sidecar_state_hydrator_staleness_seconds 1.5
 """
 
 
 def test_parse_metrics_reads_hydrated_and_oom_rejections():
-    assert parse_metrics("p", METRICS) == HydratorHealth(pod="p", hydrated=True, oom_rejections=37)
+    assert parse_metrics("p", METRICS) == HydratorHealth(
+        pod="p", hydrated=True, oom_rejections=37, staleness_seconds=1.5
+    )
 
 
 def test_parse_metrics_treats_missing_figures_as_zero():
@@ -381,3 +397,28 @@ def test_no_topics_annotation_means_no_binding(make_workload):
 def test_invalid_annotations_name_the_problem(make_workload):
     with pytest.raises(ValueError, match=r"sidecarstate.dev/\*.*spec.store.maxMemory"):
         owned_binding(annotated(make_workload, topics="flags", memory="lots"))
+
+
+def test_unreachable_hydrators_make_health_unknown_and_are_counted(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=0), unreachable("b"),
+              unreachable("c")]  # fmt: skip
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["uncheckedPods"] == 2 and status["ready"] == "Unknown"
+    assert status["unhydratedPods"] == []  # not answering is not "not hydrated"
+    store = next(c for c in status["conditions"] if c["type"] == "StoreHealthy")
+    assert (store["status"], store["reason"]) == ("Unknown", "HydratorsUnreachable")
+    assert store["message"].startswith("1 hydrator(s) checked; 2 could not be reached")
+
+
+def test_a_full_store_wins_over_unreachable_ones(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=3), unreachable("b")]
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["ready"] == "False" and status["uncheckedPods"] == 1

@@ -16,7 +16,11 @@ from sidecar_operator.injection import (
     bindings_hash,
     inject_pod,
 )
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
+from sidecar_operator.injection.names import (
+    CREDENTIALS_CONTAINER,
+    HYDRATOR_CONTAINER,
+    REDIS_CONTAINER,
+)
 
 MI = 2**20
 BINDINGS = "sidecarstate.dev/bindings"
@@ -96,7 +100,7 @@ def two_bindings(make_binding):
 def test_two_bindings_give_one_redis_and_one_hydrator(make_pod, two_bindings, injected):
     result = injected(make_pod(), *two_bindings)
 
-    assert result.init_names == [REDIS_CONTAINER, HYDRATOR_CONTAINER]
+    assert result.init_names == [CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER]
 
 
 def test_memory_of_several_bindings_adds_up(make_pod, two_bindings, injected):

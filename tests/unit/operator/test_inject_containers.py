@@ -8,7 +8,12 @@ import pytest
 from sidecar_hydrator.config import HydratorConfig
 from sidecar_operator.api.quantity import parse_quantity, quantity_bytes
 from sidecar_operator.injection import InjectionDefaults
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER, SOCKET_VOLUME
+from sidecar_operator.injection.names import (
+    CREDENTIALS_CONTAINER,
+    HYDRATOR_CONTAINER,
+    REDIS_CONTAINER,
+    SOCKET_VOLUME,
+)
 
 SOCKET_DIR = "/var/run/sidecar-state"
 SOCKET = f"{SOCKET_DIR}/redis.sock"
@@ -219,7 +224,7 @@ def test_user_container_fields_and_mounts_are_kept(
 # --- resources and security of what we add ---------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [REDIS_CONTAINER, HYDRATOR_CONTAINER])
+@pytest.mark.parametrize("name", [CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER])
 def test_sidecars_set_requests_and_limits(seed_injected, name):
     resources = seed_injected.container(name)["resources"]
 
@@ -229,7 +234,7 @@ def test_sidecars_set_requests_and_limits(seed_injected, name):
         assert 0 < request <= limit, f"{name} {kind}: request {request}, limit {limit}"
 
 
-@pytest.mark.parametrize("name", [REDIS_CONTAINER, HYDRATOR_CONTAINER])
+@pytest.mark.parametrize("name", [CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER])
 def test_sidecars_are_hardened(seed_injected, name):
     context = seed_injected.container(name)["securityContext"]
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from sidecar_operator.api.quantity import quantity_bytes
 from sidecar_operator.injection import InjectionDefaults
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER, SOCKET_VOLUME
+from sidecar_operator.injection.names import (
+    CREDENTIALS_CONTAINER,
+    CREDENTIALS_VOLUME,
+    HYDRATOR_CONTAINER,
+    REDIS_CONTAINER,
+    SOCKET_VOLUME,
+)
 
 SOCKET_DIR = "/var/run/sidecar-state"
 SOCKET = f"{SOCKET_DIR}/redis.sock"
@@ -41,14 +47,19 @@ def test_user_volumes_are_kept_before_ours(make_pod, make_binding, injected):
     result = injected(make_pod(volumes=[config]), make_binding())
 
     assert result.spec["volumes"][0] == config
-    assert [v["name"] for v in result.spec["volumes"]] == ["config", SOCKET_VOLUME]
+    assert [v["name"] for v in result.spec["volumes"]] == [
+        "config",
+        SOCKET_VOLUME,
+        CREDENTIALS_VOLUME,
+    ]
 
 
 # --- native sidecars -------------------------------------------------------------------------
 
 
 def test_sidecars_are_native_init_containers_redis_first(seed_injected):
-    assert seed_injected.init_names == SIDECARS
+    # The credentials step first: Redis loads the ACL file it writes when it starts.
+    assert seed_injected.init_names == [CREDENTIALS_CONTAINER, *SIDECARS]
     assert seed_injected.container_names == ["app"]
 
 
@@ -68,7 +79,7 @@ def test_sidecars_come_before_user_init_containers(
 
     result = injected(make_pod(init_containers=[migrate]), make_binding())
 
-    assert result.init_names == [*SIDECARS, "migrate"]
+    assert result.init_names == [CREDENTIALS_CONTAINER, *SIDECARS, "migrate"]
     assert "restartPolicy" not in result.container("migrate")
 
 
@@ -80,17 +91,20 @@ def test_containers_mode_appends_sidecars_to_containers(
     result = injected(pod, make_binding(), defaults=InjectionDefaults(sidecar_mode="containers"))
 
     assert result.container_names == ["app", *SIDECARS]
-    assert result.init_names == ["migrate"]
+    assert result.init_names == [CREDENTIALS_CONTAINER, "migrate"]
     for name in SIDECARS:
         assert "restartPolicy" not in result.container(name), name
 
 
-def test_containers_mode_without_init_containers_adds_none(make_pod, make_binding, injected):
+def test_containers_mode_adds_only_the_credentials_step_to_init_containers(
+    make_pod, make_binding, injected
+):
     result = injected(
         make_pod(), make_binding(), defaults=InjectionDefaults(sidecar_mode="containers")
     )
 
-    assert "initContainers" not in result.spec
+    assert result.init_names == [CREDENTIALS_CONTAINER]
+    assert "restartPolicy" not in result.container(CREDENTIALS_CONTAINER)
 
 
 # --- startup probes --------------------------------------------------------------------------
@@ -172,7 +186,41 @@ def test_user_annotations_and_labels_are_kept(make_pod, make_binding, injected):
     result = injected(pod, make_binding())
 
     assert result.annotations["team"] == "payments"
-    assert result.pod["metadata"]["labels"] == {"app": "checkout", "v": "2"}
+    assert result.pod["metadata"]["labels"] == {
+        "app": "checkout",
+        "v": "2",
+        "sidecarstate.dev/injected": "true",
+    }
+
+
+def test_injected_pods_carry_the_label_the_pod_monitor_selects(seed_injected):
+    # Prometheus Operator selects Pods by label only; the chart's PodMonitor uses this one.
+    assert seed_injected.pod["metadata"]["labels"]["sidecarstate.dev/injected"] == "true"
+
+
+def test_prometheus_annotations_only_when_asked(make_pod, make_binding, injected, seed_injected):
+    result = injected(
+        make_pod(), make_binding(), defaults=InjectionDefaults(prometheus_annotations=True)
+    )
+
+    assert not any(k.startswith("prometheus.io/") for k in seed_injected.annotations)
+    assert {k: v for k, v in result.annotations.items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9464",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_prometheus_annotations_never_take_over_the_apps_own(make_pod, make_binding, injected):
+    own = {"prometheus.io/scrape": "true", "prometheus.io/port": "8000"}
+    result = injected(
+        make_pod(annotations=own),
+        make_binding(),
+        defaults=InjectionDefaults(prometheus_annotations=True),
+    )
+
+    assert result.annotations["prometheus.io/port"] == "8000"
+    assert "prometheus.io/path" not in result.annotations
 
 
 # --- a different socket directory ------------------------------------------------------------

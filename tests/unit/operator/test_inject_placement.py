@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
+from sidecar_operator.injection.names import (
+    CREDENTIALS_CONTAINER,
+    HYDRATOR_CONTAINER,
+    REDIS_CONTAINER,
+)
 from sidecar_operator.injection.placement import reposition
 
-SIDECARS = [REDIS_CONTAINER, HYDRATOR_CONTAINER]
+SIDECARS = [CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER]
 
 
 def native(name: str) -> dict[str, object]:
