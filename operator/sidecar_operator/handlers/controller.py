@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Mapping
@@ -193,6 +194,27 @@ async def reconcile_namespace(
             await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
 
 
+#: After a binding is created or changed, one more pass this much later may roll what it
+#: newly selects: Pods admitted while the namespace's new label was still reaching the
+#: apiserver's webhook selector, or not yet in the Pod cache when the first pass ran.
+FOLLOW_UP_SECONDS = 3.0
+
+
+def follow_up(memo: Any, passes: NamespacePasses, namespace: str) -> None:
+    state: ControllerState = memo.controller_state
+
+    async def later() -> None:
+        await asyncio.sleep(FOLLOW_UP_SECONDS)
+        try:
+            await passes.request(namespace, roll_missed=True)
+        except Exception as error:  # the watchdog's next pass tries again
+            logging.getLogger(__name__).warning(f"Follow-up pass of {namespace}: {error}")
+
+    task = asyncio.create_task(later())
+    state.follow_ups.add(task)
+    task.add_done_callback(state.follow_ups.discard)
+
+
 def namespace_passes(
     memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
 ) -> NamespacePasses:
@@ -230,6 +252,8 @@ async def statebinding_reconcile(
     # A created or changed binding rolls the workloads it now selects; a resume (an operator
     # restart) rolls only content changes, not Pods that an outage left without sidecars.
     passes = namespace_passes(memo, bindings_by_namespace, logger)
+    if reason != kopf.Reason.RESUME:
+        follow_up(memo, passes, namespace)
     await passes.request(namespace, roll_missed=reason != kopf.Reason.RESUME)
 
 

@@ -90,5 +90,7 @@ class ControllerState:
     """Warnings already posted on Deployments, so each is posted once."""
     deferred: dict[str, set[str]] = field(default_factory=dict)
     """Per namespace: ``Kind/name`` of roll-outs the throttle left for a later pass."""
+    follow_ups: set[asyncio.Task[None]] = field(default_factory=set)
+    """Delayed passes after binding changes (handlers.controller.follow_up), kept alive."""
     pods: kopf.Index[str, dict[str, Any]] | None = None
     """The watch-fed cache of trimmed Pods (handlers.controller.pods_by_namespace)."""
