@@ -5,7 +5,8 @@ TIMED := scripts/timed.sh
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help setup lint crds test test-unit test-integration test-e2e \
-        cluster-build cluster-up cluster-down bench demo demo-down test-node
+        cluster-build cluster-up cluster-down bench demo demo-down test-node \
+        images lock test-kind kind-up kind-down
 
 help:
 	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
@@ -13,6 +14,8 @@ help:
 	@echo "               make demo-down removes it"
 	@echo "make lint    - ruff and mypy;  make crds - regenerate the CRD from the models"
 	@echo "make bench   - benchmarks, results in benchmarks/results/"
+	@echo "make images  - build the images from their Dockerfiles (REGISTRY=r: push them to r)"
+	@echo "make test-kind - a kind cluster here, the chart installed, the e2e suite against it"
 
 setup:
 	scripts/setup.sh all
@@ -46,6 +49,26 @@ test-e2e:
 test-node:
 	scripts/setup.sh node
 	$(TIMED) node $(PYTEST) tests/e2e/node -q
+
+# Every image from its Dockerfile; with REGISTRY=registry.example/team, also pushed there.
+images:
+	scripts/setup.sh images
+	$(PYTHON) -m images.build $(if $(REGISTRY),--registry $(REGISTRY) --push)
+
+lock:
+	$(PYTHON) -m images.lock
+
+# The e2e-kind job of .github/workflows/ci.yaml, step for step, on this machine.
+test-kind:
+	scripts/setup.sh kind
+	$(TIMED) kind $(PYTHON) -m tests.e2e.kind.cluster test -- -q
+
+kind-up:
+	scripts/setup.sh kind
+	$(PYTHON) -m tests.e2e.kind.cluster up
+
+kind-down:
+	$(PYTHON) -m tests.e2e.kind.cluster down
 
 cluster-build:
 	scripts/setup.sh cluster

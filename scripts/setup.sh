@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests, the benchmarks and the demo need, on a fresh Debian machine.
 # Every step is idempotent and cached by version: a second run takes seconds.
-#   scripts/setup.sh [system|python|tools|kafka|cluster|node|all]   (default: all)
+#   scripts/setup.sh [system|python|tools|kafka|cluster|docker|images|node|kind|all]
+#   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -81,14 +82,33 @@ cluster() {
   "$PYTHON" -m tests.e2e.cluster build
 }
 
+docker_daemon() {
+  # Our own dockerd (data-root and socket under the cache), started once and left running.
+  apt_install docker.io mmdebstrap runc
+  step "docker daemon (images/docker.py; its own data-root and socket under the cache)"
+  "$PYTHON" -m images.docker up >/dev/null
+}
+
+images() {
+  step "images from their Dockerfiles: operator, hydrator, redis, demo-app (Docker's cache)"
+  "$PYTHON" -m images.build >/dev/null
+}
+
 node() {
-  # A real worker node (tests/e2e/cluster/node.py) and the images it runs (images/build.py).
-  apt_install containerd runc containernetworking-plugins iptables conntrack mmdebstrap \
-    gcc libc6-dev
+  # A real worker node (tests/e2e/cluster/node.py) and the Dockerfile images as OCI archives.
+  apt_install containerd runc containernetworking-plugins iptables conntrack gcc libc6-dev
   step "kubelet, kube-proxy and the pause image (Go modules, cached by version)"
   "$PYTHON" -m tests.e2e.cluster.node_build
-  step "container images: redis, hydrator, operator, demo-app (cached by content)"
-  "$PYTHON" -m images.build >/dev/null
+  step "images as OCI archives for the node's containerd (rewritten when an image changed)"
+  "$PYTHON" -m images.build --archives >/dev/null
+}
+
+kind() {
+  # kind, kubeadm, crictl (Go modules) and the node image (assembled, cached by content hash).
+  # The node image carries kubelet and kube-proxy (node_build, which checks these tools too).
+  apt_install containerd runc containernetworking-plugins iptables conntrack gcc libc6-dev
+  step "kind, kubeadm, crictl (Go modules) and the kind node image (cached by content hash)"
+  "$PYTHON" -m tests.e2e.kind.build >/dev/null
 }
 
 timed() {
@@ -98,7 +118,7 @@ timed() {
   printf 'time: setup %s took %d s\n' "$1" "$((SECONDS - started))" >&2
 }
 
-usage="usage: $0 [system|python|tools|kafka|cluster|node|all]"
+usage="usage: $0 [system|python|tools|kafka|cluster|docker|images|node|kind|all]"
 case "$what" in
   system) timed system ;;
   # The last two lines name the tools, for the Makefile and the tests.
@@ -106,8 +126,13 @@ case "$what" in
   python) timed python_deps ;;
   kafka) timed system; timed python_deps; timed kafka ;;
   cluster) timed system; timed python_deps; timed cluster ;;
-  node) timed system; timed python_deps; timed cluster; timed node ;;
-  all) timed system; timed python_deps; timed tools; timed kafka; timed cluster; timed node ;;
+  docker) timed system; timed python_deps; timed docker_daemon ;;
+  images) timed system; timed python_deps; timed docker_daemon; timed images ;;
+  node) timed system; timed python_deps; timed cluster; timed docker_daemon; timed node ;;
+  kind) timed system; timed python_deps; timed cluster; timed docker_daemon; timed images
+        timed kind ;;
+  all) timed system; timed python_deps; timed tools; timed kafka; timed cluster
+       timed docker_daemon; timed node; timed images ;;
   -h|--help) echo "$usage"; echo "Installs what the tests, benchmarks and demo need; cached by version." ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac

@@ -21,6 +21,7 @@ from aiokafka.helpers import create_ssl_context
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.batch import Batch, build_batch
+from sidecar_hydrator.changes import change_channel, change_message
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.records import BadRecord, make_decoder
@@ -331,8 +332,14 @@ class Feed:
         if batch.last_event_ms is not None:
             meta["last_event_ms"] = batch.last_event_ms
         started = time.perf_counter()
+        notify = None
+        if batch.sets or batch.deletes:
+            message = change_message(
+                binding=self.binding.name, sets=batch.sets, deletes=batch.deletes
+            )
+            notify = (change_channel(self.binding.name), message)
         result = await self._store.apply(
-            sets=batch.sets, deletes=batch.deletes, offsets=offsets, meta=meta
+            sets=batch.sets, deletes=batch.deletes, offsets=offsets, meta=meta, notify=notify
         )
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         if self.caught_up.is_set() and batch.last_event_ms is not None:

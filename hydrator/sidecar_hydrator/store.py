@@ -234,8 +234,12 @@ class Store:
         deletes: Iterable[bytes],
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
+        notify: tuple[str, bytes] | None = None,
     ) -> ApplyResult:
         """Write one batch, its offsets and metadata atomically (one ``MULTI/EXEC``).
+
+        ``notify`` is a ``(channel, message)`` published in the same transaction, on the
+        served view only (see :mod:`sidecar_hydrator.changes`).
 
         Under ``noeviction`` a full Redis refuses the whole transaction (writes are checked
         when queued). Deletes are still allowed then and only free memory, so they are applied
@@ -257,6 +261,8 @@ class Store:
                     pipe.hset(self.offsets_key, mapping=_fields(offsets))
                 if meta:
                     pipe.hset(self.metadata_key, mapping=_fields(meta))
+                if notify is not None:
+                    pipe.publish(*notify)
                 try:
                     await pipe.execute()
                 except OutOfMemoryError:

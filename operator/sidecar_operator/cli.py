@@ -116,6 +116,8 @@ def _defaults(args: argparse.Namespace) -> InjectionDefaults:
         overrides["redis_image"] = args.redis_image
     if args.hydrator_image:
         overrides["hydrator_image"] = args.hydrator_image
+    if args.envoy_image:
+        overrides["envoy_image"] = args.envoy_image
     if args.bootstrap_servers:
         overrides["bootstrap_servers"] = tuple(args.bootstrap_servers.split(","))
     if args.max_memory:
@@ -189,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inject.add_argument("--redis-image")
     inject.add_argument("--hydrator-image")
+    inject.add_argument("--envoy-image", help="the interceptor's Envoy (spec.intercept)")
     inject.add_argument("--bootstrap-servers", help="default host:port list, comma-separated")
     inject.add_argument("--max-memory", help="default store size (a quantity, e.g. 64Mi)")
     inject.add_argument("--sidecar-mode", choices=["native", "containers"], default="native")

@@ -39,7 +39,9 @@ class OperatorSettings(BaseSettings):
     )
     redis_image: str = InjectionDefaults().redis_image
     hydrator_image: str = InjectionDefaults().hydrator_image
+    envoy_image: str = InjectionDefaults().envoy_image
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: CommaList = ()
     bootstrap_servers: CommaList = InjectionDefaults().bootstrap_servers
     max_memory: str = InjectionDefaults().max_memory
     sidecar_mode: RequestedMode = Field(
@@ -107,7 +109,9 @@ class OperatorSettings(BaseSettings):
         return InjectionDefaults(
             redis_image=self.redis_image,
             hydrator_image=self.hydrator_image,
+            envoy_image=self.envoy_image,
             image_pull_policy=self.image_pull_policy,
+            image_pull_secrets=self.image_pull_secrets,
             bootstrap_servers=self.bootstrap_servers,
             max_memory=self.max_memory,
             sidecar_mode=resolved,

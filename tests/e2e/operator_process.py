@@ -29,7 +29,7 @@ from tests.e2e.cluster.access import ClusterAccess
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "sidecar-state-system"
 E2E_IMAGES = {
-    "SIDECAR_STATE_REDIS_IMAGE": "redis:7.4-alpine",
+    "SIDECAR_STATE_REDIS_IMAGE": "ghcr.io/sidecar-state/redis:7.0-bookworm",
     "SIDECAR_STATE_HYDRATOR_IMAGE": "sidecar-state/hydrator:e2e",
 }
 

@@ -17,6 +17,7 @@ CONSOLE_SCRIPTS = (
     "sidecar-state-operator",
     "sidecar-state-hydrator",
     "sidecar-state-credentials",
+    "sidecar-state-authz",
 )
 
 

@@ -90,11 +90,15 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
     fieldRef:
       fieldPath: metadata.namespace
 - name: SIDECAR_STATE_REDIS_IMAGE
-  value: {{ include "sidecar-state.image" (dict "root" . "image" .Values.images.redis) | quote }}
+  value: {{ printf "%s:%s" .Values.images.redis.repository (required "images.redis.tag is required: the store server's own version, never the chart's appVersion" .Values.images.redis.tag | toString) | quote }}
 - name: SIDECAR_STATE_HYDRATOR_IMAGE
   value: {{ include "sidecar-state.image" (dict "root" . "image" .Values.images.hydrator) | quote }}
+- name: SIDECAR_STATE_ENVOY_IMAGE
+  value: {{ include "sidecar-state.image" (dict "root" . "image" .Values.images.envoy) | quote }}
 - name: SIDECAR_STATE_IMAGE_PULL_POLICY
   value: {{ .Values.images.sidecarPullPolicy | quote }}
+- name: SIDECAR_STATE_IMAGE_PULL_SECRETS
+  value: {{ join "," .Values.images.sidecarPullSecrets | quote }}
 - name: SIDECAR_STATE_BOOTSTRAP_SERVERS
   value: {{ join "," .Values.kafka.bootstrapServers | quote }}
 - name: SIDECAR_STATE_MAX_MEMORY

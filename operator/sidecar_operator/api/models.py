@@ -414,6 +414,267 @@ class HydratorOptions(ApiModel):
     )  # fmt: skip
 
 
+# -- spec.intercept: Envoy in front of the app, enriching or refusing requests -------------------
+
+#: RFC 9110 field names, lower case (Envoy compares them lower-cased; one spelling avoids doubt).
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9a-z-]{1,256}$"
+#: No control characters but tab, so no CR/LF can split a response the webhook configured.
+#: Written for both Python's re and the apiserver's RE2 (no \u escapes, no repeat over 1000).
+HEADER_VALUE_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
+CREDENTIAL_PLACEHOLDER = "{credential}"
+HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME_PATTERN)]
+HeaderValue = Annotated[str, StringConstraints(pattern=HEADER_VALUE_PATTERN, max_length=4096)]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]
+UrlPath = Annotated[str, StringConstraints(pattern=r"^/[^\s?#]*$", max_length=1024)]
+Port = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})]
+Duration = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,6}(ms|s)$")]
+
+
+def duration_ms(text: str) -> int:
+    """``"100ms"`` -> 100, ``"2s"`` -> 2000 (the only two units a timeout needs)."""
+    return int(text[:-2]) if text.endswith("ms") else int(text[:-1]) * 1000
+
+
+class InterceptMatch(ApiModel):
+    """Which requests a rule applies to."""
+
+    path_prefix: UrlPath = Field(
+        default="/", description="Path prefix the request must have. Default: /. Example: /api/"
+    )
+    methods: tuple[HttpMethod, ...] = Field(
+        default=(), description="HTTP methods. Default: any method. Example: [GET, POST]"
+    )
+
+
+class InterceptCredential(ApiModel):
+    """Where requests carry the credential: exactly one of header, cookie or query."""
+
+    header: HeaderName | None = Field(
+        default=None,
+        description="Request header (lower case). Default: none. Example: authorization",
+    )
+    cookie: (
+        Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")] | None
+    ) = Field(default=None, description="Cookie name. Default: none. Example: session")
+    query: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        default=None, description="Query parameter. Default: none. Example: token"
+    )
+    prefix: HeaderValue = Field(
+        default="",
+        description=(
+            "Must start the value (case-insensitive) and is removed. Default: none. "
+            "Example: 'Bearer '"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InterceptCredential:
+        given = [s for s in ("header", "cookie", "query") if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of header, cookie or query")
+        return self
+
+
+class DenyResponse(ApiModel):
+    """A refusal as the client sees it."""
+
+    status: int = Field(
+        default=401, ge=400, le=599, description="HTTP status. Default: 401. Example: 403"
+    )
+    headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict,
+        description="Response headers. Default: none. Example: {www-authenticate: Bearer}",
+    )
+    body: str = Field(
+        default="", max_length=4096, description="Response body. Default: empty. Example: denied"
+    )
+
+
+class OnMissingKey(DenyResponse):
+    """What happens when the rule's key is not in the store."""
+
+    action: Literal["deny", "allow"] = Field(
+        default="deny",
+        description=(
+            "deny refuses with status, headers and body; allow passes the request on without "
+            "the key's headers. Default: deny. Example: allow"
+        ),
+    )
+
+
+class InjectHeader(ApiModel):
+    """A header added to an allowed request, from the store."""
+
+    header: HeaderName = Field(
+        description="The header the app gets (lower case). Required. Example: x-user-plan"
+    )
+    from_: str = Field(
+        default="value",
+        alias="from",
+        pattern=r"^(value|json:(/([^~/]|~[01])*)*)$",
+        description=(
+            "value (the stored value as it is) or json:/pointer (one field of a JSON value, "
+            "RFC 6901). Default: value. Example: json:/plan"
+        ),
+    )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "A fixed key to read instead of the rule's (keys.prefix applies). Default: the "
+            "rule's key. Example: flag:new-ui-layout"
+        ),
+    )
+
+
+class InterceptRule(ApiModel):
+    """One rule; the first rule whose match fits a request decides it."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = (
+        Field(description="Unique name of the rule. Required. Example: session")
+    )
+    match: InterceptMatch = Field(
+        default=InterceptMatch(),
+        description="Which requests. Default: every path, any method. Example: {pathPrefix: /api/}",
+    )
+    credential: InterceptCredential | None = Field(
+        default=None,
+        description=(
+            "Where the credential is. Default: none (the rule reads fixed keys only). "
+            "Example: {header: authorization, prefix: 'Bearer '}"
+        ),
+    )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Key template; {credential} is replaced and keys.prefix applies. Default: none. "
+            "Example: session:{credential}"
+        ),
+    )
+    on_missing_credential: DenyResponse = Field(
+        default=DenyResponse(),
+        description=(
+            "The refusal when the credential is absent. Default: 401. "
+            "Example: {status: 401, headers: {www-authenticate: Bearer}}"
+        ),
+    )
+    on_missing_key: OnMissingKey = Field(
+        default=OnMissingKey(),
+        description=(
+            "What a key that is not in the store does. Default: deny with 401. "
+            "Example: {action: allow}"
+        ),
+    )
+    inject: tuple[InjectHeader, ...] = Field(
+        default=(),
+        description=(
+            "Headers added from the store. Default: none. "
+            "Example: [{header: x-user-plan, from: 'json:/plan'}]"
+        ),
+    )
+    strip_upstream: tuple[HeaderName, ...] = Field(
+        default=(),
+        description="Request headers the app must not see. Default: none. Example: [authorization]",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InterceptRule:
+        uses = self.key is not None and CREDENTIAL_PLACEHOLDER in self.key
+        if self.credential is not None and not uses:
+            raise ValueError(
+                f"key must contain {CREDENTIAL_PLACEHOLDER} when a credential is given"
+            )
+        if self.credential is None and uses:
+            raise ValueError(f"key uses {CREDENTIAL_PLACEHOLDER}: give a credential")
+        for item in self.inject:
+            if item.key is None and self.key is None:
+                raise ValueError(
+                    f"inject {item.header}: the rule has no key; give the injection a key"
+                )
+        return self
+
+
+class InterceptFailure(ApiModel):
+    """What a failed check (authorizer or Redis down, too slow, view not hydrated) does."""
+
+    mode: Literal["closed", "open"] = Field(
+        default="closed",
+        description=(
+            "closed refuses with status; open passes the request without identity headers, "
+            "flagged x-envoy-auth-failure-mode-allowed. Default: closed. Example: open"
+        ),
+    )
+    status: int = Field(
+        default=503, ge=400, le=599, description="Status when closed. Default: 503. Example: 403"
+    )
+
+
+class InterceptBypass(ApiModel):
+    """Requests that skip the check (probes, public assets): exactly one of the two."""
+
+    path_prefix: UrlPath | None = Field(
+        default=None, description="Path prefix. Default: none. Example: /healthz"
+    )
+    path: UrlPath | None = Field(
+        default=None, description="Exact path. Default: none. Example: /ready"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> InterceptBypass:
+        if (self.path_prefix is None) == (self.path is None):
+            raise ValueError("give exactly one of pathPrefix or path")
+        return self
+
+
+class Intercept(ApiModel):
+    """Envoy in front of the app's port: requests are checked against the Pod's state, then
+    passed on with what was found as headers, or refused."""
+
+    port: Port = Field(
+        description="The app's containerPort Envoy fronts, by name or number. Required. "
+        "Example: http"
+    )
+    listen_port: int = Field(
+        default=15080,
+        ge=1,
+        le=65535,
+        description="Where Envoy listens (point the Service here). Default: 15080. Example: 8000",
+    )
+    timeout: Duration = Field(
+        default="100ms", description="Limit of one check. Default: 100ms. Example: 250ms"
+    )
+    failure: InterceptFailure = Field(
+        default=InterceptFailure(),
+        description="What a failed check does. Default: closed, 503. Example: {mode: open}",
+    )
+    bypass: tuple[InterceptBypass, ...] = Field(
+        default=(),
+        description="Paths that skip the check. Default: none. Example: [{pathPrefix: /healthz}]",
+    )
+    rules: tuple[InterceptRule, ...] = Field(
+        default=(),
+        description=(
+            "The rules; the first match wins, no match passes with the staleness only. "
+            "Default: none. Example: [{name: session, key: 'session:{credential}'}]"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Intercept:
+        names = [rule.name for rule in self.rules]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"rule names are listed twice: {', '.join(twice)}")
+        if isinstance(self.port, int) and not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not a port number")
+        if duration_ms(self.timeout) <= 0:
+            raise ValueError("timeout must be more than 0")
+        return self
+
+
 class StateBindingSpec(ApiModel):
     """What a binding asks for: which Pods, which topics, and how they become keys."""
 
@@ -447,6 +708,15 @@ class StateBindingSpec(ApiModel):
         description=(
             "Settings of the hydrator sidecar. Default: the operator's. "
             "Example: {resources: {limits: {memory: 256Mi}}}"
+        ),
+    )
+    intercept: Intercept | None = Field(
+        default=None,
+        description=(
+            "Envoy in front of the app: requests are checked against the Pod's store and "
+            "passed on with what was found as headers, or refused. Default: none. "
+            "Example: {port: http, rules: [{name: session, credential: {header: "
+            "authorization, prefix: 'Bearer '}, key: 'session:{credential}'}]}"
         ),
     )
 

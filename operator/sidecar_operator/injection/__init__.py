@@ -2,7 +2,9 @@
 
 One module per concern of the injected Pod, so anyone can find where a field is set:
 ``redis_container``, ``hydrator_container``, ``volumes``, ``app_containers`` (env and mounts),
-``security``, ``annotations``; ``plan`` merges bindings, ``pod`` puts it together.
+``security``, ``annotations``; with ``spec.intercept`` also ``intercept_plan`` (the binding
+meets the Pod), ``authorizer_container``, ``envoy_container`` and ``envoy_bootstrap`` (Envoy's
+whole configuration); ``plan`` merges bindings, ``pod`` puts it together.
 """
 
 from sidecar_operator.injection.defaults import InjectionDefaults

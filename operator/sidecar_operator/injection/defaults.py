@@ -18,15 +18,23 @@ UserIds = Literal["fixed", "platform"]
 runAsUser/runAsGroup/supplementalGroups, so a policy such as OpenShift's restricted-v2 assigns
 them (every container of the Pod then gets the same UID, which can use the socket)."""
 
+ENVOY_VERSION = "1.40.0"
+
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 
 
 class InjectionDefaults(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_image: str = "redis:7.4-alpine"
+    redis_image: str = "ghcr.io/sidecar-state/redis:7.0-bookworm"
     hydrator_image: str = f"ghcr.io/sidecar-state/hydrator:{__version__}"
+    #: The interceptor's Envoy: our pinned build of the official release (images/build.py).
+    envoy_image: str = f"ghcr.io/sidecar-state/envoy:{ENVOY_VERSION}"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = Field(
+        default=(),
+        description="Secrets (in the Pod's namespace) added to injected Pods' imagePullSecrets",
+    )
     bootstrap_servers: tuple[str, ...] = ("kafka.kafka.svc:9092",)
     max_memory: str = "64Mi"
     sidecar_mode: SidecarMode = "native"
@@ -51,7 +59,22 @@ class InjectionDefaults(BaseModel):
         default=False,
         description="write prometheus.io/* annotations for the hydrator on injected Pods",
     )
+    authz_health_port: int = Field(default=9465, ge=1, le=65535)
+    authz_cpu_request: str = "50m"
+    authz_cpu_limit: str = "500m"
+    authz_memory_request: str = "48Mi"
+    authz_memory_limit: str = "96Mi"
+    envoy_cpu_request: str = "50m"
+    envoy_cpu_limit: str = "1"
+    envoy_memory_request: str = "64Mi"
+    envoy_memory_limit: str = "128Mi"
+    #: Envoy worker threads: one per core it may use, at most this many.
+    envoy_concurrency: int = Field(default=2, ge=1)
 
     @property
     def socket_path(self) -> str:
         return f"{self.socket_dir}/redis.sock"
+
+    @property
+    def authz_socket_path(self) -> str:
+        return f"{self.socket_dir}/authz.sock"

@@ -7,6 +7,10 @@ from sidecar_hydrator.credentials import ACL_FILE, HYDRATOR_REDIS_USER, PASSWORD
 REDIS_CONTAINER = "sidecar-state-redis"
 HYDRATOR_CONTAINER = "sidecar-state-hydrator"
 CREDENTIALS_CONTAINER = "sidecar-state-credentials"
+AUTHZ_CONTAINER = "sidecar-state-authz"
+ENVOY_CONTAINER = "sidecar-state-envoy"
+#: The Envoy container's port (a Service targets it by this name; at most 15 characters).
+INTERCEPT_PORT_NAME = "state-intercept"
 SOCKET_VOLUME = "sidecar-state-socket"
 #: The hydrator's Redis password and the ACL file: mounted into Redis and the hydrator only.
 CREDENTIALS_VOLUME = "sidecar-state-credentials"
@@ -18,5 +22,7 @@ HYDRATOR_ACL_USER = HYDRATOR_REDIS_USER
 SOCKET_ENV = "SIDECAR_STATE_SOCKET"
 REDIS_URL_ENV = "SIDECAR_STATE_REDIS_URL"
 
-CONTAINER_NAMES = frozenset({CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER})
+CONTAINER_NAMES = frozenset(
+    {CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER, AUTHZ_CONTAINER, ENVOY_CONTAINER}
+)
 VOLUME_NAMES = frozenset({SOCKET_VOLUME, CREDENTIALS_VOLUME})

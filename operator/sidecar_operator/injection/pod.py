@@ -17,9 +17,12 @@ from typing import Any
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.app_containers import wire_app_container
+from sidecar_operator.injection.authorizer_container import build_authorizer_container
 from sidecar_operator.injection.credentials_container import build_credentials_container
 from sidecar_operator.injection.defaults import InjectionDefaults
+from sidecar_operator.injection.envoy_container import build_envoy_container
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
+from sidecar_operator.injection.intercept_plan import InterceptError, InterceptPlan, plan_intercept
 from sidecar_operator.injection.names import CONTAINER_NAMES, CREDENTIALS_DIR, VOLUME_NAMES
 from sidecar_operator.injection.overrides import (
     METRICS_PORT,
@@ -217,20 +220,28 @@ def binding_content_hash(bindings: Iterable[StateBinding]) -> str:
 @dataclass(frozen=True, kw_only=True)
 class Sidecars:
     """What we add: a one-shot init container that must finish before Redis starts, the
-    long-running sidecars (Redis first: the hydrator needs it), and our volumes."""
+    long-running sidecars in start order (Redis first: the hydrator needs it; with an
+    interceptor then the authorizer, which reads the hydrated Redis, and Envoy, which calls
+    it), and our volumes."""
 
     setup: list[dict[str, Any]]
     running: list[dict[str, Any]]
     volumes: list[dict[str, Any]]
 
 
-def build_sidecars(*, plan: SidecarPlan, defaults: InjectionDefaults) -> Sidecars:
+def build_sidecars(
+    *, plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None = None
+) -> Sidecars:
+    running = [
+        build_redis_container(plan=plan, defaults=defaults),
+        build_hydrator_container(plan=plan, defaults=defaults),
+    ]
+    if intercept is not None:
+        running.append(build_authorizer_container(plan=intercept, defaults=defaults))
+        running.append(build_envoy_container(plan=intercept, defaults=defaults))
     return Sidecars(
         setup=[build_credentials_container(defaults=defaults)],
-        running=[
-            build_redis_container(plan=plan, defaults=defaults),
-            build_hydrator_container(plan=plan, defaults=defaults),
-        ],
+        running=running,
         volumes=build_volumes(plan=plan),
     )
 
@@ -242,6 +253,17 @@ def _add_supplemental_group(spec: dict[str, Any], group: int) -> None:
         groups.append(group)
     context["supplementalGroups"] = groups
     spec["securityContext"] = context
+
+
+def _add_pull_secrets(spec: dict[str, Any], names: Sequence[str]) -> None:
+    """Our sidecars' images may live in a private registry the app's own images do not: the
+    operator's pull secrets join the Pod's, never replacing or duplicating one it has."""
+    if not names:
+        return
+    secrets = list(spec.get("imagePullSecrets") or [])
+    present = {s.get("name") for s in secrets if isinstance(s, Mapping)}
+    secrets += [{"name": name} for name in names if name not in present]
+    spec["imagePullSecrets"] = secrets
 
 
 def inject_pod(
@@ -282,7 +304,11 @@ def inject_pod(
     _check_conflicts(spec, defaults=defaults)
 
     plan = plan_sidecars(selected, defaults=defaults)
-    ours = build_sidecars(plan=plan, defaults=defaults)
+    try:
+        intercept = plan_intercept(selected, spec=spec, defaults=defaults)
+    except InterceptError as exc:
+        raise InjectionConflict(str(exc)) from None
+    ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
     digest = config_hash([*ours.setup, *ours.running], ours.volumes)
     content = binding_content_hash(selected)
 
@@ -305,6 +331,7 @@ def inject_pod(
     new_spec["volumes"] = [*(new_spec.get("volumes") or []), *ours.volumes]
     if defaults.user_ids == "fixed":
         _add_supplemental_group(new_spec, defaults.socket_group)
+    _add_pull_secrets(new_spec, defaults.image_pull_secrets)
 
     metadata = injected.setdefault("metadata", {})
     annotations = {

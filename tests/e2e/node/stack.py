@@ -32,7 +32,7 @@ from tests.e2e.cluster.controlplane import LocalControlPlane, ProcessRecord
 from tests.e2e.cluster.node import NODE_IP, LocalNode
 from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
 
-IMAGES = {name: spec.ref for name, spec in images_build.image_specs().items()}
+IMAGES = images_build.image_refs()
 
 
 class NodeOperator(LocalOperator):
@@ -48,6 +48,7 @@ class NodeOperator(LocalOperator):
             **super().env(),
             "SIDECAR_STATE_REDIS_IMAGE": IMAGES["redis"],
             "SIDECAR_STATE_HYDRATOR_IMAGE": IMAGES["hydrator"],
+            "SIDECAR_STATE_ENVOY_IMAGE": IMAGES["envoy"],
             # Imported into containerd, never on a registry: pulling would only fail.
             "SIDECAR_STATE_IMAGE_PULL_POLICY": "Never",
             "SIDECAR_STATE_BOOTSTRAP_SERVERS": self.bootstrap,
@@ -65,7 +66,7 @@ def build_everything(out: TextIO | None = None) -> dict[str, Path]:
     started = time.monotonic()
     cluster_build.build(out=out or sys.stderr)
     node_build.build(out=out or sys.stderr)
-    archives = images_build.build_all(out=out)
+    archives = images_build.archives(out=out)
     say(f"binaries and images ready in {time.monotonic() - started:.1f}s", out)
     return archives
 

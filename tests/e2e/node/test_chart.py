@@ -19,7 +19,7 @@ from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.stack import IMAGES
 from tests.e2e.node.support import app_pod, flag_binding, wait_answer, wait_ready
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO
+from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 
 RELEASE = "sidecar-state"
 DEPLOYMENTS = (f"{RELEASE}-webhook", f"{RELEASE}-controller")
@@ -33,6 +33,12 @@ def _repo_tag(ref: str) -> tuple[str, str]:
 @pytest.fixture
 def chart_operator(node_cluster: NodeCluster) -> Iterator[None]:
     cluster, operator = node_cluster.cluster, node_cluster.operator
+    if operator is None:
+        # kind: the chart is what runs the operator already, installed from the Dockerfile
+        # images under the chart's default names (tests/e2e/kind/cluster.py).
+        ChartOperator(cluster=cluster).wait_ready()
+        yield
+        return
     operator.unregister_webhooks()
     operator.stop()
     values = []

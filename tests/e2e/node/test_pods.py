@@ -167,7 +167,7 @@ def test_killed_redis_restarts_is_rebuilt_and_the_app_recovers(
     pod = get_pod(cluster, "shop-1", namespace)
     redis = container_status(pod, "sidecar-state-redis")
     container_id = redis["containerID"].split("://", 1)[1]
-    node_cluster.stack.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+    node_cluster.kill_container(container_id)
     killed_at = time.time()
 
     def restarted() -> dict[str, Any] | None:

@@ -235,3 +235,40 @@ async def _exists(client: aioredis.Redis, key: bytes) -> bool:
 
 async def _missing(client: aioredis.Redis, key: bytes) -> bool:
     return not await client.exists(key)
+
+
+async def test_applied_batches_are_announced_on_the_bindings_channel(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    topic = make_topic()
+    await produce(kafka_broker, topic, [(b"old", flag("old", True))])
+    config = make_config(
+        broker=kafka_broker, redis=redis_server, topics=[topic], prefix="flag:", key_field="id"
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        subscriber = app_redis.pubsub()
+        await subscriber.subscribe("sidecar-state:changes:b")
+        assert (await subscriber.get_message(timeout=5))["type"] == "subscribe"
+        await produce(kafka_broker, topic, [(b"new", flag("new", False)), (b"old", None)])
+        announced: dict[str, set[str]] = {"set": set(), "deleted": set()}
+        for _ in range(100):
+            message = await subscriber.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is None:
+                if announced == {"set": {"flag:new"}, "deleted": {"flag:old"}}:
+                    break
+                continue
+            body = json.loads(message["data"])
+            assert body["binding"] == "b"
+            # Published with its batch: when it arrives, the app already reads that view.
+            for key in body["set"]:
+                assert await app_redis.get(key) is not None, key
+            for key in body["deleted"]:
+                assert await app_redis.get(key) is None, key
+            announced["set"].update(body["set"])
+            announced["deleted"].update(body["deleted"])
+        assert announced == {"set": {"flag:new"}, "deleted": {"flag:old"}}
+        await subscriber.aclose()

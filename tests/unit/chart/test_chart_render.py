@@ -64,6 +64,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "hydrator": {"repository": "registry.example/ops/hydrator", "tag": "1.2.3"},
             "redis": {"repository": "registry.example/redis", "tag": "7.4.1"},
             "sidecarPullPolicy": "Always",
+            "sidecarPullSecrets": ["registry-example", "mirror"],
         },
         "excludedNamespaces": ["monitoring", "istio-system"],
         "kafka": {"bootstrapServers": ["k1.data:9092", "k2.data:9092"]},
@@ -381,9 +382,11 @@ def test_environment_is_what_the_operator_reads(
             f"{hydrator.get('repository', 'ghcr.io/sidecar-state/hydrator')}:"
             f"{hydrator.get('tag', __version__)}")  # fmt: skip
         assert settings.redis_image == (
-            f"{redis.get('repository', 'redis')}:{redis.get('tag', '7.4-alpine')}"
+            f"{redis.get('repository', 'ghcr.io/sidecar-state/redis')}:"
+            f"{redis.get('tag', '7.0-bookworm')}"
         )
         assert settings.image_pull_policy == images.get("sidecarPullPolicy", "IfNotPresent")
+        assert settings.image_pull_secrets == tuple(images.get("sidecarPullSecrets", []))
         assert settings.bootstrap_servers == tuple(
             given.get("kafka", {}).get("bootstrapServers", ["kafka.kafka.svc:9092"])
         )
@@ -402,6 +405,7 @@ def test_chart_defaults_equal_the_code_defaults(render: Callable[[str], Objects]
     code = InjectionDefaults()
     assert env["SIDECAR_STATE_HYDRATOR_IMAGE"] == code.hydrator_image
     assert env["SIDECAR_STATE_REDIS_IMAGE"] == code.redis_image
+    assert env["SIDECAR_STATE_ENVOY_IMAGE"] == code.envoy_image
     assert env["SIDECAR_STATE_BOOTSTRAP_SERVERS"] == ",".join(code.bootstrap_servers)
     assert env["SIDECAR_STATE_MAX_MEMORY"] == code.max_memory
     assert container["image"] == f"ghcr.io/sidecar-state/operator:{__version__}"
@@ -622,6 +626,8 @@ def test_helm_lint(helm: Path, values: str, tmp_path: Path) -> None:
         ({"sidecars": {"mode": "sidecar"}}, "mode"),
         ({"certManager": {"issuerRef": {"kind": "ClusterIssuer"}}}, "name"),
         ({"imagesTypo": {}}, "imagesTypo"),
+        # A foreign server's tag never falls back to the chart's appVersion.
+        ({"images": {"redis": {"repository": "valkey/valkey", "tag": ""}}}, "tag"),
     ],
 )
 def test_schema_rejects_wrong_values(

@@ -260,3 +260,23 @@ def test_app_security_context_is_left_to_the_user(make_pod, make_container, make
     wired = injected(make_pod(containers=[app]), make_binding()).container("app")
 
     assert wired["securityContext"] == {"runAsUser": 1000}
+
+
+# --- image pull secrets ----------------------------------------------------------------------
+
+
+def test_pull_secrets_from_the_defaults_join_the_pods_own(make_pod, make_binding, injected):
+    defaults = InjectionDefaults(image_pull_secrets=("sidecar-registry", "shared"))
+    pod = make_pod(imagePullSecrets=[{"name": "app-registry"}, {"name": "shared"}])
+
+    result = injected(pod, make_binding(), defaults=defaults)
+
+    assert result.pod["spec"]["imagePullSecrets"] == [
+        {"name": "app-registry"}, {"name": "shared"}, {"name": "sidecar-registry"},
+    ]  # fmt: skip
+
+
+def test_no_pull_secrets_configured_leaves_the_pod_without(make_pod, make_binding, injected):
+    result = injected(make_pod(), make_binding())
+
+    assert "imagePullSecrets" not in result.pod["spec"]

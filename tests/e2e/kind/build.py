@@ -1,0 +1,312 @@
+"""What a kind cluster here needs: kind itself, kubeadm and crictl, and a node image, all cached.
+
+Why assemble the node image ourselves: ``kind build node-image`` always pulls kindnetd and
+local-path, and these machines reach no registry. kind's node contract (read from its create
+flow) is small: systemd as PID 1, containerd on ``/run/containerd/containerd.sock``, kubeadm,
+kubelet, kubectl and crictl on PATH, ``/kind/version``, ``/kind/manifests/default-storage.yaml``,
+and the images kubeadm will run already in containerd's ``k8s.io`` namespace. So:
+
+1. binaries: kubeadm from the same Kubernetes wrapper module as kubelet (``node_build``), crictl
+   and kind from their Go modules; kubelet, kube-proxy, the control plane, etcd and pause are the
+   project's cached builds;
+2. component images: each control-plane binary on ``debian:bookworm-slim``
+   (``component.Dockerfile``), tagged as kubeadm expects (``registry.k8s.io/...``);
+3. the node: ``node/Dockerfile`` (Debian's systemd, containerd 1.6, runc, CNI plugins, iptables,
+   our entrypoint and units), then the component images imported into its containerd
+   (``--no-unpack``: the layers are unpacked on the node's /var volume) and ``docker commit``.
+
+The node image is tagged by a hash of everything it is made of (Dockerfiles, files, binaries,
+component image IDs): a warm call only inspects one tag.
+
+    python -m tests.e2e.kind.build
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from images import base, docker
+from images.docker import DockerError
+from tests.e2e.cluster import build as build_mod
+from tests.e2e.cluster import node_build
+
+KIND_VERSION = "v0.33.0"
+CRICTL_VERSION = "v1.34.0"
+HERE = Path(__file__).resolve().parent
+NODE_CONTEXT = HERE / "node"
+COMPONENT_DOCKERFILE = HERE / "component.Dockerfile"
+NODE_REPOSITORY = "sidecar-state/kind-node"
+REGISTRY = "registry.k8s.io"
+#: kubeadm's addon we leave out: nothing in the scenarios resolves names (Kafka is reached by
+#: address, the apiserver by its Service IP), and building CoreDNS would be most of a cold run.
+SKIPPED_KUBEADM_PHASES = ("addon/coredns",)
+
+
+class KindBuildError(RuntimeError):
+    """A step of the kind build failed; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KindTools:
+    kind: Path
+    kubectl: Path
+    helm: Path
+    node_image: str
+
+
+def tools_dir() -> Path:
+    return build_mod.version_dir() / "kind"
+
+
+def etcd_tag() -> str:
+    """etcd's image tag: the version we build, not the one kubeadm would pick (3.6.5-0)."""
+    return build_mod.ETCD_VERSION.removeprefix("v")
+
+
+def component_images() -> dict[str, tuple[str, str]]:
+    """binary -> (image name kubeadm runs, Debian packages the image needs)."""
+    k8s = build_mod.K8S_VERSION
+    return {
+        "kube-apiserver": (f"{REGISTRY}/kube-apiserver:{k8s}", ""),
+        "kube-controller-manager": (f"{REGISTRY}/kube-controller-manager:{k8s}", ""),
+        "kube-scheduler": (f"{REGISTRY}/kube-scheduler:{k8s}", ""),
+        "kube-proxy": (f"{REGISTRY}/kube-proxy:{k8s}", "iptables conntrack"),
+        "etcd": (f"{REGISTRY}/etcd:{etcd_tag()}", ""),
+    }
+
+
+def _say(message: str, out: TextIO) -> None:
+    print(f"[kind-build] {message}", file=out, flush=True)
+
+
+def _go_install(package: str, *, target: Path, out: TextIO) -> None:
+    name = package.split("@")[0].rsplit("/", 1)[-1]
+    if (target / name).exists():
+        return
+    started = time.monotonic()
+    _say(f"go install {package}", out)
+    env = {**build_mod._go_env(None), "GOBIN": str(target)}
+    proc = subprocess.run(["go", "install", package], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KindBuildError(f"go install {package} failed:\n{proc.stderr[-2000:]}")
+    _say(f"{name} built in {time.monotonic() - started:.0f}s", out)
+
+
+def build_binaries(*, out: TextIO) -> Path:
+    """kubeadm, crictl and kind into ``tools_dir()`` (serialised with the other Go builds)."""
+    directory = tools_dir()
+    group = build_mod._Group(
+        name="kubernetes",
+        module="k8s.io/kubernetes",
+        version=build_mod.K8S_VERSION,
+        packages=("k8s.io/kubernetes/cmd/kubeadm",),
+        binaries=("kubeadm",),
+    )
+    with build_mod._locked(build_mod.version_dir() / ".build.lock"):
+        directory.mkdir(parents=True, exist_ok=True)
+        if not build_mod._is_built(directory, group):
+            log = directory / "build.log"
+            _say(f"building kubeadm {build_mod.K8S_VERSION} (log: {log})", out)
+            build_mod._build_group(
+                group,
+                out_dir=directory,
+                src_root=directory / "src",
+                env=build_mod._go_env(None),
+                log=log,
+                progress=build_mod._Progress(out),
+            )
+        _go_install(f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}", target=directory, out=out)
+        _go_install(f"sigs.k8s.io/kind@{KIND_VERSION}", target=directory, out=out)
+    return directory
+
+
+def _hash_tree(digest: hashlib._Hash, root: Path) -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(oct(path.stat().st_mode & 0o111).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _build_components(*, binaries: dict[str, Path], out: TextIO) -> dict[str, str]:
+    """Each component image (Docker's cache makes a warm build instant); name -> image ID."""
+    ids = {}
+    for binary, (name, packages) in component_images().items():
+        with tempfile.TemporaryDirectory(prefix="sstate-component-") as tmp:
+            (Path(tmp) / "bin").mkdir()
+            shutil.copy2(binaries[binary], Path(tmp) / "bin" / binary)
+            docker.run(
+                ["build", "--quiet", "--build-arg", f"PACKAGES={packages}",
+                 "-f", str(COMPONENT_DOCKERFILE), "-t", name, tmp],
+                capture=True,
+            )  # fmt: skip
+        ids[name] = (
+            docker.run(["image", "inspect", "--format", "{{.Id}}", name], capture=True)
+            .stdout.decode()
+            .strip()
+        )
+    _say(f"{len(ids)} component images ready", out)
+    return ids
+
+
+def _node_binaries() -> dict[str, Path]:
+    control = build_mod.Binaries.in_dir(build_mod.bin_dir())
+    node = node_build.node_dir()
+    tools = tools_dir()
+    return {
+        "kube-apiserver": control.kube_apiserver,
+        "kube-controller-manager": control.kube_controller_manager,
+        "kube-scheduler": control.kube_scheduler,
+        "etcd": control.etcd,
+        "kubectl": control.kubectl,
+        "kubelet": node / "kubelet",
+        "kube-proxy": node / "kube-proxy",
+        "kubeadm": tools / "kubeadm",
+        "crictl": tools / "crictl",
+    }
+
+
+def node_image_key(*, binaries: dict[str, Path], component_ids: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    _hash_tree(digest, NODE_CONTEXT)
+    digest.update(COMPONENT_DOCKERFILE.read_bytes())
+    for name in ("kubelet", "kubeadm", "kubectl", "crictl"):
+        digest.update(name.encode() + _file_digest(binaries[name]))
+    for name, image_id in sorted(component_ids.items()):
+        digest.update(f"{name}={image_id}".encode())
+    digest.update(node_build._pause_archive_path().read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _image_exists(ref: str) -> bool:
+    return docker.run(["image", "inspect", ref], check=False, capture=True).returncode == 0
+
+
+def _assemble_node(*, ref: str, binaries: dict[str, Path], images: list[str], out: TextIO) -> None:
+    started = time.monotonic()
+    _say(f"assembling {ref}", out)
+    with tempfile.TemporaryDirectory(prefix="sstate-node-") as tmp:
+        context = Path(tmp) / "context"
+        shutil.copytree(NODE_CONTEXT, context, symlinks=True)
+        (context / "bin").mkdir()
+        for name in ("kubelet", "kubeadm", "kubectl", "crictl"):
+            shutil.copy2(binaries[name], context / "bin" / name)
+        docker.run(["build", "--quiet", "-t", f"{ref}-base", str(context)], capture=True)
+    container = f"sstate-node-build-{os.getpid()}"
+    # containerd alone (no systemd): only its content store is needed to import images.
+    docker.run(
+        ["run", "-d", "--privileged", "--name", container, "--entrypoint", "containerd",
+         f"{ref}-base"],
+        capture=True,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            ready = docker.run(["exec", container, "ctr", "version"], check=False, capture=True)
+            if ready.returncode == 0:
+                break
+            time.sleep(0.2)
+        archives = [node_build._pause_archive_path()]
+        with tempfile.TemporaryDirectory(prefix="sstate-node-images-") as tmp:
+            saved = Path(tmp) / "components.tar"
+            docker.run(["save", "-o", str(saved), *images], capture=True)
+            archives.append(saved)
+            for archive in archives:
+                docker.run(
+                    ["exec", "-i", container, "ctr", "--namespace=k8s.io", "images", "import",
+                     "--all-platforms", "--no-unpack", "-"],
+                    input=archive.read_bytes(),
+                    capture=True,
+                )  # fmt: skip
+        listed = docker.run(
+            ["exec", container, "ctr", "--namespace=k8s.io", "images", "ls", "-q"], capture=True
+        ).stdout.decode()
+        missing = [name for name in [*images, node_build.SANDBOX_IMAGE] if name not in listed]
+        if missing:
+            raise KindBuildError(f"not imported into the node: {missing}")
+        docker.run(["stop", "-t", "5", container], capture=True)
+        docker.run(
+            ["commit",
+             "--change", 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]',
+             "--change", "CMD []",
+             container, ref],
+            capture=True,
+        )  # fmt: skip
+    finally:
+        docker.run(["rm", "-f", container], check=False, capture=True)
+        docker.run(["rmi", f"{ref}-base"], check=False, capture=True)
+    _say(f"{ref} assembled in {time.monotonic() - started:.0f}s", out)
+
+
+NODE_IMAGE_ENV = "SIDECAR_STATE_KIND_NODE_IMAGE"
+
+
+def external_node_image() -> str | None:
+    """A node image given from outside (kindest/node on GitHub), with kind, kubectl and helm
+    from PATH; None here, where everything is built."""
+    return os.environ.get(NODE_IMAGE_ENV) or None
+
+
+def _on_path(name: str) -> Path:
+    found = shutil.which(name)
+    if found is None:
+        raise KindBuildError(f"{NODE_IMAGE_ENV} is set, so {name} must be on PATH")
+    return Path(found)
+
+
+def build(*, out: TextIO | None = None) -> KindTools:
+    """Everything ``kind create cluster`` needs here; cached, so a warm call takes seconds."""
+    out = out or sys.stderr
+    started = time.monotonic()
+    given = external_node_image()
+    if given is not None:
+        return KindTools(
+            kind=_on_path("kind"), kubectl=_on_path("kubectl"), helm=_on_path("helm"),
+            node_image=given,
+        )  # fmt: skip
+    build_mod.build(out=out)
+    node_build.build(out=out)
+    directory = build_binaries(out=out)
+    base.ensure_bases(out=out)
+    binaries = _node_binaries()
+    component_ids = _build_components(binaries=binaries, out=out)
+    ref = (
+        f"{NODE_REPOSITORY}:{build_mod.K8S_VERSION}-"
+        f"{node_image_key(binaries=binaries, component_ids=component_ids)}"
+    )
+    if not _image_exists(ref):
+        _assemble_node(ref=ref, binaries=binaries, images=list(component_ids), out=out)
+    _say(f"node image {ref} ready in {time.monotonic() - started:.1f}s", out)
+    control = build_mod.Binaries.in_dir(build_mod.bin_dir())
+    return KindTools(
+        kind=directory / "kind", kubectl=control.kubectl, helm=control.helm, node_image=ref
+    )
+
+
+def main() -> int:
+    try:
+        tools = build()
+    except (DockerError, KindBuildError, build_mod.BuildError) as error:
+        print(f"[kind-build] error: {error}", file=sys.stderr)
+        return 1
+    print(tools.node_image)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

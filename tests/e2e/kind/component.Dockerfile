@@ -1,0 +1,9 @@
+# One control-plane component as an image, under the name kubeadm expects (registry.k8s.io/…):
+# the static binary from the project's cached build on Debian (kube-proxy needs iptables).
+ARG DEBIAN_IMAGE=debian:bookworm-slim
+FROM ${DEBIAN_IMAGE}
+ARG PACKAGES=""
+RUN if [ -n "$PACKAGES" ]; then apt-get update \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PACKAGES \
+      && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/*; fi
+COPY bin/ /usr/local/bin/

@@ -1,0 +1,123 @@
+"""The pure parts of the image and kind tooling: capabilities, OCI archives, kind's config."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import yaml
+
+from images.build import oci_archive_from_docker_save, recipes
+from images.docker import DaemonLayout, daemon_config, missing_capabilities
+from images.runc_wrapper import (
+    bundle_of,
+    process_of,
+    strip_capabilities,
+    strip_process_capabilities,
+)
+from tests.e2e.kind.cluster import POD_SUBNET, kind_config
+
+#: CapBnd of a VM whose bounding set lacks CAP_SYS_RESOURCE (bit 24), 41 capabilities known.
+WITHOUT_SYS_RESOURCE = "000001fffeffffff"
+
+
+def test_missing_capabilities_names_exactly_the_absent_bits() -> None:
+    assert missing_capabilities(WITHOUT_SYS_RESOURCE) == ["CAP_SYS_RESOURCE"]
+    assert missing_capabilities("000001ffffffffff") == []
+
+
+def test_daemon_uses_the_wrapper_only_when_a_capability_is_missing(tmp_path: Path) -> None:
+    layout = DaemonLayout(root=tmp_path)
+    plain = daemon_config(layout=layout, drop=[])
+    assert "default-runtime" not in plain and "runtimes" not in plain
+    wrapped = daemon_config(layout=layout, drop=["CAP_SYS_RESOURCE"])
+    assert wrapped["runtimes"] == {wrapped["default-runtime"]: {"path": str(layout.runtime)}}
+    # Everything of the daemon stays under its own root: nothing shared with a host Docker.
+    for key in ("data-root", "exec-root", "pidfile"):
+        assert str(plain[key]).startswith(str(tmp_path)), key
+    assert plain["hosts"] == [f"unix://{tmp_path}/docker.sock"]
+
+
+def test_wrapper_strips_the_capability_from_every_set_and_nothing_else() -> None:
+    caps = ["CAP_CHOWN", "CAP_SYS_RESOURCE", "CAP_NET_ADMIN"]
+    spec = {"process": {"capabilities": {name: list(caps) for name in
+                                         ("bounding", "effective", "permitted")}}}  # fmt: skip
+    assert strip_capabilities(spec, ["CAP_SYS_RESOURCE"]) is True
+    for name in ("bounding", "effective", "permitted"):
+        assert spec["process"]["capabilities"][name] == ["CAP_CHOWN", "CAP_NET_ADMIN"]
+    assert strip_capabilities(spec, ["CAP_SYS_RESOURCE"]) is False
+
+
+def test_wrapper_strips_an_exec_process_too(tmp_path: Path) -> None:
+    """docker exec into a privileged container hands runc a process file, not a bundle."""
+    argv = ["--root", "/r", "exec", "--process", str(tmp_path / "p.json"), "--detach", "id"]
+    assert process_of(argv) == tmp_path / "p.json"
+    assert process_of(["--root", "/r", "create", "--bundle", "/b", "id"]) is None
+    process = {"capabilities": {"bounding": ["CAP_SYS_RESOURCE", "CAP_KILL"]}}
+    assert strip_process_capabilities(process, ["CAP_SYS_RESOURCE"]) is True
+    assert process["capabilities"]["bounding"] == ["CAP_KILL"]
+
+
+def test_wrapper_finds_the_bundle_only_for_create_and_run(tmp_path: Path) -> None:
+    assert bundle_of(["--root", "/r", "create", "--bundle", str(tmp_path), "id"]) == tmp_path
+    assert bundle_of(["run", f"--bundle={tmp_path}", "id"]) == tmp_path
+    assert bundle_of(["--root", "/r", "kill", "id", "9"]) is None
+
+
+def _docker_save(path: Path, *, name: str, layers: list[bytes], config: bytes) -> None:
+    with tarfile.open(path, "w") as tar:
+        entries = {"config.json": config} | {f"l{i}/layer.tar": x for i, x in enumerate(layers)}
+        manifest = [{"Config": "config.json", "RepoTags": [name],
+                     "Layers": [f"l{i}/layer.tar" for i in range(len(layers))]}]  # fmt: skip
+        entries["manifest.json"] = json.dumps(manifest).encode()
+        for member, data in entries.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_oci_archive_keeps_layers_and_names_the_image(tmp_path: Path) -> None:
+    layers, config = [b"layer-one", b"layer-two"], b'{"architecture": "amd64"}'
+    _docker_save(tmp_path / "saved.tar", name="x/y:1", layers=layers, config=config)
+    digest = oci_archive_from_docker_save(tmp_path / "saved.tar", tmp_path / "a.tar", name="x/y:1")
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        (entry,) = index["manifests"]
+        assert entry["annotations"]["io.containerd.image.name"] == "x/y:1"
+        assert entry["digest"] == digest
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}"))  # type: ignore[arg-type]
+        for descriptor, data in zip(manifest["layers"], layers, strict=True):
+            assert descriptor["digest"] == f"sha256:{hashlib.sha256(data).hexdigest()}"
+            assert (
+                tar.extractfile(f"blobs/sha256/{hashlib.sha256(data).hexdigest()}").read() == data
+            )  # type: ignore[union-attr]
+    # The same content gives the same digest: the node skips re-imports of unchanged images.
+    again = oci_archive_from_docker_save(tmp_path / "saved.tar", tmp_path / "b.tar", name="x/y:1")
+    assert again == digest
+
+
+def test_store_image_tag_is_the_servers_version_not_ours() -> None:
+    chart = yaml.safe_load(
+        (Path(__file__).parents[3] / "charts/sidecar-state/values.yaml").read_text()
+    )
+    images = chart["images"]
+    refs = {name: recipe.ref() for name, recipe in recipes().items()}
+    # The chart's defaults name exactly what the Dockerfiles build (and the release pushes).
+    assert refs["redis"] == f"{images['redis']['repository']}:{images['redis']['tag']}"
+    assert refs["operator"].rpartition(":")[0] == images["operator"]["repository"]
+    assert refs["hydrator"].rpartition(":")[0] == images["hydrator"]["repository"]
+
+
+def test_kind_config_with_our_node_image_leaves_out_what_it_cannot_run() -> None:
+    ours = yaml.safe_load(kind_config(own_node_image=True))
+    assert ours["networking"]["disableDefaultCNI"] is True
+    assert ours["networking"]["podSubnet"] == POD_SUBNET
+    patches = [yaml.safe_load(p) for p in ours["kubeadmConfigPatches"]]
+    init = next(p for p in patches if p["kind"] == "InitConfiguration")
+    assert init["skipPhases"] == ["addon/coredns"]
+    kindest = yaml.safe_load(kind_config(own_node_image=False))
+    assert "disableDefaultCNI" not in kindest["networking"]
+    assert kindest["networking"]["podSubnet"] == POD_SUBNET
