@@ -2,7 +2,7 @@
 patched, and what the controller spends per pass (issue item 10).
 
 The figures (CPU seconds and resident memory of the operator process per pass) are printed
-and asserted against the controller's chart limits (500m CPU, 384Mi).
+and held to 0.8 s of CPU per pass and the controller's memory limit (384Mi).
 """
 
 from __future__ import annotations
@@ -80,5 +80,7 @@ def test_a_pass_over_2000_pods_stays_within_the_controllers_limits(
           f"RSS {rss:.0f} MiB")  # fmt: skip
 
     assert passes >= 3
-    assert per_pass < 0.5, f"{per_pass:.2f} s CPU per pass"  # the chart's 500m limit, per second
+    # 500m over a 15 s watchdog interval would allow 7.5 s; ask for far less, with room for a
+    # machine shared with other work (0.27-0.51 s measured; the previous code about 1 s).
+    assert per_pass < 0.8, f"{per_pass:.2f} s CPU per pass"
     assert rss < 384, f"{rss:.0f} MiB resident"
