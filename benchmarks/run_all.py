@@ -56,6 +56,7 @@ BENCHMARKS: Final = (
     Spec("freshness", [], ["--rates", "100,1000", "--seconds", "3"], 240, 120,
          owner="hydration/freshness"),
     Spec("admission", [], ["--quick"], 360, 150),
+    Spec("controller_pass", [], ["--quick"], 300, 200, owner="operator"),
 )  # fmt: skip
 
 

@@ -6,13 +6,26 @@ the webhook server on it, in the ``all`` role) never stalls.
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient
 
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JSON_PATCH = "application/json-patch+json"
+#: Answers worth another try: a conflicting write, throttling, an apiserver restarting.
+RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 _WORKLOAD_LISTS = {
     "Deployment": "list_namespaced_deployment",
@@ -24,6 +37,31 @@ _WORKLOAD_PATCHES = {
     "StatefulSet": "patch_namespaced_stateful_set",
     "DaemonSet": "patch_namespaced_daemon_set",
 }
+
+
+def with_retries(
+    call: Callable[[], T], *, what: str, delays: tuple[float, ...] = RETRY_DELAYS_SECONDS
+) -> T:
+    """Run a blocking API call, retrying transient failures with growing pauses.
+
+    kopf never retries ``on.event`` handlers, so a write that meets a conflict or an apiserver
+    restart would otherwise be lost until the object next changes. Client errors (400, 403,
+    404, 422) are the request's own fault and are raised at once.
+    """
+    for attempt, delay in enumerate((*delays, None)):
+        try:
+            return call()
+        except kubernetes.client.ApiException as error:
+            if delay is None or error.status not in RETRIED_STATUSES:
+                raise
+            reason = f"{error.status} {error.reason}"
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            if delay is None:
+                raise
+            reason = repr(error)
+        logger.info(f"{what}: attempt {attempt + 1} failed ({reason}); retrying in {delay} s")
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @cache
@@ -46,12 +84,6 @@ def create_event(namespace: str, body: dict[str, Any]) -> None:
     kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, body)
 
 
-def list_pods(namespace: str) -> list[dict[str, Any]]:
-    api = client()
-    pods = kubernetes.client.CoreV1Api(api).list_namespaced_pod(namespace)
-    return [_plain(api, pod, "Pod", "v1") for pod in pods.items]
-
-
 def list_workloads(namespace: str) -> list[dict[str, Any]]:
     api = client()
     apps = kubernetes.client.AppsV1Api(api)
@@ -63,14 +95,36 @@ def list_workloads(namespace: str) -> list[dict[str, Any]]:
 
 
 def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
-    """Set (or remove, with ``None``) one label; return whether anything changed."""
+    """Set (or remove, with ``None``) one label; return whether anything changed.
+
+    The patch carries the resourceVersion it read, so a concurrent change of the namespace
+    makes it fail (409) and it is re-read and decided again, instead of overwriting. A label
+    value of :data:`~sidecar_operator.injection.annotations.INJECTION_PINNED` is the user's
+    (GitOps) and is never changed.
+    """
+    from sidecar_operator.injection import annotations as ann
+
     core = kubernetes.client.CoreV1Api(client())
-    metadata = core.read_namespace(namespace).metadata
-    labels = (metadata.labels if metadata else None) or {}
-    if labels.get(key) == value:
-        return False
-    core.patch_namespace(namespace, {"metadata": {"labels": {key: value}}})
-    return True
+
+    def attempt() -> bool:
+        metadata = core.read_namespace(namespace).metadata
+        labels = (metadata.labels if metadata else None) or {}
+        if labels.get(key) == value or labels.get(key) == ann.INJECTION_PINNED:
+            return False
+        version = metadata.resource_version if metadata else None
+        body = {"metadata": {"resourceVersion": version, "labels": {key: value}}}
+        core.patch_namespace(namespace, body)
+        return True
+
+    return with_retries(attempt, what=f"label namespace {namespace}")
+
+
+def list_bindings(namespace: str) -> list[dict[str, Any]]:
+    """Every StateBinding of a namespace, in one call (one pass reads them once)."""
+    api = kubernetes.client.CustomObjectsApi(client())
+    listed: dict[str, Any] = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    items: list[dict[str, Any]] = listed.get("items") or []
+    return items
 
 
 def patch_workload(kind: str, name: str, namespace: str, patch: dict[str, Any]) -> None:
@@ -85,37 +139,65 @@ def patch_binding_status(name: str, namespace: str, status: dict[str, Any]) -> N
     )
 
 
-def get_binding(name: str, namespace: str) -> dict[str, Any] | None:
-    api = kubernetes.client.CustomObjectsApi(client())
-    try:
-        found: dict[str, Any] = api.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
-    except kubernetes.client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return found
-
-
 def create_binding(binding: dict[str, Any]) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
     namespace = binding["metadata"]["namespace"]
-    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, binding)
+    with_retries(
+        lambda: api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, binding),
+        what=f"create StateBinding {namespace}/{binding['metadata']['name']}",
+    )
+
+
+def spec_replacement(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A JSON Patch that replaces the whole spec.
+
+    A JSON merge patch would keep fields the new spec leaves out (a removed key prefix), so
+    the spec is replaced wholesale; the list is only valid with the json-patch content type.
+    """
+    return [{"op": "replace", "path": "/spec", "value": spec}]
 
 
 def replace_binding_spec(name: str, namespace: str, spec: dict[str, Any]) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
-    # A JSON merge patch cannot remove list items; replacing the spec wholesale can.
-    api.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, [{"op": "replace", "path": "/spec", "value": spec}]
-    )
+    with_retries(
+        lambda: api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, spec_replacement(spec),
+            _content_type=JSON_PATCH,
+        ),
+        what=f"update StateBinding {namespace}/{name}",
+    )  # fmt: skip
 
 
 def delete_binding(name: str, namespace: str) -> None:
     api = kubernetes.client.CustomObjectsApi(client())
     try:
-        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        with_retries(
+            lambda: api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+            what=f"delete StateBinding {namespace}/{name}",
+        )
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise
+
+
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+def read_secret_metadata(name: str, namespace: str) -> dict[str, Any] | None:
+    """A Secret's metadata only (labels, annotations), never its data; ``None`` if absent.
+
+    The apiserver serves just the metadata when asked for PartialObjectMetadata, so the
+    webhook checks a Secret's opt-in without ever holding its values.
+    """
+    core = kubernetes.client.CoreV1Api(client())
+    try:
+        response = core.read_namespaced_secret(
+            name, namespace, _headers={"Accept": PARTIAL_METADATA},
+            _preload_content=False, _request_timeout=3,
+        )  # fmt: skip
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    metadata: dict[str, Any] = json.loads(response.data).get("metadata") or {}
+    return metadata

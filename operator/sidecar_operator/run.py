@@ -13,14 +13,17 @@ import asyncio
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import kopf
 
-from sidecar_operator import certificates
+from sidecar_operator import capabilities, certificates
 from sidecar_operator.api.models import GROUP
+from sidecar_operator.controller.rollout import RolloutThrottle
+from sidecar_operator.handlers.passes import ControllerState
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import (
@@ -49,6 +52,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config.watching.client_timeout = 300
     config.watching.connect_timeout = 10
     config.admission.managed = None  # the chart (or register-webhooks) owns the configuration
+    # A namespaced install may not list namespaces: kopf then takes the watched namespaces as
+    # given and discovers the resources once at start (the chart installs the CRD first).
+    config.scanning.disabled = bool(settings.watch_namespaces)
     if settings.role in {"all", "webhook"}:
         config.admission.server = NamespacedWebhookServer(
             addr=settings.webhook_host,
@@ -82,15 +88,37 @@ def cmd_run(settings: OperatorSettings) -> None:
             key_file=Path(settings.webhook_key_file or ""),
         )  # fmt: skip
         certificates.prepare(webhook_tls)
+        importlib.import_module("sidecar_operator.handlers.ca_bundle")
+    mode = None
+    if serves_webhooks:  # only the webhook's injections depend on the mode, not the hashes
+        try:
+            choice = capabilities.detect(settings.sidecar_mode)
+        except capabilities.UnsupportedMode as error:
+            raise SystemExit(f"sidecar-state cannot start: {error}") from None
+        logging.getLogger(__name__).warning(f"Sidecars: {choice.reason}")
+        mode = choice.mode
     memo = kopf.Memo(
         settings=settings,
-        injection_defaults=settings.injection_defaults(),
+        injection_defaults=settings.injection_defaults(sidecar_mode=mode),
         webhook_tls=webhook_tls,
+        controller_state=ControllerState(),
+        rollout_throttle=RolloutThrottle(
+            per_minute=settings.rollout_max_per_minute,
+            per_namespace=settings.rollout_max_in_progress_per_namespace,
+            now=time.monotonic(),
+        ),
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission
+    # A namespaced install (watch_namespaces) watches only those namespaces, with Roles there;
+    # kopf still watches cluster-scoped kinds (CRDs, webhook configurations) cluster-wide.
+    namespaces = list(settings.watch_namespaces)
     asyncio.run(
         kopf.operator(
-            settings=kopf_settings(settings), standalone=True, clusterwide=True, memo=memo
+            settings=kopf_settings(settings),
+            standalone=True,
+            memo=memo,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
         )
     )
 
@@ -112,6 +140,7 @@ def cmd_register_webhooks(args: argparse.Namespace, settings: OperatorSettings) 
     objects = [
         build_mutating_configuration(
             base_url=args.url, ca_bundle=ca_bundle, excluded_namespaces=excluded,
+            served_namespaces=settings.watch_namespaces,
             failure_policy=args.failure_policy, name=args.name,
         ),
         build_validating_configuration(

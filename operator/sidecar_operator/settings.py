@@ -10,7 +10,13 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES, InjectionDefaults, SidecarMode
+from sidecar_operator.capabilities import RequestedMode
+from sidecar_operator.injection.defaults import (
+    SYSTEM_NAMESPACES,
+    InjectionDefaults,
+    SidecarMode,
+    UserIds,
+)
 
 Role = Literal["all", "webhook", "controller"]
 
@@ -38,8 +44,31 @@ class OperatorSettings(BaseSettings):
     image_pull_secrets: CommaList = ()
     bootstrap_servers: CommaList = InjectionDefaults().bootstrap_servers
     max_memory: str = InjectionDefaults().max_memory
-    sidecar_mode: SidecarMode = "native"
+    sidecar_mode: RequestedMode = Field(
+        default="auto", description="auto: native sidecars where the server runs them"
+    )
     excluded_namespaces: CommaList = ()
+    watch_namespaces: CommaList = Field(
+        default=(),
+        description="namespaces served (a namespaced install with Roles); empty = all",
+    )
+    # Cluster-wide defaults of the sidecars (Helm values sidecars.*); bindings and Pod
+    # annotations override them (injection.overrides).
+    user_ids: UserIds = InjectionDefaults().user_ids
+    metrics_port: int = Field(default=InjectionDefaults().hydrator_port, ge=1, le=65535)
+    hydration_timeout_seconds: int = Field(
+        default=InjectionDefaults().hydration_timeout_seconds, ge=10
+    )
+    hydrator_cpu_request: str = InjectionDefaults().hydrator_cpu_request
+    hydrator_cpu_limit: str = InjectionDefaults().hydrator_cpu_limit
+    hydrator_memory_request: str = InjectionDefaults().hydrator_memory_request
+    hydrator_memory_limit: str = InjectionDefaults().hydrator_memory_limit
+    redis_cpu_request: str = InjectionDefaults().redis_cpu_request
+    redis_cpu_limit: str = InjectionDefaults().redis_cpu_limit
+    allowed_bootstrap_servers: CommaList = Field(
+        default=(),
+        description="host:port patterns (* wildcards) a binding may read from; empty = any",
+    )
 
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443
@@ -59,9 +88,24 @@ class OperatorSettings(BaseSettings):
 
     watchdog_interval_seconds: float = Field(default=15.0, gt=0)
     rollout_workloads: bool = True
+    rollout_missed_injections: bool = Field(
+        default=False,
+        description="the watchdog rolls workloads whose Pods were created without sidecars",
+    )
+    rollout_max_per_minute: float = Field(
+        default=10.0, gt=0, description="roll-outs the controller starts per minute, cluster-wide"
+    )
+    rollout_max_in_progress_per_namespace: int = Field(
+        default=2, ge=1, description="roll-outs of one namespace that may run at once"
+    )
     prometheus_annotations: bool = False
 
-    def injection_defaults(self) -> InjectionDefaults:
+    def injection_defaults(self, *, sidecar_mode: SidecarMode | None = None) -> InjectionDefaults:
+        """The engine's defaults; ``sidecar_mode`` is what ``auto`` resolved to at start
+        (without it, ``auto`` means native, the mode of every supported Kubernetes)."""
+        resolved: SidecarMode = sidecar_mode or (
+            "containers" if self.sidecar_mode == "containers" else "native"
+        )
         return InjectionDefaults(
             redis_image=self.redis_image,
             hydrator_image=self.hydrator_image,
@@ -70,7 +114,16 @@ class OperatorSettings(BaseSettings):
             image_pull_secrets=self.image_pull_secrets,
             bootstrap_servers=self.bootstrap_servers,
             max_memory=self.max_memory,
-            sidecar_mode=self.sidecar_mode,
+            sidecar_mode=resolved,
+            user_ids=self.user_ids,
+            hydrator_port=self.metrics_port,
+            hydration_timeout_seconds=self.hydration_timeout_seconds,
+            hydrator_cpu_request=self.hydrator_cpu_request,
+            hydrator_cpu_limit=self.hydrator_cpu_limit,
+            hydrator_memory_request=self.hydrator_memory_request,
+            hydrator_memory_limit=self.hydrator_memory_limit,
+            redis_cpu_request=self.redis_cpu_request,
+            redis_cpu_limit=self.redis_cpu_limit,
             prometheus_annotations=self.prometheus_annotations,
             excluded_namespaces=SYSTEM_NAMESPACES
             | {self.namespace}

@@ -33,21 +33,32 @@ def _client_config(*, base_url: str, path: str, ca_bundle: bytes) -> dict[str, A
     }
 
 
-def namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
+def namespace_selector(excluded: Sequence[str], served: Sequence[str] = ()) -> dict[str, Any]:
     """Only namespaces that hold StateBindings reach the webhook.
 
-    The controller labels them (``sidecarstate.dev/injection: enabled``). With
+    The controller labels them (``sidecarstate.dev/injection: enabled``), or a user pins the
+    label (``always``) so that injection never depends on the controller running. With
     ``failurePolicy: Fail``, an operator outage then blocks only Pods that could need the
     sidecars, never those of other teams or of kube-system.
     """
     return {
         "matchExpressions": [
-            {"key": ann.INJECTION_LABEL, "operator": "In", "values": [ann.INJECTION_ENABLED]},
+            {
+                "key": ann.INJECTION_LABEL,
+                "operator": "In",
+                "values": list(ann.INJECTION_LABEL_VALUES),
+            },
             {
                 "key": "kubernetes.io/metadata.name",
                 "operator": "NotIn",
                 "values": sorted({*SYSTEM_NAMESPACES, *excluded}),
             },
+            # A namespaced install (watch_namespaces) serves only its namespaces.
+            *(
+                [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(served)}]
+                if served
+                else []
+            ),
         ]
     }
 
@@ -62,6 +73,7 @@ def build_mutating_configuration(
     base_url: str,
     ca_bundle: bytes,
     excluded_namespaces: Sequence[str] = (),
+    served_namespaces: Sequence[str] = (),
     failure_policy: FailurePolicy = "Fail",
     timeout_seconds: int = 5,
     name: str = DEFAULT_NAME,
@@ -85,7 +97,7 @@ def build_mutating_configuration(
                         "scope": "Namespaced",
                     }
                 ],
-                "namespaceSelector": namespace_selector(excluded_namespaces),
+                "namespaceSelector": namespace_selector(excluded_namespaces, served_namespaces),
                 "objectSelector": opt_out_selector(),
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",

@@ -8,6 +8,7 @@ Tests only use the handle's methods, so both modes run the same scenarios.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar_operator.injection import InjectionDefaults
@@ -50,6 +52,8 @@ class LocalOperator:
         self.log_path = workdir / "operator.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.failure_policy: FailurePolicy = "Fail"
+        #: Settings of the next start on top of the suite's (``restart_with``).
+        self.extra_env: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -68,7 +72,22 @@ class LocalOperator:
             "SIDECAR_STATE_HEALTH_PORT": str(self.health_port),
             "SIDECAR_STATE_WATCHDOG_INTERVAL_SECONDS": "2",
             "SIDECAR_STATE_BOOTSTRAP_SERVERS": "kafka.kafka.svc:9092",
+            **self.extra_env,
         }
+
+    @contextlib.contextmanager
+    def restart_with(self, env: dict[str, str]) -> Iterator[None]:
+        """Run the operator with changed settings (an upgrade, a chart value change), then
+        as before."""
+        self.stop()
+        self.extra_env = dict(env)
+        try:
+            self.start()
+            yield
+        finally:
+            self.stop()
+            self.extra_env = {}
+            self.start()
 
     def start(self) -> None:
         if self.process is not None:
@@ -190,6 +209,33 @@ class ChartOperator:
             "logs", f"deployment/{self.webhook}", "-n", OPERATOR_NAMESPACE, f"--tail={lines}",
             check=False,
         ).stdout  # fmt: skip
+
+    @contextlib.contextmanager
+    def restart_with(self, env: dict[str, str]) -> Iterator[None]:
+        """``kubectl set env`` on both roles (what a chart upgrade does), then back."""
+        before = {}
+        for deployment in (self.webhook, self.controller):
+            found = self.cluster.kubectl_json(
+                "get", "deployment", deployment, "-n", OPERATOR_NAMESPACE
+            )
+            container = found["spec"]["template"]["spec"]["containers"][0]
+            before[deployment] = {e["name"]: e.get("value") for e in container.get("env", [])}
+
+        def set_env(deployment: str, values: dict[str, str | None]) -> None:
+            pairs = [f"{k}={v}" if v is not None else f"{k}-" for k, v in values.items()]
+            self.cluster.kubectl_run(
+                "set", "env", f"deployment/{deployment}", "-n", OPERATOR_NAMESPACE, *pairs
+            )
+
+        for deployment in before:
+            set_env(deployment, dict(env))
+        self.wait_ready()
+        try:
+            yield
+        finally:
+            for deployment, old in before.items():
+                set_env(deployment, {k: old.get(k) for k in env})
+            self.wait_ready()
 
     def injection_defaults(self) -> InjectionDefaults:
         deployment = self.cluster.kubectl_json(

@@ -251,11 +251,14 @@ def test_service_accounts_may_do_what_the_code_does_and_no_more(release: Release
                  ("update", secret, "-n", release.namespace),
                  ("create", "secrets", "-n", release.namespace),
                  ("patch", f"mutatingwebhookconfigurations/{FULLNAME}"),
-                 ("patch", f"validatingwebhookconfigurations/{FULLNAME}")):  # fmt: skip
+                 ("patch", f"validatingwebhookconfigurations/{FULLNAME}"),
+                 ("watch", "mutatingwebhookconfigurations"),
+                 ("watch", "validatingwebhookconfigurations"),
+                 # the opt-in label of a binding's Secret, read as metadata only
+                 ("get", "secrets/other", "-n", "default")):  # fmt: skip
         assert can(webhook, *args), f"webhook may not {args}"
-    for args in (("get", "secrets/other", "-n", release.namespace),
-                 ("list", "secrets", "-n", release.namespace),
-                 ("get", secret, "-n", "default"),
+    for args in (("list", "secrets", "-n", release.namespace),
+                 ("watch", "secrets", "-A"), ("update", "secrets/other", "-n", "default"),
                  ("patch", "mutatingwebhookconfigurations/sidecar-state-other"),
                  ("list", "pods", "-A"), ("patch", f"{PLURAL}.{GROUP}", "-A"),
                  ("create", "pods", "-n", "default")):  # fmt: skip
@@ -413,7 +416,9 @@ class RoleProcess:
                 if any(mark in line.lower() for mark in FORBIDDEN_MARKS)]  # fmt: skip
 
 
-def _run_role(release: Release, role: str, account: str) -> RoleProcess:
+def _run_role(
+    release: Release, role: str, account: str, *, extra: dict[str, str] | None = None
+) -> RoleProcess:
     health = _free_port()
     env = {
         **os.environ,
@@ -422,6 +427,7 @@ def _run_role(release: Release, role: str, account: str) -> RoleProcess:
         "SIDECAR_STATE_NAMESPACE": release.namespace,
         "SIDECAR_STATE_HEALTH_PORT": str(health),
         "SIDECAR_STATE_WATCHDOG_INTERVAL_SECONDS": "2",
+        **(extra or {}),
     }
     if role == "webhook":
         tls = release.tls
@@ -485,6 +491,34 @@ def test_both_roles_run_with_nothing_but_the_charts_rbac(release: Release) -> No
         release.cluster.kubectl_run("delete", "namespace", app, "--wait=false", check=False)
 
 
+def test_a_wiped_ca_bundle_is_repaired_within_seconds(release: Release) -> None:
+    """``helm upgrade --force`` or an Argo CD Replace sync rewrites the configurations without
+    a caBundle; with failurePolicy Fail that refuses Pods until it is back."""
+    webhook = _run_role(release, "webhook", release.webhook_account)
+    try:
+        _eventually("the webhook role to be ready", webhook.ready)
+        before = [
+            c["webhooks"][0]["clientConfig"].get("caBundle") for c in release.configurations()
+        ]
+        assert all(before)
+        wipe = json.dumps([{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}])
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            release.cluster.kubectl_run("patch", kind, FULLNAME, "--type=json", "-p", wipe)
+        started = time.monotonic()
+
+        def restored() -> bool:
+            now = [
+                c["webhooks"][0]["clientConfig"].get("caBundle") for c in release.configurations()
+            ]
+            return now == before
+
+        _eventually("both caBundles to be restored", restored, timeout=15)
+        assert time.monotonic() - started < 15
+        assert webhook.permission_errors() == [], "\n".join(webhook.permission_errors())
+    finally:
+        webhook.stop()
+
+
 # --- upgrade and uninstall -------------------------------------------------------------------
 
 
@@ -506,6 +540,56 @@ def test_upgrade_applies_values_and_keeps_the_ca_bundle(release: Release) -> Non
     after = [c["webhooks"][0]["clientConfig"]["caBundle"] for c in (mutating, validating)]
     assert after == before, "helm upgrade dropped the caBundle the operator set"
     _assert_serves_with(bundle, release)
+
+
+def test_a_namespaced_install_serves_its_namespaces_with_roles_only(release: Release) -> None:
+    """watchNamespaces: Roles in those namespaces, nothing namespaced cluster-wide; both roles
+    run as their ServiceAccounts and do their work there without a permission error."""
+    app = f"e2e-chart-ns-{uuid.uuid4().hex[:6]}"
+    release.cluster.kubectl_run("create", "namespace", app)
+    release.helm(
+        "upgrade", RELEASE, str(CHART), values={**INSTALL_VALUES, "watchNamespaces": [app]}
+    )
+
+    def can(account: str, *args: str) -> bool:
+        proc = release.cluster.kubectl_run(
+            "auth", "can-i", *args,
+            f"--as=system:serviceaccount:{release.namespace}:{account}", check=False,
+        )  # fmt: skip
+        return proc.stdout.strip() == "yes"
+
+    webhook_account, controller_account = release.webhook_account, release.controller_account
+    assert can(controller_account, "list", "pods", "-n", app)
+    assert can(controller_account, "patch", f"namespaces/{app}")
+    assert can(webhook_account, "watch", f"{PLURAL}.{GROUP}", "-n", app)
+    for account, args in ((controller_account, ("list", "pods", "-A")),
+                          (controller_account, ("list", "pods", "-n", "default")),
+                          (controller_account, ("patch", "namespaces/default")),
+                          (controller_account, ("patch", "deployments.apps", "-n", "default")),
+                          (webhook_account, ("list", f"{PLURAL}.{GROUP}", "-A")),
+                          (webhook_account, ("get", "secrets/x", "-n", "default"))):  # fmt: skip
+        assert not can(account, *args), f"{account} may {args}"
+
+    scoped = {"SIDECAR_STATE_WATCH_NAMESPACES": app}
+    webhook = _run_role(release, "webhook", webhook_account, extra=scoped)
+    controller = _run_role(release, "controller", controller_account, extra=scoped)
+    try:
+        _eventually("the webhook role to be ready", webhook.ready)
+        _eventually("the controller role to be ready", controller.ready)
+        release.cluster.apply(binding("flags", app))
+        _eventually("the binding's status", lambda: release.cluster.kubectl_json(
+            "get", "statebinding", "flags", "-n", app).get("status", {}).get(
+            "observedGeneration"))  # fmt: skip
+        labels = release.cluster.kubectl_json("get", "namespace", app)["metadata"]["labels"]
+        assert labels.get(f"{GROUP}/injection") == "enabled"
+        time.sleep(3)  # let every watcher of both roles list and watch once
+        for role in (webhook, controller):
+            assert role.ready()
+            assert role.permission_errors() == [], "\n".join(role.permission_errors())
+    finally:
+        webhook.stop()
+        controller.stop()
+        release.cluster.kubectl_run("delete", "namespace", app, "--wait=false", check=False)
 
 
 def test_uninstall_removes_what_it_installed_and_keeps_the_crd(release: Release) -> None:

@@ -109,6 +109,30 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ join "," .Values.excludedNamespaces | quote }}
 - name: SIDECAR_STATE_HEALTH_PORT
   value: {{ .Values.healthPort | quote }}
+- name: SIDECAR_STATE_ALLOWED_BOOTSTRAP_SERVERS
+  value: {{ join "," .Values.kafka.allowedBootstrapServers | quote }}
+- name: SIDECAR_STATE_WATCH_NAMESPACES
+  value: {{ join "," .Values.watchNamespaces | quote }}
+- name: SIDECAR_STATE_USER_IDS
+  value: {{ .Values.sidecars.userIds | quote }}
+- name: SIDECAR_STATE_METRICS_PORT
+  value: {{ .Values.sidecars.metricsPort | quote }}
+- name: SIDECAR_STATE_HYDRATION_TIMEOUT_SECONDS
+  value: {{ .Values.sidecars.hydrationTimeoutSeconds | quote }}
+{{- with .Values.sidecars.resources }}
+- name: SIDECAR_STATE_HYDRATOR_CPU_REQUEST
+  value: {{ .hydrator.requests.cpu | quote }}
+- name: SIDECAR_STATE_HYDRATOR_CPU_LIMIT
+  value: {{ .hydrator.limits.cpu | quote }}
+- name: SIDECAR_STATE_HYDRATOR_MEMORY_REQUEST
+  value: {{ .hydrator.requests.memory | quote }}
+- name: SIDECAR_STATE_HYDRATOR_MEMORY_LIMIT
+  value: {{ .hydrator.limits.memory | quote }}
+- name: SIDECAR_STATE_REDIS_CPU_REQUEST
+  value: {{ .redis.requests.cpu | quote }}
+- name: SIDECAR_STATE_REDIS_CPU_LIMIT
+  value: {{ .redis.limits.cpu | quote }}
+{{- end }}
 - name: SIDECAR_STATE_PROMETHEUS_ANNOTATIONS
   value: {{ .Values.monitoring.prometheusAnnotations | quote }}
 {{- end }}

@@ -381,26 +381,6 @@ class Keys(ApiModel):
         return prefix
 
 
-class Store(ApiModel):
-    """The Pod's Redis: how much it may hold and what it does when full."""
-
-    max_memory: Quantity | None = Field(
-        default=None,
-        description=(
-            "Redis maxmemory, a quantity; bindings on one Pod add up. Default: the "
-            "operator's (Helm value sidecars.maxMemory, 64Mi). Example: 256Mi"
-        ),
-    )
-    eviction_policy: EvictionPolicy = Field(
-        default="noeviction",
-        description=(
-            "Redis maxmemory-policy. noeviction refuses writes when full (the binding turns "
-            "Ready=False, reason StoreFull) instead of silently serving a partial view. "
-            "Default: noeviction. Example: allkeys-lru"
-        ),
-    )
-
-
 class ResourceList(ApiModel):
     """CPU and memory quantities."""
 
@@ -431,6 +411,55 @@ class ResourceRequirements(ApiModel):
     )
 
 
+class RedisResourceList(ApiModel):
+    """The Redis container's CPU (its memory follows maxMemory)."""
+
+    cpu: Quantity | None = Field(
+        default=None, description="CPU quantity. Default: the operator's. Example: 100m"
+    )
+
+
+class RedisResources(ApiModel):
+    """CPU requests and limits of the Redis container."""
+
+    requests: RedisResourceList | None = Field(
+        default=None,
+        description="CPU the scheduler reserves. Default: the operator's (50m). "
+        "Example: {cpu: 100m}",
+    )
+    limits: RedisResourceList | None = Field(
+        default=None,
+        description="CPU the container may not exceed. Default: the operator's (100m). "
+        "Example: {cpu: 200m}",
+    )
+
+
+class Store(ApiModel):
+    """The Pod's Redis: how much it may hold and what it does when full."""
+
+    max_memory: Quantity | None = Field(
+        default=None,
+        description=(
+            "Redis maxmemory, a quantity; bindings on one Pod add up. Default: the "
+            "operator's (Helm value sidecars.maxMemory, 64Mi). Example: 256Mi"
+        ),
+    )
+    eviction_policy: EvictionPolicy = Field(
+        default="noeviction",
+        description=(
+            "Redis maxmemory-policy. noeviction refuses writes when full (the binding turns "
+            "Ready=False, reason StoreFull) instead of silently serving a partial view. "
+            "Default: noeviction. Example: allkeys-lru"
+        ),
+    )
+    resources: RedisResources | None = Field(
+        default=None,
+        description="CPU of the Redis container (its memory follows maxMemory); the largest "
+        "of a Pod's bindings wins, a Pod annotation over both. Default: the operator's. "
+        "Example: {limits: {cpu: 200m}}",
+    )
+
+
 class HydratorOptions(ApiModel):
     """Settings of the injected hydrator sidecar."""
 
@@ -441,6 +470,17 @@ class HydratorOptions(ApiModel):
             "Example: {limits: {memory: 256Mi}}"
         ),
     )
+    hydration_timeout_seconds: int | None = Field(
+        default=None, ge=10, le=86400,
+        description="How long the hydrator may take to hydrate before its startup probe "
+        "fails; the largest of a Pod's bindings wins. Default: the operator's (600). "
+        "Example: 900",
+    )  # fmt: skip
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of the hydrator's /metrics and probes. Default: the operator's "
+        "(9464). Example: 9465",
+    )  # fmt: skip
 
 
 # -- spec.intercept: Envoy in front of the app, enriching or refusing requests -------------------
@@ -837,6 +877,11 @@ class StateBindingStatus(ApiModel):
     ready: str | None = Field(
         default=None,
         description="The Ready condition's status, for kubectl get. Example: 'True'",
+    )
+    unchecked_pods: int = Field(
+        default=0,
+        description="Injected Pods whose hydrator the controller could not reach (a mesh's "
+        "STRICT mTLS, a NetworkPolicy): their health is unknown. Default: 0. Example: 1",
     )
 
 

@@ -27,6 +27,12 @@ class HydratorHealth:
     hydrated: bool
     oom_rejections: int
     staleness_seconds: float = NEVER_FRESH
+    reachable: bool = True
+    """False when the scrape failed (a mesh's STRICT mTLS, a NetworkPolicy): health unknown."""
+
+
+def unreachable(pod: str) -> HydratorHealth:
+    return HydratorHealth(pod=pod, hydrated=False, oom_rejections=0, reachable=False)
 
 
 def parse_metrics(pod: str, text: str) -> HydratorHealth:
@@ -61,6 +67,16 @@ def worst_staleness(health: Sequence[HydratorHealth]) -> int | None:
     return int(max(known)) if known else None
 
 
+def _metrics_port(pod: Mapping[str, Any]) -> int | None:
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if container.get("name") == "sidecar-state-hydrator":
+            for declared in container.get("ports") or []:
+                if declared.get("name") == "state-metrics":
+                    return int(declared["containerPort"])
+    return None
+
+
 def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str, str]:
     """Pod name -> metrics URL, for live injected Pods that have an IP.
 
@@ -75,15 +91,19 @@ def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str,
             continue
         if status.get("phase") not in {"Pending", "Running"} or not status.get("podIP"):
             continue
-        targets[str(meta.get("name"))] = f"http://{status['podIP']}:{port}/metrics"
+        actual = _metrics_port(pod) or port  # a Pod annotation may have moved it
+        targets[str(meta.get("name"))] = f"http://{status['podIP']}:{actual}/metrics"
     return targets
 
 
 def store_condition(
     health: Sequence[HydratorHealth], *, memory: str, generation: int | None, now: str
 ) -> dict[str, Any]:
-    """``StoreHealthy``: False while any Pod's Redis refuses writes for lack of memory."""
+    """``StoreHealthy``: False while any Pod's Redis refuses writes for lack of memory;
+    Unknown while some hydrators could not be reached (never "healthy" by default)."""
     full = sorted(h.pod for h in health if h.oom_rejections > 0)
+    unchecked = sorted(h.pod for h in health if not h.reachable)
+    checked = len(health) - len(unchecked)
     if full:
         return {
             "type": "StoreHealthy", "status": "False", "reason": "StoreFull",
@@ -92,8 +112,17 @@ def store_condition(
             "spec.store.maxMemory or narrow the topics.",
             "lastTransitionTime": now, "observedGeneration": generation,
         }  # fmt: skip
+    if unchecked:
+        return {
+            "type": "StoreHealthy", "status": "Unknown", "reason": "HydratorsUnreachable",
+            "message": f"{checked} hydrator(s) checked; {len(unchecked)} could not be reached "
+            f"on their metrics port: {', '.join(unchecked[:10])}. Their health is unknown; "
+            "a mesh with STRICT mTLS or a NetworkPolicy may block the controller's scrape "
+            "(see docs/operations.md).",
+            "lastTransitionTime": now, "observedGeneration": generation,
+        }  # fmt: skip
     return {
         "type": "StoreHealthy", "status": "True", "reason": "WithinMemory",
-        "message": f"{len(health)} hydrator(s) checked; none refused a write",
+        "message": f"{checked} hydrator(s) checked; none refused a write",
         "lastTransitionTime": now, "observedGeneration": generation,
     }  # fmt: skip

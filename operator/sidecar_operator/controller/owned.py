@@ -54,7 +54,10 @@ def owned_binding(deployment: Mapping[str, Any]) -> dict[str, Any] | None:
                     "name": meta.get("name"),
                     "uid": meta.get("uid"),
                     "controller": True,
-                    "blockOwnerDeletion": True,
+                    # No blockOwnerDeletion: where OwnerReferencesPermissionEnforcement is on
+                    # (OpenShift) setting it needs update on deployments/finalizers, a right the
+                    # controller should not hold. Foreground deletion of the Deployment then
+                    # does not wait for the binding; the garbage collector still deletes it.
                 }
             ],
         },

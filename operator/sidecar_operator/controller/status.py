@@ -124,7 +124,7 @@ def build_status(
         )  # fmt: skip
     shown_memory = format_bytes(quantity_bytes(memory))
     store = store_condition(health, memory=shown_memory, generation=generation, now=stamp)
-    if store["status"] == "False":
+    if store["status"] != "True":
         ready = {**store, "type": "Ready"}
     else:
         ready = _condition(
@@ -144,8 +144,11 @@ def build_status(
         "injectedPods": injected,
         "uninjectedPods": missing[:MAX_LISTED],
         "storeFullPods": sorted(h.pod for h in health if h.oom_rejections > 0)[:MAX_LISTED],
+        "uncheckedPods": sum(1 for h in health if not h.reachable),
         "hydratedPods": sum(1 for h in health if h.hydrated),
-        "unhydratedPods": sorted(h.pod for h in health if not h.hydrated)[:MAX_LISTED],
+        "unhydratedPods": sorted(h.pod for h in health if h.reachable and not h.hydrated)[
+            :MAX_LISTED
+        ],
         "worstStalenessSeconds": worst_staleness(health),
         "source": "kafka://"
         + ",".join(binding.spec.source.kafka.bootstrap_servers or defaults.bootstrap_servers),

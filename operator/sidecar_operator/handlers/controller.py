@@ -8,26 +8,43 @@ API calls run in threads (:mod:`sidecar_operator.kube`).
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
+import kubernetes
 
 from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
-from sidecar_operator.controller.health import HydratorHealth, parse_metrics, scrape_targets
+from sidecar_operator.controller.health import (
+    HydratorHealth,
+    parse_metrics,
+    scrape_targets,
+    unreachable,
+)
 from sidecar_operator.controller.owned import owned_binding
-from sidecar_operator.controller.rollout import plan_rollouts
+from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts, pods_may_be_stale
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
 
 SCRAPE_TIMEOUT_SECONDS = 1.0
 SCRAPE_CONCURRENCY = 16
+#: A whole namespace's scrape never takes longer; hydrators not reached by then are unknown.
+SCRAPE_BUDGET_SECONDS = 5.0
+#: Watchdog passes are spread by up to this fraction of the interval, so that many
+#: namespaces (and controller restarts) do not scrape and list in lockstep.
+WATCHDOG_JITTER = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +56,8 @@ class BindingHealth:
 async def scrape_hydrators(
     pods: list[dict[str, Any]], *, port: int, logger: kopf.Logger
 ) -> list[BindingHealth]:
-    """Read every running injected Pod's hydrator metrics; an unreachable one is skipped."""
+    """Read every running injected Pod's hydrator metrics; an unreachable one is reported as
+    such (its health is unknown, not good)."""
     targets = scrape_targets(pods, port=port)
     owners = {
         str(p["metadata"]["name"]): ann.split_names(
@@ -50,19 +68,73 @@ async def scrape_hydrators(
     timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)
     limit = asyncio.Semaphore(SCRAPE_CONCURRENCY)
 
-    async def scrape(session: aiohttp.ClientSession, pod: str, url: str) -> BindingHealth | None:
+    async def scrape(session: aiohttp.ClientSession, pod: str, url: str) -> BindingHealth:
         async with limit:
             try:
                 async with session.get(url) as response:
+                    response.raise_for_status()
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError) as error:
                 logger.debug(f"Hydrator of Pod {pod} did not answer: {error!r}")
-                return None
+                return BindingHealth(health=unreachable(pod), bindings=owners.get(pod, ()))
         return BindingHealth(health=parse_metrics(pod, text), bindings=owners.get(pod, ()))
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        results = await asyncio.gather(*(scrape(session, p, u) for p, u in targets.items()))
-    return [r for r in results if r is not None]
+        tasks = {asyncio.create_task(scrape(session, p, u)): p for p, u in targets.items()}
+        if not tasks:
+            return []
+        done, pending = await asyncio.wait(tasks, timeout=SCRAPE_BUDGET_SECONDS)
+        for task in pending:
+            task.cancel()
+        late = [
+            BindingHealth(health=unreachable(tasks[t]), bindings=owners.get(tasks[t], ()))
+            for t in pending
+        ]
+        return [t.result() for t in done] + late
+
+
+async def roll_workloads(
+    namespace: str,
+    *,
+    bindings: list[StateBinding],
+    pods: list[dict[str, Any]],
+    memo: Any,
+    roll_missed: bool,
+    logger: kopf.Logger,
+) -> None:
+    """Roll the workloads whose Pods lack their bindings' current content, throttled."""
+    defaults: InjectionDefaults = memo.injection_defaults
+    throttle: RolloutThrottle = memo.rollout_throttle
+    state: ControllerState = memo.controller_state
+    deferred = state.deferred.setdefault(namespace, set())
+    if not roll_missed and not deferred and not pods_may_be_stale(pods, bindings):
+        return  # a quiet watchdog pass: no LIST of the namespace's workloads
+    workloads = await asyncio.to_thread(kube.list_workloads, namespace)
+    plan = plan_rollouts(
+        workloads=workloads, pods=pods, bindings=bindings, namespace=namespace,
+        defaults=defaults, changed=changed_bindings(memo, namespace),
+        roll_missed=roll_missed, deferred=deferred,
+    )  # fmt: skip
+    started = throttle.allow(plan, now=time.monotonic())
+    deferred.clear()
+    deferred.update(f"{r.kind}/{r.name}" for r in plan.due if r not in started)
+    for rollout in started:
+        logger.info(f"Rolling {rollout.kind} {rollout.name}: {rollout.reason}")
+        await asyncio.to_thread(
+            kube.patch_workload, rollout.kind, rollout.name, namespace, rollout.patch()
+        )
+    if len(started) < len(plan.due):
+        logger.info(
+            f"Namespace {namespace}: {len(plan.due) - len(started)} roll-out(s) deferred "
+            f"({plan.in_progress} in progress, at most {throttle.per_namespace} per namespace "
+            f"and {throttle.per_minute:g} per minute); the next pass starts them"
+        )
+
+
+def changed_bindings(memo: Any, namespace: str) -> set[str]:
+    """Bindings whose spec changed while this controller ran (see controller.rollout)."""
+    state: ControllerState = memo.controller_state
+    return state.changed_bindings.setdefault(namespace, set())
 
 
 async def reconcile_namespace(
@@ -71,6 +143,7 @@ async def reconcile_namespace(
     index: kopf.Index[str, StateBinding],
     memo: Any,
     roll: bool,
+    roll_missed: bool,
     logger: kopf.Logger,
 ) -> None:
     """Bring every binding's status, and every workload's roll-out, in line for a namespace."""
@@ -83,25 +156,28 @@ async def reconcile_namespace(
     label = ann.INJECTION_ENABLED if wanted else None
     if await asyncio.to_thread(kube.set_namespace_label, namespace, ann.INJECTION_LABEL, label):
         logger.info(f"Namespace {namespace}: label {ann.INJECTION_LABEL}={label}")
-    pods = await asyncio.to_thread(kube.list_pods, namespace)
+    state: ControllerState = memo.controller_state
+    cache = state.pods
+    pods = [dict(p) for p in cache.get(namespace, ())] if cache is not None else []
     if roll:
-        workloads = await asyncio.to_thread(kube.list_workloads, namespace)
-        for rollout in plan_rollouts(
-            workloads=workloads, pods=pods, bindings=bindings,
-            namespace=namespace, defaults=defaults,
-        ):  # fmt: skip
-            logger.info(f"Rolling {rollout.kind} {rollout.name}: {rollout.reason}")
-            await asyncio.to_thread(
-                kube.patch_workload, rollout.kind, rollout.name, namespace, rollout.patch()
-            )
+        await roll_workloads(
+            namespace, bindings=bindings, pods=pods, memo=memo, roll_missed=roll_missed,
+            logger=logger,
+        )  # fmt: skip
     health = await scrape_hydrators(pods, port=defaults.hydrator_port, logger=logger)
+    # One LIST for the whole namespace: the index's copies may lag a generation behind, and a
+    # GET per binding made a pass cost one call per binding.
+    listed = {
+        str(item["metadata"]["name"]): item
+        for item in await asyncio.to_thread(kube.list_bindings, namespace)
+    }
     for binding in bindings:
-        current = await asyncio.to_thread(kube.get_binding, binding.name, namespace)
+        current = listed.get(binding.name)
         if current is None:
             continue
         previous = current.get("status") or {}
         try:
-            live = parse_binding(current)  # the index's copy may lag a generation behind
+            live = parse_binding(current)
         except ValueError:
             continue  # invalid bindings are never indexed; the validate webhook says why
         status = build_status(
@@ -118,24 +194,67 @@ async def reconcile_namespace(
             await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
 
 
+#: After a binding is created or changed, one more pass this much later may roll what it
+#: newly selects: Pods admitted while the namespace's new label was still reaching the
+#: apiserver's webhook selector, or not yet in the Pod cache when the first pass ran.
+FOLLOW_UP_SECONDS = 3.0
+
+
+def follow_up(memo: Any, passes: NamespacePasses, namespace: str) -> None:
+    state: ControllerState = memo.controller_state
+
+    async def later() -> None:
+        await asyncio.sleep(FOLLOW_UP_SECONDS)
+        try:
+            await passes.request(namespace, roll_missed=True)
+        except Exception as error:  # the watchdog's next pass tries again
+            logging.getLogger(__name__).warning(f"Follow-up pass of {namespace}: {error}")
+
+    task = asyncio.create_task(later())
+    state.follow_ups.add(task)
+    task.add_done_callback(state.follow_ups.discard)
+
+
+def namespace_passes(
+    memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
+) -> NamespacePasses:
+    """The controller's one :class:`NamespacePasses`, made on first use."""
+    state: ControllerState = memo.controller_state
+    if state.passes is None:
+        settings: OperatorSettings = memo.settings
+
+        async def run(namespace: str, roll_missed: bool) -> None:
+            await reconcile_namespace(
+                namespace, index=index, memo=memo, roll=settings.rollout_workloads,
+                roll_missed=roll_missed or settings.rollout_missed_injections, logger=logger,
+            )  # fmt: skip
+
+        state.passes = NamespacePasses(run)
+    return state.passes
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def statebinding_reconcile(
+    name: str,
     namespace: str,
+    reason: str,
     memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
+    pods_by_namespace: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
-    settings: OperatorSettings = memo.settings
-    await reconcile_namespace(
-        namespace,
-        index=bindings_by_namespace,
-        memo=memo,
-        roll=settings.rollout_workloads,
-        logger=logger,
-    )
+    memo.controller_state.pods = pods_by_namespace
+    if reason == kopf.Reason.UPDATE:
+        changed_bindings(memo, namespace).add(name)
+    # A created or changed binding rolls the workloads it now selects; a resume (an operator
+    # restart) rolls only content changes, not Pods that an outage left without sidecars.
+    passes = namespace_passes(memo, bindings_by_namespace, logger)
+    if reason != kopf.Reason.RESUME:
+        follow_up(memo, passes, namespace)
+    await passes.request(namespace, roll_missed=reason != kopf.Reason.RESUME)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -145,16 +264,47 @@ async def statebinding_event(
     memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
+    pods_by_namespace: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
     """A deleted binding: roll its workloads back to no sidecars, and maybe unlabel."""
+    memo.controller_state.pods = pods_by_namespace
     if type != "DELETED":
         return  # creation and changes go through statebinding_reconcile
-    settings: OperatorSettings = memo.settings
-    await reconcile_namespace(
-        namespace, index=bindings_by_namespace, memo=memo,
-        roll=settings.rollout_workloads, logger=logger,
-    )  # fmt: skip
+    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace, roll_missed=True)
+
+
+_POD_SPEC_KEPT = ("hostNetwork", "os", "nodeSelector", "affinity")
+
+
+def trimmed_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pass reads of a Pod, and nothing more: the cache holds every Pod's, so each
+    one costs a few hundred bytes instead of its whole object."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    containers = {
+        field: [
+            {"name": c.get("name"), "ports": c.get("ports") or []} for c in spec.get(field) or []
+        ]
+        for field in ("initContainers", "containers")
+    }
+    return {
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "labels", "annotations", "deletionTimestamp")
+            if key in meta
+        },
+        "spec": {**{k: spec[k] for k in _POD_SPEC_KEPT if k in spec}, **containers},
+        "status": {k: status[k] for k in ("phase", "podIP") if k in status},
+    }
+
+
+@kopf.index("", "v1", "pods")
+def pods_by_namespace(body: kopf.Body, namespace: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """A watch-fed cache of every Pod, trimmed: a pass reads its namespace's Pods from here
+    instead of a full LIST every watchdog interval."""
+    return {namespace: trimmed_pod(body)}
 
 
 def _owned_by(binding: StateBinding, deployment: str) -> bool:
@@ -168,11 +318,16 @@ async def deployment_event(
     type: str | None,
     namespace: str,
     name: str,
+    memo: Any,
     logger: kopf.Logger,
     bindings_by_namespace: kopf.Index[str, StateBinding],
     **_: Any,
 ) -> None:
-    """Keep the StateBinding that a Deployment's annotations ask for, and only that one."""
+    """Keep the StateBinding that a Deployment's annotations ask for, and only that one.
+
+    Deployments change often (every status update is an event), so this handler writes only
+    when the binding differs and warns about a clash once per clash, not once per event.
+    """
     if type == "DELETED":
         return  # the owner reference lets the garbage collector delete the binding
     existing = next(
@@ -184,45 +339,78 @@ async def deployment_event(
             logger.info(f"Annotation {ann.TOPICS} removed: deleting StateBinding {name}")
             await asyncio.to_thread(kube.delete_binding, name, namespace)
         return
+    warned = memo.controller_state.warned
+
+    def warn_once(reason: str, message: str, *key: str) -> None:
+        marker = (namespace, name, str(body.metadata.get("uid")), reason, *key)
+        if marker not in warned:
+            warned.add(marker)
+            kopf.warn(body, reason=reason, message=message)
+
     try:
         desired = owned_binding(body)
     except ValueError as error:
-        kopf.warn(body, reason="InvalidAnnotations", message=str(error))
+        warn_once("InvalidAnnotations", str(error), str(body.metadata.annotations))
         return
     if desired is None:
         return
-    if existing is None:
-        logger.info(f"Creating StateBinding {name} from the Deployment's annotations")
-        await asyncio.to_thread(kube.create_binding, desired)
-        kopf.info(body, reason="BindingCreated", message=f"StateBinding {name} created")
-    elif not _owned_by(existing, name):
-        kopf.warn(body, reason="BindingExists",
-                  message=f"StateBinding {name} exists and is not managed by this Deployment; "
-                  "rename one of them")  # fmt: skip
-    elif existing.spec.to_api() != parse_binding(desired).spec.to_api():
-        logger.info(f"Updating StateBinding {name} from the Deployment's annotations")
-        await asyncio.to_thread(kube.replace_binding_spec, name, namespace, desired["spec"])
+    try:
+        if existing is None:
+            logger.info(f"Creating StateBinding {name} from the Deployment's annotations")
+            await asyncio.to_thread(kube.create_binding, desired)
+            kopf.info(body, reason="BindingCreated", message=f"StateBinding {name} created")
+        elif not _owned_by(existing, name):
+            warn_once("BindingExists",
+                      f"StateBinding {name} exists and is not managed by this Deployment; "
+                      "rename one of them", str(existing.metadata.get("uid")))  # fmt: skip
+        elif existing.spec.to_api() != parse_binding(desired).spec.to_api():
+            logger.info(f"Updating StateBinding {name} from the Deployment's annotations")
+            await asyncio.to_thread(kube.replace_binding_spec, name, namespace, desired["spec"])
+            kopf.info(body, reason="BindingUpdated", message=f"StateBinding {name} updated")
+    except kubernetes.client.ApiException as error:
+        # Refused (the validating webhook, a policy) or still failing after retries: say so on
+        # the Deployment, where its owner looks; the next change of the Deployment tries again.
+        detail = _api_message(error)
+        warn_once("BindingNotWritten", f"StateBinding {name} could not be written: {detail}",
+                  str(body.metadata.annotations), detail)  # fmt: skip
+        logger.warning(f"StateBinding {name} could not be written: {detail}")
+
+
+def _api_message(error: kubernetes.client.ApiException) -> str:
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"({error.status}) {message or error.reason}"
 
 
 async def watchdog(
     *,
     memo: Any,
     index: kopf.Index[str, StateBinding],
+    pods: kopf.Index[str, dict[str, Any]],
     logger: kopf.Logger,
 ) -> None:
-    """Find Pods that should carry the sidecars but do not, on every binding's status.
+    """Find Pods that should carry the sidecars but do not, on every binding's status, and
+    start the roll-outs that the throttle deferred. Workloads whose Pods an outage left
+    without sidecars are rolled only with ``rollout_missed_injections`` (opt-in); otherwise
+    the status reports them (MissedInjection).
 
     A loop of our own rather than a kopf timer: timers put a finalizer on every binding, which
     would block deleting bindings once the operator is uninstalled.
     """
     settings: OperatorSettings = memo.settings
+    memo.controller_state.pods = pods
+    passes = namespace_passes(memo, index, logger)
     while True:
-        await asyncio.sleep(settings.watchdog_interval_seconds)
-        for namespace in list(index):
+        spread = 1 + random.uniform(-WATCHDOG_JITTER, WATCHDOG_JITTER)
+        await asyncio.sleep(settings.watchdog_interval_seconds * spread)
+        state: ControllerState = memo.controller_state
+        # Also namespaces whose last binding is gone but whose roll-out back to no sidecars
+        # the throttle deferred.
+        pending = {ns for ns, deferred in state.deferred.items() if deferred}
+        for namespace in sorted(set(index) | pending):
             try:
-                await reconcile_namespace(
-                    namespace, index=index, memo=memo,
-                    roll=False, logger=logger,
-                )  # fmt: skip
+                await passes.request(namespace, roll_missed=False)
             except Exception as error:  # keep watching the other namespaces
                 logger.warning(f"Watchdog could not check namespace {namespace}: {error}")

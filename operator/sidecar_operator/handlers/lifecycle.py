@@ -17,10 +17,21 @@ from sidecar_operator.events import EventRecorder
 from sidecar_operator.settings import OperatorSettings
 
 
-def _listed_bindings() -> set[tuple[str, str]]:
+def _listed_bindings(namespaces: tuple[str, ...]) -> set[tuple[str, str]]:
+    """Every StateBinding served: cluster-wide, or those of the watched namespaces (a
+    namespaced install may not list across the cluster)."""
     api = kubernetes.client.CustomObjectsApi(kube.client())
-    listed: dict[str, Any] = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-    return {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed["items"]}
+    items: list[dict[str, Any]] = []
+    if namespaces:
+        for namespace in namespaces:
+            listed: dict[str, Any] = api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL
+            )
+            items += listed["items"]
+    else:
+        everything: dict[str, Any] = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        items = everything["items"]
+    return {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
 
 
 async def mark_ready_when_indexed(
@@ -32,7 +43,8 @@ async def mark_ready_when_indexed(
     Bindings that fail validation never enter the index, so after a grace period we go ready
     anyway rather than never.
     """
-    expected = await asyncio.to_thread(_listed_bindings)
+    settings: OperatorSettings = memo.settings
+    expected = await asyncio.to_thread(_listed_bindings, settings.watch_namespaces)
     for _ in range(300):
         indexed = {(ns, b.name) for ns in list(index) for b in index.get(ns, ())}
         if expected <= indexed:
@@ -93,8 +105,11 @@ async def operator_startup(
         # role must not run.
         from sidecar_operator.handlers.controller import watchdog
 
+        pods = _["pods_by_namespace"]  # the controller's own index, with its handlers
         tasks.append(
-            asyncio.create_task(watchdog(memo=memo, index=bindings_by_namespace, logger=logger))
+            asyncio.create_task(
+                watchdog(memo=memo, index=bindings_by_namespace, pods=pods, logger=logger)
+            )
         )
     memo.background_tasks = tasks
 

@@ -12,19 +12,24 @@ from typing import Any
 
 import kopf
 
-from sidecar_operator import metrics
+from sidecar_operator import kube, metrics
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
-from sidecar_operator.events import Event, EventRecorder
+from sidecar_operator.events import Event, EventRecorder, ObjectRef
 from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.injection import (
     Injected,
     InjectionConflict,
     InjectionDefaults,
     InvalidPod,
-    UnknownBinding,
+    Skipped,
     inject_pod,
+    policy,
     select_bindings,
 )
+from sidecar_operator.injection import annotations as ann
+from sidecar_operator.injection.placement import reposition
+from sidecar_operator.injection.pod import WINDOWS_SKIP
+from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS
 
 # The index fills within moments of start; a Pod arriving before waits this long, not forever.
@@ -62,6 +67,48 @@ def _explain(
         )
 
 
+def _event_target(body: kopf.Body, namespace: str) -> ObjectRef:
+    """What an Event about a Pod under admission points at: its controller, which has a uid
+    (the Pod has none yet, often not even a name), or else the Pod by name."""
+    owners = body.metadata.get("ownerReferences") or []
+    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    if owner:
+        return ObjectRef(api_version=owner["apiVersion"], kind=owner["kind"],
+                         name=owner["name"], namespace=namespace, uid=owner.get("uid"))  # fmt: skip
+    name = body.metadata.get("name") or body.metadata.get("generateName") or "<unnamed>"
+    return ObjectRef(api_version="v1", kind="Pod", name=name, namespace=namespace)
+
+
+def _warn_missing(
+    memo: Any,
+    body: kopf.Body,
+    *,
+    namespace: str,
+    missing: tuple[str, ...],
+    injected: bool,
+    warnings: list[str],
+    dryrun: bool,
+) -> None:
+    """Admit a Pod that names deleted bindings, and say so where its owner looks.
+
+    Refusing it would be an outage: a Recreate Deployment would lose every Pod, a rolling one
+    would stall, and evicted Pods would never come back.
+    """
+    names = ", ".join(missing)
+    effect = "without them" if injected else "without the sidecar-state sidecars"
+    message = (
+        f"{_pod_label(body)} names StateBinding(s) {names} ({ann.BINDINGS}) that do not exist "
+        f"in namespace {namespace}; it was admitted {effect}. Create the binding(s) or fix the "
+        "annotation, then roll the workload."
+    )
+    warnings.append(message)
+    metrics.ADMISSIONS.labels("admitted", "missing binding").inc()
+    if not dryrun:
+        recorder: EventRecorder = memo.events
+        recorder.record(Event(target=_event_target(body, namespace), type="Warning",
+                              reason="BindingMissing", message=message))  # fmt: skip
+
+
 @kopf.on.mutate("", "v1", "pods", id=MUTATE_PODS, operations=["CREATE"])
 async def pod_mutate(
     body: kopf.Body,
@@ -79,18 +126,36 @@ async def pod_mutate(
     candidates = bindings_in(bindings_by_namespace, namespace)
     pod = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
     try:
-        outcome = inject_pod(pod, bindings=candidates, namespace=namespace, defaults=defaults)
-    except (InjectionConflict, UnknownBinding, InvalidPod) as error:
+        outcome = inject_pod(
+            pod, bindings=candidates, namespace=namespace, defaults=defaults, admit_missing=True
+        )
+    except (InjectionConflict, InvalidPod) as error:
         metrics.ADMISSIONS.labels("refused", type(error).__name__).inc()
         raise kopf.AdmissionError(f"sidecar-state cannot inject this Pod: {error}") from None
+    if outcome.missing:
+        injected = isinstance(outcome, Injected)
+        _warn_missing(memo, body, namespace=namespace, missing=outcome.missing,
+                      injected=injected, warnings=warnings, dryrun=dryrun)  # fmt: skip
+
+    if isinstance(outcome, Skipped) and outcome.reason == "already injected":
+        # A re-invocation (reinvocationPolicy: IfNeeded) after a later webhook, perhaps a
+        # mesh's, added init containers behind ours: move ours behind them.
+        moved = reposition(list(body.spec.get("initContainers") or []))
+        if moved is not None:
+            metrics.ADMISSIONS.labels("repositioned", "").inc()
+
+            def move(target: kopf.RawBody) -> None:
+                target.setdefault("spec", {})["initContainers"] = moved
+
+            patch.fns.append(move)
+            return
 
     if not isinstance(outcome, Injected):
         metrics.ADMISSIONS.labels("skipped", outcome.reason).inc()
         if outcome.reason not in {"no StateBinding selects this Pod", "already injected"}:
-            try:
-                selected = select_bindings(pod, candidates)
-            except UnknownBinding:
-                selected = []
+            selected = select_bindings(pod, candidates, missing_ok=True)
+            if selected and outcome.reason == WINDOWS_SKIP:
+                warnings.append(f"sidecar-state: {outcome.reason}")
             _explain(memo, selected, reason="Skipped",
                      message=f"{_pod_label(body)}: {outcome.reason}", dryrun=dryrun)  # fmt: skip
         return
@@ -114,8 +179,26 @@ async def pod_mutate(
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, id=VALIDATE_BINDINGS, operations=["CREATE", "UPDATE"])
-async def statebinding_validate(body: kopf.Body, **_: Any) -> None:
+async def statebinding_validate(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Refuse invalid bindings, and bindings that would use what the platform does not allow:
+    brokers outside the allow-list, Secrets that have not opted in (see injection.policy)."""
     try:
-        parse_binding(dict(body))
+        binding = parse_binding(dict(body))
     except ValueError as error:
         raise kopf.AdmissionError(f"invalid StateBinding: {error}", code=422) from None
+    settings: OperatorSettings = memo.settings
+    allowed = settings.allowed_bootstrap_servers
+    disallowed = policy.disallowed_servers(binding, allowed=allowed)
+    if disallowed:
+        message = policy.servers_refusal(disallowed, allowed=allowed)
+        raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
+    auth = binding.spec.source.kafka.auth
+    if auth is None:
+        return
+    namespace = binding.namespace or str(body.metadata.get("namespace") or "")
+    secret = auth.secret_ref.name
+    # The only API call on an admission path: bindings are few and rarely written.
+    metadata = await asyncio.to_thread(kube.read_secret_metadata, secret, namespace)
+    if metadata is None or not policy.secret_allows(metadata, binding=binding.name):
+        message = policy.secret_refusal(binding, secret=secret, exists=metadata is not None)
+        raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)

@@ -22,13 +22,21 @@ KEY_PREFIX = f"{GROUP}/key-prefix"
 BOOTSTRAP_SERVERS = f"{GROUP}/bootstrap-servers"
 FORMAT = f"{GROUP}/format"
 
+SECRET_OPT_IN = f"{GROUP}/allow-bindings"
+"""On a Secret: label ``"true"`` (any binding of its namespace) or annotation ``*`` or binding
+names: which StateBindings may use it in ``auth.secretRef``. Without it, none may."""
+
 # Outputs (written by sidecar-state).
 INJECTED_BINDINGS = f"{GROUP}/injected-bindings"
 """The marker: a Pod that carries it has our sidecars and is never injected again."""
 CONFIG_HASH = f"{GROUP}/config-hash"
 """Hash of what was injected: tells which configuration a running Pod has."""
+BINDINGS_HASH = f"{GROUP}/bindings-hash"
+"""Hash of the content of the bindings a Pod got (their names and specs, nothing of the
+operator's own settings): what the controller compares to decide a roll-out. Pods injected by
+versions before it have none."""
 TEMPLATE_HASH = f"{GROUP}/template-hash"
-"""On pod templates: the bindings' hash; changing it rolls the workload."""
+"""On pod templates: the bindings' content hash; changing it rolls the workload."""
 INJECTED_LABEL = f"{GROUP}/injected"
 INJECTED_LABEL_VALUE = "true"
 """On injected Pods: what the chart's PodMonitor selects (annotations cannot be selected)."""
@@ -42,6 +50,10 @@ INJECTION_LABEL = f"{GROUP}/injection"
 INJECTION_ENABLED = "enabled"
 """Namespace label kept by the controller on namespaces that hold StateBindings; the webhook's
 namespaceSelector requires it, so other namespaces never depend on the webhook."""
+INJECTION_PINNED = "always"
+"""The same label set by a user (in a GitOps repository): the webhook serves the namespace
+whether or not the controller runs, and the controller never changes it."""
+INJECTION_LABEL_VALUES = (INJECTION_ENABLED, INJECTION_PINNED)
 OWNER_LABEL = f"{GROUP}/owner"
 """On StateBindings made from Deployment annotations: the owning Deployment's name."""
 

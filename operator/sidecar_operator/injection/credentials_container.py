@@ -35,6 +35,7 @@ def build_credentials_container(*, defaults: InjectionDefaults) -> dict[str, Any
         },
         "volumeMounts": [{"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR}],
         "securityContext": hardened_security_context(
-            user=defaults.hydrator_user, group=defaults.socket_group
+            user=defaults.hydrator_user if defaults.user_ids == "fixed" else None,
+            group=defaults.socket_group if defaults.user_ids == "fixed" else None,
         ),
     }

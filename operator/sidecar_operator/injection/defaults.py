@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sidecar_operator import __version__
 
 SidecarMode = Literal["native", "containers"]
+UserIds = Literal["fixed", "platform"]
+"""fixed: our containers run as fixed UIDs/GIDs with a shared socket group; platform: no
+runAsUser/runAsGroup/supplementalGroups, so a policy such as OpenShift's restricted-v2 assigns
+them (every container of the Pod then gets the same UID, which can use the socket)."""
 
 ENVOY_VERSION = "1.40.0"
 
@@ -37,17 +41,19 @@ class InjectionDefaults(BaseModel):
     excluded_namespaces: frozenset[str] = SYSTEM_NAMESPACES
     socket_dir: str = "/var/run/sidecar-state"
     hydrator_port: int = Field(default=9464, ge=1, le=65535)
+    user_ids: UserIds = "fixed"
     redis_user: int = 999
     hydrator_user: int = 65532
     socket_group: int = Field(
         default=7379, description="gid that owns the socket; added to the Pod's groups"
     )
-    hydrator_cpu_request: str = "50m"
-    hydrator_cpu_limit: str = "500m"
+    # Limit/request ratios of 2 pass LimitRanges with maxLimitRequestRatio >= 2.
+    hydrator_cpu_request: str = "100m"
+    hydrator_cpu_limit: str = "200m"
     hydrator_memory_request: str = "64Mi"
     hydrator_memory_limit: str = "128Mi"
     redis_cpu_request: str = "50m"
-    redis_cpu_limit: str = "500m"
+    redis_cpu_limit: str = "100m"
     hydration_timeout_seconds: int = Field(default=600, ge=10)
     prometheus_annotations: bool = Field(
         default=False,

@@ -55,16 +55,16 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
             *_secret_env(plan),
         ],
         "ports": [{"name": "state-metrics", "containerPort": port, "protocol": "TCP"}],
+        # The bindings' spec.hydrator.resources and the Pod's annotations are folded into the
+        # defaults already (injection.overrides).
         "resources": {
             "requests": {
                 "cpu": defaults.hydrator_cpu_request,
                 "memory": defaults.hydrator_memory_request,
-                **plan.hydrator_resources.get("requests", {}),
             },
             "limits": {
                 "cpu": defaults.hydrator_cpu_limit,
                 "memory": defaults.hydrator_memory_limit,
-                **plan.hydrator_resources.get("limits", {}),
             },
         },
         "volumeMounts": mounts,
@@ -75,6 +75,7 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
         "readinessProbe": probe("/readyz", periodSeconds=5),
         "livenessProbe": probe("/livez", periodSeconds=10, timeoutSeconds=2),
         "securityContext": hardened_security_context(
-            user=defaults.hydrator_user, group=defaults.socket_group
+            user=defaults.hydrator_user if defaults.user_ids == "fixed" else None,
+            group=defaults.socket_group if defaults.user_ids == "fixed" else None,
         ),
     }

@@ -48,7 +48,6 @@ class SidecarPlan:
     eviction_policy: str
     hydrator_config: HydratorConfig
     secrets: tuple[SecretUse, ...]
-    hydrator_resources: dict[str, dict[str, str]]
 
 
 def _secret_use(binding: StateBinding, *, position: int) -> SecretUse | None:
@@ -165,5 +164,4 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
             bindings=tuple(sources),
         ),
         secrets=tuple(secrets),
-        hydrator_resources=merge_hydrator_resources(ordered),
     )

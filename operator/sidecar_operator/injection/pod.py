@@ -24,10 +24,22 @@ from sidecar_operator.injection.envoy_container import build_envoy_container
 from sidecar_operator.injection.hydrator_container import build_hydrator_container
 from sidecar_operator.injection.intercept_plan import InterceptError, InterceptPlan, plan_intercept
 from sidecar_operator.injection.names import CONTAINER_NAMES, CREDENTIALS_DIR, VOLUME_NAMES
+from sidecar_operator.injection.overrides import (
+    METRICS_PORT,
+    InvalidOverride,
+    effective_defaults,
+    port_conflict,
+)
+from sidecar_operator.injection.placement import place
 from sidecar_operator.injection.plan import OverlappingPrefixes, SidecarPlan, plan_sidecars
 from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
 from sidecar_operator.injection.volumes import build_volumes
+
+WINDOWS_SKIP = (
+    "Windows Pods are never injected: the sidecars are Linux containers with Linux-only "
+    "security settings"
+)
 
 
 class InjectionConflict(ValueError):
@@ -47,11 +59,15 @@ class Injected:
     pod: dict[str, Any]
     bindings: tuple[str, ...]
     config_hash: str
+    bindings_hash: str
+    missing: tuple[str, ...] = ()
+    """Bindings the Pod names that do not exist (only with ``admit_missing``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Skipped:
     reason: str
+    missing: tuple[str, ...] = ()
 
 
 Outcome = Injected | Skipped
@@ -61,24 +77,59 @@ def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return pod.get("metadata") or {}
 
 
-def select_bindings(pod: Mapping[str, Any], bindings: Iterable[StateBinding]) -> list[StateBinding]:
+def named_bindings(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """The bindings a Pod names by annotation, in order, each once."""
+    return tuple(
+        dict.fromkeys(ann.split_names((_meta(pod).get("annotations") or {}).get(ann.BINDINGS)))
+    )
+
+
+def missing_bindings(pod: Mapping[str, Any], bindings: Iterable[StateBinding]) -> tuple[str, ...]:
+    """Bindings the Pod names that are not among ``bindings``."""
+    available = {b.name for b in bindings}
+    return tuple(name for name in named_bindings(pod) if name not in available)
+
+
+def select_bindings(
+    pod: Mapping[str, Any], bindings: Iterable[StateBinding], *, missing_ok: bool = False
+) -> list[StateBinding]:
     """The bindings this Pod uses: those it names, or else those whose selector matches.
 
     Bindings must already be those of the Pod's namespace: a selector never reaches across.
+    A named binding that does not exist raises :class:`UnknownBinding`, or with ``missing_ok``
+    is left out (the admission webhook: a deleted binding must never stop a workload).
     """
     meta = _meta(pod)
     available = {b.name: b for b in bindings}
-    named = tuple(dict.fromkeys(ann.split_names((meta.get("annotations") or {}).get(ann.BINDINGS))))
+    named = named_bindings(pod)
     if named:
         missing = [name for name in named if name not in available]
-        if missing:
+        if missing and not missing_ok:
             raise UnknownBinding(
                 f"annotation {ann.BINDINGS} names StateBinding(s) {', '.join(missing)} "
                 "that do not exist in this namespace; create them or fix the annotation"
             )
-        return [available[name] for name in named]
+        return [available[name] for name in named if name in available]
     labels = meta.get("labels") or {}
     return [b for b in available.values() if selector_matches(b.spec.selector, labels)]
+
+
+def runs_on_windows(spec: Mapping[str, Any]) -> bool:
+    """Whether the Pod asks for Windows nodes: ``spec.os.name``, the ``kubernetes.io/os`` node
+    selector, or a required node affinity that only allows Windows."""
+    if ((spec.get("os") or {}).get("name") or "").lower() == "windows":
+        return True
+    if ((spec.get("nodeSelector") or {}).get("kubernetes.io/os") or "").lower() == "windows":
+        return True
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}).get("nodeSelectorTerms") or []  # fmt: skip
+    terms_allowing = []
+    for term in required:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == "kubernetes.io/os" and expression.get("operator") == "In":
+                terms_allowing.append({v.lower() for v in expression.get("values") or []})
+    return bool(terms_allowing) and all(values == {"windows"} for values in terms_allowing)
 
 
 def skip_reason(
@@ -95,6 +146,8 @@ def skip_reason(
         return "already injected"
     if spec.get("hostNetwork"):
         return "hostNetwork Pods are never injected"
+    if isinstance(spec, Mapping) and runs_on_windows(spec):
+        return WINDOWS_SKIP
     return None
 
 
@@ -128,6 +181,13 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
                     f"container {container.get('name')!r} already mounts "
                     f"{mount['mountPath']}, where sidecar-state puts its socket and credentials"
                 )
+    taken_by = port_conflict(spec, port=defaults.hydrator_port)
+    if taken_by is not None:
+        raise InjectionConflict(
+            f"container {taken_by!r} already uses port {defaults.hydrator_port}, the hydrator's "
+            f"metrics port; move the hydrator with the annotation {METRICS_PORT} (or the "
+            "binding's spec.hydrator.metricsPort)"
+        )
     for volume in spec.get("volumes") or []:
         if volume.get("name") in VOLUME_NAMES:
             raise InjectionConflict(
@@ -138,6 +198,22 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
 def config_hash(sidecars: Sequence[Mapping[str, Any]], volumes: Sequence[Any]) -> str:
     """A short, stable digest of what we inject: equal hashes mean equal sidecars."""
     text = json.dumps([sidecars, volumes], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def binding_content_hash(bindings: Iterable[StateBinding]) -> str:
+    """A digest of what the bindings ask for, and nothing else.
+
+    Image tags, pull policies and the operator's defaults are left out on purpose: an operator
+    upgrade or a chart value change must restart no workload by itself (new Pods pick up the
+    new sidecars). Fields at their defaults are left out too, so that a new optional field in
+    a later API version does not change the digest of every binding.
+    """
+    content = [
+        [b.name, b.spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")]
+        for b in sorted(bindings, key=lambda b: b.name)
+    ]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -196,21 +272,35 @@ def inject_pod(
     bindings: Iterable[StateBinding],
     namespace: str,
     defaults: InjectionDefaults,
+    admit_missing: bool = False,
 ) -> Outcome:
     """Inject one Pod or pod template (``{"metadata": ..., "spec": ...}``).
 
     ``bindings`` are the StateBindings of ``namespace``; which of them apply is decided here.
     Raises :class:`InjectionConflict` or :class:`UnknownBinding` when the Pod cannot be
-    injected as asked; returns :class:`Skipped` when it should not be.
+    injected as asked; returns :class:`Skipped` when it should not be. With
+    ``admit_missing`` a named binding that does not exist is left out and reported in the
+    outcome's ``missing`` instead of raising: refusing would stop the workload's Pods.
     """
     reason = skip_reason(pod, namespace=namespace, defaults=defaults)
     if reason is not None:
         return Skipped(reason=reason)
-    selected = select_bindings(pod, bindings)
+    bindings = list(bindings)
+    selected = select_bindings(pod, bindings, missing_ok=admit_missing)
+    missing = missing_bindings(pod, bindings) if admit_missing else ()
     if not selected:
+        if missing:
+            return Skipped(
+                reason=f"the StateBinding(s) it names ({', '.join(missing)}) do not exist",
+                missing=missing,
+            )
         return Skipped(reason="no StateBinding selects this Pod")
     spec = pod.get("spec") or {}
     _check_shape(spec)
+    try:
+        defaults = effective_defaults(pod, bindings=selected, defaults=defaults)
+    except InvalidOverride as error:
+        raise InvalidPod(str(error)) from None
     _check_conflicts(spec, defaults=defaults)
 
     try:
@@ -223,6 +313,7 @@ def inject_pod(
         raise InjectionConflict(str(exc)) from None
     ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
     digest = config_hash([*ours.setup, *ours.running], ours.volumes)
+    content = binding_content_hash(selected)
 
     injected = copy.deepcopy(dict(pod))
     new_spec = injected.setdefault("spec", {})
@@ -231,16 +322,18 @@ def inject_pod(
     ]
     apps = [wire_app_container(c, defaults=defaults) for c in new_spec.get("containers") or []]
     if defaults.sidecar_mode == "native":
-        # Native sidecars (restartPolicy: Always) first: later init containers and the app
-        # start only after Redis answers and the hydrator reports the state hydrated.
+        # Native sidecars (restartPolicy: Always) after a mesh's, before the app's own init
+        # containers: those and the app start only after Redis answers and the hydrator
+        # reports the state hydrated. The one-shot credentials step goes right before them.
         native = [{**c, "restartPolicy": "Always"} for c in ours.running]
-        new_spec["initContainers"] = ours.setup + native + app_inits
+        new_spec["initContainers"] = place(app_inits, ours.setup + native)
         new_spec["containers"] = apps
     else:
-        new_spec["initContainers"] = ours.setup + app_inits
+        new_spec["initContainers"] = place(app_inits, ours.setup)
         new_spec["containers"] = apps + ours.running
     new_spec["volumes"] = [*(new_spec.get("volumes") or []), *ours.volumes]
-    _add_supplemental_group(new_spec, defaults.socket_group)
+    if defaults.user_ids == "fixed":
+        _add_supplemental_group(new_spec, defaults.socket_group)
     _add_pull_secrets(new_spec, defaults.image_pull_secrets)
 
     metadata = injected.setdefault("metadata", {})
@@ -248,6 +341,7 @@ def inject_pod(
         **(metadata.get("annotations") or {}),
         ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
         ann.CONFIG_HASH: digest,
+        ann.BINDINGS_HASH: content,
     }
     if defaults.prometheus_annotations and not any(
         key.startswith("prometheus.io/") for key in annotations
@@ -262,7 +356,13 @@ def inject_pod(
         **(metadata.get("labels") or {}),
         ann.INJECTED_LABEL: ann.INJECTED_LABEL_VALUE,
     }
-    return Injected(pod=injected, bindings=plan.binding_names, config_hash=digest)
+    return Injected(
+        pod=injected,
+        bindings=plan.binding_names,
+        config_hash=digest,
+        bindings_hash=content,
+        missing=missing,
+    )
 
 
 def bindings_hash(
@@ -272,13 +372,15 @@ def bindings_hash(
     namespace: str,
     defaults: InjectionDefaults,
 ) -> str | None:
-    """The config hash a Pod from this template would get now; ``None`` if not injected.
+    """The bindings' content hash a Pod from this template would get now; ``None`` if it
+    would not be injected.
 
     The controller writes it on pod templates (``template-hash``): when a binding changes,
-    the hash changes, and the workload rolls so that new Pods get the new sidecars.
+    the hash changes, and the workload rolls so that new Pods get the new sidecars. It does
+    not change with the operator's settings (see :func:`binding_content_hash`).
     """
     try:
         outcome = inject_pod(pod, bindings=bindings, namespace=namespace, defaults=defaults)
     except (InjectionConflict, UnknownBinding, InvalidPod):
         return None
-    return outcome.config_hash if isinstance(outcome, Injected) else None
+    return outcome.bindings_hash if isinstance(outcome, Injected) else None

@@ -85,6 +85,7 @@ def build_redis_container(*, plan: SidecarPlan, defaults: InjectionDefaults) -> 
         "startupProbe": {**ping(), "periodSeconds": 1, "failureThreshold": 30},
         "livenessProbe": {**ping(), "periodSeconds": 10, "timeoutSeconds": 2},
         "securityContext": hardened_security_context(
-            user=defaults.redis_user, group=defaults.socket_group
+            user=defaults.redis_user if defaults.user_ids == "fixed" else None,
+            group=defaults.socket_group if defaults.user_ids == "fixed" else None,
         ),
     }

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def hardened_security_context(*, user: int, group: int) -> dict[str, Any]:
+def hardened_security_context(*, user: int | None, group: int | None) -> dict[str, Any]:
+    """``user``/``group`` ``None``: left to the platform (OpenShift assigns them)."""
+    ids = {"runAsUser": user, "runAsGroup": group}
     return {
         "runAsNonRoot": True,
-        "runAsUser": user,
-        "runAsGroup": group,
+        **{key: value for key, value in ids.items() if value is not None},
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "privileged": False,

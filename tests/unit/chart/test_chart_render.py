@@ -72,6 +72,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "webhook": {"replicas": 3},
     },
     "single": {"webhook": {"replicas": 1}, "controller": {"replicas": 0}},
+    "no-rollouts": {"controller": {"rolloutWorkloads": False}},
+    "namespaced": {"watchNamespaces": ["shop", "cart"]},
 }
 
 
@@ -222,6 +224,7 @@ def test_webhooks_mirror_the_code_builders(render: Callable[[str], Objects], val
     timeout = given.get("webhook", {}).get("timeoutSeconds", 5)
     expected_mutating = build_mutating_configuration(
         base_url="https://unused", ca_bundle=b"", excluded_namespaces=excluded(given),
+        served_namespaces=given.get("watchNamespaces", ()),
         failure_policy=policy, timeout_seconds=timeout, name=FULLNAME,
     )  # fmt: skip
     expected_validating = build_validating_configuration(
@@ -265,9 +268,10 @@ def test_webhooks_call_the_service(render: Callable[[str], Objects], values: str
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_namespace_and_object_selectors(render: Callable[[str], Objects], values: str) -> None:
     (hook,) = one(render(values), "MutatingWebhookConfiguration")["webhooks"]
-    opt_in, expression = hook["namespaceSelector"]["matchExpressions"]
+    opt_in, expression, *served = hook["namespaceSelector"]["matchExpressions"]
+    assert len(served) == (1 if VALUE_SETS[values].get("watchNamespaces") else 0)
     assert opt_in == {"key": ann.INJECTION_LABEL, "operator": "In",
-                      "values": [ann.INJECTION_ENABLED]}  # fmt: skip
+                      "values": ["enabled", "always"]}  # fmt: skip
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"
     assert expression["values"] == sorted({*SYSTEM_NAMESPACES, *excluded(VALUE_SETS[values])})
@@ -387,7 +391,7 @@ def test_environment_is_what_the_operator_reads(
             given.get("kafka", {}).get("bootstrapServers", ["kafka.kafka.svc:9092"])
         )
         assert settings.excluded_namespaces == tuple(given.get("excludedNamespaces", []))
-        assert settings.sidecar_mode == given.get("sidecars", {}).get("mode", "native")
+        assert settings.sidecar_mode == given.get("sidecars", {}).get("mode", "auto")
         assert settings.max_memory == given.get("sidecars", {}).get("maxMemory", "64Mi")
         namespace_ref = next(e for e in container["env"] if e["name"] == "SIDECAR_STATE_NAMESPACE")
         assert namespace_ref["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -484,14 +488,18 @@ def test_rbac_is_least_privilege(render: Callable[[str], Objects], values: str) 
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
-            if "secrets" in rule["resources"]:
-                assert role["kind"] == "Role", "Secrets only in the release namespace"
-    webhook = one(objects, "ClusterRole", f"{FULLNAME}-webhook")
-    granted = {(g, r, v) for rule in webhook["rules"] for g in rule["apiGroups"]
+            if "secrets" in rule["resources"] and role["kind"] == "ClusterRole":
+                # Only the webhook's check of a binding's Secret opt-in label (metadata only).
+                assert role["metadata"]["name"] == f"{FULLNAME}-webhook", role
+                assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"], rule
+    webhook_roles = [r for r in roles if r["metadata"]["name"] == f"{FULLNAME}-webhook"]
+    rules = [rule for role in webhook_roles for rule in role["rules"]]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
     assert (GROUP, PLURAL, "list") in granted and (GROUP, PLURAL, "watch") in granted
     assert not {v for g, r, v in granted if r == PLURAL} - {"list", "watch"}
-    assert not {r for g, r, v in granted} & {"pods", "deployments", "secrets", "namespaces"}
+    assert not {r for g, r, v in granted} & {"pods", "deployments", "namespaces"}
+    assert {v for g, r, v in granted if r == "secrets"} == {"get"}
     for binding in of_kind(objects, "ClusterRoleBinding") + of_kind(objects, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject == {"kind": "ServiceAccount", "namespace": NAMESPACE,
@@ -506,10 +514,11 @@ def test_controller_rbac_covers_the_calls_it_makes(render: Callable[[str], Objec
     granted = {(g, r, v) for rule in controller["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
     needed = {
-        (GROUP, PLURAL, verb) for verb in ("get", "list", "watch", "create", "patch", "delete")
+        (GROUP, PLURAL, verb) for verb in ("list", "watch", "create", "patch", "delete")
     } | {
         (GROUP, f"{PLURAL}/status", "patch"),
         ("", "pods", "list"),
+        ("", "pods", "watch"),
         ("", "namespaces", "get"),
         ("", "namespaces", "patch"),
         ("apps", "deployments", "watch"),
@@ -518,8 +527,36 @@ def test_controller_rbac_covers_the_calls_it_makes(render: Callable[[str], Objec
     } | {("apps", kind, verb) for kind in ("deployments", "statefulsets", "daemonsets")
          for verb in ("list", "patch")}  # fmt: skip
     assert needed <= granted
+    without_rollouts = one(render("no-rollouts"), "ClusterRole", f"{FULLNAME}-controller")
+    writes = {(g, r, v) for rule in without_rollouts["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"] for v in rule["verbs"] if g == "apps"}  # fmt: skip
+    assert writes == {("apps", "deployments", "list"), ("apps", "deployments", "watch")}
     assert not {r for g, r, v in granted} & {"secrets", "configmaps", "serviceaccounts"}
     assert {v for g, r, v in granted if r == "namespaces"} == {"get", "patch"}
+
+
+def test_a_namespaced_install_holds_namespaced_rights_only_in_its_namespaces(
+    render: Callable[[str], Objects],
+) -> None:
+    objects = render("namespaced")
+    for role in ("webhook", "controller"):
+        cluster_role = one(objects, "ClusterRole", f"{FULLNAME}-{role}")
+        cluster_wide = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+        assert not cluster_wide & {"pods", PLURAL, "secrets", "deployments", "events"}, role
+        roles = [
+            r for r in of_kind(objects, "Role") if r["metadata"]["name"] == f"{FULLNAME}-{role}"
+        ]
+        assert sorted(r["metadata"]["namespace"] for r in roles) == ["cart", "shop"]
+    controller = one(objects, "ClusterRole", f"{FULLNAME}-controller")
+    (namespaces,) = [rule for rule in controller["rules"] if "namespaces" in rule["resources"]]
+    assert namespaces["resourceNames"] == ["shop", "cart"]
+    (hook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    served = hook["namespaceSelector"]["matchExpressions"][-1]
+    assert served == {"key": "kubernetes.io/metadata.name", "operator": "In",
+                      "values": ["shop", "cart"]}  # fmt: skip
+    env = {e["name"]: e.get("value") for e in one(objects, "Deployment", f"{FULLNAME}-controller")[
+        "spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["SIDECAR_STATE_WATCH_NAMESPACES"] == "shop,cart"
 
 
 def test_every_rbac_rule_is_justified_in_a_comment() -> None:

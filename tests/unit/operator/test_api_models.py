@@ -9,6 +9,7 @@ import pytest
 
 from sidecar_operator.api.models import StateBinding, parse_binding
 from sidecar_operator.handlers.webhook import statebinding_validate
+from sidecar_operator.settings import OperatorSettings
 
 MISSING = ...  # binding_doc(patch={path: MISSING}) removes the field
 
@@ -304,7 +305,9 @@ def test_tls_without_sasl_uses_only_the_ca_and_is_accepted(binding_doc):
 async def test_the_validating_webhook_refuses_sasl_without_tls_naming_the_field(binding_doc):
     doc = binding_doc(auth={"secretRef": {"name": "c"}, "mechanism": "SCRAM-SHA-512"})
     with pytest.raises(kopf.AdmissionError) as refused:
-        await statebinding_validate(body=kopf.Body(doc))
+        await statebinding_validate(
+            body=kopf.Body(doc), memo=kopf.Memo(settings=OperatorSettings())
+        )
 
     assert refused.value.code == 422
     assert f"{AUTH}: tls is false" in str(refused.value)

@@ -11,10 +11,18 @@ from sidecar_operator.controller.health import (
     HydratorHealth,
     parse_metrics,
     scrape_targets,
+    unreachable,
     worst_staleness,
 )
 from sidecar_operator.controller.owned import owned_binding
-from sidecar_operator.controller.rollout import NOT_INJECTED, plan_rollouts
+from sidecar_operator.controller.rollout import (
+    NOT_INJECTED,
+    RolloutPlan,
+    RolloutThrottle,
+    plan_rollouts,
+    pods_may_be_stale,
+    workload_rolling,
+)
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.injection import InjectionDefaults, bindings_hash
 
@@ -32,9 +40,13 @@ def with_annotations(pod: dict[str, Any], **annotations: str) -> dict[str, Any]:
     return {**pod, "metadata": meta}
 
 
-def injected_by(pod: dict[str, Any], *names: str, config_hash: str = "abc") -> dict[str, Any]:
+def injected_by(
+    pod: dict[str, Any], *names: str, config_hash: str = "abc", content: str | None = None
+) -> dict[str, Any]:
     annotations = {"sidecarstate.dev/injected-bindings": ",".join(names),
                    "sidecarstate.dev/config-hash": config_hash}  # fmt: skip
+    if content is not None:
+        annotations["sidecarstate.dev/bindings-hash"] = content
     meta = {**pod["metadata"], "annotations": annotations}
     return {**pod, "metadata": meta}
 
@@ -184,7 +196,7 @@ def test_a_workload_whose_pods_lack_the_new_configuration_is_rolled(make_binding
     old_pod = running(make_pod("checkout-1"))
 
     (rollout,) = plan_rollouts(workloads=[deployment], pods=[old_pod], bindings=[binding],
-                               namespace="shop", defaults=DEFAULTS)  # fmt: skip
+                               namespace="shop", defaults=DEFAULTS).due  # fmt: skip
 
     expected = bindings_hash(deployment["spec"]["template"], bindings=[binding],
                              namespace="shop", defaults=DEFAULTS)  # fmt: skip
@@ -201,10 +213,10 @@ def test_a_workload_whose_pods_already_match_is_not_rolled(make_binding, make_wo
     deployment = make_workload("Deployment")
     current = bindings_hash(deployment["spec"]["template"], bindings=[binding],
                             namespace="shop", defaults=DEFAULTS)  # fmt: skip
-    pod = running(injected_by(make_pod("checkout-1"), "feature-flags", config_hash=current or ""))
+    pod = running(injected_by(make_pod("checkout-1"), "feature-flags", content=current or ""))
 
     assert plan_rollouts(workloads=[deployment], pods=[pod], bindings=[binding],
-                         namespace="shop", defaults=DEFAULTS) == []  # fmt: skip
+                         namespace="shop", defaults=DEFAULTS).due == []  # fmt: skip
 
 
 def test_a_workload_already_rolling_to_the_hash_is_left_alone(make_binding, make_workload,
@@ -215,8 +227,9 @@ def test_a_workload_already_rolling_to_the_hash_is_left_alone(make_binding, make
     current = bindings_hash(template, bindings=[binding], namespace="shop", defaults=DEFAULTS)
     template["metadata"]["annotations"] = {"sidecarstate.dev/template-hash": current}
 
-    assert plan_rollouts(workloads=[deployment], pods=[running(make_pod("old"))],
-                         bindings=[binding], namespace="shop", defaults=DEFAULTS) == []  # fmt: skip
+    plan = plan_rollouts(workloads=[deployment], pods=[running(make_pod("old"))],
+                         bindings=[binding], namespace="shop", defaults=DEFAULTS)  # fmt: skip
+    assert plan.due == []
 
 
 def test_deleting_the_last_binding_rolls_injected_pods_back(make_workload, make_pod):
@@ -224,16 +237,127 @@ def test_deleting_the_last_binding_rolls_injected_pods_back(make_workload, make_
     pod = running(injected_by(make_pod("checkout-1"), "feature-flags"))
 
     (rollout,) = plan_rollouts(workloads=[deployment], pods=[pod], bindings=[],
-                               namespace="shop", defaults=DEFAULTS)  # fmt: skip
+                               namespace="shop", defaults=DEFAULTS).due  # fmt: skip
 
     assert rollout.template_hash == NOT_INJECTED
+
+
+def test_a_workload_naming_a_deleted_binding_is_not_rolled_to_no_sidecars(make_workload,
+                                                                          make_pod):  # fmt: skip
+    named = {"sidecarstate.dev/bindings": "feature-flags"}
+    deployment = make_workload("Deployment", template=make_pod(annotations=named))
+    pod = running(injected_by(make_pod("checkout-1", annotations=named), "feature-flags"))
+
+    assert plan_rollouts(workloads=[deployment], pods=[pod], bindings=[],
+                         namespace="shop", defaults=DEFAULTS).due == []  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["Job", "CronJob", "Pod"])
 def test_only_long_lived_workloads_are_rolled(kind, make_binding, make_workload, make_pod):
     assert plan_rollouts(workloads=[make_workload(kind)], pods=[running(make_pod())],
                          bindings=[make_binding()], namespace="shop",
-                         defaults=DEFAULTS) == []  # fmt: skip
+                         defaults=DEFAULTS).due == []  # fmt: skip
+
+
+def test_an_operator_upgrade_or_setting_change_rolls_nothing(make_binding, make_workload,
+                                                             make_pod):  # fmt: skip
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    before = InjectionDefaults(hydrator_image="hydrator:1", image_pull_policy="IfNotPresent")
+    content = bindings_hash(deployment["spec"]["template"], bindings=[binding],
+                            namespace="shop", defaults=before)  # fmt: skip
+    pod = running(injected_by(make_pod("checkout-1"), "feature-flags", content=content))
+    after = InjectionDefaults(hydrator_image="hydrator:2", image_pull_policy="Always",
+                              redis_image="redis:8", max_memory="256Mi")  # fmt: skip
+
+    assert plan_rollouts(workloads=[deployment], pods=[pod], bindings=[binding],
+                         namespace="shop", defaults=after).due == []  # fmt: skip
+
+
+def test_pods_of_an_older_operator_roll_only_when_their_bindings_change(
+    make_binding, make_workload, make_pod
+):
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    old = running(injected_by(make_pod("checkout-1"), "feature-flags"))  # no bindings-hash
+
+    def due(*, changed: tuple[str, ...] = (), bindings: list[Any] | None = None) -> list[Any]:
+        return plan_rollouts(workloads=[deployment], pods=[old], namespace="shop",
+                             bindings=[binding] if bindings is None else bindings,
+                             defaults=DEFAULTS, changed=changed).due  # fmt: skip
+
+    assert due() == []  # an upgrade (or a resume) alone
+    assert len(due(changed=("feature-flags",))) == 1  # its binding's spec changed since
+    other = make_binding("prices", topics=["prices"])
+    assert len(due(bindings=[binding, other])) == 1  # a new binding selects it too
+
+
+def test_the_watchdog_rolls_pods_an_outage_left_uninjected_only_when_told(
+    make_binding, make_workload, make_pod
+):
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    missed = running(make_pod("checkout-1"))  # selected, created without the sidecars
+
+    def due(**options: Any) -> list[Any]:
+        return plan_rollouts(workloads=[deployment], pods=[missed], bindings=[binding],
+                             namespace="shop", defaults=DEFAULTS, **options).due  # fmt: skip
+
+    assert due(roll_missed=False) == []  # reported (MissedInjection), not rolled
+    assert len(due(roll_missed=True)) == 1  # a binding change, or rollout_missed_injections
+    assert len(due(roll_missed=False, deferred={"Deployment/checkout"})) == 1  # throttled
+
+
+def test_a_quiet_namespace_needs_no_workload_listing(make_binding, make_workload, make_pod):
+    binding = make_binding()
+    deployment = make_workload("Deployment")
+    content = bindings_hash(deployment["spec"]["template"], bindings=[binding],
+                            namespace="shop", defaults=DEFAULTS)  # fmt: skip
+    current = running(injected_by(make_pod("a"), "feature-flags", content=content))
+    changed = make_binding(max_memory="1Gi")
+
+    assert not pods_may_be_stale([current, running(make_pod("plain"))], [binding])
+    assert pods_may_be_stale([current], [changed])  # the binding's spec changed
+    assert pods_may_be_stale([current], [])  # the binding is gone
+    assert pods_may_be_stale([running(injected_by(make_pod("old"), "feature-flags"))], [binding])
+
+
+def test_roll_outs_are_throttled_per_namespace_and_per_minute(make_binding, make_pod):
+    binding = make_binding()
+    workloads = [make_workload_named(f"w{i}") for i in range(5)]
+    plan = plan_rollouts(workloads=workloads, pods=[running(make_pod(f"w{i}-x")) for i in range(5)],
+                         bindings=[binding], namespace="shop", defaults=DEFAULTS)  # fmt: skip
+    assert len(plan.due) == 5 and plan.in_progress == 0
+
+    throttle = RolloutThrottle(per_minute=18, per_namespace=2, now=0.0)  # a burst of 3
+    assert [r.name for r in throttle.allow(plan, now=0.0)] == ["w0", "w1"]  # 2 per namespace
+    busy = RolloutPlan(due=plan.due, in_progress=1)
+    assert [r.name for r in throttle.allow(busy, now=0.0)] == ["w0"]  # the bucket's third token
+    assert throttle.allow(plan, now=1.0) == []  # bucket empty
+    assert len(throttle.allow(plan, now=4.0)) == 1  # one token per 3.3 s at 18 per minute
+    assert len(throttle.allow(plan, now=600.0)) == 2  # never more than the burst, however idle
+
+
+def make_workload_named(name: str) -> dict[str, Any]:
+    template = {"metadata": {"labels": {"app": "checkout"}},
+                "spec": {"containers": [{"name": "app", "image": "a"}]}}  # fmt: skip
+    return {"kind": "Deployment", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "checkout"}},
+                     "template": template}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "rolling"),
+    [
+        ({"observedGeneration": 2, "updatedReplicas": 3}, False),
+        ({"observedGeneration": 1, "updatedReplicas": 3}, True),
+        ({"observedGeneration": 2, "updatedReplicas": 1}, True),
+    ],
+)
+def test_a_workload_is_rolling_while_its_controller_replaces_pods(status, rolling):
+    workload = {"kind": "Deployment", "metadata": {"generation": 2}, "spec": {"replicas": 3},
+                "status": status}  # fmt: skip
+    assert workload_rolling(workload) is rolling
 
 
 # --- bindings owned by Deployments -----------------------------------------------------------
@@ -257,8 +381,8 @@ def test_annotations_make_an_owned_binding(make_workload):
     assert binding["metadata"]["name"] == "checkout"
     assert binding["metadata"]["ownerReferences"][0] == {
         "apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout", "uid": "uid-1",
-        "controller": True, "blockOwnerDeletion": True,
-    }  # fmt: skip
+        "controller": True,
+    }  # fmt: skip  # no blockOwnerDeletion: it needs deployments/finalizers on OpenShift
     assert binding["spec"]["selector"] == {"matchLabels": {"app": "checkout"}}
     assert binding["spec"]["source"]["kafka"] == {"topics": ["flags", "prices"],
                                                   "bootstrapServers": ["k:9092"]}  # fmt: skip
@@ -273,3 +397,28 @@ def test_no_topics_annotation_means_no_binding(make_workload):
 def test_invalid_annotations_name_the_problem(make_workload):
     with pytest.raises(ValueError, match=r"sidecarstate.dev/\*.*spec.store.maxMemory"):
         owned_binding(annotated(make_workload, topics="flags", memory="lots"))
+
+
+def test_unreachable_hydrators_make_health_unknown_and_are_counted(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=0), unreachable("b"),
+              unreachable("c")]  # fmt: skip
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["uncheckedPods"] == 2 and status["ready"] == "Unknown"
+    assert status["unhydratedPods"] == []  # not answering is not "not hydrated"
+    store = next(c for c in status["conditions"] if c["type"] == "StoreHealthy")
+    assert (store["status"], store["reason"]) == ("Unknown", "HydratorsUnreachable")
+    assert store["message"].startswith("1 hydrator(s) checked; 2 could not be reached")
+
+
+def test_a_full_store_wins_over_unreachable_ones(make_binding):
+    binding = make_binding()
+    health = [HydratorHealth(pod="a", hydrated=True, oom_rejections=3), unreachable("b")]
+
+    status = build_status(binding, pods=[], bindings=[binding], defaults=DEFAULTS,
+                          health=health, now=NOW)  # fmt: skip
+
+    assert status["ready"] == "False" and status["uncheckedPods"] == 1

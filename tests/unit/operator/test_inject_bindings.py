@@ -8,11 +8,13 @@ import json
 import pytest
 
 from sidecar_operator.injection import (
+    Injected,
     InjectionConflict,
     InjectionDefaults,
     Skipped,
     UnknownBinding,
     bindings_hash,
+    inject_pod,
 )
 from sidecar_operator.injection.names import (
     CREDENTIALS_CONTAINER,
@@ -53,6 +55,26 @@ def test_unknown_named_binding_is_refused(make_pod, make_binding, inject):
 
     with pytest.raises(UnknownBinding, match="StateBinding\\(s\\) prices that do not exist"):
         inject(pod, make_binding())
+
+
+def test_admission_admits_a_pod_whose_named_binding_is_gone_with_the_others(make_pod, make_binding):
+    pod = make_pod(annotations={BINDINGS: "feature-flags,prices"})
+
+    outcome = inject_pod(pod, bindings=[make_binding()], namespace="shop",
+                         defaults=InjectionDefaults(), admit_missing=True)  # fmt: skip
+
+    assert isinstance(outcome, Injected)
+    assert outcome.bindings == ("feature-flags",) and outcome.missing == ("prices",)
+
+
+def test_admission_admits_a_pod_whose_only_named_binding_is_gone_without_sidecars(make_pod):
+    pod = make_pod(annotations={BINDINGS: "prices"})
+
+    outcome = inject_pod(pod, bindings=[], namespace="shop", defaults=InjectionDefaults(),
+                         admit_missing=True)  # fmt: skip
+
+    assert isinstance(outcome, Skipped) and outcome.missing == ("prices",)
+    assert "prices" in outcome.reason and "do not exist" in outcome.reason
 
 
 def test_binding_named_twice_is_used_once(make_pod, make_binding, injected):
@@ -310,10 +332,24 @@ def template_hash(template, *bindings, namespace="shop"):
     )
 
 
-def test_bindings_hash_is_the_config_hash_a_pod_would_get(make_pod, make_binding, injected):
-    expected = injected(make_pod(), make_binding()).outcome.config_hash
+def test_bindings_hash_is_the_content_hash_a_pod_would_get(make_pod, make_binding, injected):
+    outcome = injected(make_pod(), make_binding()).outcome
 
-    assert template_hash(make_pod(), make_binding()) == expected
+    assert template_hash(make_pod(), make_binding()) == outcome.bindings_hash
+    assert outcome.pod["metadata"]["annotations"]["sidecarstate.dev/bindings-hash"] == (
+        outcome.bindings_hash
+    )
+
+
+def test_bindings_hash_ignores_the_operator_settings_and_spelled_out_defaults(
+    make_pod, make_binding
+):
+    plain = make_binding()
+    spelled = make_binding(patch={"spec.source.kafka.startFrom": "earliest"})
+    upgraded = InjectionDefaults(hydrator_image="hydrator:9", image_pull_policy="Always")
+
+    assert bindings_hash(make_pod(), bindings=[plain], namespace="shop",
+                         defaults=upgraded) == template_hash(make_pod(), spelled)  # fmt: skip
 
 
 def test_bindings_hash_follows_binding_changes(make_pod, make_binding):

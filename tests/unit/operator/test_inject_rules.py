@@ -53,6 +53,39 @@ def test_host_network_pods_are_never_injected(make_pod, make_binding, inject):
     assert_skipped(outcome, "hostNetwork Pods are never injected")
 
 
+WINDOWS = (
+    "Windows Pods are never injected: the sidecars are Linux containers with Linux-only "
+    "security settings"
+)
+ONLY_WINDOWS = {"nodeSelectorTerms": [{"matchExpressions": [
+    {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"os": {"name": "windows"}},
+        {"nodeSelector": {"kubernetes.io/os": "windows"}},
+        {
+            "affinity": {
+                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": ONLY_WINDOWS}
+            }
+        },
+    ],
+)
+def test_windows_pods_are_skipped(make_pod, make_binding, inject, spec):
+    assert_skipped(inject(make_pod(**spec), make_binding()), WINDOWS)
+
+
+def test_linux_pods_and_pods_that_allow_either_os_are_injected(make_pod, make_binding, inject):
+    both = {"key": "kubernetes.io/os", "operator": "In", "values": ["linux", "windows"]}
+    either = {"nodeSelectorTerms": [{"matchExpressions": [both]}]}
+    for spec in ({"os": {"name": "linux"}}, {"nodeSelector": {"kubernetes.io/os": "linux"}},
+                 {"affinity": {"nodeAffinity": {
+                     "requiredDuringSchedulingIgnoredDuringExecution": either}}}):  # fmt: skip
+        assert isinstance(inject(make_pod(**spec), make_binding()), Injected), spec
+
+
 def test_pod_without_a_matching_binding_is_skipped(make_pod, make_binding, inject):
     outcome = inject(make_pod(labels={"app": "cart"}), make_binding())
 
