@@ -23,6 +23,7 @@ from tests.integration.hydrator.support import (
     sidecar_redis_config,
     view,
 )
+from tests.integration.hydrator.test_hydrator_records import row_event, truncate_event
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
 
@@ -349,3 +350,60 @@ async def test_a_hydrator_stopped_mid_bootstrap_continues_where_it_was(
         assert await view(app_redis, b"k") == data
         meta = await app_redis.hgetall(config.metadata_key)
         assert meta[b"hydrated"] == b"1" and b"rebuilding_in" not in meta
+
+
+async def test_a_rebuild_forced_by_one_binding_keeps_the_others_table_index_for_truncates(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    """The carried-over Debezium binding must still find its rows when a truncate comes."""
+    earliest = make_topic(compacted=False, suffix="earliest")
+    changes = make_topic(compacted=False, suffix="cdc")
+    await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"1") for i in range(10)])
+    connection = KafkaConnection(bootstrap_servers=(kafka_broker.bootstrap_servers,))
+    config = HydratorConfig(
+        redis_socket=str(redis_server.socket_path),
+        bindings=(
+            BindingSource(
+                name="history",
+                kafka=connection,
+                topics=(earliest,),
+                format="raw",
+                keys=KeyMapping(prefix="h:"),
+            ),
+            BindingSource(
+                name="orders",
+                kafka=connection,
+                topics=(changes,),
+                start_from="latest",
+                format="debezium",
+                keys=KeyMapping(prefix="o:"),
+            ),
+        ),
+    )
+    async with running(config) as first:
+        await hydrated(first)
+        await produce(
+            kafka_broker,
+            changes,
+            [row_event("c", "orders", key={"id": i}, row={"id": i}) for i in range(3)],
+        )
+        await eventually(lambda: _holds(app_redis, b"o:", 3), what="the rows")
+    await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"2") for i in range(10)])
+    await delete_before(kafka_broker, earliest, 12)
+    async with running(config) as second:
+        await eventually(
+            lambda: sample(second, "rebuilds_total", reason="offset_out_of_range") == 1,
+            what="the forced rebuild",
+        )
+        await hydrated(second)
+        assert await _holds(app_redis, b"o:", 3)
+        await produce(kafka_broker, changes, [truncate_event("orders")])
+        await eventually(lambda: _holds(app_redis, b"o:", 0), what="the truncate")
+        assert await view(app_redis, b"h:") == {f"h:e{i}".encode(): b"2" for i in range(2, 10)}
+
+
+async def _holds(client: aioredis.Redis, prefix: bytes, count: int) -> bool:
+    return len(await view(client, prefix)) == count
