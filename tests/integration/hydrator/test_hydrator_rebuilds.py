@@ -11,7 +11,13 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from sidecar_hydrator.config import (
+    BindingSource,
+    HydratorConfig,
+    KafkaConnection,
+    KeyMapping,
+    RecordFormat,
+)
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -40,6 +46,41 @@ async def delete_before(broker: KafkaBroker, topic: str, offset: int) -> None:
         )
     finally:
         await admin.close()
+
+
+def history_and_latest(
+    *,
+    broker: KafkaBroker,
+    redis: RedisServer,
+    earliest: str,
+    latest: str,
+    name: str,
+    format: RecordFormat,
+    prefix: str,
+) -> HydratorConfig:
+    """Two bindings on one Pod: ``history`` reads ``earliest`` from its start (``h:``), and
+    ``name`` reads ``latest`` from the end: the one a rebuild forced by the other can't re-read."""
+    connection = KafkaConnection(bootstrap_servers=(broker.bootstrap_servers,))
+    return HydratorConfig(
+        redis_socket=str(redis.socket_path),
+        bindings=(
+            BindingSource(
+                name="history",
+                kafka=connection,
+                topics=(earliest,),
+                format="raw",
+                keys=KeyMapping(prefix="h:"),
+            ),
+            BindingSource(
+                name=name,
+                kafka=connection,
+                topics=(latest,),
+                start_from="latest",
+                format=format,
+                keys=KeyMapping(prefix=prefix),
+            ),
+        ),
+    )
 
 
 async def test_a_transient_redis_error_after_a_forced_rebuild_does_not_rebuild_again(
@@ -90,27 +131,10 @@ async def test_one_bindings_forced_rebuild_keeps_the_other_bindings_keys(
     latest = make_topic(suffix="latest")
     await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"1") for i in range(10)])
     await produce(kafka_broker, latest, [(b"before-start", b"never read")])
-    connection = KafkaConnection(bootstrap_servers=(kafka_broker.bootstrap_servers,))
-    config = HydratorConfig(
-        redis_socket=str(redis_server.socket_path),
-        bindings=(
-            BindingSource(
-                name="history",
-                kafka=connection,
-                topics=(earliest,),
-                format="raw",
-                keys=KeyMapping(prefix="h:"),
-            ),
-            BindingSource(
-                name="live",
-                kafka=connection,
-                topics=(latest,),
-                start_from="latest",
-                format="raw",
-                keys=KeyMapping(prefix="l:"),
-            ),
-        ),
-    )
+    config = history_and_latest(
+        broker=kafka_broker, redis=redis_server, earliest=earliest, latest=latest,
+        name="live", format="raw", prefix="l:",
+    )  # fmt: skip
     async with running(config) as first:
         await hydrated(first)
         await produce(kafka_broker, latest, [(b"x", b"1"), (b"y", b"2")])
@@ -362,27 +386,10 @@ async def test_a_rebuild_forced_by_one_binding_keeps_the_others_table_index_for_
     earliest = make_topic(compacted=False, suffix="earliest")
     changes = make_topic(compacted=False, suffix="cdc")
     await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"1") for i in range(10)])
-    connection = KafkaConnection(bootstrap_servers=(kafka_broker.bootstrap_servers,))
-    config = HydratorConfig(
-        redis_socket=str(redis_server.socket_path),
-        bindings=(
-            BindingSource(
-                name="history",
-                kafka=connection,
-                topics=(earliest,),
-                format="raw",
-                keys=KeyMapping(prefix="h:"),
-            ),
-            BindingSource(
-                name="orders",
-                kafka=connection,
-                topics=(changes,),
-                start_from="latest",
-                format="debezium",
-                keys=KeyMapping(prefix="o:"),
-            ),
-        ),
-    )
+    config = history_and_latest(
+        broker=kafka_broker, redis=redis_server, earliest=earliest, latest=changes,
+        name="orders", format="debezium", prefix="o:",
+    )  # fmt: skip
     async with running(config) as first:
         await hydrated(first)
         await produce(
