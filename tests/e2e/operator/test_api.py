@@ -105,6 +105,12 @@ def test_sasl_without_tls_is_accepted_with_the_explicit_opt_in(
 ) -> None:
     auth = {"secretRef": {"name": "kafka-creds"}, "mechanism": "PLAIN", "allowPlaintext": True}
     obj = _with("source.kafka.auth", auth, "opted-in-plaintext")
+    # The Secret must exist and opt in to bindings, or the webhook refuses the binding.
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "kafka-creds", "namespace": "default",
+                           "labels": {"sidecarstate.dev/allow-bindings": "true"}},
+              "stringData": {"username": "app", "password": "s3cret"}}  # fmt: skip
+    cluster.kubectl_run("apply", "-f", "-", input=json.dumps(secret))
     cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj))
     try:
         got = cluster.kubectl_json("get", "sb", "opted-in-plaintext", "-n", "default")
@@ -112,6 +118,7 @@ def test_sasl_without_tls_is_accepted_with_the_explicit_opt_in(
         assert got["spec"]["source"]["kafka"]["auth"]["tls"] is False  # schema default
     finally:
         cluster.kubectl_run("delete", "sb", "opted-in-plaintext", "-n", "default")
+        cluster.kubectl_run("delete", "secret", "kafka-creds", "-n", "default")
 
 
 @pytest.mark.parametrize(

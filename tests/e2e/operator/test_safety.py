@@ -371,7 +371,7 @@ def test_a_binding_may_use_only_a_secret_that_opted_in(
     cluster.apply(secret)
     sb = binding("creds", namespace)
     sb["spec"]["source"]["kafka"]["auth"] = {"secretRef": {"name": "kafka-creds"},
-                                             "mechanism": "PLAIN"}  # fmt: skip
+                                             "mechanism": "PLAIN", "tls": True}  # fmt: skip
 
     message = _apply_refused(cluster, sb)
     assert "Secret 'kafka-creds' has not opted in" in message
@@ -382,7 +382,8 @@ def test_a_binding_may_use_only_a_secret_that_opted_in(
 
     missing = {**sb, "metadata": {"name": "creds-missing", "namespace": namespace},
                "spec": {**sb["spec"], "source": {"kafka": {**sb["spec"]["source"]["kafka"],
-                        "auth": {"secretRef": {"name": "nowhere"}}}}}}  # fmt: skip
+                        "auth": {"secretRef": {"name": "nowhere"}, "mechanism": "PLAIN",
+                                 "tls": True}}}}}  # fmt: skip
     assert "Secret 'nowhere' does not exist" in _apply_refused(cluster, missing)
 
     cluster.kubectl_run("annotate", "secret", "kafka-creds", "-n", namespace,
