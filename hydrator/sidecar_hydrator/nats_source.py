@@ -1,0 +1,377 @@
+"""NATS JetStream as a :class:`~sidecar_hydrator.source.Source`: a KV bucket or a stream.
+
+Each Pod needs the whole state, so each reads with its own *ordered* consumer: ephemeral,
+in memory, no acks, never shared and never durable. The source keeps the position itself (the
+next stream sequence, stored in Redis with the data by the feed, as Kafka's offsets are) and
+re-creates the consumer from it whenever anything looks wrong — a gap in the consumer's
+sequence, a consumer the server forgot (a restart loses ephemeral consumers), a lost
+connection. So a server restart loses nothing and delivers nothing twice past the position.
+
+A stream is one partition (``<stream>/0`` in the offsets hash). Its identity is its creation
+time: a stream deleted and created again under the same name gets a new one, and its
+sequences start over, so a view read from the old one is rebuilt.
+
+"Caught up" is the stream's last sequence when positioned (the snapshot): the feed is there
+when its position passes it — and a consumer that reports nothing pending has seen every
+message that matches its filter, so its position then moves to the end as known when the
+fetch began, even when the stream's tail holds other subjects only. The KV watcher's
+"initial values done" marker is not used: under writes it can lag without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from sidecar_hydrator.aio import sleep_or_stop, until
+from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
+from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.records import RecordLike
+from sidecar_hydrator.source import Partition, Snapshot
+
+logger = logging.getLogger(__name__)
+
+#: KV operations and server markers that remove a key (a KV delete or purge, a TTL expiry).
+_KV_OPERATION = "KV-Operation"
+_DELETING_OPERATIONS = frozenset({"DEL", "PURGE"})
+_MARKER_REASON = "Nats-Marker-Reason"
+#: How long the server keeps an ephemeral consumer nobody pulls from (a Pod that went away).
+CONSUMER_INACTIVE_SECONDS = 30.0
+#: The shortest pull: a fetch asked "only what is buffered" still needs a round trip.
+MIN_FETCH_SECONDS = 0.02
+
+
+class StreamPartition(NamedTuple):
+    """A stream as the single partition it is to the feed (``partition`` is always 0)."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class NatsRecord:
+    """One message as the decoders read it: the key is the KV key or the subject, the
+    stream sequence is the offset, and a delete (or purge, or expiry) has no value."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+class NatsConfigError(Exception):
+    """The NATS client cannot be set up as configured (a credentials or TLS file)."""
+
+
+def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, Any]:
+    """nats-py connection settings (pure, apart from reading secret env vars and files):
+    reconnect forever, so an outage only lets staleness grow (fail static)."""
+    conn = nats_source.connection
+    options: dict[str, Any] = {
+        "servers": list(conn.servers),
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+    }
+    if conn.auth_method == "creds":
+        options["user_credentials"] = conn.creds_file
+    elif conn.auth_method == "nkey":
+        options["nkeys_seed"] = conn.nkey_seed_file
+    elif conn.auth_method == "token":
+        options["token"] = conn.env(conn.token_env)
+    elif conn.auth_method == "userPassword":
+        options["user"] = conn.env(conn.username_env)
+        options["password"] = conn.env(conn.password_env)
+    if conn.tls:
+        try:
+            context = ssl.create_default_context(cafile=conn.ca_file)
+            if conn.cert_file:
+                context.load_cert_chain(conn.cert_file, conn.key_file)
+        except (OSError, ValueError) as exc:
+            raise NatsConfigError(f"TLS settings: {exc}") from exc
+        options["tls"] = context
+    return options
+
+
+def message_record(msg: Msg, meta: Msg.Metadata, *, stream: str, subject_prefix: str) -> NatsRecord:
+    """The record of one delivered message (pure): KV deletes, purges and server markers
+    (TTL expiry, ``Nats-Marker-Reason``) carry no value, so they delete the key."""
+    headers = msg.headers or {}
+    deleting = headers.get(_KV_OPERATION) in _DELETING_OPERATIONS or _MARKER_REASON in headers
+    subject = msg.subject
+    key = subject[len(subject_prefix) :] if subject.startswith(subject_prefix) else subject
+    return NatsRecord(
+        topic=stream,
+        partition=0,
+        offset=meta.sequence.stream,
+        key=key.encode(),
+        value=None if deleting else msg.data,
+        timestamp=int(meta.timestamp.timestamp() * 1000),
+    )
+
+
+class NatsSource:
+    """One binding's KV bucket or stream (a :class:`~sidecar_hydrator.source.Source`)."""
+
+    def __init__(self, *, binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> None:
+        if binding.nats is None:
+            raise ValueError(f"binding {binding.name} has no NATS source")
+        self._binding = binding
+        self._nats = binding.nats
+        self._config = config
+        self._metrics = metrics
+        self._stream = binding.nats.stream_name
+        self._partition = StreamPartition(self._stream, 0)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        #: The next stream sequence to read.
+        self._position = 1
+        #: Where a fresh bootstrap starts: below it, last-per-subject delivery applies.
+        self._beginning = 1
+        #: The next consumer delivers each subject's newest message only (a fresh bootstrap).
+        self._deliver_last = False
+        self._consumer_seq = 0
+        #: The stream's end (last sequence + 1) as last known, and messages still pending.
+        self._stream_end: int | None = None
+        self._pending: int | None = None
+        self._reported_ms: float | None = None
+        self._warned = ""
+
+    # -- the Source protocol ------------------------------------------------------------------
+
+    async def snapshot(self, stop: asyncio.Event) -> Snapshot:
+        backoff = 0.1
+        while True:
+            js = await self._open(stop)
+            taken_ms = time.time() * 1000
+            try:
+                info = await until(stop, js.stream_info(self._stream))
+            except nats.js.errors.NotFoundError:
+                self._warn_once(f"waiting for stream {self._stream}")
+                await until(stop, asyncio.sleep(1.0))
+                continue
+            except (nats.errors.Error, TimeoutError) as exc:
+                self._failed("positioning", exc)
+                await until(stop, asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            state = info.state
+            end = state.last_seq + 1
+            # Per-subject retention keeps every subject's newest message, so any earlier
+            # position can be continued from; a stream replayed in full needs all of it.
+            beginning = 1 if self._nats.last_per_subject else max(1, state.first_seq)
+            self._stream_end = end
+            self._beginning = beginning
+            return Snapshot(
+                beginnings={self._partition: beginning},
+                ends={self._partition: end},
+                identities={self._stream: _identity(info.created)},
+                taken_ms=taken_ms,
+            )
+
+    def assign(self, starts: Mapping[Partition, int]) -> None:
+        start = starts.get(self._partition, self._beginning)
+        self._position = max(1, start)
+        self._deliver_last = self._nats.last_per_subject and start <= self._beginning
+        self._pending = None
+        self._drop_consumer()
+
+    async def fetch(
+        self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
+    ) -> Mapping[Partition, Sequence[RecordLike]]:
+        try:
+            sub = await self._consumer(stop)
+            known_end = self._stream_end
+            try:
+                msgs = await sub.fetch(
+                    batch=max_records, timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
+                )
+            except TimeoutError:
+                await self._idle(sub, known_end)
+                return {}
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._failed("reading", exc)
+            self._drop_consumer()
+            await sleep_or_stop(stop, 0.5)
+            return {}
+        records: list[RecordLike] = []
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.sequence.consumer != self._consumer_seq + 1:
+                # Ordered consumer: a gap means lost messages; re-read from the position.
+                logger.info(
+                    "binding %s: consumer sequence gap (%d after %d); re-creating it",
+                    self._binding.name,
+                    meta.sequence.consumer,
+                    self._consumer_seq,
+                )
+                self._drop_consumer()
+                break
+            self._consumer_seq = meta.sequence.consumer
+            records.append(
+                message_record(
+                    msg, meta, stream=self._stream, subject_prefix=self._nats.subject_prefix
+                )
+            )
+            self._position = meta.sequence.stream + 1
+            self._pending = meta.num_pending
+        self._reported_ms = time.time() * 1000
+        if self._pending == 0 and known_end is not None:
+            # Nothing more matches the filter: the stream's tail (other subjects) is read.
+            self._position = max(self._position, known_end)
+        if self._stream_end is None or self._position > self._stream_end:
+            self._stream_end = self._position
+        return {self._partition: records} if records else {}
+
+    async def position(self, partition: Partition) -> int:
+        return self._position
+
+    def end(self, partition: Partition) -> int | None:
+        """The position plus the messages the consumer reported still pending: the lag is
+        pending messages, which a filtered stream's sequences would overstate."""
+        if self._pending is None:
+            return self._stream_end
+        return self._position + self._pending
+
+    def reported_at(self, partition: Partition) -> float | None:
+        return self._reported_ms
+
+    def go_live(self) -> None:
+        """Nothing to resize: a pull asks for at most one batch."""
+
+    async def identities(self, stop: asyncio.Event) -> Mapping[str, str]:
+        if self._js is None:
+            return {}
+        try:
+            info = await until(stop, self._js.stream_info(self._stream))
+        except nats.js.errors.NotFoundError:
+            return {self._stream: "missing"}
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._failed("stream info", exc)
+            return {}
+        self._stream_end = max(self._stream_end or 0, info.state.last_seq + 1)
+        return {self._stream: _identity(info.created)}
+
+    async def added_partitions(
+        self, known: Iterable[Partition], stop: asyncio.Event
+    ) -> dict[Partition, int]:
+        return {}
+
+    async def close(self) -> None:
+        self._drop_consumer()
+        if self._nc is not None:
+            nc, self._nc, self._js = self._nc, None, None
+            try:
+                await asyncio.wait_for(nc.close(), timeout=1.0)
+            except (TimeoutError, nats.errors.Error) as exc:
+                logger.warning("closing the NATS connection of %s: %r", self._binding.name, exc)
+
+    # -- nats-py ------------------------------------------------------------------------------
+
+    async def _open(self, stop: asyncio.Event) -> JetStreamContext:
+        backoff = 0.1
+        while self._js is None:
+            try:
+                options = connect_options(
+                    self._nats, name=f"sidecar-state-hydrator.{self._binding.name}"
+                )
+                self._nc = await until(stop, nats.connect(**options, error_cb=self._on_error))
+                self._js = self._nc.jetstream(timeout=5.0)
+            except NatsConfigError as exc:
+                self._metrics.nats_errors.labels(binding=self._binding.name, kind="config").inc()
+                self._warn_once(f"the NATS client cannot be set up: {exc}", level=logging.ERROR)
+                await until(stop, asyncio.sleep(5.0))
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                self._failed("connecting", exc)
+                await until(stop, asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 5.0)
+        return self._js
+
+    async def _on_error(self, exc: Exception) -> None:
+        # nats-py reports every failed reconnect here; one line per kind is enough.
+        self._warn_once(f"NATS connection: {exc!r}")
+
+    async def _consumer(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
+        if self._sub is not None:
+            return self._sub
+        js = await self._open(stop)
+        filters = list(self._nats.filter_subjects)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=CONSUMER_INACTIVE_SECONDS,
+            filter_subjects=filters or None,
+        )
+        if self._deliver_last:
+            config.deliver_policy = DeliverPolicy.LAST_PER_SUBJECT
+        else:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self._position
+        self._sub = await until(
+            stop,
+            js.pull_subscribe(
+                filters[0] if len(filters) == 1 else "", stream=self._stream, config=config
+            ),
+        )
+        self._consumer_seq = 0
+        # From now on a re-created consumer continues from the position, whatever it was.
+        self._deliver_last = False
+        if self._warned:
+            logger.info("binding %s: reading %s again", self._binding.name, self._stream)
+            self._warned = ""
+        return self._sub
+
+    async def _idle(self, sub: JetStreamContext.PullSubscription, known_end: int | None) -> None:
+        """A fetch that found nothing: ask the consumer whether anything is pending (this also
+        tells a reachable server from a lost one); nothing pending means caught up to now."""
+        info = await sub.consumer_info()
+        self._pending = info.num_pending
+        self._reported_ms = time.time() * 1000
+        if info.num_pending == 0 and known_end is not None:
+            self._position = max(self._position, known_end)
+
+    def _drop_consumer(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None and self._nc is not None and not self._nc.is_closed:
+            # The server forgets an ephemeral consumer nobody pulls from; no need to wait.
+            task = asyncio.ensure_future(_quietly(sub.unsubscribe()))
+            task.add_done_callback(lambda _: None)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
+        self._warn_once(f"{what} failed: {exc!r}")
+
+    def _warn_once(self, message: str, *, level: int = logging.WARNING) -> None:
+        if message != self._warned:
+            self._warned = message
+            logger.log(level, "binding %s: %s", self._binding.name, message)
+
+
+async def _quietly(job: Any) -> None:
+    # A consumer on a connection that went away: nothing to undo.
+    with contextlib.suppress(Exception):
+        await job
+
+
+def _identity(created: Any) -> str:
+    return created.isoformat() if created is not None else "unknown"
