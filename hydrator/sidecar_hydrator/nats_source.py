@@ -307,7 +307,18 @@ class NatsSource:
         return self._js
 
     async def _on_error(self, exc: Exception) -> None:
-        # nats-py reports every failed reconnect here; one line per kind is enough.
+        """nats-py reports every failed (re)connect here; each distinct error is logged once.
+        Refused credentials are an error a person must fix, so they say so."""
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+            self._metrics.nats_errors.labels(binding=self._binding.name, kind="auth").inc()
+            method = self._nats.connection.auth_method or "none"
+            self._warn_once(
+                f"the NATS server refused the credentials (auth method {method}): {exc!r}; "
+                "check the binding's auth Secret (retrying; the served view stays as it is)",
+                level=logging.ERROR,
+            )
+            return
+        self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
         self._warn_once(f"NATS connection: {exc!r}")
 
     async def _consumer(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:

@@ -4,9 +4,12 @@ reads (keys, values, ``sidecar-state:meta``, ``/readyz``) — the Kafka tests' s
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
+import nkeys
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client
@@ -255,3 +258,90 @@ async def test_start_from_latest_skips_history(
         await bucket.put("new", b"2")
         await eventually(lambda: _view_has(app_redis, {b"new": b"2"}), what="new key")
         assert b"old" not in await view(app_redis, b"")
+
+
+def _user_nkey(tmp_path: Path) -> tuple[str, Path]:
+    """A fresh user nkey: its public key (for the server) and its seed file (for the Pod)."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed)
+    return str(nkeys.from_seed(bytearray(seed)).public_key.decode()), seed_file
+
+
+@pytest.mark.parametrize("method", ["token", "userPassword", "nkey"])
+async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
+    method: str,
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    public, seed_file = _user_nkey(tmp_path)
+    (tmp_path / "wrong").mkdir()
+    _, wrong_seed = _user_nkey(tmp_path / "wrong")
+    users = {
+        "token": 'authorization { token: "s3cret" }',
+        "userPassword": 'authorization { users: [{user: "app", password: "s3cret"}] }',
+        "nkey": f'authorization {{ users: [{{nkey: "{public}"}}] }}',
+    }
+    with NatsServer(config=users[method]) as server:
+        connect: dict[str, object] = {
+            "token": {"token": "s3cret"},
+            "userPassword": {"user": "app", "password": "s3cret"},
+            "nkey": {"nkeys_seed": str(seed_file)},
+        }[method]
+        nc = await nats.connect(server.url, **connect)
+        kv = await nc.jetstream().create_key_value(bucket="flags")
+        await kv.put("a", b"1")
+        await nc.close()
+
+        monkeypatch.setenv("NATS_TOKEN", "s3cret")
+        monkeypatch.setenv("NATS_USER", "app")
+        monkeypatch.setenv("NATS_PASSWORD", "s3cret")
+        auth = {
+            "token": {"token_env": "NATS_TOKEN"},
+            "userPassword": {"username_env": "NATS_USER", "password_env": "NATS_PASSWORD"},
+            "nkey": {"nkey_seed_file": str(seed_file)},
+        }[method]
+        good = _auth_config(server, redis_server, method=method, **auth)
+        async with running(good) as hydrator:
+            await hydrated(hydrator)
+            assert await view(app_redis, b"") == {b"a": b"1"}
+
+        monkeypatch.setenv("NATS_TOKEN", "wrong")
+        monkeypatch.setenv("NATS_PASSWORD", "wrong")
+        if method == "nkey":
+            auth = {"nkey_seed_file": str(wrong_seed)}
+        await app_redis.flushall()
+        bad = _auth_config(server, redis_server, method=method, **auth)
+        async with running(bad) as hydrator:
+            await eventually(
+                lambda: sample(hydrator, "nats_errors_total", binding="flags", kind="auth") > 0,
+                what="the refusal counted",
+            )
+            assert not hydrator.ready()
+        refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("refused the credentials" in m and method in m for m in refused), refused
+
+
+def _auth_config(
+    server: NatsServer, redis: RedisServer, *, method: str, **auth: str
+) -> HydratorConfig:
+    return HydratorConfig(
+        redis_socket=str(redis.socket_path),
+        bindings=(
+            BindingSource(
+                name="flags",
+                nats=NatsSourceConfig(
+                    connection=NatsConnection(
+                        servers=(server.url,),
+                        auth_method=method,
+                        **auth,
+                    ),
+                    kv=NatsKv(bucket="flags"),
+                ),
+                format="raw",
+            ),
+        ),
+    )
