@@ -53,6 +53,8 @@ _MARKER_REASON = "Nats-Marker-Reason"
 CONSUMER_INACTIVE_SECONDS = 30.0
 #: The shortest pull: a fetch asked "only what is buffered" still needs a round trip.
 MIN_FETCH_SECONDS = 0.02
+#: How long an idle fetch waits for the consumer's pending count (bounds a stop's delay).
+IDLE_CHECK_SECONDS = 1.0
 
 
 class StreamPartition(NamedTuple):
@@ -143,6 +145,9 @@ class NatsSource:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._consumer_name = ""
+        #: Consumers being removed in the background (awaited on close).
+        self._dropping: set[asyncio.Task[None]] = set()
         #: The next stream sequence to read.
         self._position = 1
         #: Where a fresh bootstrap starts: below it, last-per-subject delivery applies.
@@ -198,6 +203,11 @@ class NatsSource:
     async def fetch(
         self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
     ) -> Mapping[Partition, Sequence[RecordLike]]:
+        if self._nc is not None and not self._nc.is_connected:
+            # Reconnecting (forever): the view stays served and its staleness grows.
+            self._drop_consumer()
+            await sleep_or_stop(stop, max(MIN_FETCH_SECONDS, timeout_ms / 1000))
+            return {}
         try:
             sub = await self._consumer(stop)
             known_end = self._stream_end
@@ -206,7 +216,7 @@ class NatsSource:
                     batch=max_records, timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
                 )
             except TimeoutError:
-                await self._idle(sub, known_end)
+                await self._idle(known_end)
                 return {}
         except (nats.errors.Error, TimeoutError) as exc:
             self._failed("reading", exc)
@@ -278,6 +288,8 @@ class NatsSource:
 
     async def close(self) -> None:
         self._drop_consumer()
+        if self._dropping:
+            await asyncio.wait(self._dropping, timeout=0.5)
         if self._nc is not None:
             nc, self._nc, self._js = self._nc, None, None
             try:
@@ -344,6 +356,7 @@ class NatsSource:
                 filters[0] if len(filters) == 1 else "", stream=self._stream, config=config
             ),
         )
+        self._consumer_name = config.name or ""  # nats-py names the ephemeral consumer
         self._consumer_seq = 0
         # From now on a re-created consumer continues from the position, whatever it was.
         self._deliver_last = False
@@ -352,21 +365,28 @@ class NatsSource:
             self._warned = ""
         return self._sub
 
-    async def _idle(self, sub: JetStreamContext.PullSubscription, known_end: int | None) -> None:
+    async def _idle(self, known_end: int | None) -> None:
         """A fetch that found nothing: ask the consumer whether anything is pending (this also
-        tells a reachable server from a lost one); nothing pending means caught up to now."""
-        info = await sub.consumer_info()
+        tells a reachable server from a lost one, and a consumer the server forgot, from one
+        with nothing to deliver); nothing pending means caught up to now."""
+        assert self._js is not None
+        info = await self._js.consumer_info(
+            self._stream, self._consumer_name, timeout=IDLE_CHECK_SECONDS
+        )
         self._pending = info.num_pending
         self._reported_ms = time.time() * 1000
         if info.num_pending == 0 and known_end is not None:
             self._position = max(self._position, known_end)
 
     def _drop_consumer(self) -> None:
+        """Forget the consumer; it is removed from the server in the background (should that
+        fail, the server drops it after ``CONSUMER_INACTIVE_SECONDS`` anyway)."""
         sub, self._sub = self._sub, None
-        if sub is not None and self._nc is not None and not self._nc.is_closed:
-            # The server forgets an ephemeral consumer nobody pulls from; no need to wait.
-            task = asyncio.ensure_future(_quietly(sub.unsubscribe()))
-            task.add_done_callback(lambda _: None)
+        if sub is None or self._js is None or self._nc is None or self._nc.is_closed:
+            return
+        task = asyncio.ensure_future(_remove(sub, self._js, self._stream, self._consumer_name))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
@@ -378,10 +398,16 @@ class NatsSource:
             logger.log(level, "binding %s: %s", self._binding.name, message)
 
 
-async def _quietly(job: Any) -> None:
-    # A consumer on a connection that went away: nothing to undo.
+async def _remove(
+    sub: JetStreamContext.PullSubscription, js: JetStreamContext, stream: str, name: str
+) -> None:
+    # A consumer on a connection that went away, or one a restarted server never knew:
+    # nothing to undo.
     with contextlib.suppress(Exception):
-        await job
+        await sub.unsubscribe()
+    if name:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
 
 
 def _identity(created: Any) -> str:

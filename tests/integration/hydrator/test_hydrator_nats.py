@@ -178,7 +178,11 @@ async def test_server_killed_mid_stream_then_restarted_nothing_lost(
         await hydrated(hydrator)
         await nc.close()
         nats_server.kill()
-        # Fail static: the view is still served while the server is away.
+        # Fail static: the view is still served while the server is away, and the app is
+        # told how stale it may be.
+        await eventually(
+            lambda: _staleness_ms(app_redis, above=1500), within=10, what="staleness growing"
+        )
         assert await view(app_redis, b"k99") == {b"k99": b"before"}
         assert await http_status(port, "/readyz") == 200
         nats_server.start()
@@ -192,6 +196,32 @@ async def test_server_killed_mid_stream_then_restarted_nothing_lost(
             lambda: _view_equals(app_redis, expected), within=30, what="every write after restart"
         )
         await nc.close()
+
+
+async def _staleness_ms(app: aioredis.Redis, *, above: int) -> bool:
+    staleness = (await meta(app)).get(b"staleness_ms")
+    return staleness is not None and int(staleness) > above
+
+
+async def test_retention_removed_unread_messages_rebuilds_a_replayed_stream(
+    nats_server: NatsServer, redis_server: RedisServer, app_redis: aioredis.Redis, client: Client
+) -> None:
+    js = client.jetstream()
+    await js.add_stream(name="S", subjects=["s.>"], max_msgs=5)
+    for i in range(3):
+        await js.publish(f"s.{i}", b"first")
+    config = nats_config(server=nats_server, redis=redis_server, stream=NatsStream(name="S"))
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+    for i in range(10):  # sequences 4-13; the stream keeps 9-13 only, 4-8 were never read
+        await js.publish(f"s.{i}", b"second")
+    async with running(config) as hydrator:
+        await eventually(
+            lambda: sample(hydrator, "rebuilds_total", reason="offset_out_of_range") == 1,
+            what="a rebuild",
+        )
+        await hydrated(hydrator)
+        assert await view(app_redis, b"s.") == {f"s.{i}".encode(): b"second" for i in range(5, 10)}
 
 
 async def _view_equals(app: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
