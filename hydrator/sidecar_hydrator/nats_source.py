@@ -224,6 +224,7 @@ class NatsSource:
             await sleep_or_stop(stop, 0.5)
             return {}
         records: list[RecordLike] = []
+        gap = False
         for msg in msgs:
             meta = msg.metadata
             if meta.sequence.consumer != self._consumer_seq + 1:
@@ -235,6 +236,7 @@ class NatsSource:
                     self._consumer_seq,
                 )
                 self._drop_consumer()
+                gap = True
                 break
             self._consumer_seq = meta.sequence.consumer
             records.append(
@@ -245,7 +247,7 @@ class NatsSource:
             self._position = meta.sequence.stream + 1
             self._pending = meta.num_pending
         self._reported_ms = time.time() * 1000
-        if self._pending == 0 and known_end is not None:
+        if self._pending == 0 and known_end is not None and not gap:
             # Nothing more matches the filter: the stream's tail (other subjects) is read.
             self._position = max(self._position, known_end)
         if self._stream_end is None or self._position > self._stream_end:
@@ -375,7 +377,10 @@ class NatsSource:
         )
         self._pending = info.num_pending
         self._reported_ms = time.time() * 1000
-        if info.num_pending == 0 and known_end is not None:
+        # Only once every message the consumer delivered has been received: one still on
+        # its way is not pending any more, but not read either.
+        received = info.delivered is not None and info.delivered.consumer_seq == self._consumer_seq
+        if info.num_pending == 0 and received and known_end is not None:
             self._position = max(self._position, known_end)
 
     def _drop_consumer(self) -> None:

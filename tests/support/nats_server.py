@@ -79,14 +79,15 @@ def install_nats_server(version: str = NATS_SERVER_VERSION) -> Path:
     return binary
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 class NatsServer(ChildService):
-    """One ``nats-server -js`` on a free loopback port, its store and log in ``workdir``.
+    """One ``nats-server -js`` on a free port of ``host`` (loopback by default; a node's
+    address for Pods to reach), its store and log in ``workdir``.
 
     The JetStream store is on disk in ``workdir``, so :meth:`restart` (and :meth:`kill` then
     :meth:`start`) keeps streams and their sequences, on the same port, as a real server
@@ -97,22 +98,24 @@ class NatsServer(ChildService):
         self,
         *,
         config: str = "",
+        host: str = "127.0.0.1",
         version: str = NATS_SERVER_VERSION,
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
     ) -> None:
         self.binary = install_nats_server(version)
         self.config = config
+        self.host = host
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._owns_workdir = True
         self.workdir = Path(tempfile.mkdtemp(prefix="sidecar-nats-"))
-        self.port = _free_port()
+        self.port = _free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -124,7 +127,7 @@ class NatsServer(ChildService):
             raise NatsServerError(f"nats-server already running (pid {self.pid})")
         conf = self.workdir / "nats.conf"
         conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\n"
+            f"listen: {self.host}:{self.port}\n"
             f"jetstream {{ store_dir: {str(self.workdir / 'js')!r} }}\n"
             f"{self.config}\n"
         )
@@ -147,7 +150,7 @@ class NatsServer(ChildService):
 
     def _answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
                 return sock.recv(4).startswith(b"INFO")
         except OSError:
             return False
