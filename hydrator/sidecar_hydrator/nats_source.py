@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import ssl
 import time
@@ -81,6 +82,15 @@ class NatsConfigError(Exception):
     """The NATS client cannot be set up as configured (a credentials or TLS file)."""
 
 
+def nkeys_available() -> bool:
+    """Whether nats-py can sign with nkeys (creds and nkey authentication need the package)."""
+    try:
+        importlib.import_module("nkeys")
+    except ImportError:
+        return False
+    return True
+
+
 def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, Any]:
     """nats-py connection settings (pure, apart from reading secret env vars and files):
     reconnect forever, so an outage only lets staleness grow (fail static)."""
@@ -93,6 +103,11 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
     }
+    if conn.auth_method in ("creds", "nkey") and not nkeys_available():
+        raise NatsConfigError(
+            f"auth method {conn.auth_method} signs with the 'nkeys' package, which this "
+            "hydrator lacks (pip install nkeys); token and userPassword work without it"
+        )
     if conn.auth_method == "creds":
         options["user_credentials"] = conn.creds_file
     elif conn.auth_method == "nkey":
