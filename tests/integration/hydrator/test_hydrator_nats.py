@@ -224,6 +224,10 @@ async def test_retention_removed_unread_messages_rebuilds_a_replayed_stream(
         assert await view(app_redis, b"s.") == {f"s.{i}".encode(): b"second" for i in range(5, 10)}
 
 
+async def _status_is(port: int, path: str, status: int) -> bool:
+    return await http_status(port, path) == status
+
+
 async def _view_equals(app: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
     return await view(app, b"") == expected
 
@@ -375,3 +379,26 @@ def _auth_config(
             ),
         ),
     )
+
+
+async def test_restart_while_the_server_is_down_serves_the_stored_view_then_catches_up(
+    nats_server: NatsServer, redis_server: RedisServer, app_redis: aioredis.Redis
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    kv = await nc.jetstream().create_key_value(bucket="flags")
+    await kv.put("a", b"1")
+    await nc.close()
+    config = nats_config(server=nats_server, redis=redis_server, kv=NatsKv(bucket="flags"))
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+    nats_server.kill()
+    async with serving(config) as (hydrator, port):
+        await eventually(lambda: _status_is(port, "/readyz", 200), within=5, what="ready")
+        assert await view(app_redis, b"") == {b"a": b"1"}
+        nats_server.start()
+        nc = await nats.connect(nats_server.url)
+        await (await nc.jetstream().key_value("flags")).put("b", b"2")
+        await nc.close()
+        await eventually(
+            lambda: _view_equals(app_redis, {b"a": b"1", b"b": b"2"}), within=20, what="caught up"
+        )
