@@ -437,12 +437,15 @@ class NatsSource(ApiModel):
     )
     kv: NatsKvSource | None = Field(
         default=None,
-        description="A KV bucket (exactly one of kv and stream). Example: {bucket: flags}",
+        description=(
+            "A KV bucket (exactly one of kv and stream). Default: none. Example: {bucket: flags}"
+        ),
     )
     stream: NatsStreamSource | None = Field(
         default=None,
         description=(
-            "A stream (exactly one of kv and stream). Example: {name: FLAGS, deliver: all}"
+            "A stream (exactly one of kv and stream). Default: none. "
+            "Example: {name: FLAGS, deliver: all}"
         ),
     )
     start_from: Literal["earliest", "latest"] = Field(
@@ -494,11 +497,17 @@ class Source(ApiModel):
 
     kafka: KafkaSource | None = Field(
         default=None,
-        description="Kafka topics and how to reach them. Example: {topics: [feature-flags]}",
+        description=(
+            "Kafka topics and how to reach them (exactly one of kafka and nats). Default: none. "
+            "Example: {topics: [feature-flags]}"
+        ),
     )
     nats: NatsSource | None = Field(
         default=None,
-        description="A NATS JetStream KV bucket or stream. Example: {kv: {bucket: flags}}",
+        description=(
+            "A NATS JetStream KV bucket or stream (exactly one of kafka and nats). Default: "
+            "none. Example: {kv: {bucket: flags}}"
+        ),
     )
 
     @model_validator(mode="after")
