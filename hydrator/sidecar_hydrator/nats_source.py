@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import ssl
 import time
@@ -54,6 +55,10 @@ _MARKER_REASON = "Nats-Marker-Reason"
 CONSUMER_INACTIVE_SECONDS = 30.0
 #: The shortest pull: a fetch asked "only what is buffered" still needs a round trip.
 MIN_FETCH_SECONDS = 0.02
+#: How long a pull request stays open on the server when nothing is there to deliver.
+PULL_EXPIRES_SECONDS = 1.0
+_STATUS = "Status"
+_DESCRIPTION = "Description"
 #: How long an idle fetch waits for the consumer's pending count (bounds a stop's delay).
 IDLE_CHECK_SECONDS = 1.0
 
@@ -145,6 +150,69 @@ def message_record(msg: Msg, meta: Msg.Metadata, *, stream: str, subject_prefix:
     )
 
 
+class _Pull:
+    """One ephemeral consumer pulled in batches: its messages are appended to a buffer by the
+    subscription's callback, and taken from it in runs. nats-py's own ``fetch`` awaits every
+    message with a timeout of its own, which caps a consumer at a third of the rate the
+    server delivers at; a pull request per batch keeps the backpressure (nothing is delivered
+    that was not asked for) without that cost."""
+
+    def __init__(self, *, nc: Client, stream: str, name: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.name = name
+        self.inbox = nc.new_inbox()
+        self.sub: Any = None
+        self.buffer: list[Msg] = []
+        self.arrived = asyncio.Event()
+        #: Messages the open pull request may still deliver (0: no request open).
+        self.owed = 0
+        self.expires_at = 0.0
+        #: The server said the consumer is gone (or never was): re-create it.
+        self.lost = False
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._on_message)
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is None:
+            self.buffer.append(msg)
+            self.owed -= 1
+        elif status == "100":  # an idle heartbeat
+            return
+        else:  # 404 no messages, 408 request expired, 409 / 503: the request is over
+            self.owed = 0
+            self.lost = (
+                self.lost
+                or status == "503"
+                or (
+                    status == "409"
+                    and "deleted" in (msg.headers or {}).get(_DESCRIPTION, "").lower()
+                )
+            )
+        self.arrived.set()
+
+    async def request(self, *, batch: int, expires_s: float) -> None:
+        """Ask for the next ``batch`` unless a request is still open (one at a time)."""
+        if self.owed > 0 and time.monotonic() < self.expires_at:
+            return
+        self.owed = batch
+        self.expires_at = time.monotonic() + expires_s + 1.0
+        request = {"batch": batch, "expires": int(expires_s * 1e9)}
+        await self.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.name}",
+            json.dumps(request).encode(),
+            reply=self.inbox,
+        )
+
+    def take(self, limit: int) -> list[Msg]:
+        run, self.buffer = self.buffer[:limit], self.buffer[limit:]
+        if not self.buffer:
+            self.arrived.clear()
+        return run
+
+
 class NatsSource:
     """One binding's KV bucket or stream (a :class:`~sidecar_hydrator.source.Source`)."""
 
@@ -159,8 +227,7 @@ class NatsSource:
         self._partition = StreamPartition(self._stream, 0)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._consumer_name = ""
+        self._sub: _Pull | None = None
         #: Consumers being removed in the background (awaited on close).
         self._dropping: set[asyncio.Task[None]] = set()
         #: The next stream sequence to read.
@@ -226,11 +293,17 @@ class NatsSource:
         try:
             sub = await self._consumer(stop)
             known_end = self._stream_end
-            try:
-                msgs = await sub.fetch(
-                    batch=max_records, timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
-                )
-            except TimeoutError:
+            # The next batch is asked for while this one is applied (at most one ahead).
+            await sub.request(batch=max_records, expires_s=PULL_EXPIRES_SECONDS)
+            if not sub.buffer:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        sub.arrived.wait(), timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
+                    )
+            if sub.lost:
+                raise nats.js.errors.NotFoundError(description=f"consumer {sub.name} is gone")
+            msgs = sub.take(max_records)
+            if not msgs:
                 await self._idle(known_end)
                 return {}
         except (nats.errors.Error, TimeoutError) as exc:
@@ -350,12 +423,14 @@ class NatsSource:
         self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
         self._warn_once(f"NATS connection: {exc!r}")
 
-    async def _consumer(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
+    async def _consumer(self, stop: asyncio.Event) -> _Pull:
         if self._sub is not None:
             return self._sub
         js = await self._open(stop)
+        assert self._nc is not None
         filters = list(self._nats.filter_subjects)
         config = ConsumerConfig(
+            name=self._nc.new_inbox().rsplit(".", 1)[-1],
             ack_policy=AckPolicy.NONE,
             mem_storage=True,
             num_replicas=1,
@@ -367,13 +442,17 @@ class NatsSource:
         else:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = self._position
-        self._sub = await until(
-            stop,
-            js.pull_subscribe(
-                filters[0] if len(filters) == 1 else "", stream=self._stream, config=config
-            ),
-        )
-        self._consumer_name = config.name or ""  # nats-py names the ephemeral consumer
+        if len(filters) == 1:
+            config.filter_subject, config.filter_subjects = filters[0], None
+        assert config.name is not None
+        pull = _Pull(nc=self._nc, stream=self._stream, name=config.name)
+        await pull.start()
+        try:
+            await until(stop, js.add_consumer(self._stream, config=config))
+        except BaseException:
+            await _remove(pull, js)
+            raise
+        self._sub = pull
         self._consumer_seq = 0
         # From now on a re-created consumer continues from the position, whatever it was.
         self._deliver_last = False
@@ -387,8 +466,9 @@ class NatsSource:
         tells a reachable server from a lost one, and a consumer the server forgot, from one
         with nothing to deliver); nothing pending means caught up to now."""
         assert self._js is not None
+        assert self._sub is not None
         info = await self._js.consumer_info(
-            self._stream, self._consumer_name, timeout=IDLE_CHECK_SECONDS
+            self._stream, self._sub.name, timeout=IDLE_CHECK_SECONDS
         )
         self._pending = info.num_pending
         self._reported_ms = time.time() * 1000
@@ -404,7 +484,7 @@ class NatsSource:
         sub, self._sub = self._sub, None
         if sub is None or self._js is None or self._nc is None or self._nc.is_closed:
             return
-        task = asyncio.ensure_future(_remove(sub, self._js, self._stream, self._consumer_name))
+        task = asyncio.ensure_future(_remove(sub, self._js))
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
 
@@ -418,16 +498,14 @@ class NatsSource:
             logger.log(level, "binding %s: %s", self._binding.name, message)
 
 
-async def _remove(
-    sub: JetStreamContext.PullSubscription, js: JetStreamContext, stream: str, name: str
-) -> None:
+async def _remove(pull: _Pull, js: JetStreamContext) -> None:
     # A consumer on a connection that went away, or one a restarted server never knew:
     # nothing to undo.
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
-    if name:
+    if pull.sub is not None:
         with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, name)
+            await pull.sub.unsubscribe()
+    with contextlib.suppress(Exception):
+        await js.delete_consumer(pull.stream, pull.name)
 
 
 def _identity(created: Any) -> str:
