@@ -358,10 +358,28 @@ NatsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_len
 NatsSubject = Annotated[str, StringConstraints(pattern=r"^[^\s]+$", min_length=1, max_length=255)]
 
 
+_NATS_AUTH_RULES: list[JsonValue] = [
+    {
+        "rule": "self.tls || self.allowPlaintext",
+        "message": "NATS credentials without tls go over the network unencrypted: set "
+        "tls: true, or allowPlaintext: true to accept that",
+    },
+]
+
+
 class NatsAuth(ApiModel):
     """Credentials from a Secret in the binding's own namespace; which keys it needs depends
     on ``method`` (``user.creds``; ``user.nk``; ``token``; ``username`` and ``password``),
-    optionally with ``ca.crt``, ``tls.crt`` and ``tls.key`` for TLS."""
+    optionally with ``ca.crt``, ``tls.crt`` and ``tls.key`` for TLS.
+
+    As for Kafka, credentials without TLS are refused unless ``allowPlaintext`` says so: a
+    token or a password would cross the network in clear text, and with creds or an nkey every
+    message would still be readable on the wire.
+    """
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": _NATS_AUTH_RULES}
+    )
 
     secret_ref: SecretReference = Field(
         description=(
@@ -380,6 +398,27 @@ class NatsAuth(ApiModel):
             "tls.key, when present, are the client certificate). Default: false. Example: true"
         ),
     )
+    allow_plaintext: bool = Field(
+        default=False,
+        description=(
+            "Accept credentials without tls: they and every message cross the network "
+            "unencrypted (a token or password in clear text). Default: false. Example: true"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _credentials_are_protected(self) -> NatsAuth:
+        if not self.tls and not self.allow_plaintext:
+            sent = (
+                f"send the {'token' if self.method == 'token' else 'password'} in clear text"
+                if self.method in ("token", "userPassword")
+                else "leave every message unencrypted"
+            )
+            raise ValueError(
+                f"tls is false, so auth method {self.method} would {sent}: set tls: true, or "
+                "allowPlaintext: true to accept a connection without TLS"
+            )
+        return self
 
 
 class NatsKvSource(ApiModel):

@@ -60,6 +60,11 @@ INVALID = [
         "give exactly one of kv (a bucket) and stream",
     ),
     ("source", {"nats": {"kv": {"bucket": "a.b"}}}, "spec.source.nats.kv.bucket"),
+    (
+        "source",
+        {"nats": {"kv": {"bucket": "f"}, "auth": {"secretRef": {"name": "n"}, "method": "token"}}},
+        "NATS credentials without tls go over the network unencrypted",
+    ),
 ]
 
 

@@ -51,6 +51,14 @@ def only_binding(result) -> BindingSource:
         ),
         ({"nats": {**KV, "servers": ["nats://nats"]}}, "is not [nats://]host:port"),
         ({"nats": {**KV, "auth": {"secretRef": {"name": "a"}, "method": "x509"}}}, "method"),
+        (
+            {"nats": {**KV, "auth": {"secretRef": {"name": "a"}, "method": "token"}}},
+            "tls is false, so auth method token would send the token in clear text",
+        ),
+        (
+            {"nats": {**KV, "auth": {"secretRef": {"name": "a"}, "method": "creds"}}},
+            "auth method creds would leave every message unencrypted",
+        ),
     ],
 )
 def test_invalid_sources_are_refused_naming_the_field(binding_doc, source, message):
@@ -76,6 +84,15 @@ def test_the_crd_refuses_both_sources_too():
     assert source["properties"]["nats"]["x-kubernetes-validations"][0]["rule"] == (
         "has(self.kv) != has(self.stream)"
     )
+
+
+def test_credentials_without_tls_need_the_explicit_opt_in(binding_doc):
+    auth = {"secretRef": {"name": "a"}, "method": "userPassword", "allowPlaintext": True}
+
+    binding = parse_binding(nats_doc(binding_doc, {**KV, "auth": auth}))
+
+    assert binding.spec.source.nats is not None and binding.spec.source.nats.auth is not None
+    assert binding.spec.source.nats.auth.allow_plaintext is True
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -152,7 +169,7 @@ def test_creds_auth_mounts_the_creds_file_and_names_it_in_the_config(
 def test_token_and_password_come_from_secret_key_refs(
     make_pod, binding_doc, injected, method, keys
 ):
-    auth = {"secretRef": {"name": "nats-auth"}, "method": method}
+    auth = {"secretRef": {"name": "nats-auth"}, "method": method, "tls": True}
     result = injected(make_pod(), parse_binding(nats_doc(binding_doc, {**KV, "auth": auth})))
 
     connection = only_binding(result).nats.connection
@@ -167,7 +184,9 @@ def test_token_and_password_come_from_secret_key_refs(
     )
     assert [env[var]["valueFrom"]["secretKeyRef"]["key"] for var in named] == keys
     assert {env[var]["valueFrom"]["secretKeyRef"]["name"] for var in named} == {"nats-auth"}
-    assert not [m for m in result.hydrator.get("volumeMounts", []) if "secrets" in m["mountPath"]]
+    (volume,) = [v for v in result.spec["volumes"] if v["name"].startswith("sidecar-state-auth")]
+    # Only the TLS files are mounted: the token and the password are env vars.
+    assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt", "tls.crt", "tls.key"]
 
 
 def test_hydrator_config_needs_exactly_one_source() -> None:
