@@ -39,6 +39,7 @@ test-unit:
 test-integration:
 	scripts/setup.sh kafka
 	scripts/setup.sh tools >/dev/null  # promtool, for the alert rules' tests
+	scripts/setup.sh nats
 	$(TIMED) integration $(PYTEST) tests/integration -q
 
 test-e2e:

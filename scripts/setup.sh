@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests, the benchmarks and the demo need, on a fresh Debian machine.
 # Every step is idempotent and cached by version: a second run takes seconds.
-#   scripts/setup.sh [system|python|tools|kafka|cluster|docker|images|node|kind|all]
+#   scripts/setup.sh [system|python|tools|kafka|nats|cluster|docker|images|node|kind|all]
 #   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +77,11 @@ kafka() {
   "$PYTHON" -m tests.support.kafka_broker install
 }
 
+nats() {
+  step "nats-server (Go module, cached by version)"
+  "$PYTHON" -m tests.support.nats_server install >/dev/null
+}
+
 cluster() {
   step "Kubernetes control plane binaries (Go modules, cached by version)"
   "$PYTHON" -m tests.e2e.cluster build
@@ -118,20 +123,21 @@ timed() {
   printf 'time: setup %s took %d s\n' "$1" "$((SECONDS - started))" >&2
 }
 
-usage="usage: $0 [system|python|tools|kafka|cluster|docker|images|node|kind|all]"
+usage="usage: $0 [system|python|tools|kafka|nats|cluster|docker|images|node|kind|all]"
 case "$what" in
   system) timed system ;;
   # The last two lines name the tools, for the Makefile and the tests.
   tools) timed system; timed tools; echo "$PROMTOOL/promtool"; echo "$ACTIONLINT/actionlint" ;;
   python) timed python_deps ;;
   kafka) timed system; timed python_deps; timed kafka ;;
+  nats) timed system; timed python_deps; timed nats ;;
   cluster) timed system; timed python_deps; timed cluster ;;
   docker) timed system; timed python_deps; timed docker_daemon ;;
   images) timed system; timed python_deps; timed docker_daemon; timed images ;;
   node) timed system; timed python_deps; timed cluster; timed docker_daemon; timed node ;;
   kind) timed system; timed python_deps; timed cluster; timed docker_daemon; timed images
         timed kind ;;
-  all) timed system; timed python_deps; timed tools; timed kafka; timed cluster
+  all) timed system; timed python_deps; timed tools; timed kafka; timed nats; timed cluster
        timed docker_daemon; timed node; timed images ;;
   -h|--help) echo "$usage"; echo "Installs what the tests, benchmarks and demo need; cached by version." ;;
   *) echo "$usage" >&2; exit 2 ;;

@@ -30,6 +30,8 @@ RecordFormat = Literal["raw", "json", "debezium"]
 StartFrom = Literal["earliest", "latest"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+NatsAuthMethod = Literal["creds", "nkey", "token", "userPassword"]
+NatsDeliver = Literal["all", "lastPerSubject"]
 
 
 class _Contract(BaseModel):
@@ -74,6 +76,101 @@ class KafkaConnection(_Contract):
         return os.environ.get(self.password_env) if self.password_env else None
 
 
+class NatsConnection(_Contract):
+    """How to reach one NATS system; like Kafka's, credentials are referenced, never inlined.
+
+    ``creds`` and ``nkey`` read files of a mounted Secret (a ``.creds`` file, an nkey seed);
+    ``token`` and ``userPassword`` read environment variables the kubelet fills from it.
+    """
+
+    servers: tuple[str, ...] = Field(min_length=1)
+    auth_method: NatsAuthMethod | None = None
+    creds_file: str | None = None
+    nkey_seed_file: str | None = None
+    token_env: str | None = None
+    username_env: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> NatsConnection:
+        needs = {
+            "creds": ("creds_file",),
+            "nkey": ("nkey_seed_file",),
+            "token": ("token_env",),
+            "userPassword": ("username_env", "password_env"),
+        }
+        for field in needs.get(self.auth_method or "", ()):
+            if not getattr(self, field):
+                raise ValueError(f"auth_method {self.auth_method!r} needs {field}")
+        return self
+
+    def env(self, name: str | None) -> str | None:
+        return os.environ.get(name) if name else None
+
+
+class NatsKv(_Contract):
+    """A KV bucket: its keys are the Redis keys (before the prefix), deletes remove them."""
+
+    bucket: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    #: Key filters in NATS subject syntax (``*`` one token, ``>`` the rest).
+    keys: tuple[str, ...] = Field(default=(">",), min_length=1)
+
+
+class NatsStream(_Contract):
+    """A stream: the message subject is the key; ``lastPerSubject`` reads only each
+    subject's newest message at bootstrap, ``all`` replays every one."""
+
+    name: str = Field(min_length=1, pattern=r"^[^.*> ]+$")
+    #: Subject filters; empty reads every subject of the stream.
+    subjects: tuple[str, ...] = ()
+    deliver: NatsDeliver = "all"
+
+
+class NatsSourceConfig(_Contract):
+    """One binding's NATS JetStream source: exactly one of ``kv`` and ``stream``."""
+
+    connection: NatsConnection
+    kv: NatsKv | None = None
+    stream: NatsStream | None = None
+
+    @model_validator(mode="after")
+    def _one_of_kv_or_stream(self) -> NatsSourceConfig:
+        if (self.kv is None) == (self.stream is None):
+            raise ValueError("a NATS source reads exactly one of kv (a bucket) or stream")
+        return self
+
+    @property
+    def stream_name(self) -> str:
+        """The JetStream stream behind it (a bucket ``B`` is stored in stream ``KV_B``)."""
+        if self.kv is not None:
+            return f"KV_{self.kv.bucket}"
+        assert self.stream is not None
+        return self.stream.name
+
+    @property
+    def filter_subjects(self) -> tuple[str, ...]:
+        if self.kv is not None:
+            return tuple(f"$KV.{self.kv.bucket}.{key}" for key in self.kv.keys)
+        assert self.stream is not None
+        return self.stream.subjects
+
+    @property
+    def subject_prefix(self) -> str:
+        """What is cut from a subject to get the record key (a KV key is the subject's tail)."""
+        return f"$KV.{self.kv.bucket}." if self.kv is not None else ""
+
+    @property
+    def last_per_subject(self) -> bool:
+        """Only the newest message per subject matters: a KV bucket, or ``lastPerSubject``."""
+        return self.kv is not None or (
+            self.stream is not None and self.stream.deliver == "lastPerSubject"
+        )
+
+
 class KeyMapping(_Contract):
     """How a record becomes a Redis key and value.
 
@@ -89,14 +186,28 @@ class KeyMapping(_Contract):
 
 
 class BindingSource(_Contract):
-    """One StateBinding as the hydrator sees it: topics to read and how to map their records."""
+    """One StateBinding as the hydrator sees it: what to read and how to map its records.
+
+    Exactly one source: ``kafka`` with its ``topics``, or ``nats``.
+    """
 
     name: str
-    kafka: KafkaConnection
-    topics: tuple[str, ...] = Field(min_length=1)
+    kafka: KafkaConnection | None = None
+    topics: tuple[str, ...] = ()
+    nats: NatsSourceConfig | None = None
     start_from: StartFrom = "earliest"
     format: RecordFormat = "json"
     keys: KeyMapping = KeyMapping()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BindingSource:
+        if (self.kafka is None) == (self.nats is None):
+            raise ValueError(f"binding {self.name}: exactly one of kafka and nats is needed")
+        if self.kafka is not None and not self.topics:
+            raise ValueError(f"binding {self.name}: a Kafka source needs at least one topic")
+        if self.nats is not None and self.topics:
+            raise ValueError(f"binding {self.name}: topics are for Kafka; NATS names its stream")
+        return self
 
 
 def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:

@@ -118,6 +118,14 @@ class Metrics:
             namespace=_NS,
             registry=r,
         )
+        self.nats_errors = Counter(
+            "nats_errors",
+            "NATS client failures by kind: unreachable (connecting or reading), config (the "
+            "client cannot be set up as configured, e.g. a credentials file).",
+            ["binding", "kind"],
+            namespace=_NS,
+            registry=r,
+        )
         self.store_failures = Counter(
             "store_failures",
             "Cycles ended by a Redis error, by exception kind; while they keep failing for "

@@ -22,10 +22,11 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
-from sidecar_hydrator.config import HydratorConfig
+from sidecar_hydrator.config import BindingSource, HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
+from sidecar_hydrator.nats_source import NatsSource
 from sidecar_hydrator.source import Source
 from sidecar_hydrator.store import Store, StoreError, StoreState
 
@@ -109,8 +110,7 @@ class Hydrator:
                 config=config,
                 store=self.store,
                 metrics=self.metrics,
-                source=(sources or {}).get(b.name)
-                or KafkaSource(binding=b, config=config, metrics=self.metrics),
+                source=(sources or {}).get(b.name) or _source_of(b, config, self.metrics),
             )
             for b in config.bindings
         ]
@@ -357,6 +357,13 @@ class Hydrator:
             used, limit = await self.store.memory_usage()
             self.metrics.redis_used_memory.set(used)
             self.metrics.redis_max_memory.set(limit)
+
+
+def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> Source:
+    """The source a binding's config names: NATS JetStream or Kafka (exactly one is set)."""
+    if binding.nats is not None:
+        return NatsSource(binding=binding, config=config, metrics=metrics)
+    return KafkaSource(binding=binding, config=config, metrics=metrics)
 
 
 async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:

@@ -93,7 +93,10 @@ class KafkaSource:
     """One binding's topics on one Kafka cluster (a :class:`~sidecar_hydrator.source.Source`)."""
 
     def __init__(self, *, binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> None:
+        if binding.kafka is None:
+            raise ValueError(f"binding {binding.name} has no Kafka source")
         self._binding = binding
+        self._kafka = binding.kafka
         self._config = config
         self._metrics = metrics
         self._consumer: AIOKafkaConsumer | None = None
@@ -215,7 +218,7 @@ class KafkaSource:
             try:
                 consumer = AIOKafkaConsumer(
                     **consumer_options(
-                        self._binding.kafka,
+                        self._kafka,
                         client_id=f"sidecar-state-hydrator.{self._binding.name}",
                         config=self._config,
                     )

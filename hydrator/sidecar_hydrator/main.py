@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="sidecar-state-hydrator",
         description=(
-            "The sidecar that keeps a Pod's Redis current from Kafka. The operator injects it and"
-            f" renders its whole configuration, as JSON, into the {CONFIG_ENV} environment"
+            "The sidecar that keeps a Pod's Redis current from Kafka or NATS JetStream. The"
+            " operator injects it and renders its whole configuration, as JSON, into the"
+            f" {CONFIG_ENV} environment"
             " variable; it takes no flags. It serves /livez, /readyz, /startupz and /metrics on"
             " the configured HTTP port."
         ),

@@ -1,8 +1,9 @@
 """The seam between where records come from and how they are applied to the store.
 
 A :class:`Source` knows positions, snapshots, fetching and progress of one binding's
-partitions (Kafka today: :mod:`sidecar_hydrator.kafka_source`; NATS JetStream next). The
-applier (:class:`sidecar_hydrator.consumer.Feed`) is source-neutral: it decodes and collapses
+partitions (Kafka: :mod:`sidecar_hydrator.kafka_source`; NATS JetStream, one stream as one
+partition: :mod:`sidecar_hydrator.nats_source`). The applier
+(:class:`sidecar_hydrator.consumer.Feed`) is source-neutral: it decodes and collapses
 record runs, writes them with their positions in one transaction, and decides when a view is
 caught up and how fresh it is. Positions are plain integers, "the next one to read", per
 partition; a partition is anything with a ``topic`` (stream) and a ``partition`` (shard).

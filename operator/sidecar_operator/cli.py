@@ -120,6 +120,8 @@ def _defaults(args: argparse.Namespace) -> InjectionDefaults:
         overrides["envoy_image"] = args.envoy_image
     if args.bootstrap_servers:
         overrides["bootstrap_servers"] = tuple(args.bootstrap_servers.split(","))
+    if args.nats_servers:
+        overrides["nats_servers"] = tuple(args.nats_servers.split(","))
     if args.max_memory:
         overrides["max_memory"] = args.max_memory
     return InjectionDefaults(**overrides)
@@ -193,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--hydrator-image")
     inject.add_argument("--envoy-image", help="the interceptor's Envoy (spec.intercept)")
     inject.add_argument("--bootstrap-servers", help="default host:port list, comma-separated")
+    inject.add_argument(
+        "--nats-servers",
+        help="default NATS server URLs (for bindings with source.nats), comma-separated",
+    )
     inject.add_argument("--max-memory", help="default store size (a quantity, e.g. 64Mi)")
     inject.add_argument("--sidecar-mode", choices=["native", "containers"], default="native")
 

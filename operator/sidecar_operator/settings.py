@@ -43,6 +43,7 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: CommaList = ()
     bootstrap_servers: CommaList = InjectionDefaults().bootstrap_servers
+    nats_servers: CommaList = InjectionDefaults().nats_servers
     max_memory: str = InjectionDefaults().max_memory
     sidecar_mode: RequestedMode = Field(
         default="auto", description="auto: native sidecars where the server runs them"
@@ -113,6 +114,7 @@ class OperatorSettings(BaseSettings):
             image_pull_policy=self.image_pull_policy,
             image_pull_secrets=self.image_pull_secrets,
             bootstrap_servers=self.bootstrap_servers,
+            nats_servers=self.nats_servers,
             max_memory=self.max_memory,
             sidecar_mode=resolved,
             user_ids=self.user_ids,

@@ -4,6 +4,8 @@
   seconds, so tests share it and isolate themselves with unique topic names
   (``unique_topic_name`` / ``make_topic``). A test may ``kill()``/``stop()`` it; if it leaves
   the broker down, it is restarted after that test so the next one is not affected.
+- ``nats_server`` (function): a fresh ``nats-server -js`` on a free loopback port per test; it
+  starts in milliseconds, so tests that kill or restart it need no sharing rules.
 - ``redis_server`` (function): a fresh, empty redis-server on a Unix socket per test, with the
   directives of the ``redis_config`` fixture (override or parametrize it) appended to the
   defaults. ``make_redis_server`` builds more (e.g. several sidecars, or custom configs).
@@ -29,6 +31,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.support.kafka_broker import KafkaBroker, install_kafka  # noqa: E402
+from tests.support.nats_server import NatsServer  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 _SESSION_BROKERS: list[KafkaBroker] = []
@@ -61,6 +64,13 @@ def _bring_kafka_back() -> Iterator[None]:
     for broker in _SESSION_BROKERS:
         if not broker.running:
             broker.start()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A started nats-server with JetStream (``nats_server.url``), its store on disk."""
+    with NatsServer() as server:
+        yield server
 
 
 @pytest.fixture

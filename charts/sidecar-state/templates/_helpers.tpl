@@ -101,6 +101,8 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ join "," .Values.images.sidecarPullSecrets | quote }}
 - name: SIDECAR_STATE_BOOTSTRAP_SERVERS
   value: {{ join "," .Values.kafka.bootstrapServers | quote }}
+- name: SIDECAR_STATE_NATS_SERVERS
+  value: {{ join "," .Values.nats.servers | quote }}
 - name: SIDECAR_STATE_MAX_MEMORY
   value: {{ .Values.sidecars.maxMemory | quote }}
 - name: SIDECAR_STATE_SIDECAR_MODE

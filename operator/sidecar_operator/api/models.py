@@ -330,14 +330,245 @@ class KafkaSource(ApiModel):
     )
 
 
-class Source(ApiModel):
-    """Where the view's records come from."""
+def _check_nats_url(address: str) -> str:
+    scheme, sep, rest = address.partition("://")
+    host_port = rest if sep else address
+    if sep and scheme not in ("nats", "tls"):
+        raise ValueError(
+            f"NATS server {address!r}: the scheme must be nats:// or tls:// "
+            "(example: nats://nats.data.svc:4222)"
+        )
+    host, colon, port = host_port.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"NATS server {address!r} is not [nats://]host:port (example: nats://nats.data.svc:4222)"
+        )
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"NATS server {address!r} has an invalid host name {host!r}")
+    return address
 
-    kafka: KafkaSource = Field(
+
+NatsUrl = Annotated[
+    str,
+    AfterValidator(_check_nats_url),
+    WithJsonSchema({"type": "string", "pattern": r"^((nats|tls)://)?.+:[0-9]{1,5}$"}),
+]
+#: JetStream names: no whitespace, dots or wildcards (nats-server refuses them).
+NatsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=255)]
+NatsSubject = Annotated[str, StringConstraints(pattern=r"^[^\s]+$", min_length=1, max_length=255)]
+
+
+_NATS_AUTH_RULES: list[JsonValue] = [
+    {
+        "rule": "self.tls || self.allowPlaintext",
+        "message": "NATS credentials without tls go over the network unencrypted: set "
+        "tls: true, or allowPlaintext: true to accept that",
+    },
+]
+
+
+class NatsAuth(ApiModel):
+    """Credentials from a Secret in the binding's own namespace; which keys it needs depends
+    on ``method`` (``user.creds``; ``user.nk``; ``token``; ``username`` and ``password``),
+    optionally with ``ca.crt``, ``tls.crt`` and ``tls.key`` for TLS.
+
+    As for Kafka, credentials without TLS are refused unless ``allowPlaintext`` says so: a
+    token or a password would cross the network in clear text, and with creds or an nkey every
+    message would still be readable on the wire.
+    """
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": _NATS_AUTH_RULES}
+    )
+
+    secret_ref: SecretReference = Field(
         description=(
-            "Kafka topics and how to reach them. Required. Example: {topics: [feature-flags]}"
+            "The Secret with the method's keys: user.creds (creds), user.nk (nkey seed), "
+            "token (token), username and password (userPassword); optionally ca.crt. "
+            "Required. Example: {name: nats-auth}"
         )
     )
+    method: Literal["creds", "nkey", "token", "userPassword"] = Field(
+        description="How the hydrator authenticates. Required. Example: creds"
+    )
+    tls: bool = Field(
+        default=False,
+        description=(
+            "Connect over TLS, verified against ca.crt when the Secret has one (tls.crt and "
+            "tls.key, when present, are the client certificate). Default: false. Example: true"
+        ),
+    )
+    allow_plaintext: bool = Field(
+        default=False,
+        description=(
+            "Accept credentials without tls: they and every message cross the network "
+            "unencrypted (a token or password in clear text). Default: false. Example: true"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _credentials_are_protected(self) -> NatsAuth:
+        if not self.tls and not self.allow_plaintext:
+            sent = (
+                f"send the {'token' if self.method == 'token' else 'password'} in clear text"
+                if self.method in ("token", "userPassword")
+                else "leave every message unencrypted"
+            )
+            raise ValueError(
+                f"tls is false, so auth method {self.method} would {sent}: set tls: true, or "
+                "allowPlaintext: true to accept a connection without TLS"
+            )
+        return self
+
+
+class NatsKvSource(ApiModel):
+    """A JetStream KV bucket: each KV key is a key of the view; deletes and purges remove it."""
+
+    bucket: NatsName = Field(description="The KV bucket. Required. Example: feature-flags")
+    keys: tuple[NatsSubject, ...] = Field(
+        default=(">",),
+        min_length=1,
+        description=(
+            'Key filters in subject syntax (* one token, > the rest). Default: [">"] (every '
+            'key). Example: ["app.>"]'
+        ),
+    )
+
+
+class NatsStreamSource(ApiModel):
+    """A JetStream stream: each message's subject is its key."""
+
+    name: NatsName = Field(description="The stream. Required. Example: FLAGS")
+    subjects: tuple[NatsSubject, ...] = Field(
+        default=(),
+        description="Subject filters. Default: every subject of the stream. Example: [flags.>]",
+    )
+    deliver: Literal["all", "lastPerSubject"] = Field(
+        default="all",
+        description=(
+            "At bootstrap, replay every message (all) or only each subject's newest one "
+            "(lastPerSubject). Default: all. Example: lastPerSubject"
+        ),
+    )
+
+
+class NatsSource(ApiModel):
+    """A NATS JetStream KV bucket or stream whose messages make up the view."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.kv) != has(self.stream)",
+                    "message": "source.nats: give exactly one of kv (a bucket) and stream",
+                }
+            ]
+        }
+    )
+
+    servers: tuple[NatsUrl, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "NATS server URLs. Default: the operator's (Helm value nats.servers). "
+            "Example: [nats://nats.data.svc:4222]"
+        ),
+    )
+    kv: NatsKvSource | None = Field(
+        default=None,
+        description=(
+            "A KV bucket (exactly one of kv and stream). Default: none. Example: {bucket: flags}"
+        ),
+    )
+    stream: NatsStreamSource | None = Field(
+        default=None,
+        description=(
+            "A stream (exactly one of kv and stream). Default: none. "
+            "Example: {name: FLAGS, deliver: all}"
+        ),
+    )
+    start_from: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description=(
+            "Where a new Pod starts reading: earliest (the whole state) or latest (only "
+            "messages from now on). Default: earliest. Example: latest"
+        ),
+    )
+    format: Literal["raw", "json", "debezium"] = Field(
+        default="json",
+        description=(
+            "How messages map to keys, as for Kafka; the key is the KV key or the subject. "
+            "Default: json. Example: raw"
+        ),
+    )
+    auth: NatsAuth | None = Field(
+        default=None,
+        description=(
+            "Credentials and TLS. Default: none. Example: {secretRef: {name: nats-auth}, "
+            "method: creds}"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _kv_or_stream(self) -> NatsSource:
+        if (self.kv is None) == (self.stream is None):
+            raise ValueError(
+                "source.nats: give exactly one of kv (a bucket) and stream"
+                + (" (both are set)" if self.kv is not None else "")
+            )
+        return self
+
+
+class Source(ApiModel):
+    """Where the view's records come from: exactly one of ``kafka`` and ``nats``."""
+
+    # The apiserver refuses what the webhook would, with the same message.
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.kafka) != has(self.nats)",
+                    "message": "spec.source: give exactly one of kafka and nats",
+                }
+            ]
+        }
+    )
+
+    kafka: KafkaSource | None = Field(
+        default=None,
+        description=(
+            "Kafka topics and how to reach them (exactly one of kafka and nats). Default: none. "
+            "Example: {topics: [feature-flags]}"
+        ),
+    )
+    nats: NatsSource | None = Field(
+        default=None,
+        description=(
+            "A NATS JetStream KV bucket or stream (exactly one of kafka and nats). Default: "
+            "none. Example: {kv: {bucket: flags}}"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        if (self.kafka is None) == (self.nats is None):
+            raise ValueError(
+                "spec.source: give exactly one of kafka and nats"
+                + (" (both are set)" if self.kafka is not None else "")
+            )
+        return self
+
+    @property
+    def read(self) -> tuple[str, ...]:
+        """What the binding reads, for status and messages: Kafka topics, or
+        ``kv:<bucket>`` / ``stream:<name>`` for NATS."""
+        if self.kafka is not None:
+            return self.kafka.topics
+        assert self.nats is not None
+        if self.nats.kv is not None:
+            return (f"kv:{self.nats.kv.bucket}",)
+        assert self.nats.stream is not None
+        return (f"stream:{self.nats.stream.name}",)
 
 
 class Keys(ApiModel):

@@ -2,7 +2,8 @@
 
 ``sidecarstate.dev/topics: feature-flags`` on a Deployment is the one-line way in: the
 operator keeps a StateBinding named after the Deployment, owned by it (so it is
-garbage-collected with it), selecting the Deployment's Pods.
+garbage-collected with it), selecting the Deployment's Pods. ``sidecarstate.dev/nats-kv``
+(a bucket) or ``sidecarstate.dev/nats-stream`` take a NATS JetStream source instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,27 @@ from sidecar_operator.injection import annotations as ann
 MANAGED_BY = "sidecar-state"
 
 
+def _source(annotations: Mapping[str, str]) -> dict[str, Any]:
+    if ann.TOPICS in annotations:
+        source: dict[str, Any] = {"topics": list(ann.split_names(annotations[ann.TOPICS]))}
+        servers = ann.split_names(annotations.get(ann.BOOTSTRAP_SERVERS))
+        if servers:
+            source["bootstrapServers"] = list(servers)
+        kind = "kafka"
+    else:
+        bucket = annotations.get(ann.NATS_KV, "").strip()
+        source = {"kv": {"bucket": bucket}} if bucket else {}
+        if not bucket:
+            source["stream"] = {"name": annotations[ann.NATS_STREAM].strip()}
+        servers = ann.split_names(annotations.get(ann.NATS_SERVERS))
+        if servers:
+            source["servers"] = list(servers)
+        kind = "nats"
+    if annotations.get(ann.FORMAT):
+        source["format"] = annotations[ann.FORMAT]
+    return {kind: source}
+
+
 def owned_binding(deployment: Mapping[str, Any]) -> dict[str, Any] | None:
     """The StateBinding a Deployment's annotations ask for; ``None`` if they ask for none.
 
@@ -23,18 +45,17 @@ def owned_binding(deployment: Mapping[str, Any]) -> dict[str, Any] | None:
     """
     meta = deployment.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    topics = ann.split_names(annotations.get(ann.TOPICS))
-    if not topics:
+    asked = [a for a in ann.SOURCE_ANNOTATIONS if annotations.get(a, "").strip()]
+    if not asked:
         return None
-    kafka: dict[str, Any] = {"topics": list(topics)}
-    servers = ann.split_names(annotations.get(ann.BOOTSTRAP_SERVERS))
-    if servers:
-        kafka["bootstrapServers"] = list(servers)
-    if annotations.get(ann.FORMAT):
-        kafka["format"] = annotations[ann.FORMAT]
+    if len(asked) > 1:
+        raise ValueError(
+            f"the sidecarstate.dev/* annotations ask for more than one source ({', '.join(asked)}):"
+            " a binding reads Kafka topics or one NATS KV bucket or stream"
+        )
     spec: dict[str, Any] = {
         "selector": (deployment.get("spec") or {}).get("selector") or {},
-        "source": {"kafka": kafka},
+        "source": _source(annotations),
     }
     if ann.KEY_PREFIX in annotations:
         spec["keys"] = {"prefix": annotations[ann.KEY_PREFIX]}

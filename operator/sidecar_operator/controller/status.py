@@ -87,6 +87,15 @@ def _keep_transition_times(
     return new
 
 
+def source_url(binding: StateBinding, defaults: InjectionDefaults) -> str:
+    """Where the binding reads from, for status: ``kafka://`` brokers or the NATS servers."""
+    source = binding.spec.source
+    if source.kafka is not None:
+        return "kafka://" + ",".join(source.kafka.bootstrap_servers or defaults.bootstrap_servers)
+    assert source.nats is not None
+    return ",".join(source.nats.servers or defaults.nats_servers)
+
+
 def build_status(
     binding: StateBinding,
     *,
@@ -129,8 +138,9 @@ def build_status(
     else:
         ready = _condition(
             "Ready", True, "Accepted",
-            f"injecting Pods selected by this binding with topics "
-            f"{', '.join(binding.spec.source.kafka.topics)}",
+            f"injecting Pods selected by this binding with "
+            f"{'topics ' if binding.spec.source.kafka else 'NATS '}"
+            f"{', '.join(binding.spec.source.read)}",
             generation=generation, now=stamp,
         )  # fmt: skip
     previous = previous or {}
@@ -150,9 +160,8 @@ def build_status(
             :MAX_LISTED
         ],
         "worstStalenessSeconds": worst_staleness(health),
-        "source": "kafka://"
-        + ",".join(binding.spec.source.kafka.bootstrap_servers or defaults.bootstrap_servers),
-        "topics": ",".join(binding.spec.source.kafka.topics),
+        "source": source_url(binding, defaults),
+        "topics": ",".join(binding.spec.source.read),
         "memory": shown_memory,
         "ready": ready["status"],
     }

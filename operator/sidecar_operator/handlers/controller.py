@@ -333,10 +333,13 @@ async def deployment_event(
     existing = next(
         (b for b in bindings_in(bindings_by_namespace, namespace) if b.name == name), None
     )
-    wants_binding = ann.TOPICS in body.metadata.annotations
+    wants_binding = any(a in body.metadata.annotations for a in ann.SOURCE_ANNOTATIONS)
     if not wants_binding:
         if existing is not None and _owned_by(existing, name):
-            logger.info(f"Annotation {ann.TOPICS} removed: deleting StateBinding {name}")
+            logger.info(
+                f"Annotations {', '.join(ann.SOURCE_ANNOTATIONS)} removed: deleting "
+                f"StateBinding {name}"
+            )
             await asyncio.to_thread(kube.delete_binding, name, namespace)
         return
     warned = memo.controller_state.warned

@@ -13,7 +13,15 @@ from typing import Any
 import kopf
 
 from sidecar_operator import kube, metrics
-from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
+from sidecar_operator.api.models import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    KafkaAuth,
+    NatsAuth,
+    StateBinding,
+    parse_binding,
+)
 from sidecar_operator.events import Event, EventRecorder, ObjectRef
 from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.injection import (
@@ -192,7 +200,11 @@ async def statebinding_validate(body: kopf.Body, memo: Any, **_: Any) -> None:
     if disallowed:
         message = policy.servers_refusal(disallowed, allowed=allowed)
         raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
-    auth = binding.spec.source.kafka.auth
+    source = binding.spec.source
+    # Kafka's and NATS's credentials alike come from a Secret that must have opted in.
+    auth: KafkaAuth | NatsAuth | None = (
+        source.kafka.auth if source.kafka is not None else source.nats.auth if source.nats else None
+    )
     if auth is None:
         return
     namespace = binding.namespace or str(body.metadata.get("namespace") or "")

@@ -21,6 +21,13 @@ MEMORY = f"{GROUP}/memory"
 KEY_PREFIX = f"{GROUP}/key-prefix"
 BOOTSTRAP_SERVERS = f"{GROUP}/bootstrap-servers"
 FORMAT = f"{GROUP}/format"
+NATS_KV = f"{GROUP}/nats-kv"
+"""On a Deployment, instead of ``topics``: a NATS KV bucket to bind."""
+NATS_STREAM = f"{GROUP}/nats-stream"
+"""On a Deployment, instead of ``topics``: a NATS JetStream stream to bind."""
+NATS_SERVERS = f"{GROUP}/nats-servers"
+#: Any of these on a Deployment asks for an owned StateBinding.
+SOURCE_ANNOTATIONS = (TOPICS, NATS_KV, NATS_STREAM)
 
 SECRET_OPT_IN = f"{GROUP}/allow-bindings"
 """On a Secret: label ``"true"`` (any binding of its namespace) or annotation ``*`` or binding

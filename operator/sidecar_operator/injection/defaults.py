@@ -36,6 +36,8 @@ class InjectionDefaults(BaseModel):
         description="Secrets (in the Pod's namespace) added to injected Pods' imagePullSecrets",
     )
     bootstrap_servers: tuple[str, ...] = ("kafka.kafka.svc:9092",)
+    #: Where a binding's ``source.nats`` connects when it names no servers.
+    nats_servers: tuple[str, ...] = ("nats://nats.nats.svc:4222",)
     max_memory: str = "64Mi"
     sidecar_mode: SidecarMode = "native"
     excluded_namespaces: frozenset[str] = SYSTEM_NAMESPACES

@@ -19,7 +19,7 @@ from sidecar_operator.injection.security import hardened_security_context
 def _secret_env(plan: SidecarPlan) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     for secret in plan.secrets:
-        for var, key in ((secret.username_env, "username"), (secret.password_env, "password")):
+        for var, key in secret.env:
             reference: dict[str, Any] = {"name": secret.secret_name, "key": key, "optional": True}
             env.append(
                 {
@@ -43,7 +43,7 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
     mounts += [
         {"name": s.volume_name, "mountPath": s.mount_path, "readOnly": True}
         for s in plan.secrets
-        if s.tls
+        if s.files
     ]
     return {
         "name": HYDRATOR_CONTAINER,

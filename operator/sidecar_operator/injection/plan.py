@@ -15,9 +15,13 @@ from sidecar_hydrator.config import (
     HydratorConfig,
     KafkaConnection,
     KeyMapping,
+    NatsConnection,
+    NatsKv,
+    NatsSourceConfig,
+    NatsStream,
     prefix_overlaps,
 )
-from sidecar_operator.api.models import StateBinding
+from sidecar_operator.api.models import NatsSource, StateBinding
 from sidecar_operator.api.quantity import parse_quantity, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import HYDRATOR_ACL_USER, HYDRATOR_PASSWORD_PATH
@@ -29,16 +33,25 @@ class OverlappingPrefixes(ValueError):
     """Two bindings that select one Pod have key prefixes that overlap."""
 
 
+#: The Secret keys a NATS auth method reads as files (the rest are env vars, see below).
+NATS_FILE_KEYS = {"creds": ("user.creds",), "nkey": ("user.nk",)}
+NATS_TLS_FILE_KEYS = ("ca.crt", "tls.crt", "tls.key")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SecretUse:
-    """A Secret the hydrator reads: its keys as env vars, and ``ca.crt`` as a file."""
+    """A Secret the hydrator reads: some keys as env vars, some as files in ``mount_path``."""
 
     secret_name: str
-    username_env: str
-    password_env: str
+    #: ``(env var, Secret key)`` pairs, filled by the kubelet (``secretKeyRef``).
+    env: tuple[tuple[str, str], ...]
+    #: Secret keys mounted as files of the same name (``ca.crt``, ``user.creds``, ...).
+    files: tuple[str, ...]
     volume_name: str
     mount_path: str
-    tls: bool
+
+    def env_var(self, key: str) -> str | None:
+        return next((var for var, k in self.env if k == key), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,17 +66,34 @@ class SidecarPlan:
 def _secret_use(binding: StateBinding, *, position: int) -> SecretUse | None:
     """Names by position in the sorted bindings: binding names such as ``a.b`` and ``a-b``
     would collide once made into env var or volume names."""
-    auth = binding.spec.source.kafka.auth
-    if auth is None:
-        return None
-    return SecretUse(
-        secret_name=auth.secret_ref.name,
-        username_env=f"SIDECAR_STATE_AUTH_{position}_USERNAME",
-        password_env=f"SIDECAR_STATE_AUTH_{position}_PASSWORD",
-        volume_name=f"sidecar-state-auth-{position}",
-        mount_path=f"{SECRETS_DIR}/{position}",
-        tls=auth.tls,
-    )
+    source = binding.spec.source
+    env_prefix = f"SIDECAR_STATE_AUTH_{position}"
+    names = {
+        "volume_name": f"sidecar-state-auth-{position}",
+        "mount_path": f"{SECRETS_DIR}/{position}",
+    }
+    if source.kafka is not None and source.kafka.auth is not None:
+        auth = source.kafka.auth
+        return SecretUse(
+            secret_name=auth.secret_ref.name,
+            env=((f"{env_prefix}_USERNAME", "username"), (f"{env_prefix}_PASSWORD", "password")),
+            files=("ca.crt",) if auth.tls else (),
+            **names,
+        )
+    if source.nats is not None and source.nats.auth is not None:
+        nats_auth = source.nats.auth
+        env = {
+            "token": ((f"{env_prefix}_TOKEN", "token"),),
+            "userPassword": (
+                (f"{env_prefix}_USERNAME", "username"),
+                (f"{env_prefix}_PASSWORD", "password"),
+            ),
+        }.get(nats_auth.method, ())
+        files = NATS_FILE_KEYS.get(nats_auth.method, ()) + (
+            NATS_TLS_FILE_KEYS if nats_auth.tls else ()
+        )
+        return SecretUse(secret_name=nats_auth.secret_ref.name, env=env, files=files, **names)
+    return None
 
 
 def _largest(values: Sequence[str | None]) -> str | None:
@@ -91,6 +121,7 @@ def _connection(
     binding: StateBinding, secret: SecretUse | None, defaults: InjectionDefaults
 ) -> KafkaConnection:
     kafka = binding.spec.source.kafka
+    assert kafka is not None
     servers = kafka.bootstrap_servers or defaults.bootstrap_servers
     if kafka.auth is None or secret is None:
         return KafkaConnection(bootstrap_servers=servers)
@@ -105,9 +136,44 @@ def _connection(
         bootstrap_servers=servers,
         security_protocol=protocol,  # type: ignore[arg-type]
         sasl_mechanism=kafka.auth.mechanism,
-        username_env=secret.username_env if sasl else None,
-        password_env=secret.password_env if sasl else None,
+        username_env=secret.env_var("username") if sasl else None,
+        password_env=secret.env_var("password") if sasl else None,
         ca_file=f"{secret.mount_path}/ca.crt" if kafka.auth.tls else None,
+    )
+
+
+def _nats_source(
+    nats: NatsSource, secret: SecretUse | None, defaults: InjectionDefaults
+) -> NatsSourceConfig:
+    """The hydrator's view of ``spec.source.nats``: servers (or the operator's default),
+    the bucket or stream, and where the Secret's keys will be (env vars, mounted files)."""
+    auth: dict[str, object] = {}
+    if nats.auth is not None and secret is not None:
+        mounted = {key: f"{secret.mount_path}/{key}" for key in secret.files}
+        auth = {
+            "auth_method": nats.auth.method,
+            "creds_file": mounted.get("user.creds"),
+            "nkey_seed_file": mounted.get("user.nk"),
+            "token_env": secret.env_var("token"),
+            "username_env": secret.env_var("username"),
+            "password_env": secret.env_var("password"),
+            "tls": nats.auth.tls,
+            "ca_file": mounted.get("ca.crt"),
+            "cert_file": mounted.get("tls.crt"),
+            "key_file": mounted.get("tls.key"),
+        }
+    elif any(server.startswith("tls://") for server in nats.servers or ()):
+        auth = {"tls": True}
+    return NatsSourceConfig(
+        connection=NatsConnection.model_validate(
+            {"servers": nats.servers or defaults.nats_servers, **auth}
+        ),
+        kv=None if nats.kv is None else NatsKv(bucket=nats.kv.bucket, keys=nats.kv.keys),
+        stream=None
+        if nats.stream is None
+        else NatsStream(
+            name=nats.stream.name, subjects=nats.stream.subjects, deliver=nats.stream.deliver
+        ),
     )
 
 
@@ -136,20 +202,32 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
             secrets.append(secret)
         memory += quantity_bytes(spec.store.max_memory or defaults.max_memory)
         policies.add(spec.store.eviction_policy)
-        sources.append(
-            BindingSource(
+        keys = KeyMapping(
+            prefix=spec.keys.prefix,
+            key_field=spec.keys.key_field,
+            value_field=spec.keys.value_field,
+        )
+        if spec.source.nats is not None:
+            nats = spec.source.nats
+            source = BindingSource(
+                name=binding.name,
+                nats=_nats_source(nats, secret, defaults),
+                start_from=nats.start_from,
+                format=nats.format,
+                keys=keys,
+            )
+        else:
+            kafka = spec.source.kafka
+            assert kafka is not None  # the API model requires exactly one source
+            source = BindingSource(
                 name=binding.name,
                 kafka=_connection(binding, secret, defaults),
-                topics=spec.source.kafka.topics,
-                start_from=spec.source.kafka.start_from,
-                format=spec.source.kafka.format,
-                keys=KeyMapping(
-                    prefix=spec.keys.prefix,
-                    key_field=spec.keys.key_field,
-                    value_field=spec.keys.value_field,
-                ),
+                topics=kafka.topics,
+                start_from=kafka.start_from,
+                format=kafka.format,
+                keys=keys,
             )
-        )
+        sources.append(source)
     # One Redis serves every binding: if they disagree, never evict (the safe reading).
     eviction = policies.pop() if len(policies) == 1 else "noeviction"
     return SidecarPlan(

@@ -36,7 +36,8 @@ def secret_allows(metadata: Mapping[str, Any], *, binding: str) -> bool:
 
 def secret_refusal(binding: StateBinding, *, secret: str, exists: bool) -> str:
     """The message that tells the author (and the Secret's owner) what to do."""
-    where = f"spec.source.kafka.auth.secretRef.name: Secret {secret!r}"
+    kind = "kafka" if binding.spec.source.kafka is not None else "nats"
+    where = f"spec.source.{kind}.auth.secretRef.name: Secret {secret!r}"
     label = f"kubectl label secret {secret} -n {binding.namespace} {SECRET_OPT_IN}=true"
     if not exists:
         return (
@@ -45,7 +46,7 @@ def secret_refusal(binding: StateBinding, *, secret: str, exists: bool) -> str:
         )
     return (
         f"{where} has not opted in to StateBindings, so no binding may send its credentials "
-        f"to a broker. Its owner can allow it: {label} (every binding of the namespace), or "
+        f"to a server. Its owner can allow it: {label} (every binding of the namespace), or "
         f"annotate it {SECRET_OPT_IN}={binding.name} (this binding only)"
     )
 
@@ -53,7 +54,8 @@ def secret_refusal(binding: StateBinding, *, secret: str, exists: bool) -> str:
 def disallowed_servers(binding: StateBinding, *, allowed: Sequence[str]) -> list[tuple[int, str]]:
     """Bootstrap servers of the binding not matched by any pattern (``*`` wildcards) of
     ``allowed``; an empty allow-list allows any. The operator's defaults are always allowed."""
-    servers = binding.spec.source.kafka.bootstrap_servers or ()
+    kafka = binding.spec.source.kafka
+    servers = (kafka.bootstrap_servers or ()) if kafka is not None else ()
     if not allowed:
         return []
     return [

@@ -27,11 +27,11 @@ def build_volumes(*, plan: SidecarPlan) -> list[dict[str, Any]]:
             "name": secret.volume_name,
             "secret": {
                 "secretName": secret.secret_name,
-                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "items": [{"key": key, "path": key} for key in secret.files],
                 "optional": True,
             },
         }
         for secret in plan.secrets
-        if secret.tls
+        if secret.files
     ]
     return volumes

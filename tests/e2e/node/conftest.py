@@ -26,6 +26,7 @@ from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.node.stack import NodeOperator, Stack, build_everything
 from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 from tests.support.kafka_broker import KafkaBroker
+from tests.support.nats_server import NatsServer
 
 KAFKA_HOST_ENV = "E2E_KAFKA_HOST"
 NODE_CONTAINER_ENV = "E2E_KIND_NODE"
@@ -134,6 +135,14 @@ def _existing_node_cluster(cluster: ClusterAccess, workdir: Path) -> Iterator[No
         yield NodeCluster(
             cluster=cluster, broker=broker, operator=None, kill_container=kill_container
         )
+
+
+@pytest.fixture(scope="session")
+def node_nats(node_cluster: NodeCluster) -> Iterator[NatsServer]:
+    """A nats-server with JetStream where Pods reach it: the address the broker listens on
+    (the node's, or the host's that a kind node reaches)."""
+    with NatsServer(host=node_cluster.broker.host) as server:
+        yield server
 
 
 @pytest.fixture

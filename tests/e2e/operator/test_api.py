@@ -53,6 +53,18 @@ INVALID = [
     ("source.kafka.bootstrapServers", ["kafka-without-port"], "spec.source.kafka.bootstrapServers"),
     ("source.kafka.format", "xml", "spec.source.kafka.format"),
     ("selector", {}, "spec.selector"),
+    ("source.nats", {"kv": {"bucket": "flags"}}, "give exactly one of kafka and nats"),
+    (
+        "source",
+        {"nats": {"kv": {"bucket": "flags"}, "stream": {"name": "FLAGS"}}},
+        "give exactly one of kv (a bucket) and stream",
+    ),
+    ("source", {"nats": {"kv": {"bucket": "a.b"}}}, "spec.source.nats.kv.bucket"),
+    (
+        "source",
+        {"nats": {"kv": {"bucket": "f"}, "auth": {"secretRef": {"name": "n"}, "method": "token"}}},
+        "NATS credentials without tls go over the network unencrypted",
+    ),
 ]
 
 
@@ -139,3 +151,15 @@ def test_the_crd_itself_refuses_unprotected_or_unused_credentials(
     proc = cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj), check=False)
     assert proc.returncode != 0, f"accepted {auth}"
     assert "spec.source.kafka.auth" in proc.stderr and rule_says in proc.stderr, proc.stderr
+
+
+def test_valid_nats_binding_is_accepted(cluster: ClusterAccess, operator: object) -> None:
+    obj = _with("source", {"nats": {"kv": {"bucket": "feature-flags"}}}, "valid-nats")
+    cluster.kubectl_run("apply", "-f", "-", input=json.dumps(obj))
+    try:
+        got = cluster.kubectl_json("get", "sb", "valid-nats", "-n", "default")
+        assert got["spec"]["source"]["nats"]["kv"]["bucket"] == "feature-flags"
+        assert got["spec"]["source"]["nats"]["startFrom"] == "earliest"  # schema default
+        assert "kafka" not in got["spec"]["source"]
+    finally:
+        cluster.kubectl_run("delete", "sb", "valid-nats", "-n", "default")

@@ -392,6 +392,26 @@ def test_a_binding_may_use_only_a_secret_that_opted_in(
     assert get_binding(cluster, "creds", namespace) is not None
 
 
+def test_a_nats_binding_may_use_only_a_secret_that_opted_in(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "nats-auth", "namespace": namespace},
+              "stringData": {"token": "s3cret"}}  # fmt: skip
+    cluster.apply(secret)
+    sb = binding("nats-creds", namespace)
+    sb["spec"]["source"] = {"nats": {"kv": {"bucket": "flags"}, "auth": {
+        "secretRef": {"name": "nats-auth"}, "method": "token", "tls": True}}}  # fmt: skip
+
+    message = _apply_refused(cluster, sb)
+    assert "spec.source.nats.auth.secretRef.name: Secret 'nats-auth' has not opted in" in message
+
+    cluster.kubectl_run("annotate", "secret", "nats-auth", "-n", namespace,
+                        "sidecarstate.dev/allow-bindings=nats-creds")  # fmt: skip
+    cluster.apply(sb)
+    assert get_binding(cluster, "nats-creds", namespace) is not None
+
+
 def test_bootstrap_servers_outside_the_allow_list_are_refused(
     cluster: ClusterAccess, namespace: str, operator: OperatorHandle
 ) -> None:

@@ -54,3 +54,17 @@ def test_bootstrap_servers_outside_the_allow_list_are_named(make_binding):
         "spec.source.kafka.bootstrapServers[1]: 'evil.example.com:9092' is not allowed" in message
     )
     assert "kafka.allowedBootstrapServers" in message
+
+
+def test_a_nats_binding_refusal_names_its_own_field(binding_doc):
+    from sidecar_operator.api.models import parse_binding
+
+    auth = {"secretRef": {"name": "nats-auth"}, "method": "token", "tls": True}
+    doc = binding_doc(
+        patch={"spec.source.kafka": ..., "spec.source.nats": {"kv": {"bucket": "f"}, "auth": auth}}
+    )
+
+    refused = secret_refusal(parse_binding(doc), secret="nats-auth", exists=True)
+
+    assert refused.startswith("spec.source.nats.auth.secretRef.name: Secret 'nats-auth'")
+    assert f"kubectl label secret nats-auth -n shop {OPT_IN}=true" in refused

@@ -1,0 +1,512 @@
+"""NATS JetStream as a :class:`~sidecar_hydrator.source.Source`: a KV bucket or a stream.
+
+Each Pod needs the whole state, so each reads with its own *ordered* consumer: ephemeral,
+in memory, no acks, never shared and never durable. The source keeps the position itself (the
+next stream sequence, stored in Redis with the data by the feed, as Kafka's offsets are) and
+re-creates the consumer from it whenever anything looks wrong — a gap in the consumer's
+sequence, a consumer the server forgot (a restart loses ephemeral consumers), a lost
+connection. So a server restart loses nothing and delivers nothing twice past the position.
+
+A stream is one partition (``<stream>/0`` in the offsets hash). Its identity is its creation
+time: a stream deleted and created again under the same name gets a new one, and its
+sequences start over, so a view read from the old one is rebuilt.
+
+"Caught up" is the stream's last sequence when positioned (the snapshot): the feed is there
+when its position passes it — and a consumer that reports nothing pending has seen every
+message that matches its filter, so its position then moves to the end as known when the
+fetch began, even when the stream's tail holds other subjects only. The KV watcher's
+"initial values done" marker is not used: under writes it can lag without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from sidecar_hydrator.aio import sleep_or_stop, until
+from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
+from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.records import RecordLike
+from sidecar_hydrator.source import Partition, Snapshot
+
+logger = logging.getLogger(__name__)
+
+#: KV operations and server markers that remove a key (a KV delete or purge, a TTL expiry).
+_KV_OPERATION = "KV-Operation"
+_DELETING_OPERATIONS = frozenset({"DEL", "PURGE"})
+_MARKER_REASON = "Nats-Marker-Reason"
+#: How long the server keeps an ephemeral consumer nobody pulls from (a Pod that went away).
+CONSUMER_INACTIVE_SECONDS = 30.0
+#: The shortest pull: a fetch asked "only what is buffered" still needs a round trip.
+MIN_FETCH_SECONDS = 0.02
+#: How long a pull request stays open on the server when nothing is there to deliver.
+PULL_EXPIRES_SECONDS = 1.0
+_STATUS = "Status"
+_DESCRIPTION = "Description"
+#: How long an idle fetch waits for the consumer's pending count (bounds a stop's delay).
+IDLE_CHECK_SECONDS = 1.0
+
+
+class StreamPartition(NamedTuple):
+    """A stream as the single partition it is to the feed (``partition`` is always 0)."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class NatsRecord:
+    """One message as the decoders read it: the key is the KV key or the subject, the
+    stream sequence is the offset, and a delete (or purge, or expiry) has no value."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+class NatsConfigError(Exception):
+    """The NATS client cannot be set up as configured (a credentials or TLS file)."""
+
+
+def nkeys_available() -> bool:
+    """Whether nats-py can sign with nkeys (creds and nkey authentication need the package)."""
+    try:
+        importlib.import_module("nkeys")
+    except ImportError:
+        return False
+    return True
+
+
+def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, Any]:
+    """nats-py connection settings (pure, apart from reading secret env vars and files):
+    reconnect forever, so an outage only lets staleness grow (fail static)."""
+    conn = nats_source.connection
+    options: dict[str, Any] = {
+        "servers": list(conn.servers),
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+    }
+    if conn.auth_method in ("creds", "nkey") and not nkeys_available():
+        raise NatsConfigError(
+            f"auth method {conn.auth_method} signs with the 'nkeys' package, which this "
+            "hydrator lacks (pip install nkeys); token and userPassword work without it"
+        )
+    if conn.auth_method == "creds":
+        options["user_credentials"] = conn.creds_file
+    elif conn.auth_method == "nkey":
+        options["nkeys_seed"] = conn.nkey_seed_file
+    elif conn.auth_method == "token":
+        options["token"] = conn.env(conn.token_env)
+    elif conn.auth_method == "userPassword":
+        options["user"] = conn.env(conn.username_env)
+        options["password"] = conn.env(conn.password_env)
+    if conn.tls:
+        try:
+            context = ssl.create_default_context(cafile=conn.ca_file)
+            if conn.cert_file:
+                context.load_cert_chain(conn.cert_file, conn.key_file)
+        except (OSError, ValueError) as exc:
+            raise NatsConfigError(f"TLS settings: {exc}") from exc
+        options["tls"] = context
+    return options
+
+
+def message_record(msg: Msg, meta: Msg.Metadata, *, stream: str, subject_prefix: str) -> NatsRecord:
+    """The record of one delivered message (pure): KV deletes, purges and server markers
+    (TTL expiry, ``Nats-Marker-Reason``) carry no value, so they delete the key."""
+    headers = msg.headers or {}
+    deleting = headers.get(_KV_OPERATION) in _DELETING_OPERATIONS or _MARKER_REASON in headers
+    subject = msg.subject
+    key = subject[len(subject_prefix) :] if subject.startswith(subject_prefix) else subject
+    return NatsRecord(
+        topic=stream,
+        partition=0,
+        offset=meta.sequence.stream,
+        key=key.encode(),
+        value=None if deleting else msg.data,
+        timestamp=int(meta.timestamp.timestamp() * 1000),
+    )
+
+
+class _Pull:
+    """One ephemeral consumer pulled in batches: its messages are appended to a buffer by the
+    subscription's callback, and taken from it in runs. nats-py's own ``fetch`` awaits every
+    message with a timeout of its own, which caps a consumer at a third of the rate the
+    server delivers at; a pull request per batch keeps the backpressure (nothing is delivered
+    that was not asked for) without that cost."""
+
+    def __init__(self, *, nc: Client, stream: str, name: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.name = name
+        self.inbox = nc.new_inbox()
+        self.sub: Any = None
+        self.buffer: list[Msg] = []
+        self.arrived = asyncio.Event()
+        #: Messages the open pull request may still deliver (0: no request open).
+        self.owed = 0
+        self.expires_at = 0.0
+        #: The server said the consumer is gone (or never was): re-create it.
+        self.lost = False
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._on_message)
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is None:
+            self.buffer.append(msg)
+            self.owed -= 1
+        elif status == "100":  # an idle heartbeat
+            return
+        else:  # 404 no messages, 408 request expired, 409 / 503: the request is over
+            self.owed = 0
+            self.lost = (
+                self.lost
+                or status == "503"
+                or (
+                    status == "409"
+                    and "deleted" in (msg.headers or {}).get(_DESCRIPTION, "").lower()
+                )
+            )
+        self.arrived.set()
+
+    async def request(self, *, batch: int, expires_s: float) -> None:
+        """Ask for the next ``batch`` unless a request is still open (one at a time)."""
+        if self.owed > 0 and time.monotonic() < self.expires_at:
+            return
+        self.owed = batch
+        self.expires_at = time.monotonic() + expires_s + 1.0
+        request = {"batch": batch, "expires": int(expires_s * 1e9)}
+        await self.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.name}",
+            json.dumps(request).encode(),
+            reply=self.inbox,
+        )
+
+    def take(self, limit: int) -> list[Msg]:
+        run, self.buffer = self.buffer[:limit], self.buffer[limit:]
+        if not self.buffer:
+            self.arrived.clear()
+        return run
+
+
+class NatsSource:
+    """One binding's KV bucket or stream (a :class:`~sidecar_hydrator.source.Source`)."""
+
+    def __init__(self, *, binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> None:
+        if binding.nats is None:
+            raise ValueError(f"binding {binding.name} has no NATS source")
+        self._binding = binding
+        self._nats = binding.nats
+        self._config = config
+        self._metrics = metrics
+        self._stream = binding.nats.stream_name
+        self._partition = StreamPartition(self._stream, 0)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: _Pull | None = None
+        #: Consumers being removed in the background (awaited on close).
+        self._dropping: set[asyncio.Task[None]] = set()
+        #: The next stream sequence to read.
+        self._position = 1
+        #: Where a fresh bootstrap starts: below it, last-per-subject delivery applies.
+        self._beginning = 1
+        #: The next consumer delivers each subject's newest message only (a fresh bootstrap).
+        self._deliver_last = False
+        self._consumer_seq = 0
+        #: The stream's end (last sequence + 1) as last known, and messages still pending.
+        self._stream_end: int | None = None
+        self._pending: int | None = None
+        self._reported_ms: float | None = None
+        self._warned = ""
+
+    # -- the Source protocol ------------------------------------------------------------------
+
+    async def snapshot(self, stop: asyncio.Event) -> Snapshot:
+        backoff = 0.1
+        while True:
+            js = await self._open(stop)
+            taken_ms = time.time() * 1000
+            try:
+                info = await until(stop, js.stream_info(self._stream))
+            except nats.js.errors.NotFoundError:
+                self._warn_once(f"waiting for stream {self._stream}")
+                await until(stop, asyncio.sleep(1.0))
+                continue
+            except (nats.errors.Error, TimeoutError) as exc:
+                self._failed("positioning", exc)
+                await until(stop, asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            state = info.state
+            end = state.last_seq + 1
+            # Per-subject retention keeps every subject's newest message, so any earlier
+            # position can be continued from; a stream replayed in full needs all of it.
+            beginning = 1 if self._nats.last_per_subject else max(1, state.first_seq)
+            self._stream_end = end
+            self._beginning = beginning
+            return Snapshot(
+                beginnings={self._partition: beginning},
+                ends={self._partition: end},
+                identities={self._stream: _identity(info.created)},
+                taken_ms=taken_ms,
+            )
+
+    def assign(self, starts: Mapping[Partition, int]) -> None:
+        start = starts.get(self._partition, self._beginning)
+        self._position = max(1, start)
+        self._deliver_last = self._nats.last_per_subject and start <= self._beginning
+        self._pending = None
+        self._drop_consumer()
+
+    async def fetch(
+        self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
+    ) -> Mapping[Partition, Sequence[RecordLike]]:
+        if self._nc is not None and not self._nc.is_connected:
+            # Reconnecting (forever): the view stays served and its staleness grows.
+            self._drop_consumer()
+            await sleep_or_stop(stop, max(MIN_FETCH_SECONDS, timeout_ms / 1000))
+            return {}
+        try:
+            sub = await self._consumer(stop)
+            known_end = self._stream_end
+            # The next batch is asked for while this one is applied (at most one ahead).
+            await sub.request(batch=max_records, expires_s=PULL_EXPIRES_SECONDS)
+            if not sub.buffer:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        sub.arrived.wait(), timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
+                    )
+            if sub.lost:
+                raise nats.js.errors.NotFoundError(description=f"consumer {sub.name} is gone")
+            msgs = sub.take(max_records)
+            if not msgs:
+                await self._idle(known_end)
+                return {}
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._failed("reading", exc)
+            self._drop_consumer()
+            await sleep_or_stop(stop, 0.5)
+            return {}
+        records: list[RecordLike] = []
+        gap = False
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.sequence.consumer != self._consumer_seq + 1:
+                # Ordered consumer: a gap means lost messages; re-read from the position.
+                logger.info(
+                    "binding %s: consumer sequence gap (%d after %d); re-creating it",
+                    self._binding.name,
+                    meta.sequence.consumer,
+                    self._consumer_seq,
+                )
+                self._drop_consumer()
+                gap = True
+                break
+            self._consumer_seq = meta.sequence.consumer
+            records.append(
+                message_record(
+                    msg, meta, stream=self._stream, subject_prefix=self._nats.subject_prefix
+                )
+            )
+            self._position = meta.sequence.stream + 1
+            self._pending = meta.num_pending
+        self._reported_ms = time.time() * 1000
+        if self._pending == 0 and known_end is not None and not gap:
+            # Nothing more matches the filter: the stream's tail (other subjects) is read.
+            self._position = max(self._position, known_end)
+        if self._stream_end is None or self._position > self._stream_end:
+            self._stream_end = self._position
+        return {self._partition: records} if records else {}
+
+    async def position(self, partition: Partition) -> int:
+        return self._position
+
+    def end(self, partition: Partition) -> int | None:
+        """The position plus the messages the consumer reported still pending: the lag is
+        pending messages, which a filtered stream's sequences would overstate."""
+        if self._pending is None:
+            return self._stream_end
+        return self._position + self._pending
+
+    def reported_at(self, partition: Partition) -> float | None:
+        return self._reported_ms
+
+    def go_live(self) -> None:
+        """Nothing to resize: a pull asks for at most one batch."""
+
+    async def identities(self, stop: asyncio.Event) -> Mapping[str, str]:
+        if self._js is None:
+            return {}
+        try:
+            info = await until(stop, self._js.stream_info(self._stream))
+        except nats.js.errors.NotFoundError:
+            return {self._stream: "missing"}
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._failed("stream info", exc)
+            return {}
+        self._stream_end = max(self._stream_end or 0, info.state.last_seq + 1)
+        return {self._stream: _identity(info.created)}
+
+    async def added_partitions(
+        self, known: Iterable[Partition], stop: asyncio.Event
+    ) -> dict[Partition, int]:
+        return {}
+
+    async def close(self) -> None:
+        self._drop_consumer()
+        if self._dropping:
+            await asyncio.wait(self._dropping, timeout=0.5)
+        if self._nc is not None:
+            nc, self._nc, self._js = self._nc, None, None
+            try:
+                await asyncio.wait_for(nc.close(), timeout=1.0)
+            except (TimeoutError, nats.errors.Error) as exc:
+                logger.warning("closing the NATS connection of %s: %r", self._binding.name, exc)
+
+    # -- nats-py ------------------------------------------------------------------------------
+
+    async def _open(self, stop: asyncio.Event) -> JetStreamContext:
+        backoff = 0.1
+        while self._js is None:
+            try:
+                options = connect_options(
+                    self._nats, name=f"sidecar-state-hydrator.{self._binding.name}"
+                )
+                self._nc = await until(stop, nats.connect(**options, error_cb=self._on_error))
+                self._js = self._nc.jetstream(timeout=5.0)
+            except NatsConfigError as exc:
+                self._metrics.nats_errors.labels(binding=self._binding.name, kind="config").inc()
+                self._warn_once(f"the NATS client cannot be set up: {exc}", level=logging.ERROR)
+                await until(stop, asyncio.sleep(5.0))
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                self._failed("connecting", exc)
+                await until(stop, asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 5.0)
+        return self._js
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py reports every failed (re)connect here; each distinct error is logged once.
+        Refused credentials are an error a person must fix, so they say so."""
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+            self._metrics.nats_errors.labels(binding=self._binding.name, kind="auth").inc()
+            method = self._nats.connection.auth_method or "none"
+            self._warn_once(
+                f"the NATS server refused the credentials (auth method {method}): {exc!r}; "
+                "check the binding's auth Secret (retrying; the served view stays as it is)",
+                level=logging.ERROR,
+            )
+            return
+        self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
+        self._warn_once(f"NATS connection: {exc!r}")
+
+    async def _consumer(self, stop: asyncio.Event) -> _Pull:
+        if self._sub is not None:
+            return self._sub
+        js = await self._open(stop)
+        assert self._nc is not None
+        filters = list(self._nats.filter_subjects)
+        config = ConsumerConfig(
+            name=self._nc.new_inbox().rsplit(".", 1)[-1],
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=CONSUMER_INACTIVE_SECONDS,
+            filter_subjects=filters or None,
+        )
+        if self._deliver_last:
+            config.deliver_policy = DeliverPolicy.LAST_PER_SUBJECT
+        else:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self._position
+        if len(filters) == 1:
+            config.filter_subject, config.filter_subjects = filters[0], None
+        assert config.name is not None
+        pull = _Pull(nc=self._nc, stream=self._stream, name=config.name)
+        await pull.start()
+        try:
+            await until(stop, js.add_consumer(self._stream, config=config))
+        except BaseException:
+            await _remove(pull, js)
+            raise
+        self._sub = pull
+        self._consumer_seq = 0
+        # From now on a re-created consumer continues from the position, whatever it was.
+        self._deliver_last = False
+        if self._warned:
+            logger.info("binding %s: reading %s again", self._binding.name, self._stream)
+            self._warned = ""
+        return self._sub
+
+    async def _idle(self, known_end: int | None) -> None:
+        """A fetch that found nothing: ask the consumer whether anything is pending (this also
+        tells a reachable server from a lost one, and a consumer the server forgot, from one
+        with nothing to deliver); nothing pending means caught up to now."""
+        assert self._js is not None
+        assert self._sub is not None
+        info = await self._js.consumer_info(
+            self._stream, self._sub.name, timeout=IDLE_CHECK_SECONDS
+        )
+        self._pending = info.num_pending
+        self._reported_ms = time.time() * 1000
+        # Only once every message the consumer delivered has been received: one still on
+        # its way is not pending any more, but not read either.
+        received = info.delivered is not None and info.delivered.consumer_seq == self._consumer_seq
+        if info.num_pending == 0 and received and known_end is not None:
+            self._position = max(self._position, known_end)
+
+    def _drop_consumer(self) -> None:
+        """Forget the consumer; it is removed from the server in the background (should that
+        fail, the server drops it after ``CONSUMER_INACTIVE_SECONDS`` anyway)."""
+        sub, self._sub = self._sub, None
+        if sub is None or self._js is None or self._nc is None or self._nc.is_closed:
+            return
+        task = asyncio.ensure_future(_remove(sub, self._js))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
+        self._warn_once(f"{what} failed: {exc!r}")
+
+    def _warn_once(self, message: str, *, level: int = logging.WARNING) -> None:
+        if message != self._warned:
+            self._warned = message
+            logger.log(level, "binding %s: %s", self._binding.name, message)
+
+
+async def _remove(pull: _Pull, js: JetStreamContext) -> None:
+    # A consumer on a connection that went away, or one a restarted server never knew:
+    # nothing to undo.
+    if pull.sub is not None:
+        with contextlib.suppress(Exception):
+            await pull.sub.unsubscribe()
+    with contextlib.suppress(Exception):
+        await js.delete_consumer(pull.stream, pull.name)
+
+
+def _identity(created: Any) -> str:
+    return created.isoformat() if created is not None else "unknown"

@@ -1,0 +1,58 @@
+"""A Pod bound to a NATS KV bucket really runs on a real node: it becomes Ready with the
+bucket's state, and a KV put reaches the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+
+from tests.e2e.helpers import wait_reconciled
+from tests.e2e.node.conftest import NodeCluster
+from tests.e2e.node.support import app_pod, wait_answer, wait_ready
+from tests.support.nats_server import NatsServer
+
+
+def _put(server: NatsServer, bucket: str, flag: str, enabled: bool) -> None:
+    async def put() -> None:
+        nc = await nats.connect(server.url)
+        try:
+            kv = await nc.jetstream().create_key_value(bucket=bucket)
+            await kv.put(flag, json.dumps({"id": flag, "enabled": enabled}).encode())
+        finally:
+            await nc.close()
+
+    asyncio.run(put())
+
+
+def test_pod_bound_to_a_kv_bucket_is_ready_with_its_state_and_sees_a_put(
+    node_cluster: NodeCluster, node_nats: NatsServer, namespace: str
+) -> None:
+    cluster = node_cluster.cluster
+    bucket = f"flags-{namespace}"
+    _put(node_nats, bucket, "new-ui-layout", True)
+    cluster.apply(
+        {
+            "apiVersion": "sidecarstate.dev/v1alpha1",
+            "kind": "StateBinding",
+            "metadata": {"name": "shop", "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": "shop"}},
+                "source": {
+                    "nats": {"servers": [node_nats.url], "kv": {"bucket": bucket}, "format": "json"}
+                },
+                "keys": {"prefix": "flag:", "keyField": "id", "valueField": "enabled"},
+                "store": {"maxMemory": "16Mi"},
+            },
+        }
+    )
+    wait_reconciled(cluster, "shop", namespace)
+    cluster.apply(app_pod("shop-1", namespace, app="shop"))
+
+    pod = wait_ready(cluster, "shop-1", namespace)
+    ip: str = pod["status"]["podIP"]
+    assert wait_answer(ip, "Showing New Layout", timeout=5)
+
+    _put(node_nats, bucket, "new-ui-layout", False)
+    assert wait_answer(ip, "Showing Old Layout", timeout=5)

@@ -1,0 +1,192 @@
+"""A real ``nats-server`` with JetStream on loopback, for integration tests and benchmarks.
+
+Why real: the NATS source depends on server behaviour a fake gets wrong — KV delete and purge
+markers, last-per-subject delivery, sequences that survive a restart, ephemeral consumers that
+do not, and what nats-py does while the server is down.
+
+Why built from its Go module: the machines reach package registries only; the Go module proxy
+has ``github.com/nats-io/nats-server/v2``. :func:`install_nats_server` builds one version once
+into ``${SIDECAR_STATE_CACHE:-~/.cache/sidecar-state}/tools/nats-server-<version>/`` (about
+1.5-2.5 min cold on two cores), like the other Go tools.
+
+Command line (run from the repository root)::
+
+    python3 -m tests.support.nats_server install   # build the binary (no-op when cached)
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from tests.support.kafka_broker import cache_dir
+from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
+
+NATS_SERVER_VERSION: Final = os.environ.get("SIDECAR_STATE_NATS_VERSION", "v2.15.2")
+_MODULE: Final = "github.com/nats-io/nats-server/v2"
+
+
+class NatsServerError(RuntimeError):
+    """nats-server could not be built or started."""
+
+
+def nats_server_binary(version: str = NATS_SERVER_VERSION) -> Path:
+    return cache_dir() / "tools" / f"nats-server-{version}" / "nats-server"
+
+
+def install_nats_server(version: str = NATS_SERVER_VERSION) -> Path:
+    """Build ``nats-server`` ``version`` from its Go module unless cached; return the binary.
+
+    A file lock serialises concurrent installers, and ``go install`` writes into a scratch
+    directory that is renamed into place, so a half-built binary is never taken for a cached
+    one.
+    """
+    binary = nats_server_binary(version)
+    if binary.is_file():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        raise NatsServerError("Go is needed to build nats-server (see scripts/setup.sh system)")
+    binary.parent.parent.mkdir(parents=True, exist_ok=True)
+    with open(binary.parent.parent / f".nats-server-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.is_file():
+            return binary
+        scratch = Path(tempfile.mkdtemp(prefix="nats-server-", dir=binary.parent.parent))
+        started = time.monotonic()
+        print(f"[nats] building nats-server {version} (Go module)", file=sys.stderr, flush=True)
+        subprocess.run(
+            [go, "install", f"{_MODULE}@{version}"],
+            check=True,
+            env={**os.environ, "GOBIN": str(scratch), "GOFLAGS": "-trimpath", "CGO_ENABLED": "0"},
+        )
+        shutil.rmtree(binary.parent, ignore_errors=True)
+        scratch.rename(binary.parent)
+        print(
+            f"[nats] nats-server {version} built in {time.monotonic() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return binary
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer(ChildService):
+    """One ``nats-server -js`` on a free port of ``host`` (loopback by default; a node's
+    address for Pods to reach), its store and log in ``workdir``.
+
+    The JetStream store is on disk in ``workdir``, so :meth:`restart` (and :meth:`kill` then
+    :meth:`start`) keeps streams and their sequences, on the same port, as a real server
+    restart does. ``config`` is extra nats-server config text (accounts, authorization).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: str = "",
+        host: str = "127.0.0.1",
+        version: str = NATS_SERVER_VERSION,
+        start_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.binary = install_nats_server(version)
+        self.config = config
+        self.host = host
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._owns_workdir = True
+        self.workdir = Path(tempfile.mkdtemp(prefix="sidecar-nats-"))
+        self.port = _free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "nats-server.log"
+
+    def start(self) -> None:
+        """Start and wait until the port accepts connections (JetStream is up by then)."""
+        if self.running:
+            raise NatsServerError(f"nats-server already running (pid {self.pid})")
+        conf = self.workdir / "nats.conf"
+        conf.write_text(
+            f"listen: {self.host}:{self.port}\n"
+            f"jetstream {{ store_dir: {str(self.workdir / 'js')!r} }}\n"
+            f"{self.config}\n"
+        )
+        self._proc = spawn_logged(
+            [str(self.binary), "-c", str(conf)], self.log_path, cwd=self.workdir
+        )
+        self._track(self._proc)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._reap()
+                raise self._failure(f"nats-server exited with code {code}")
+            if self._answers():
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise self._failure(f"no INFO on port {self.port} in {self.start_timeout} s")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                return sock.recv(4).startswith(b"INFO")
+        except OSError:
+            return False
+
+    def _failure(self, what: str) -> NatsServerError:
+        try:
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        except FileNotFoundError:
+            tail = "(missing)"
+        return NatsServerError(f"{what}.\n--- {self.log_path} (tail) ---\n{tail}")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        stop_process(self._proc, self.stop_timeout)
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed server or a lost node would."""
+        if self._proc is None:
+            return
+        kill_process(self._proc)
+        self._reap()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m tests.support.nats_server")
+    parser.add_argument("command", choices=["install"])
+    parser.parse_args(argv)
+    print(install_nats_server())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
