@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from sidecar_hydrator.batch import Batch
 from sidecar_hydrator.config import KeyMapping
+from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
 from tests.integration.hydrator.support import (
@@ -362,3 +363,121 @@ async def test_a_truncate_in_a_transaction_a_full_redis_refuses_still_happens(
         assert await app_redis.exists(index) == 0
     finally:
         await store.close()
+
+
+#: Debezium rows of two tables sharing one key space: ``ballast`` fills the store, ``orders``
+#: is refused while it is full.
+_BALLAST = [
+    row_event("c", "ballast", key={"id": 1000 + i}, row={"id": 1000 + i, "data": "x" * 100_000})
+    for i in range(30)  # ~3 MB: more than fits in 3 MiB next to Redis itself
+]
+_ORDER_ROWS = [{"id": i, "data": "o" * 20_000} for i in range(10)]
+_ORDERS = {
+    f"b:{row['id']}".encode(): json.dumps(row, separators=(",", ":")).encode()
+    for row in _ORDER_ROWS
+}
+
+
+async def _fill_then_refuse_orders(
+    kafka_broker: KafkaBroker, topic: str, hydrator: Hydrator, app_redis: aioredis.Redis
+) -> None:
+    """Fill the store with ballast, then produce orders rows it refuses (asserted)."""
+    await produce(kafka_broker, topic, _BALLAST)
+    await eventually(lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="full")
+    await _settled(hydrator)  # every ballast row read, the last of them refused
+    refused = sample(hydrator, "redis_oom_rejections_total")
+    await produce(
+        kafka_broker,
+        topic,
+        [row_event("c", "orders", key={"id": row["id"]}, row=row) for row in _ORDER_ROWS],
+    )
+    await eventually(
+        lambda: sample(hydrator, "redis_oom_rejections_total") >= refused + len(_ORDERS),
+        what="the orders rows refused",
+    )
+    assert not set(await view(app_redis, b"b:")) & _ORDERS.keys()
+
+
+async def _settled(hydrator: Hydrator) -> None:
+    await eventually(lambda: hydrator.feeds[0].lag() == 0, what="every record read")
+
+
+async def _free_the_ballast(kafka_broker: KafkaBroker, topic: str) -> None:
+    await produce(
+        kafka_broker,
+        topic,
+        [row_event("d", "ballast", key={"id": 1000 + i}, row={"id": 1000 + i}) for i in range(30)],
+    )
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_debezium_rows_a_full_store_refused_are_truncated_after_their_retry(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    """Refused rows get in on a retry once memory is freed, with their table index entries
+    (refused with them): a truncate after that removes every one of them."""
+    topic = make_topic(compacted=False)
+    await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": "n"}, row={"n": 1})])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="b:",
+        live_batch_max_keys=5,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        await _fill_then_refuse_orders(kafka_broker, topic, hydrator, app_redis)
+
+        await _free_the_ballast(kafka_broker, topic)
+        expected = {b"b:n": b'{"n":1}', **_ORDERS}
+        await eventually(
+            lambda: _view_is(app_redis, b"b:", expected), within=15, what="orders retried"
+        )
+        await eventually(lambda: hydrator.hydrated, within=5, what="complete again")
+        index = table_index_key(binding="b", table="shop.public.orders")
+        assert await app_redis.smembers(index) == set(_ORDERS)
+
+        await produce(kafka_broker, topic, [truncate_event("orders")])
+        await eventually(
+            lambda: _view_is(app_redis, b"b:", {b"b:n": b'{"n":1}'}),
+            what="the truncate removed the retried rows",
+        )
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_a_truncate_while_its_rows_are_refused_keeps_them_from_coming_back(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    """A truncate that arrives while rows of its table wait for a retry removes them from
+    the retry too: retried after the truncate, they would be rows the table no longer has."""
+    topic = make_topic(compacted=False)
+    await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": "n"}, row={"n": 1})])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="b:",
+        live_batch_max_keys=5,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        await _fill_then_refuse_orders(kafka_broker, topic, hydrator, app_redis)
+        await produce(kafka_broker, topic, [truncate_event("orders")])
+        await _settled(hydrator)
+
+        await _free_the_ballast(kafka_broker, topic)
+        await eventually(lambda: hydrator.hydrated, within=15, what="complete again")
+        await _settled(hydrator)
+        assert await view(app_redis, b"b:") == {b"b:n": b'{"n":1}'}
+        assert sample(hydrator, "records_applied_total", binding="b") == sample(
+            hydrator, "records_read_total", binding="b"
+        )
