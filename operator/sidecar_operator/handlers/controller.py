@@ -30,7 +30,7 @@ from sidecar_operator.controller.health import (
 )
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts, pods_may_be_stale
-from sidecar_operator.controller.status import build_status
+from sidecar_operator.controller.status import build_status, survey_pods
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
@@ -171,6 +171,8 @@ async def reconcile_namespace(
         str(item["metadata"]["name"]): item
         for item in await asyncio.to_thread(kube.list_bindings, namespace)
     }
+    # Each Pod is read (and selected) once per pass, not once per binding.
+    survey = survey_pods(pods, bindings=bindings, defaults=defaults, namespace=namespace)
     for binding in bindings:
         current = listed.get(binding.name)
         if current is None:
@@ -182,7 +184,7 @@ async def reconcile_namespace(
             continue  # invalid bindings are never indexed; the validate webhook says why
         status = build_status(
             live, pods=pods, bindings=bindings, defaults=defaults, previous=previous,
-            health=[h.health for h in health if binding.name in h.bindings],
+            health=[h.health for h in health if binding.name in h.bindings], survey=survey,
         )  # fmt: skip
         metrics.UNINJECTED_PODS.labels(namespace, binding.name).set(len(status["uninjectedPods"]))
         if status["uninjectedPods"] and status["uninjectedPods"] != previous.get("uninjectedPods"):
