@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from sidecar_operator.api.models import GROUP
+from sidecar_operator.api import labels
 from sidecar_operator.tls import RENEW_BEFORE, KeyPair, make_ca, make_serving_cert, service_hosts
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ TLS_KEY = "tls.key"
 #: CAs the apiserver should trust: the current one, plus the previous one while a CA rolls over.
 CA_BUNDLE = "ca-bundle.crt"
 SECRET_TYPE = "kubernetes.io/tls"
-MANAGED_BY_LABEL = f"{GROUP}/managed-by"
-MANAGED_BY = "sidecar-state-operator"
 #: How often a running replica re-reads the Secret (and renews when due).
 CHECK_INTERVAL = dt.timedelta(hours=1)
 #: How soon to try again while something is missing (a webhook configuration, the API).
@@ -264,7 +262,7 @@ def secret_manifest(
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+        "labels": {labels.TLS_SECRET_LABEL: labels.TLS_SECRET_LABEL_VALUE},
     }
     if owners:
         metadata["ownerReferences"] = [dict(owner) for owner in owners]

@@ -99,10 +99,10 @@ def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
 
     The patch carries the resourceVersion it read, so a concurrent change of the namespace
     makes it fail (409) and it is re-read and decided again, instead of overwriting. A label
-    value of :data:`~sidecar_operator.injection.annotations.INJECTION_PINNED` is the user's
+    value of :data:`~sidecar_operator.api.labels.INJECTION_PINNED` is the user's
     (GitOps) and is never changed.
     """
-    from sidecar_operator.injection import annotations as ann
+    from sidecar_operator.api import labels as ann
 
     core = kubernetes.client.CoreV1Api(client())
 

@@ -26,9 +26,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import LabelSelector, StateBinding
 from sidecar_operator.injection import InjectionConflict, InvalidPod, UnknownBinding, decide
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.pod import binding_content_hash, missing_bindings
 from sidecar_operator.injection.selector import selector_matches

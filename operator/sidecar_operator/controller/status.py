@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import format_bytes, quantity_bytes
 from sidecar_operator.controller.health import HydratorHealth, store_condition, worst_staleness
 from sidecar_operator.injection import Selection, select
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 
 # How many un-injected Pod names the status lists; the count is always exact.

@@ -21,6 +21,7 @@ import kopf
 import kubernetes
 
 from sidecar_operator import kube, metrics
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
 from sidecar_operator.controller.health import (
     HydratorHealth,
@@ -34,7 +35,6 @@ from sidecar_operator.controller.status import build_status, survey_pods
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
 from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
 

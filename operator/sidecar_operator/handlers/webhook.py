@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from sidecar_operator import kube, metrics
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import (
     GROUP,
     PLURAL,
@@ -33,7 +34,6 @@ from sidecar_operator.injection import (
     policy,
     render,
 )
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.placement import reposition
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS

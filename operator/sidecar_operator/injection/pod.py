@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.app_containers import wire_app_container
 from sidecar_operator.injection.authorizer_container import build_authorizer_container
 from sidecar_operator.injection.credentials_container import build_credentials_container

@@ -28,8 +28,8 @@ import yaml
 
 import sidecar_operator.handlers.webhook  # noqa: F401  (registers the admission handlers)
 from sidecar_operator import __version__
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES, InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.tls import service_hosts
