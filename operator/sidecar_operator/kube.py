@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kubernetes
 import urllib3
@@ -80,8 +80,14 @@ def _plain(api: ApiClient, obj: Any, kind: str, api_version: str) -> dict[str, A
     return data
 
 
+def custom_objects(response: object) -> dict[str, Any]:
+    """What the client's custom-object calls return: the decoded JSON (typed ``object``)."""
+    return cast(dict[str, Any], response)
+
+
 def create_event(namespace: str, body: dict[str, Any]) -> None:
-    kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, body)
+    # The client serializes a plain dict as well as its own model (the stubs name only that).
+    kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, cast(Any, body))
 
 
 def list_workloads(namespace: str) -> list[dict[str, Any]]:
@@ -122,7 +128,7 @@ def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
 def list_bindings(namespace: str) -> list[dict[str, Any]]:
     """Every StateBinding of a namespace, in one call (one pass reads them once)."""
     api = kubernetes.client.CustomObjectsApi(client())
-    listed: dict[str, Any] = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    listed = custom_objects(api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
     items: list[dict[str, Any]] = listed.get("items") or []
     return items
 
@@ -199,5 +205,6 @@ def read_secret_metadata(name: str, namespace: str) -> dict[str, Any] | None:
         if error.status == 404:
             return None
         raise
-    metadata: dict[str, Any] = json.loads(response.data).get("metadata") or {}
+    # Unparsed (_preload_content=False): ``data`` is the body's bytes, not a Secret's data.
+    metadata: dict[str, Any] = json.loads(cast(bytes, response.data)).get("metadata") or {}
     return metadata

@@ -23,7 +23,7 @@ import kopf
 from sidecar_operator import capabilities, certificates
 from sidecar_operator.api.models import GROUP
 from sidecar_operator.controller.rollout import RolloutThrottle
-from sidecar_operator.handlers.passes import ControllerState
+from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import (
@@ -97,11 +97,10 @@ def cmd_run(settings: OperatorSettings) -> None:
             raise SystemExit(f"sidecar-state cannot start: {error}") from None
         logging.getLogger(__name__).warning(f"Sidecars: {choice.reason}")
         mode = choice.mode
-    memo = kopf.Memo(
+    memo = OperatorContext(
         settings=settings,
         injection_defaults=settings.injection_defaults(sidecar_mode=mode),
         webhook_tls=webhook_tls,
-        controller_state=ControllerState(),
         rollout_throttle=RolloutThrottle(
             per_minute=settings.rollout_max_per_minute,
             per_namespace=settings.rollout_max_in_progress_per_namespace,

@@ -17,23 +17,26 @@ from typing import Any
 import kopf
 
 from sidecar_operator import certificates, kube
+from sidecar_operator.handlers.context import OperatorContext
 
 ADMISSION_GROUP = "admissionregistration.k8s.io"
 
 
-def _ours(name: str, memo: Any, **_: Any) -> bool:
-    tls: certificates.WebhookTLS | None = memo.get("webhook_tls")
+def _ours(name: str, memo: OperatorContext, **_: Any) -> bool:
+    tls: certificates.WebhookTLS | None = memo.webhook_tls
     return tls is not None and name == tls.configuration
 
 
 @kopf.on.event(ADMISSION_GROUP, "v1", "mutatingwebhookconfigurations", when=_ours)
 @kopf.on.event(ADMISSION_GROUP, "v1", "validatingwebhookconfigurations", when=_ours)
 async def webhook_configuration_event(
-    body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any
+    body: kopf.Body, type: str | None, memo: OperatorContext, logger: kopf.Logger, **_: Any
 ) -> None:
     if type == "DELETED":
         return
-    tls: certificates.WebhookTLS = memo.webhook_tls
+    tls = memo.webhook_tls
+    if tls is None:
+        return  # _ours already said no; this tells the type checker
     try:
         serving_ca = tls.ca_file.read_bytes()
     except OSError:

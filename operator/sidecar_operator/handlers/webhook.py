@@ -24,7 +24,8 @@ from sidecar_operator.api.models import (
     parse_binding,
 )
 from sidecar_operator.events import Event, EventRecorder, ObjectRef
-from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.handlers.context import OperatorContext
+from sidecar_operator.handlers.index import binding_ref, bindings_in, bindings_index
 from sidecar_operator.injection import (
     InjectionConflict,
     InjectionDefaults,
@@ -47,7 +48,7 @@ def _pod_label(body: kopf.Body) -> str:
     return f"Pod {name}"
 
 
-async def _wait_for_index(memo: Any) -> None:
+async def _wait_for_index(memo: OperatorContext) -> None:
     ready: asyncio.Event = memo.index_ready
     if ready.is_set():
         return
@@ -62,7 +63,7 @@ async def _wait_for_index(memo: Any) -> None:
 
 
 def _explain(
-    memo: Any, bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool
+    memo: OperatorContext, bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool
 ) -> None:
     if dryrun:
         return
@@ -86,7 +87,7 @@ def _event_target(body: kopf.Body, namespace: str) -> ObjectRef:
 
 
 def _warn_missing(
-    memo: Any,
+    memo: OperatorContext,
     body: kopf.Body,
     *,
     namespace: str,
@@ -121,11 +122,11 @@ async def pod_mutate(
     patch: kopf.Patch,
     dryrun: bool,
     warnings: list[str],
-    memo: Any,
-    bindings_by_namespace: kopf.Index[str, StateBinding],
-    **_: Any,
+    memo: OperatorContext,
+    **kwargs: Any,
 ) -> None:
     started = time.perf_counter()
+    bindings_by_namespace = bindings_index(kwargs)
     await _wait_for_index(memo)
     defaults: InjectionDefaults = memo.injection_defaults
     namespace = body.metadata.get("namespace") or ""
@@ -186,7 +187,7 @@ async def pod_mutate(
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, id=VALIDATE_BINDINGS, operations=["CREATE", "UPDATE"])
-async def statebinding_validate(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def statebinding_validate(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """Refuse invalid bindings, and bindings that would use what the platform does not allow:
     brokers outside the allow-list, Secrets that have not opted in (see injection.policy)."""
     try:
