@@ -208,3 +208,68 @@ def read_secret_metadata(name: str, namespace: str) -> dict[str, Any] | None:
     # Unparsed (_preload_content=False): ``data`` is the body's bytes, not a Secret's data.
     metadata: dict[str, Any] = json.loads(cast(bytes, response.data)).get("metadata") or {}
     return metadata
+
+
+# --- the webhook's TLS Secret and configurations (sidecar_operator.webhook_tls) --------------
+
+ADMISSION_API_VERSION = "admissionregistration.k8s.io/v1"
+_CONFIGURATION_CALLS = {
+    "MutatingWebhookConfiguration": "mutating_webhook_configuration",
+    "ValidatingWebhookConfiguration": "validating_webhook_configuration",
+}
+
+
+def read_secret(
+    name: str, namespace: str, *, api: ApiClient | None = None
+) -> dict[str, Any] | None:
+    """A whole Secret (values included: only the webhook's own TLS Secret is read so);
+    ``None`` when it does not exist."""
+    api = api or client()
+    try:
+        found = kubernetes.client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _plain(api, found, "Secret", "v1")
+
+
+def write_secret(body: dict[str, Any], *, create: bool, api: ApiClient | None = None) -> bool:
+    """Create the Secret, or replace it (guarded by the ``resourceVersion`` in ``body``).
+    ``False`` when another writer was first (409: AlreadyExists or Conflict)."""
+    core = kubernetes.client.CoreV1Api(api or client())
+    metadata = body["metadata"]
+    try:
+        if create:
+            core.create_namespaced_secret(metadata["namespace"], cast(Any, body))
+        else:
+            core.replace_namespaced_secret(metadata["name"], metadata["namespace"], cast(Any, body))
+    except kubernetes.client.ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def read_webhook_configuration(
+    kind: str, name: str, *, api: ApiClient | None = None
+) -> dict[str, Any] | None:
+    """A Mutating- or ValidatingWebhookConfiguration; ``None`` when it does not exist."""
+    api = api or client()
+    admission = kubernetes.client.AdmissionregistrationV1Api(api)
+    read = getattr(admission, f"read_{_CONFIGURATION_CALLS[kind]}")
+    try:
+        found = read(name)
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _plain(api, found, kind, ADMISSION_API_VERSION)
+
+
+def patch_webhook_configuration(
+    kind: str, name: str, operations: list[dict[str, Any]], *, api: ApiClient | None = None
+) -> None:
+    """Apply a JSON patch to a Mutating- or ValidatingWebhookConfiguration."""
+    admission = kubernetes.client.AdmissionregistrationV1Api(api or client())
+    getattr(admission, f"patch_{_CONFIGURATION_CALLS[kind]}")(name, operations)

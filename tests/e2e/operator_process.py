@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sidecar_operator.injection import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
-from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import DEFAULT_NAME, FailurePolicy
+from sidecar_operator.webhook_tls.x509 import write_webhook_certs
 from tests.e2e.cluster.access import ClusterAccess
 
 REPO = Path(__file__).resolve().parents[2]

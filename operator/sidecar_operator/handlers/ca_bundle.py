@@ -3,7 +3,7 @@
 With ``failurePolicy: Fail`` a configuration without our CA refuses every Pod it selects: a
 ``helm upgrade --force`` or an Argo CD "Replace" sync rewrites the configuration from the
 chart, which has no ``caBundle`` (deliberately: the operator owns it). The hourly pass of
-:func:`sidecar_operator.certificates.keep_current` would fix it only after up to an hour, so
+:func:`sidecar_operator.webhook_tls.keep_current` would fix it only after up to an hour, so
 the webhook role also watches both configurations and restores the bundle when it differs
 from the one it serves with. Imported only when the operator manages its own certificates
 (``tls_secret``); with cert-manager, its CA injector does this.
@@ -16,14 +16,14 @@ from typing import Any
 
 import kopf
 
-from sidecar_operator import certificates, kube
+from sidecar_operator import kube, webhook_tls
 from sidecar_operator.handlers.context import OperatorContext
 
 ADMISSION_GROUP = "admissionregistration.k8s.io"
 
 
 def _ours(name: str, memo: OperatorContext, **_: Any) -> bool:
-    tls: certificates.WebhookTLS | None = memo.webhook_tls
+    tls: webhook_tls.WebhookTLS | None = memo.webhook_tls
     return tls is not None and name == tls.configuration
 
 
@@ -41,9 +41,9 @@ async def webhook_configuration_event(
         serving_ca = tls.ca_file.read_bytes()
     except OSError:
         return  # not prepared yet: the start-up pass sets the bundle
-    if not certificates.ca_bundle_patch(body, serving_ca):
+    if not webhook_tls.ca_bundle_patch(body, serving_ca):
         return
     logger.warning(
         f"The caBundle of {body.get('kind')} {body.metadata.name} is not ours; restoring it"
     )
-    await asyncio.to_thread(certificates.reconcile, kube.client(), tls)
+    await asyncio.to_thread(webhook_tls.reconcile, kube.client(), tls)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sidecar_operator.certificates import WebhookTLS
 from sidecar_operator.controller.rollout import RolloutThrottle
 from sidecar_operator.events import EventRecorder
 from sidecar_operator.handlers.passes import ControllerState
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
+from sidecar_operator.webhook_tls.reconcile import WebhookTLS
 
 
 @dataclass(frozen=True, kw_only=True)

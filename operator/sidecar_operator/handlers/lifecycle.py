@@ -11,7 +11,7 @@ import kubernetes
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar_operator import certificates, kube
+from sidecar_operator import kube, webhook_tls
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding
 from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.handlers.index import bindings_index
@@ -98,7 +98,7 @@ async def operator_startup(
     ]
     if memo.webhook_tls is not None:
         # Renew the serving certificate before it expires; pick up another replica's renewal.
-        tasks.append(asyncio.create_task(certificates.keep_current(memo.webhook_tls, log=logger)))
+        tasks.append(asyncio.create_task(webhook_tls.keep_current(memo.webhook_tls, log=logger)))
     if settings.role in {"all", "controller"}:
         # Imported here: importing registers the controller's handlers, which the webhook
         # role must not run.
