@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from sidecar_hydrator.config import (
 )
 from tests.integration.hydrator.support import sidecar_redis_config
 from tests.support.kafka_broker import KafkaBroker
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 MIB: Final = 2**20
@@ -115,12 +115,6 @@ def exe_name(pid: int) -> str:
 
 
 # -- the hydrator as a process ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def hydrator_command() -> list[str]:

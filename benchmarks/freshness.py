@@ -21,7 +21,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from sidecar_hydrator.config import (
     KeyMapping,
 )
 from tests.integration.hydrator.support import sidecar_redis_config
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 TARGET_P50_MS = 5.0
@@ -141,12 +141,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

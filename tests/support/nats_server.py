@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from tests.support.kafka_broker import cache_dir
+from tests.support.ports import free_port
 from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
 
 NATS_SERVER_VERSION: Final = os.environ.get("SIDECAR_STATE_NATS_VERSION", "v2.15.2")
@@ -79,12 +80,6 @@ def install_nats_server(version: str = NATS_SERVER_VERSION) -> Path:
     return binary
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class NatsServer(ChildService):
     """One ``nats-server -js`` on a free port of ``host`` (loopback by default; a node's
     address for Pods to reach), its store and log in ``workdir``.
@@ -110,7 +105,7 @@ class NatsServer(ChildService):
         self.stop_timeout = stop_timeout
         self._owns_workdir = True
         self.workdir = Path(tempfile.mkdtemp(prefix="sidecar-nats-"))
-        self.port = _free_port(host)
+        self.port = free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

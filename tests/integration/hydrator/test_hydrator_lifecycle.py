@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from tests.integration.hydrator.support import (
 )
 from tests.support.console_scripts import console_script
 from tests.support.kafka_broker import KafkaBroker
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -229,7 +229,7 @@ async def test_sigterm_of_the_real_process_exits_promptly(
 ) -> None:
     topic = make_topic()
     await produce(kafka_broker, topic, records(200))
-    port = _free_port()
+    port = free_port()
     config = make_config(
         broker=kafka_broker, redis=redis_server, topics=[topic], format="raw", http_port=port
     )
@@ -258,12 +258,6 @@ async def test_sigterm_of_the_real_process_exits_promptly(
     assert elapsed < 2.0, f"took {elapsed:.2f} s to exit"
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(line["msg"] == "stopped" for line in lines), stderr[-2000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _http(port: int, path: str) -> int:
