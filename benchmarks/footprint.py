@@ -37,6 +37,7 @@ from typing import IO, Any, Final
 import redis
 
 from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.lib.processes import sidecar_redis
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -44,10 +45,8 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
 )
-from tests.integration.hydrator.support import sidecar_redis_config
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 MIB: Final = 2**20
 TARGET_IDLE_MIB: Final = 45.0
@@ -215,12 +214,6 @@ class HydratorProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def sidecar_redis(max_memory_bytes: int) -> RedisServer:
-    server = RedisServer(config=sidecar_redis_config(max_memory_bytes=max_memory_bytes))
-    server.start()
-    return server
 
 
 def settle(client: redis.Redis, seconds: float) -> None:

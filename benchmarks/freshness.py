@@ -33,6 +33,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from benchmarks._common import broker, machine, write_results
+from benchmarks.lib.stats import percentile
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -129,11 +130,6 @@ async def produce_at(
     finally:
         await producer.stop()
     return sent
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 def rss_mib(pid: int) -> float:

@@ -20,7 +20,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from benchmarks._common import broker, machine, produce_bulk, sidecar_redis, write_results
+from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.lib.processes import sidecar_redis
 from sidecar_hydrator.config import (
     BindingSource,
     HydratorConfig,

@@ -38,9 +38,9 @@ from benchmarks.footprint import (
     make_topic,
     redis_key,
     redis_value,
-    sidecar_redis,
 )
-from benchmarks.latency import percentile
+from benchmarks.lib.processes import sidecar_redis
+from benchmarks.lib.stats import percentile
 from sidecar_hydrator.config import HydratorConfig
 from tests.support.ports import free_port
 
