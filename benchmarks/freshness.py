@@ -291,6 +291,28 @@ def print_row(row: dict[str, Any]) -> None:
     )
 
 
+def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of a results file against their targets, as run_all tabulates them."""
+    rows = []
+    for run in data.get("runs", []):
+        gate = run["rate"] == 1000
+        rows.append(
+            {
+                "figure": f"produce -> visible at {run['rate']:,} rec/s, p50 / p99",
+                "value": f"{run['p50_ms']} / {run['p99_ms']}",
+                "unit": "ms",
+                "baseline": f"Kafka floor (bare consumer) {run['kafka_floor_p50_ms']} / "
+                f"{run['kafka_floor_p99_ms']} ms",
+                "ratio": round(run["p50_ms"] / run["kafka_floor_p50_ms"], 2)
+                if run["kafka_floor_p50_ms"]
+                else None,
+                "target": "p50 <= 5, p99 <= 20 ms" if gate else "(context)",
+                "met": (run["p50_ms"] <= 5 and run["p99_ms"] <= 20) if gate else None,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.freshness")
     parser.add_argument("--rates", default="100,1000,10000")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from benchmarks import freshness, hydration
 from benchmarks._common import RESULTS, machine, write_results
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -124,68 +125,18 @@ def load(name: str) -> dict[str, Any] | None:
     return data
 
 
-def hydration_figures(data: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for run in data.get("runs", []):
-        rows.append(
-            {
-                "figure": f"hydration of {run['keys']:,} keys ({run['format']})",
-                "value": run["hydration_records_per_s"],
-                "unit": "rec/s",
-                "baseline": f"raw MSET {run['mset_keys_per_s']:,} keys/s; bare consumer "
-                f"{run['bare_consumer_records_per_s']:,} rec/s",
-                "ratio": run["ratio_to_mset"],
-                "target": ">= 200,000 rec/s",
-                "met": run["meets_rate_target"],
-            }
-        )
-        if run["keys"] >= 1_000_000:
-            rows.append(
-                {
-                    "figure": f"  {run['keys']:,} keys ({run['format']}) hydrated in",
-                    "value": run["hydration_seconds"],
-                    "unit": "s",
-                    "baseline": f"raw MSET of the same keys "
-                    f"{run['keys'] / run['mset_keys_per_s']:.2f} s",
-                    "ratio": round(
-                        run["hydration_seconds"] * run["mset_keys_per_s"] / run["keys"], 2
-                    ),
-                    "target": "< 10 s",
-                    "met": run["hydration_seconds"] < 10,
-                }
-            )
-    return rows
-
-
-def freshness_figures(data: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for run in data.get("runs", []):
-        gate = run["rate"] == 1000
-        rows.append(
-            {
-                "figure": f"produce -> visible at {run['rate']:,} rec/s, p50 / p99",
-                "value": f"{run['p50_ms']} / {run['p99_ms']}",
-                "unit": "ms",
-                "baseline": f"Kafka floor (bare consumer) {run['kafka_floor_p50_ms']} / "
-                f"{run['kafka_floor_p99_ms']} ms",
-                "ratio": round(run["p50_ms"] / run["kafka_floor_p50_ms"], 2)
-                if run["kafka_floor_p50_ms"]
-                else None,
-                "target": "p50 <= 5, p99 <= 20 ms" if gate else "(context)",
-                "met": (run["p50_ms"] <= 5 and run["p99_ms"] <= 20) if gate else None,
-            }
-        )
-    return rows
+#: Benchmarks whose JSON has no ``figures``: their own ``figures()`` derives them.
+FIGURES: Final[dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]]] = {
+    "hydration": hydration.figures,
+    "freshness": freshness.figures,
+}
 
 
 def figures_of(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(data.get("figures"), list):
         return list(data["figures"])
-    if name == "hydration":
-        return hydration_figures(data)
-    if name == "freshness":
-        return freshness_figures(data)
-    return []
+    derive = FIGURES.get(name)
+    return derive(data) if derive is not None else []
 
 
 def verdict(met: bool | None) -> str:
