@@ -430,13 +430,13 @@ async def test_debezium_rows_a_full_store_refused_are_truncated_after_their_retr
         await _free_memory(app_redis)
         expected = {b"b:n": b'{"n":1}', **_ORDERS}
         await eventually(
-            lambda: _view_is(app_redis, b"b:", expected), within=15, what="orders retried"
+            lambda: view_is(app_redis, expected, prefix=b"b:"), within=15, what="orders retried"
         )
         await eventually(lambda: hydrator.hydrated, within=5, what="complete again")
 
         await produce(kafka_broker, topic, [truncate_event("orders")])
         await eventually(
-            lambda: _view_is(app_redis, b"b:", {b"b:n": b'{"n":1}'}),
+            lambda: view_is(app_redis, {b"b:n": b'{"n":1}'}, prefix=b"b:"),
             what="the truncate removed the retried rows",
         )
 

@@ -29,7 +29,7 @@ from tests.integration.hydrator.support import (
     produce,
     sample,
     serving,
-    view,
+    view_is,
 )
 from tests.integration.hydrator.test_hydrator_nats import nats_config
 from tests.support.kafka_broker import KafkaBroker
@@ -102,7 +102,7 @@ async def test_a_kafka_error_out_of_the_source_is_a_source_error_never_a_rebuild
         )
         await produce(kafka_broker, topic, [(b"c", b"3")])
         await eventually(
-            lambda: _view_is(app_redis, {b"a": b"1", b"b": b"2", b"c": b"3"}),
+            lambda: view_is(app_redis, {b"a": b"1", b"b": b"2", b"c": b"3"}),
             what="the binding positioned again and reading",
         )
         assert _rebuilds(hydrator) == rebuilds
@@ -139,14 +139,10 @@ async def test_a_nats_error_is_a_source_error_never_a_rebuild(
             )
             await bucket.put("b", b"2")
             await eventually(
-                lambda: _view_is(app_redis, {b"a": b"1", b"b": b"2"}), what="reading again"
+                lambda: view_is(app_redis, {b"a": b"1", b"b": b"2"}), what="reading again"
             )
             assert _rebuilds(hydrator) == rebuilds
             assert hydrator.hydrated
             assert await http_status(port, "/readyz") == 200
     finally:
         await nc.close()
-
-
-async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
-    return await view(client, b"") == expected
