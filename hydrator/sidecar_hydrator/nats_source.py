@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import ssl
@@ -42,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
 from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.nats_auth import NkeyCallbacks, NkeyError, creds_callbacks, nkey_callbacks
 from sidecar_hydrator.records import RecordLike
 from sidecar_hydrator.source import Partition, Snapshot
 
@@ -87,18 +87,18 @@ class NatsConfigError(Exception):
     """The NATS client cannot be set up as configured (a credentials or TLS file)."""
 
 
-def nkeys_available() -> bool:
-    """Whether nats-py can sign with nkeys (creds and nkey authentication need the package)."""
-    try:
-        importlib.import_module("nkeys")
-    except ImportError:
-        return False
-    return True
+#: The key of :func:`connect_options` that is no ``connect`` argument: the user's public nkey.
+PUBLIC_NKEY = "public_nkey"
 
 
 def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, Any]:
     """nats-py connection settings (pure, apart from reading secret env vars and files):
-    reconnect forever, so an outage only lets staleness grow (fail static)."""
+    reconnect forever, so an outage only lets staleness grow (fail static).
+
+    creds and nkey sign the server's nonce here (:mod:`sidecar_hydrator.nats_auth`), not with
+    nats-py's ``nkeys`` import; their files are checked now, so a bad one is a config error
+    that names it. For nkey, :data:`PUBLIC_NKEY` holds the key the server lists (see
+    :func:`connect`)."""
     conn = nats_source.connection
     options: dict[str, Any] = {
         "servers": list(conn.servers),
@@ -108,15 +108,22 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
     }
-    if conn.auth_method in ("creds", "nkey") and not nkeys_available():
-        raise NatsConfigError(
-            f"auth method {conn.auth_method} signs with the 'nkeys' package, which this "
-            "hydrator lacks (pip install nkeys); token and userPassword work without it"
-        )
-    if conn.auth_method == "creds":
-        options["user_credentials"] = conn.creds_file
-    elif conn.auth_method == "nkey":
-        options["nkeys_seed"] = conn.nkey_seed_file
+    signing: NkeyCallbacks | None = None
+    try:
+        if conn.auth_method == "creds":
+            assert conn.creds_file is not None  # the config's own validation
+            signing = creds_callbacks(creds_file=conn.creds_file)
+        elif conn.auth_method == "nkey":
+            assert conn.nkey_seed_file is not None
+            signing = nkey_callbacks(seed_file=conn.nkey_seed_file)
+    except NkeyError as exc:
+        raise NatsConfigError(f"auth method {conn.auth_method}: {exc}") from None
+    if signing is not None:
+        options["signature_cb"] = signing.signature_cb
+        if signing.user_jwt_cb is not None:
+            options["user_jwt_cb"] = signing.user_jwt_cb
+        if signing.public_key is not None:
+            options[PUBLIC_NKEY] = signing.public_key
     elif conn.auth_method == "token":
         options["token"] = conn.env(conn.token_env)
     elif conn.auth_method == "userPassword":
@@ -131,6 +138,20 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
             raise NatsConfigError(f"TLS settings: {exc}") from exc
         options["tls"] = context
     return options
+
+
+async def connect(options: Mapping[str, Any], **callbacks: Any) -> Client:
+    """Connect with :func:`connect_options`' settings. An nkey's public key has no ``connect``
+    argument (nats-py derives it only through the ``nkeys`` package), so it is set on the
+    client before connecting: ``Client._public_nkey``, which nats-py sends as ``nkey`` with
+    the signature (guarded by a unit test and the nkey integration test)."""
+    settings = dict(options)
+    public = settings.pop(PUBLIC_NKEY, None)
+    nc = Client()
+    if public is not None:
+        nc._public_nkey = public
+    await nc.connect(**settings, **callbacks)
+    return nc
 
 
 def message_record(msg: Msg, meta: Msg.Metadata, *, stream: str, subject_prefix: str) -> NatsRecord:
@@ -396,7 +417,7 @@ class NatsSource:
                 options = connect_options(
                     self._nats, name=f"sidecar-state-hydrator.{self._binding.name}"
                 )
-                self._nc = await until(stop, nats.connect(**options, error_cb=self._on_error))
+                self._nc = await until(stop, connect(options, error_cb=self._on_error))
                 self._js = self._nc.jetstream(timeout=5.0)
             except NatsConfigError as exc:
                 self._metrics.nats_errors.labels(binding=self._binding.name, kind="config").inc()

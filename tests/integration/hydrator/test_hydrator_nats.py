@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from sidecar_hydrator.config import (
     RecordFormat,
     StartFrom,
 )
+from sidecar_hydrator.nats_auth import PREFIX_ACCOUNT, Nkey
 from tests.integration.hydrator.support import (
     eventually,
     http_status,
@@ -36,6 +38,7 @@ from tests.integration.hydrator.support import (
     serving,
     view,
 )
+from tests.support.nats_jwt import JwtChain
 from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 
@@ -302,7 +305,7 @@ def _user_nkey(tmp_path: Path) -> tuple[str, Path]:
     return str(nkeys.from_seed(bytearray(seed)).public_key.decode()), seed_file
 
 
-@pytest.mark.parametrize("method", ["token", "userPassword", "nkey"])
+@pytest.mark.parametrize("method", ["token", "userPassword", "nkey", "creds"])
 async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
     method: str,
     redis_server: RedisServer,
@@ -314,16 +317,23 @@ async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
     public, seed_file = _user_nkey(tmp_path)
     (tmp_path / "wrong").mkdir()
     _, wrong_seed = _user_nkey(tmp_path / "wrong")
+    # creds: an operator-mode server trusting a generated operator -> account chain.
+    chain = JwtChain.create()
+    creds_file, wrong_creds = tmp_path / "user.creds", tmp_path / "wrong.creds"
+    creds_file.write_text(chain.user_creds())
+    wrong_creds.write_text(chain.user_creds(signer=Nkey.generate(PREFIX_ACCOUNT)))
     users = {
         "token": 'authorization { token: "s3cret" }',
         "userPassword": 'authorization { users: [{user: "app", password: "s3cret"}] }',
         "nkey": f'authorization {{ users: [{{nkey: "{public}"}}] }}',
+        "creds": chain.server_config(),
     }
     with NatsServer(config=users[method]) as server:
         connect: dict[str, object] = {
             "token": {"token": "s3cret"},
             "userPassword": {"user": "app", "password": "s3cret"},
-            "nkey": {"nkeys_seed": str(seed_file)},
+            "nkey": {"nkeys_seed": str(seed_file)},  # the reference client, with nkeys
+            "creds": {"user_credentials": str(creds_file)},
         }[method]
         nc = await nats.connect(server.url, **connect)
         kv = await nc.jetstream().create_key_value(bucket="flags")
@@ -337,7 +347,10 @@ async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
             "token": {"token_env": "NATS_TOKEN"},
             "userPassword": {"username_env": "NATS_USER", "password_env": "NATS_PASSWORD"},
             "nkey": {"nkey_seed_file": str(seed_file)},
+            "creds": {"creds_file": str(creds_file)},
         }[method]
+        # The hydrator signs without the nkeys package, as in its image.
+        monkeypatch.setitem(sys.modules, "nkeys", None)
         good = _auth_config(server, redis_server, method=method, **auth)
         async with running(good) as hydrator:
             await hydrated(hydrator)
@@ -347,6 +360,8 @@ async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
         monkeypatch.setenv("NATS_PASSWORD", "wrong")
         if method == "nkey":
             auth = {"nkey_seed_file": str(wrong_seed)}
+        if method == "creds":  # a user signed by an account the operator never issued
+            auth = {"creds_file": str(wrong_creds)}
         await app_redis.flushall()
         bad = _auth_config(server, redis_server, method=method, **auth)
         async with running(bad) as hydrator:

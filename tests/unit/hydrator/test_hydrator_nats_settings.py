@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -9,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from sidecar_hydrator.config import NatsConnection, NatsKv, NatsSourceConfig
-from sidecar_hydrator.nats_source import NatsConfigError, connect_options, message_record
+from sidecar_hydrator.nats_auth import PREFIX_USER, Nkey
+from sidecar_hydrator.nats_source import (
+    PUBLIC_NKEY,
+    NatsConfigError,
+    connect_options,
+    message_record,
+)
 
 
 def source(**connection: object) -> NatsSourceConfig:
@@ -30,11 +37,57 @@ def test_reconnects_forever_and_reads_secrets_from_the_named_env(monkeypatch):
 
 
 @pytest.mark.parametrize(("method", "field"), [("creds", "creds_file"), ("nkey", "nkey_seed_file")])
-def test_signing_methods_without_nkeys_get_a_clear_error(monkeypatch, method, field):
-    monkeypatch.setitem(sys.modules, "nkeys", None)  # as in an image without the package
+def test_a_signing_file_that_is_missing_or_no_key_is_a_config_error_naming_it(
+    tmp_path, method, field
+):
+    missing = str(tmp_path / "missing")
+    with pytest.raises(NatsConfigError, match=f"auth method {method}: .*{missing}"):
+        connect_options(source(auth_method=method, **{field: missing}), name="h")
 
-    with pytest.raises(NatsConfigError, match=f"auth method {method} signs with the 'nkeys'"):
-        connect_options(source(auth_method=method, **{field: "/x"}), name="h")
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    with pytest.raises(NatsConfigError, match=f"auth method {method}: .*{garbage}"):
+        connect_options(source(auth_method=method, **{field: str(garbage)}), name="h")
+
+
+def test_nkey_signs_without_the_nkeys_package_and_names_its_public_key(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "nkeys", None)  # as in the image: no nkeys package
+    user = Nkey.generate(PREFIX_USER)
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(user.seed + b"\n")
+
+    options = connect_options(source(auth_method="nkey", nkey_seed_file=str(seed_file)), name="h")
+
+    assert options[PUBLIC_NKEY] == user.public_key
+    signature = base64.b64decode(options["signature_cb"]("nonce-1"))
+    user.key.public_key().verify(signature, b"nonce-1")  # raises when it does not verify
+    assert "nkeys_seed" not in options and "user_credentials" not in options
+
+
+def test_creds_hand_over_the_jwt_and_sign_with_the_seed(tmp_path):
+    user = Nkey.generate(PREFIX_USER)
+    creds = tmp_path / "user.creds"
+    creds.write_text(
+        "-----BEGIN NATS USER JWT-----\neyJhbGciOi.payload.sig\n------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+
+    options = connect_options(source(auth_method="creds", creds_file=str(creds)), name="h")
+
+    assert options["user_jwt_cb"]() == bytearray(b"eyJhbGciOi.payload.sig")
+    user.key.public_key().verify(base64.b64decode(options["signature_cb"]("n")), b"n")
+    assert PUBLIC_NKEY not in options  # the JWT names the user
+
+
+def test_the_client_attribute_that_carries_the_public_nkey_still_exists():
+    """nats-py sends ``Client._public_nkey`` as ``nkey``; connect() sets it before connecting."""
+    import inspect
+
+    from nats.aio.client import Client
+
+    assert "self._public_nkey" in inspect.getsource(Client._connect_command)
+    assert "_public_nkey = None" not in inspect.getsource(Client.connect)
 
 
 def test_a_tls_file_that_does_not_load_is_a_config_error(tmp_path):
