@@ -3,6 +3,7 @@ reads (keys, values, ``sidecar-state:meta``, ``/readyz``) — the Kafka tests' s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -28,7 +29,9 @@ from sidecar_hydrator.config import (
     RecordFormat,
     StartFrom,
 )
+from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.nats_auth import PREFIX_ACCOUNT, Nkey
+from sidecar_hydrator.nats_source import NatsSource
 from tests.integration.hydrator.support import (
     eventually,
     http_status,
@@ -145,6 +148,44 @@ async def test_kv_keys_filter_and_an_empty_bucket_still_hydrate(
     async with running(config) as hydrator:
         await hydrated(hydrator, within=10)
         assert await view(app_redis, b"") == {b"app.a": b"1"}
+        # Metrics say which source; lag counts the filter's messages, not the stream's tail.
+        assert sample(hydrator, "records_read_total", binding="flags", source="nats") == 1
+        assert sample(hydrator, "records_read_total", source="kafka") == 0
+        await eventually(
+            lambda: sample(hydrator, "lag_records", binding="flags", source="nats") == 0,
+            what="lag 0",
+        )
+
+
+async def test_lag_is_the_messages_the_consumer_reports_pending(
+    nats_server: NatsServer, redis_server: RedisServer, client: Client
+) -> None:
+    """Halfway through a filtered stream, the lag is what matches the filter and is still
+    unread (the consumer's pending count), not the distance to the stream's last sequence."""
+    js = client.jetstream()
+    await js.add_stream(name="S", subjects=["s.>"])
+    for i in range(50):
+        await js.publish(f"s.a.{i}", b"1")
+        await js.publish(f"s.b.{i}", b"2")
+    config = nats_config(
+        server=nats_server, redis=redis_server, stream=NatsStream(name="S", subjects=("s.a.>",))
+    )
+    source = NatsSource(binding=config.bindings[0], config=config, metrics=Metrics())
+    stop = asyncio.Event()
+    try:
+        snapshot = await source.snapshot(stop)
+        (partition,) = snapshot.ends
+        source.assign({partition: 1})
+        read = 0
+        while read < 10:
+            batch = await source.fetch(max_records=10 - read, timeout_ms=500, stop=stop)
+            read += sum(len(records) for records in batch.values())
+        position = await source.position(partition)
+        end = source.end(partition)
+        assert position == 20  # the 10th s.a message is sequence 19
+        assert end is not None and end - position == 40  # not 101 - 20
+    finally:
+        await source.close()
 
 
 async def test_restart_resumes_and_reads_only_new_messages(
