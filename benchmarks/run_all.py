@@ -55,6 +55,8 @@ BENCHMARKS: Final = (
          420, 150, owner="hydration/freshness"),
     Spec("freshness", [], ["--rates", "100,1000", "--seconds", "3"], 240, 120,
          owner="hydration/freshness"),
+    Spec("nats", [], ["--keys", "100000", "--repeat", "1", "--seconds", "3"], 300, 200,
+         owner="nats"),
     Spec("admission", [], ["--quick"], 360, 150),
     Spec("controller_pass", [], ["--quick"], 300, 200, owner="operator"),
 )  # fmt: skip
@@ -469,6 +471,14 @@ def shortfalls(results: dict[str, dict[str, Any]]) -> list[str]:
             if handling is not None and client is not None
             else f"**Admission at {top} concurrent.** See the operator profile in "
             "benchmarks/results/admission.json."
+        )
+    nats = results.get("nats")
+    if nats is not None and (boot := nats.get("bootstrap")) and boot.get("met") is False:
+        top = "; ".join(boot.get("profile_top_tottime", [])[1:6])
+        notes.append(
+            f"**NATS bootstrap (x{boot['ratio_to_bare']} of a bare ordered consumer).** "
+            f"The hydrator spends {boot['hydrator_cpu_us_per_record']} us of CPU per record "
+            f"(decode, batch, write) on top of nats-py's per-message cost. Top own time: {top}."
         )
     for name in ("hydration", "freshness"):
         data = results.get(name)
