@@ -47,17 +47,25 @@ _UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -
 
 @dataclass(frozen=True)
 class JwtChain:
+    """An operator, its system account (JetStream needs one) and the app's account."""
+
     operator: Nkey
     account: Nkey
+    system: Nkey
     operator_jwt: str
     account_jwt: str
+    system_jwt: str
 
     @classmethod
     def create(cls) -> JwtChain:
         operator = Nkey.generate(PREFIX_OPERATOR)
         account = Nkey.generate(PREFIX_ACCOUNT)
+        system = Nkey.generate(PREFIX_ACCOUNT)
         operator_jwt = encode_jwt(
-            issuer=operator, subject=operator.public_key, name="op", nats={"type": "operator"}
+            issuer=operator,
+            subject=operator.public_key,
+            name="op",
+            nats={"type": "operator", "system_account": system.public_key},
         )
         account_jwt = encode_jwt(
             issuer=operator,
@@ -65,14 +73,23 @@ class JwtChain:
             name="app",
             nats={"type": "account", "limits": {**_UNLIMITED, **_JETSTREAM}},
         )
-        return cls(operator, account, operator_jwt, account_jwt)
+        system_jwt = encode_jwt(
+            issuer=operator,
+            subject=system.public_key,
+            name="SYS",
+            nats={"type": "account", "limits": _UNLIMITED},
+        )
+        return cls(operator, account, system, operator_jwt, account_jwt, system_jwt)
 
     def server_config(self) -> str:
-        """nats-server config text: trust the operator, preload the account (memory resolver)."""
+        """nats-server config text: trust the operator, preload both accounts (memory
+        resolver)."""
         return (
             f"operator: {self.operator_jwt}\n"
+            f"system_account: {self.system.public_key}\n"
             "resolver: MEMORY\n"
-            f"resolver_preload: {{ {self.account.public_key}: {self.account_jwt} }}\n"
+            f"resolver_preload: {{ {self.account.public_key}: {self.account_jwt}, "
+            f"{self.system.public_key}: {self.system_jwt} }}\n"
         )
 
     def user_creds(self, *, signer: Nkey | None = None) -> str:
