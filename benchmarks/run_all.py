@@ -649,6 +649,28 @@ def method_sections(results: dict[str, dict[str, Any]], images: dict[str, str]) 
         out.append("")
     if "admission" in images:
         out += [f"![admission]({images['admission']})", ""]
+    nats = results.get("nats")
+    if nats is not None and nats.get("bootstrap") and nats.get("freshness"):
+        boot, fresh = nats["bootstrap"], nats["freshness"]
+        out += [
+            "### NATS JetStream (`benchmarks/nats.py`)",
+            "",
+            f"A real nats-server ({nats['machine'].get('nats_server')}, JetStream on disk) and "
+            f"nats-py {nats['machine'].get('nats_py')}. Bootstrap: a KV bucket of "
+            f"{boot['keys']:,} keys ({boot['format']}), the in-process hydrator on an empty "
+            "Redis timed until hydrated, against a bare nats-py ordered consumer (push, a "
+            "callback that counts) reading the same bucket: "
+            f"{boot['hydration_records_per_s']:,} vs "
+            f"{boot['bare_ordered_consumer_records_per_s']:,} rec/s "
+            f"(x{boot['ratio_to_bare']}); the hydrator spends "
+            f"{boot['hydrator_cpu_us_per_record']} us of CPU per record. Put -> visible at "
+            f"{fresh['rate']:,}/s for {fresh['records'] // max(1, fresh['rate'])} s: "
+            "JetStream publishes to `$KV.<bucket>.<key>` (as `kv.put` sends them), the "
+            "`sidecar-state-hydrator` process writing into Redis, keyspace notifications "
+            f"stamping arrival: p50 / p99 {fresh['p50_ms']} / {fresh['p99_ms']} ms, against the "
+            f"bare consumer's receive latency {fresh['bare_p50_ms']} / {fresh['bare_p99_ms']} ms.",
+            "",
+        ]
     for name in ("hydration", "freshness"):
         if name in images:
             out += [f"### {name.capitalize()} (`benchmarks/{name}.py`)", "",

@@ -377,10 +377,11 @@ class NatsSource:
             # The next batch is asked for while this one is applied.
             await sub.request(batch=max_records, expires_s=PULL_EXPIRES_SECONDS)
             if not sub.buffer:
+                # asyncio.timeout, not wait_for: no task per wait, so a live message reaches
+                # the write one event-loop turn sooner.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        sub.arrived.wait(), timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
-                    )
+                    async with asyncio.timeout(max(MIN_FETCH_SECONDS, timeout_ms / 1000)):
+                        await sub.arrived.wait()
             if sub.lost:
                 raise nats.js.errors.NotFoundError(description=f"consumer {sub.name} is gone")
             msgs = sub.take(max_records)
