@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from nats.js.api import DeliverPolicy
 
 from benchmarks._common import machine, write_results
-from benchmarks.freshness import STOP_CHANNEL, free_port, subscriber, summary, wait_ready
+from benchmarks.freshness import STOP_CHANNEL, subscriber, summary, wait_ready
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -57,6 +57,7 @@ from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.main import tune_gc
 from tests.integration.hydrator.support import sidecar_redis_config
 from tests.support.nats_server import NATS_SERVER_VERSION, NatsServer
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 TARGET_BOOTSTRAP_RATIO = 0.6
@@ -297,8 +298,10 @@ def one_rate(url: str, server: RedisServer, rate: int, seconds: float, tag: str)
         proc.join(10)
     visible = sorted((seen[k] - at) / 1e6 for k, at in sent.items() if k in seen)
     bare = sorted((bare_seen[k] - at) / 1e6 for k, at in sent.items() if k in bare_seen)
-    row = {"rate": rate, "records": len(sent), "visible": len(visible), "bare_received": len(bare),
-           **summary(visible, ""), **summary(bare, "bare_")}  # fmt: skip
+    row: dict[str, Any] = {
+        "rate": rate, "records": len(sent), "visible": len(visible), "bare_received": len(bare),
+        **summary(visible, ""), **summary(bare, "bare_"),
+    }  # fmt: skip
     row["p99_ratio"] = round(row["p99_ms"] / row["bare_p99_ms"], 2) if row["bare_p99_ms"] else None
     return row
 
