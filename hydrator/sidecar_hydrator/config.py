@@ -32,6 +32,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 NatsAuthMethod = Literal["creds", "nkey", "token", "userPassword"]
 NatsDeliver = Literal["all", "lastPerSubject"]
+SourceKind = Literal["kafka", "nats"]
 
 
 class _Contract(BaseModel):
@@ -208,6 +209,11 @@ class BindingSource(_Contract):
         if self.nats is not None and self.topics:
             raise ValueError(f"binding {self.name}: topics are for Kafka; NATS names its stream")
         return self
+
+    @property
+    def source_kind(self) -> SourceKind:
+        """Which source it reads: the ``source`` label of its metrics (two values, bounded)."""
+        return "kafka" if self.kafka is not None else "nats"
 
 
 def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:

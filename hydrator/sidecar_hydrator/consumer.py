@@ -100,11 +100,12 @@ class Feed:
         self._snapshot_ms = 0.0
         self._bad_logged_at = 0.0
         self._bad_logged = 0
-        label = binding.name
-        self._m_read = metrics.records_read.labels(binding=label)
-        self._m_applied = metrics.records_applied.labels(binding=label)
-        self._m_keys = metrics.keys_written.labels(binding=label)
-        self._m_ignored = metrics.records_ignored.labels(binding=label)
+        labels = {"binding": binding.name, "source": binding.source_kind}
+        self._labels = labels
+        self._m_read = metrics.records_read.labels(**labels)
+        self._m_applied = metrics.records_applied.labels(**labels)
+        self._m_keys = metrics.keys_written.labels(**labels)
+        self._m_ignored = metrics.records_ignored.labels(**labels)
         self._metrics = metrics
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -366,7 +367,7 @@ class Feed:
         self._m_keys.inc(result.applied)
         self._metrics.mark_applied(now)
         for bad in batch.bad:
-            self._metrics.bad_records.labels(binding=self.binding.name, kind=bad.kind).inc()
+            self._metrics.bad_records.labels(**self._labels, kind=bad.kind).inc()
             self._log_bad(bad)
 
     def _supersede_refused(self, batch: Batch) -> None:
@@ -424,7 +425,7 @@ class Feed:
             if end is None:
                 continue
             self._metrics.lag.labels(
-                binding=self.binding.name, topic=tp.topic, partition=str(tp.partition)
+                **self._labels, topic=tp.topic, partition=str(tp.partition)
             ).set(max(0, end - position))
             if position >= end and not self.refused_keys:
                 # With refused writes outstanding the view is not "fully applied" anywhere:
