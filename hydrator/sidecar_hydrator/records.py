@@ -36,6 +36,9 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
+from orjson import JSONDecodeError as _OrjsonError
+from orjson import loads as _orjson_loads
+
 from sidecar_hydrator.config import KeyMapping, RecordFormat
 
 BadRecordKind = Literal[
@@ -236,7 +239,10 @@ def _json(*, prefix: bytes, keys: KeyMapping) -> Callable[[RecordLike], Change |
         raw = record.value
         if raw is None:
             return prefix + record_key_text(record.key, key_field=key_field), None
-        doc = _parse(raw)
+        try:  # _parse_fast, inlined: this runs once per record
+            doc = _orjson_loads(raw)
+        except _OrjsonError:
+            doc = _parse(raw)
         if key_field is None and value_field is None:
             key = record.key
             if not key or key[0] == _QUOTE:
@@ -250,13 +256,16 @@ def _json(*, prefix: bytes, keys: KeyMapping) -> Callable[[RecordLike], Change |
                 key = record_key_text(key, key_field=None)
         else:
             text = doc.get(key_field)
-            key = text.encode() if type(text) is str else _key_bytes(text, key_field)
+            if type(text) is str:
+                key = text.encode()
+            else:  # numbers as the standard library reads them (see _parse_fast)
+                key = _key_bytes(_parse(raw).get(key_field), key_field)
         if value_field is None:
             return prefix + key, raw
         value = doc.get(value_field, _ABSENT)
         if type(value) is str:
             return prefix + key, value.encode()
-        return prefix + key, _value_bytes(value, value_field)
+        return prefix + key, _value_bytes(_parse(raw).get(value_field, _ABSENT), value_field)
 
     return decode
 
@@ -535,6 +544,22 @@ def _parse(raw: bytes) -> Any:
         return json.loads(text)  # trailing whitespace is fine; anything else raises
     except ValueError as exc:
         raise _Reject("not_json", str(exc)) from None
+
+
+def _parse_fast(raw: bytes) -> Any:
+    """:func:`_parse` through orjson (about 5x faster), for the ``json`` format's hot path.
+
+    Trusted only where it reads a document exactly as the standard library does: whether it is
+    an object, and its strings. orjson turns integers beyond 64 bits into floats, so a caller
+    that needs any other value (a number as a key, a non-string ``value_field``) re-reads the
+    document with :func:`_parse`. Whatever orjson refuses (``NaN``, lone surrogates, invalid
+    UTF-8, ...) goes to :func:`_parse` too, which accepts what it always accepted and names
+    the error kind as it always did.
+    """
+    try:
+        return _orjson_loads(raw)
+    except _OrjsonError:
+        return _parse(raw)
 
 
 def _key_bytes(value: Any, field: str) -> bytes:
