@@ -255,6 +255,7 @@ print(json.dumps(steps))
 #: The hydrator's imports in dependency order; each step's RSS growth is attributed to it.
 IMPORT_STEPS: Final = (
     "asyncio",
+    "orjson",
     "pydantic",
     "sidecar_hydrator.config",
     "redis.asyncio",
