@@ -23,7 +23,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from benchmarks._common import broker, machine, produce_bulk, sidecar_redis, write_results
+from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.lib.processes import sidecar_redis
 from sidecar_hydrator.config import (
     BindingSource,
     HydratorConfig,
@@ -278,6 +279,47 @@ def print_row(row: dict[str, Any]) -> None:
         f" | load {row['load_average'][0]}",
         flush=True,
     )
+
+
+def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of a results file against their targets, as run_all tabulates them."""
+    rows = []
+    for run in data.get("runs", []):
+        rows.append(
+            {
+                "figure": f"hydration of {run['keys']:,} keys ({run['format']})",
+                "value": run["hydration_records_per_s"],
+                "unit": "rec/s",
+                "baseline": f"bare consumer {run['bare_consumer_records_per_s']:,} rec/s; raw "
+                f"MSET {run['mset_keys_per_s']:,} keys/s (x{run['ratio_to_mset']})"
+                + (
+                    f"; CPU/rec {run['hydrator_cpu_us_per_record_best']} vs bare "
+                    f"{run['bare_consumer_cpu_us_per_record']} us "
+                    f"(x{run['cpu_ratio_to_bare_consumer']}); load {run['load_average'][0]}"
+                    if "cpu_ratio_to_bare_consumer" in run
+                    else ""
+                ),
+                "ratio": run["ratio_to_bare_consumer"],
+                "target": f">= {TARGET_RATIO_TO_BARE}x bare, >= {TARGET_RECORDS_PER_S:,} rec/s",
+                "met": run["meets_rate_target"],
+            }
+        )
+        if run["keys"] >= 1_000_000:
+            rows.append(
+                {
+                    "figure": f"  {run['keys']:,} keys ({run['format']}) hydrated in",
+                    "value": run["hydration_seconds"],
+                    "unit": "s",
+                    "baseline": f"raw MSET of the same keys "
+                    f"{run['keys'] / run['mset_keys_per_s']:.2f} s",
+                    "ratio": round(
+                        run["hydration_seconds"] * run["mset_keys_per_s"] / run["keys"], 2
+                    ),
+                    "target": "< 10 s",
+                    "met": run["hydration_seconds"] < 10,
+                }
+            )
+    return rows
 
 
 def main() -> None:
