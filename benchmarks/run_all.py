@@ -237,7 +237,7 @@ def plots(results: dict[str, dict[str, Any]]) -> dict[str, str]:
         ax.bar(labels, hyd_rss, bottom=redis_rss, label="hydrator RSS")
         ax.scatter(labels, [r["together_pss_mib"] for r in runs], marker="D", color="black",
                    zorder=3, label="PSS together")  # fmt: skip
-        ax.axhline(45, color="red", linestyle="--", label="idle target 45 MiB")
+        ax.axhline(40, color="red", linestyle="--", label="idle target 40 MiB")
         ax.set_ylabel("MiB")
         ax.set_title("Sidecars' memory")
         ax.legend(fontsize=8)
