@@ -217,8 +217,17 @@ def _guarded(
             return change
         except _Reject as exc:
             raise _bad(record, exc) from None
+        except UnicodeEncodeError as exc:
+            raise _bad(record, _unpaired_surrogate(exc)) from None
 
     return decode
+
+
+def _unpaired_surrogate(exc: UnicodeEncodeError) -> _Reject:
+    """A JSON escape such as ``"\\ud800"`` parses to a string no UTF-8 can hold: the value
+    is not UTF-8 text, so it is a bad record like invalid bytes, never an error of the feed."""
+    found = exc.object[exc.start : exc.end]
+    return _Reject("invalid_utf8", f"a JSON string holds an unpaired surrogate escape {found!r}")
 
 
 def _bad(record: RecordLike, reject: _Reject) -> BadRecord:
@@ -290,6 +299,8 @@ def _json(
             return key, value
         except _Reject as exc:
             raise _bad(record, exc) from None
+        except UnicodeEncodeError as exc:
+            raise _bad(record, _unpaired_surrogate(exc)) from None
 
     return decode
 

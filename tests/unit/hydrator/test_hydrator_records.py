@@ -422,3 +422,33 @@ def test_debezium_logical_types_decode_in_the_key_too_and_bad_values_are_kept() 
 )
 def test_debezium_bad_records(key: bytes | None, value: bytes, kind: str) -> None:
     assert bad("debezium", Rec(key, value)).kind == kind
+
+
+# -- unpaired surrogate escapes ----------------------------------------------------------------
+# ``"\ud800"`` is valid JSON but no UTF-8 can hold the string it parses to: such a record is a
+# bad record of kind invalid_utf8, never an exception that would stop the feed.
+
+LONE = b'"\\ud800"'
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "kwargs"),
+    [
+        ("json", Rec(b"k", b'{"v": ' + LONE + b"}"), {"value_field": "v"}),
+        ("json", Rec(b"k", b'{"v": {"nested": ' + LONE + b"}}"), {"value_field": "v"}),
+        ("json", Rec(b"rk", b'{"id": ' + LONE + b"}"), {"key_field": "id"}),
+        ("json", Rec(LONE, None), {"key_field": "id"}),
+        (
+            "debezium",
+            Rec(KEY, dbz("c", after={"id": 7, "name": "x"}).replace(b'"x"', LONE)),
+            {},
+        ),
+    ],
+    ids=["value", "nested-value", "key-field", "tombstone-key", "debezium-row"],
+)
+def test_an_unpaired_surrogate_escape_is_a_bad_record(
+    fmt: RecordFormat, record: Rec, kwargs: dict[str, str]
+) -> None:
+    error = bad(fmt, record, **kwargs)
+    assert error.kind == "invalid_utf8"
+    assert "surrogate" in str(error)
