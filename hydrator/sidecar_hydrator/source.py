@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar_hydrator.reasons import Problem
 from sidecar_hydrator.records import RecordLike
 
 
@@ -56,6 +57,12 @@ class Snapshot:
 
 class Source(Protocol):
     """One binding's partitions, read in order from explicit positions."""
+
+    @property
+    def problem(self) -> Problem | None:
+        """Why the binding cannot be read right now (a missing topic, refused credentials, no
+        broker), in the reasons' vocabulary; ``None`` when nothing is known to be wrong."""
+        ...
 
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         """Every partition with its beginning and end, waiting for missing streams."""
