@@ -224,17 +224,16 @@ class Hydrator:
         """Log the state once per change of reason (the sources log what changed in theirs)."""
         if state.reason is self._noted:
             return
-        level = (
-            logging.INFO
-            if state.reason in (Reason.HYDRATED, Reason.HYDRATING)
-            else (logging.WARNING)
-        )
+        quiet = state.reason in (Reason.HYDRATED, Reason.HYDRATING)
+        # A source's problem was logged by the source, with its binding: not twice.
+        from_source = any(f.problem and f.problem.reason is state.reason for f in self.feeds)
+        detail = "see the binding's message above" if from_source else state.detail
         logger.log(
-            level,
+            logging.INFO if quiet else logging.WARNING,
             "state %s (was %s): %s",
             state.reason,
             self._noted or "starting",
-            state.detail or "a complete view is served",
+            detail or "a complete view is served",
             extra={"reason": str(state.reason)},
         )
         self._noted = state.reason

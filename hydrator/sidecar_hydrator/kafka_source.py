@@ -113,7 +113,8 @@ def bootstrap_problem(exc: BaseException | None, *, servers: str) -> Problem:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Problem(
             Reason.AUTHENTICATION_FAILED,
-            f"the TLS certificate of {servers} does not verify: {exc.verify_message}",
+            f"the TLS certificate of {servers} does not verify: "
+            f"{getattr(exc, 'verify_message', None) or _said(exc)}",
         )
     if isinstance(exc, ClusterAuthorizationFailedError | TopicAuthorizationFailedError):
         return Problem(Reason.AUTHORIZATION_FAILED, f"{servers} refused access: {_said(exc)}")
@@ -137,7 +138,9 @@ def _topics(names: Sequence[str]) -> str:
 
 
 def _said(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The error's own words (aiokafka's ``str()`` prefixes its code and class)."""
+    first = exc.args[0] if exc.args else None
+    text = first.strip() if isinstance(first, str) else str(exc).strip()
     return text if text and text != "None" else type(exc).__name__
 
 

@@ -203,13 +203,16 @@ def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str,
     """Pod name -> metrics URL, for live injected Pods that have an IP.
 
     Pending ones too: a Pod whose store is full never finishes starting (its hydrator does
-    not report hydrated), and that is exactly the Pod the status must name.
+    not report hydrated), and that is exactly the Pod the status must name. Not the ones
+    being deleted: a roll-out's old Pod says nothing about the binding any more.
     """
     targets = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         if "sidecarstate.dev/injected-bindings" not in (meta.get("annotations") or {}):
+            continue
+        if meta.get("deletionTimestamp"):
             continue
         if status.get("phase") not in {"Pending", "Running"} or not status.get("podIP"):
             continue

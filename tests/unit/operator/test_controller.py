@@ -179,6 +179,9 @@ def test_scrape_targets_are_live_injected_pods_with_an_ip(make_pod):
         {**injected_by(make_pod("d"), "x"), "status": {"phase": "Pending", "podIP": "10.9.0.1"}},
         {**injected_by(make_pod("e"), "x"), "status": {"phase": "Succeeded", "podIP": "10.9.0.2"}},
     ]
+    leaving = running(injected_by(make_pod("f"), "x"), ip="10.9.0.3")
+    leaving["metadata"]["deletionTimestamp"] = "2026-12-01T12:00:00Z"  # a roll-out's old Pod
+    pods.append(leaving)
 
     assert scrape_targets(pods, port=9464) == {
         "a": "http://10.244.0.5:9464/metrics",
