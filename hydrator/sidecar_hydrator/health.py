@@ -125,8 +125,9 @@ class Metrics:
         )
         self.kafka_errors = Counter(
             "kafka_errors",
-            "Kafka client failures by kind: unreachable (connecting), config (the client "
-            "cannot be set up as configured, e.g. TLS files).",
+            "Kafka client failures by kind: unreachable (connecting), auth (the brokers "
+            "refused the credentials or access), config (the client cannot be set up as "
+            "configured, e.g. TLS files).",
             ["binding", "kind"],
             namespace=_NS,
             registry=r,

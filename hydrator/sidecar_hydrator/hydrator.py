@@ -403,10 +403,14 @@ class Hydrator:
         started = time.monotonic()
         complete = self.refused_keys() == 0
         generation = uuid.uuid4().hex
+        meta = self._freshness_meta()
+        if complete:
+            # As of the swap; the next heartbeat adds a source's trouble, should there be any.
+            meta.update(state=str(Reason.HYDRATED), state_detail="")
         async with self._publishing:
             await self.store.complete_rebuild(
                 offsets=offsets,
-                meta=self._freshness_meta(),
+                meta=meta,
                 generation=generation,
                 complete=complete,
             )

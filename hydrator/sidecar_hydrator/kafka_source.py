@@ -24,10 +24,12 @@ from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
     ClusterAuthorizationFailedError,
+    IllegalSaslStateError,
     KafkaError,
     OffsetOutOfRangeError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
+    UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
 
@@ -104,9 +106,14 @@ def consumer_options(
 def bootstrap_problem(exc: BaseException | None, *, servers: str) -> Problem:
     """What a failed bootstrap means for the user (pure): the credentials, the TLS trust, or
     no broker at the address. ``exc`` is the cause :func:`connect_error` found."""
-    if isinstance(
-        exc, SaslAuthenticationFailed | AuthenticationFailedError | AuthenticationMethodNotSupported
-    ):
+    refused = (
+        SaslAuthenticationFailed,
+        AuthenticationFailedError,
+        AuthenticationMethodNotSupported,
+        UnsupportedSaslMechanismError,
+        IllegalSaslStateError,
+    )
+    if isinstance(exc, refused):
         return Problem(
             Reason.AUTHENTICATION_FAILED, f"{servers} refused the credentials: {_said(exc)}"
         )
