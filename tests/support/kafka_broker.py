@@ -242,6 +242,7 @@ class KafkaBroker(ChildService):
         java: str = "java",
         host: str = "127.0.0.1",
         sasl_users: Mapping[str, str] = SASL_USERS,
+        authorizer: bool = False,
     ) -> None:
         """Prepare (but do not start) a broker.
 
@@ -253,6 +254,9 @@ class KafkaBroker(ChildService):
         a local node's Pods reach the host only at the node's bridge address, not loopback.
         ``sasl_users`` (name -> password) may sign in with SASL/PLAIN on a second listener
         (``sasl_bootstrap_servers``); the first one stays PLAINTEXT, as every other test uses.
+        ``authorizer`` turns Kafka's ACLs on: the PLAINTEXT listener's clients (and the
+        controller) are super users, and the SASL users may do nothing, as a user without
+        ACLs on a secured cluster.
         """
         self.version = version
         self.heap = heap
@@ -269,6 +273,7 @@ class KafkaBroker(ChildService):
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.sasl_users = dict(sasl_users)
+        self.authorizer = authorizer
         self.port, self.controller_port, self.sasl_port = _free_ports(3)
         self.cluster_id = random_cluster_id()
         self._formatted = False
@@ -395,6 +400,12 @@ class KafkaBroker(ChildService):
             "num.io.threads": "4",
             "background.threads": "2",
         }
+        if self.authorizer:
+            props["authorizer.class.name"] = (
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            )
+            props["super.users"] = "User:ANONYMOUS"
+            props["allow.everyone.if.no.acl.found"] = "false"
         props.update(self.extra_config)
         return props
 

@@ -191,3 +191,22 @@ async def test_a_store_too_small_is_store_full(
         assert status == 503 and body.startswith(b"store_full: Redis refused "), body
         assert b"maxmemory" in body
         assert not hydrator.hydrated
+
+
+async def test_a_topic_the_user_may_not_read_is_authorization_failed(
+    tmp_path: Path, redis_server: RedisServer, app_redis: aioredis.Redis
+) -> None:
+    # A broker of its own: ACLs on, and the SASL user has none (as a new user of a secured
+    # cluster would), while the test's own PLAINTEXT clients are super users.
+    with KafkaBroker(authorizer=True, jvm_options=["-XX:TieredStopAtLevel=1"]) as broker:
+        topic = "acl-protected"
+        broker.create_topic(topic)
+        ((user, password),) = SASL_USERS.items()
+        (tmp_path / "username").write_text(user)
+        (tmp_path / "password").write_text(password)
+        config = sasl_config(broker, redis_server, topic, tmp_path)
+        async with serving(config) as (hydrator, port):
+            await says(
+                hydrator, port, app_redis, Reason.AUTHORIZATION_FAILED,
+                f"not authorized to read topic {topic} on {broker.sasl_bootstrap_servers}",
+            )  # fmt: skip
