@@ -158,6 +158,11 @@ class Feed:
         """Why this binding cannot be read right now (its source says)."""
         return self._source.problem
 
+    @property
+    def positioned(self) -> bool:
+        """The source told where every partition begins and ends (a snapshot was taken)."""
+        return bool(self._snapshot)
+
     def progress(self) -> tuple[int, int]:
         """(records read, records to read) since this binding was last positioned, up to the
         ends snapshotted then: how far a bootstrap or rebuild is."""

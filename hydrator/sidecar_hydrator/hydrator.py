@@ -216,7 +216,10 @@ class Hydrator:
                     detail += f" (binding {feed.binding.name})"
                 problems.append(Problem(problem.reason, detail))
         if not self.hydrated:
-            problems.append(Problem(Reason.HYDRATING, progress_detail(read=read, target=target)))
+            progress = progress_detail(read=read, target=target)
+            if not all(feed.positioned for feed in self.feeds):
+                progress = "asking the source where its topics begin and end"
+            problems.append(Problem(Reason.HYDRATING, progress))
         found = worst(problems) or Problem(Reason.HYDRATED, "")
         return State(found.reason, found.detail, read_records=read, target_records=target)
 
