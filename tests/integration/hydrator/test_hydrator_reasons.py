@@ -9,10 +9,19 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import nats
 import pytest
 import redis.asyncio as aioredis
 
-from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from sidecar_hydrator.config import (
+    BindingSource,
+    HydratorConfig,
+    KafkaConnection,
+    KeyMapping,
+    NatsConnection,
+    NatsKv,
+    NatsSourceConfig,
+)
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.reasons import Reason
 from tests.integration.hydrator.support import (
@@ -26,6 +35,7 @@ from tests.integration.hydrator.support import (
     sidecar_redis_config,
 )
 from tests.support.kafka_broker import SASL_USERS, KafkaBroker
+from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -209,4 +219,46 @@ async def test_a_topic_the_user_may_not_read_is_authorization_failed(
             await says(
                 hydrator, port, app_redis, Reason.AUTHORIZATION_FAILED,
                 f"not authorized to read topic {topic} on {broker.sasl_bootstrap_servers}",
+            )  # fmt: skip
+
+
+def nats_kv_config(server: NatsServer, redis: RedisServer, **auth: str) -> HydratorConfig:
+    return HydratorConfig(
+        redis_socket=str(redis.socket_path),
+        bindings=(
+            BindingSource(
+                name="flags",
+                nats=NatsSourceConfig(
+                    connection=NatsConnection(servers=(server.url,), **auth),
+                    kv=NatsKv(bucket="flags"),
+                ),
+                format="raw",
+            ),
+        ),
+    )
+
+
+async def test_nats_speaks_the_same_reasons_a_missing_bucket_then_refused_credentials(
+    redis_server: RedisServer, app_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with NatsServer(config='authorization { token: "s3cret" }') as server:
+        monkeypatch.setenv("NATS_TOKEN", "s3cret")
+        config = nats_kv_config(server, redis_server, auth_method="token", token_env="NATS_TOKEN")
+        async with serving(config) as (hydrator, port):
+            await says(
+                hydrator, port, app_redis, Reason.TOPIC_MISSING,
+                f"KV bucket flags does not exist on {server.url}",
+            )  # fmt: skip
+            nc = await nats.connect(server.url, token="s3cret")
+            await (await nc.jetstream().create_key_value(bucket="flags")).put("a", b"1")
+            await nc.close()
+            await hydrated(hydrator)
+            assert reason_of(hydrator) is Reason.HYDRATED
+
+        monkeypatch.setenv("NATS_TOKEN", "wrong")
+        await app_redis.flushall()
+        async with serving(config) as (hydrator, port):
+            await says(
+                hydrator, port, app_redis, Reason.AUTHENTICATION_FAILED,
+                f"{server.url} refused the credentials",
             )  # fmt: skip
