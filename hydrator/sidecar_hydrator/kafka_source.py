@@ -352,7 +352,10 @@ class KafkaSource:
                 "binding %s: Kafka reads again (was: %s)", self._binding.name, self.problem.detail
             )
         else:
-            level = logging.WARNING if problem.reason is Reason.UNREACHABLE else logging.ERROR
+            # Waiting (for a topic, for brokers) is a warning; what a person must fix (the
+            # credentials, the client's files) is an error.
+            waiting = problem.reason in (Reason.UNREACHABLE, Reason.TOPIC_MISSING)
+            level = logging.WARNING if waiting else logging.ERROR
             logger.log(
                 level,
                 "binding %s: %s: %s (retrying; the served view stays as it is)",
