@@ -245,6 +245,21 @@ def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
+#: The hydrator's Prometheus metrics: their common prefix, and the names the operator reads
+#: back from each Pod's ``/metrics`` (``controller.health``) to fill a binding's status. Part
+#: of the same contract: renaming one here renames it on both sides.
+METRICS_NAMESPACE = "sidecar_state_hydrator"
+HYDRATED_METRIC = f"{METRICS_NAMESPACE}_hydrated"
+STALENESS_METRIC = f"{METRICS_NAMESPACE}_staleness_seconds"
+OOM_REJECTIONS_METRIC = f"{METRICS_NAMESPACE}_redis_oom_rejections"
+#: 1 for the hydrator's current state, 0 for the others: label ``reason``, one of
+#: :class:`sidecar_hydrator.reasons.Reason`.
+STATE_METRIC = f"{METRICS_NAMESPACE}_state"
+#: Records read so far, and to be read, by the hydration (bootstrap or rebuild) under way.
+HYDRATION_READ_METRIC = f"{METRICS_NAMESPACE}_hydration_read_records"
+HYDRATION_TARGET_METRIC = f"{METRICS_NAMESPACE}_hydration_target_records"
+
+
 class HydratorConfig(_Contract):
     """Everything one hydrator needs; the operator renders it, the sidecar parses it."""
 

@@ -2,7 +2,8 @@
 
 The hydrator reports its state everywhere a user looks (``/startupz`` and ``/readyz`` bodies,
 the ``state`` gauge's ``reason`` label, ``sidecar-state:meta``, its log); the operator reads
-the gauge and names the reason on the StateBinding (condition ``Hydrated``, a Warning Event,
+the gauge (its name is in :mod:`sidecar_hydrator.config`, with the other metric names) and
+names the reason on the StateBinding (condition ``Hydrated``, a Warning Event,
 ``kubectl get sb``). Both import this module, so a reason renamed on one side breaks the type
 checker, not a binding's status. Kafka and NATS map their errors onto the same reasons, so a
 runbook entry (README, "Troubleshooting") covers both.
@@ -85,13 +86,6 @@ FIXES: dict[Reason, str] = {
     Reason.STORE_UNAVAILABLE: "check the sidecar-state-redis container of the Pod",
     Reason.DAMAGED: "nothing: the view is rebuilt; find who writes to the store",
 }
-
-#: The Prometheus gauge (1 for the current reason, 0 for the others); with the hydrator's
-#: namespace prefix, as the operator scrapes it.
-STATE_METRIC = "sidecar_state_hydrator_state"
-#: Records read so far, and to be read, by the hydration (bootstrap or rebuild) under way.
-HYDRATION_READ_METRIC = "sidecar_state_hydrator_hydration_read_records"
-HYDRATION_TARGET_METRIC = "sidecar_state_hydrator_hydration_target_records"
 
 
 @dataclass(frozen=True, slots=True)
