@@ -20,6 +20,7 @@ from sidecar_hydrator.batch import Batch, build_batch, guard_reserved, index_com
 from sidecar_hydrator.changes import change_channel, change_message
 from sidecar_hydrator.config import RESERVED_PREFIX, BindingSource, HydratorConfig
 from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.reasons import Problem
 from sidecar_hydrator.records import BadRecord, RecordLike, make_decoder
 from sidecar_hydrator.source import NeedRebuild, Partition, Source, recreated
 from sidecar_hydrator.store import Store, is_binding_field, offset_field
@@ -85,6 +86,8 @@ class Feed:
         #: Records of batches with refused writes: counted as applied once those got in.
         self._refused_records = 0
         self._snapshot: dict[Partition, int] = {}
+        #: Per partition, where the current positioning started reading.
+        self._starts: dict[Partition, int] = {}
         #: Per partition, the position written to the store (the next one to read).
         self._positions: dict[Partition, int] = {}
         #: Stream name -> identity (Kafka's topic ID), as of the last positioning.
@@ -157,6 +160,26 @@ class Feed:
             return min(self._fresh.values())
         return self.fresh_floor_ms
 
+    @property
+    def problem(self) -> Problem | None:
+        """Why this binding cannot be read right now (its source says)."""
+        return self._source.problem
+
+    @property
+    def positioned(self) -> bool:
+        """The source told where every partition begins and ends (a snapshot was taken)."""
+        return bool(self._snapshot)
+
+    def progress(self) -> tuple[int, int]:
+        """(records read, records to read) since this binding was last positioned, up to the
+        ends snapshotted then: how far a bootstrap or rebuild is."""
+        read = target = 0
+        for tp, end in self._snapshot.items():
+            start = self._starts.get(tp, end)
+            target += max(0, end - start)
+            read += max(0, min(self._positions.get(tp, start), end) - start)
+        return read, target
+
     def lag(self) -> int:
         """Records between the written positions and the ends the source last reported."""
         total = 0
@@ -213,6 +236,7 @@ class Feed:
                 starts[tp] = beginnings[tp]
         self._source.assign(starts)
         self._positions = dict(starts)
+        self._starts = dict(starts)
         self._handed = dict(starts)
         self._snapshot = dict(ends)
         self.applied_offsets = {

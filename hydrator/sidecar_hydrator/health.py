@@ -9,6 +9,8 @@ simple ``GET`` requests; each connection gets one response and is closed.
   (fail static) and false while a Redis that lost its data is rebuilt;
 - ``/startupz``: the first hydration of this process finished (native sidecar startupProbe,
   which keeps the app's containers from starting on a cold store);
+- a failing probe's body is the state's line, ``<reason>: <detail>`` (see
+  :mod:`sidecar_hydrator.reasons`): ``kubectl describe pod`` shows it, the controller reads it;
 - ``/metrics``: the Prometheus text format.
 """
 
@@ -28,10 +30,14 @@ from prometheus_client.registry import Collector
 
 from sidecar_hydrator.config import (
     HYDRATED_METRIC,
+    HYDRATION_READ_METRIC,
+    HYDRATION_TARGET_METRIC,
     METRICS_NAMESPACE,
     OOM_REJECTIONS_METRIC,
     STALENESS_METRIC,
+    STATE_METRIC,
 )
+from sidecar_hydrator.reasons import Reason, State
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +117,9 @@ class Metrics:
         )
         r.register(self.staleness)
         self.hydrated = Gauge(HYDRATED_METRIC, "1 when Redis holds a complete view.", registry=r)
+        #: What the state gauges report; the hydrator sets it.
+        self.state_source: Callable[[], State] = lambda: State(Reason.HYDRATING)
+        r.register(StateCollector(lambda: self.state_source()))
         self.rebuilds = Counter(
             "rebuilds",
             "Full rebuilds into the spare database, by reason.",
@@ -120,8 +129,9 @@ class Metrics:
         )
         self.kafka_errors = Counter(
             "kafka_errors",
-            "Kafka client failures by kind: unreachable (connecting), config (the client "
-            "cannot be set up as configured, e.g. TLS files).",
+            "Kafka client failures by kind: unreachable (connecting), auth (the brokers "
+            "refused the credentials or access), config (the client cannot be set up as "
+            "configured, e.g. TLS files).",
             ["binding", "kind"],
             namespace=_NS,
             registry=r,
@@ -215,12 +225,49 @@ class OptionalGauge(Collector):
         yield GaugeMetricFamily(self._name, self._documentation)
 
 
+class StateCollector(Collector):
+    """The state as gauges: one sample per reason (1 for the current one, 0 for the others,
+    so the ``reason`` label is bounded and ``== 1`` selects it), and the hydration's
+    progress in records."""
+
+    def __init__(self, state: Callable[[], State]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._state()
+        family = GaugeMetricFamily(
+            STATE_METRIC,
+            "1 for the hydrator's current state (reason hydrated, or why not), 0 for the others.",
+            labels=["reason"],
+        )
+        for reason in Reason:
+            family.add_metric([str(reason)], 1.0 if reason is state.reason else 0.0)
+        yield family
+        yield GaugeMetricFamily(
+            HYDRATION_READ_METRIC,
+            "Records read by the hydration under way (since the bindings were positioned).",
+            value=state.read_records,
+        )
+        yield GaugeMetricFamily(
+            HYDRATION_TARGET_METRIC,
+            "Records the hydration under way reads (to the ends snapshotted when positioned).",
+            value=state.target_records,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(STATE_METRIC, "", labels=["reason"])
+        yield GaugeMetricFamily(HYDRATION_READ_METRIC, "")
+        yield GaugeMetricFamily(HYDRATION_TARGET_METRIC, "")
+
+
 @dataclass(frozen=True, slots=True)
 class Probes:
     """What the probe routes ask the hydrator."""
 
     ready: Callable[[], bool]
     started: Callable[[], bool]
+    #: Why not (the failing probes' body); a fixed "hydrating" when not given.
+    state: Callable[[], State] = lambda: State(Reason.HYDRATING)
 
 
 class HealthServer:
@@ -279,11 +326,13 @@ class HealthServer:
         if path == b"/livez":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":
-            return _probe(self._probes.ready(), b"hydrated\n", b"not hydrated\n")
+            return self._probe(self._probes.ready(), b"hydrated\n")
         if path == b"/startupz":
-            return _probe(self._probes.started(), b"started\n", b"hydrating\n")
+            return self._probe(self._probes.started(), b"started\n")
         return "404 Not Found", "text/plain", b"not found\n"
 
-
-def _probe(ok: bool, yes: bytes, no: bytes) -> tuple[str, str, bytes]:
-    return ("200 OK", "text/plain", yes) if ok else ("503 Service Unavailable", "text/plain", no)
+    def _probe(self, ok: bool, yes: bytes) -> tuple[str, str, bytes]:
+        if ok:
+            return "200 OK", "text/plain", yes
+        line = self._probes.state().line().replace("\n", " ")
+        return "503 Service Unavailable", "text/plain", line.encode() + b"\n"

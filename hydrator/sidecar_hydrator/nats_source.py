@@ -42,6 +42,7 @@ from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.nats_auth import NkeyCallbacks, NkeyError, creds_callbacks, nkey_callbacks
+from sidecar_hydrator.reasons import Problem, Reason
 from sidecar_hydrator.records import RecordLike
 from sidecar_hydrator.source import Partition, Snapshot, raising_source_errors
 
@@ -313,6 +314,16 @@ def _nats_errors(
     return translated
 
 
+def connection_problem(exc: BaseException, *, servers: str) -> Problem:
+    """What a NATS connection error means for the user (pure), in Kafka's vocabulary."""
+    text = str(exc).lower()
+    if "permissions violation" in text:
+        return Problem(Reason.AUTHORIZATION_FAILED, f"{servers} refused access: {exc}")
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
+        return Problem(Reason.AUTHENTICATION_FAILED, f"{servers} refused the credentials: {exc!r}")
+    return Problem(Reason.UNREACHABLE, f"no NATS server answers at {servers} ({exc!r})")
+
+
 class NatsSource:
     """One binding's KV bucket or stream (a :class:`~sidecar_hydrator.source.Source`)."""
 
@@ -342,6 +353,12 @@ class NatsSource:
         self._pending: int | None = None
         self._reported_ms: float | None = None
         self._warned = ""
+        #: Why the binding cannot be read right now (``None``: nothing known to be wrong).
+        self.problem: Problem | None = None
+        self._servers = ",".join(binding.nats.connection.servers)
+        kv = binding.nats.kv
+        what = f"KV bucket {kv.bucket}" if kv is not None else f"stream {self._stream}"
+        self._missing = Problem(Reason.TOPIC_MISSING, f"{what} does not exist on {self._servers}")
 
     # -- the Source protocol ------------------------------------------------------------------
 
@@ -354,6 +371,7 @@ class NatsSource:
             try:
                 info = await until(stop, js.stream_info(self._stream))
             except nats.js.errors.NotFoundError:
+                self.problem = self._missing
                 self._warn_once(f"waiting for stream {self._stream}")
                 await until(stop, asyncio.sleep(1.0))
                 continue
@@ -362,6 +380,7 @@ class NatsSource:
                 await until(stop, asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self.problem = None
             state = info.state
             end = state.last_seq + 1
             # Per-subject retention keeps every subject's newest message, so any earlier
@@ -431,6 +450,7 @@ class NatsSource:
             logger.info("binding %s: %s; re-creating the consumer", self._binding.name, run.broken)
             self._drop_consumer()
         self._reported_ms = time.time() * 1000
+        self.problem = None  # the server answered
         if self._pending == 0 and known_end is not None and not gap:
             # Nothing more matches the filter: the stream's tail (other subjects) is read.
             self._position = max(self._position, known_end)
@@ -496,6 +516,9 @@ class NatsSource:
                 self._nc = await until(stop, connect(options, error_cb=self._on_error))
                 self._js = self._nc.jetstream(timeout=5.0)
             except NatsConfigError as exc:
+                self.problem = Problem(
+                    Reason.SOURCE_CONFIG, f"the NATS client cannot be set up: {exc}"
+                )
                 self._metrics.nats_errors.labels(binding=self._binding.name, kind="config").inc()
                 self._warn_once(f"the NATS client cannot be set up: {exc}", level=logging.ERROR)
                 await until(stop, asyncio.sleep(5.0))
@@ -508,7 +531,9 @@ class NatsSource:
     async def _on_error(self, exc: Exception) -> None:
         """nats-py reports every failed (re)connect here; each distinct error is logged once.
         Refused credentials are an error a person must fix, so they say so."""
-        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+        problem = connection_problem(exc, servers=self._servers)
+        if problem.reason is not Reason.UNREACHABLE:
+            self.problem = problem
             self._metrics.nats_errors.labels(binding=self._binding.name, kind="auth").inc()
             method = self._nats.connection.auth_method or "none"
             self._warn_once(
@@ -569,6 +594,7 @@ class NatsSource:
         )
         self._pending = info.num_pending
         self._reported_ms = time.time() * 1000
+        self.problem = None  # the server answered
         # Only once every message the consumer delivered has been received: one still on
         # its way is not pending any more, but not read either.
         received = info.delivered is not None and info.delivered.consumer_seq == self._consumer_seq
@@ -586,6 +612,11 @@ class NatsSource:
         task.add_done_callback(self._dropping.discard)
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        problem = connection_problem(exc, servers=self._servers)
+        refused = (Reason.AUTHENTICATION_FAILED, Reason.AUTHORIZATION_FAILED)
+        # A refusal the error callback reported outlives the "no servers" that follows it.
+        if problem.reason in refused or self.problem is None or self.problem.reason not in refused:
+            self.problem = problem
         self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
         self._warn_once(f"{what} failed: {exc!r}")
 

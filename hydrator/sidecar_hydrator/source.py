@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar_hydrator.reasons import Problem
 from sidecar_hydrator.records import RecordLike
 
 
@@ -93,6 +94,12 @@ class Source(Protocol):
 
     Any failure a method does not retry itself is raised as :class:`SourceError`.
     """
+
+    @property
+    def problem(self) -> Problem | None:
+        """Why the binding cannot be read right now (a missing topic, refused credentials, no
+        broker), in the reasons' vocabulary; ``None`` when nothing is known to be wrong."""
+        ...
 
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         """Every partition with its beginning and end, waiting for missing streams."""

@@ -333,8 +333,8 @@ def check_hydrators(
             detail=f"{hydrated} of {injected} hydrated"
             + (f"; not yet: {', '.join(unhydrated[:5])}" if unhydrated else ""),
             fix="" if not unhydrated and hydrated >= injected else
-            "kubectl logs <pod> -c sidecar-state-hydrator: Kafka reachable? topics exist? "
-            "store full (status.storeFullPods)?",
+            "the binding's Hydrated condition names the reason (kubectl describe statebinding; "
+            "the README's Troubleshooting maps it to its fix)",
         ))  # fmt: skip
         staleness = status.get("worstStalenessSeconds")
         fresh = staleness is not None and staleness <= max_staleness_seconds

@@ -1,16 +1,33 @@
-"""A StateBinding's status, computed from the binding and the Pods of its namespace."""
+"""A StateBinding's status, computed from the binding and the Pods of its namespace.
+
+Conditions, each meaning what a user reads into it:
+
+- ``Accepted``: the spec is valid (an invalid one never gets here: the CRD and the validating
+  webhook refuse it), and Pods it selects are injected from now on;
+- ``PodsInjected``: every selected live Pod carries the sidecars;
+- ``Hydrated``: every selected running Pod's hydrator reports a complete view; when not, the
+  reason and the Pods are named (see :func:`controller.health.hydrated_condition`);
+- ``StoreHealthy``: no Pod's Redis refused a write for lack of memory;
+- ``Ready``: all of them. False when any is False, Unknown when none is False but one is
+  Unknown (an unreachable hydrator is never counted as a healthy one).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import format_bytes, quantity_bytes
-from sidecar_operator.controller.health import HydratorHealth, store_condition, worst_staleness
+from sidecar_operator.controller.health import (
+    HydratorHealth,
+    hydrated_condition,
+    store_condition,
+    worst_staleness,
+)
 from sidecar_operator.injection import Selection, select
 from sidecar_operator.injection.defaults import InjectionDefaults
 
@@ -166,19 +183,18 @@ def build_status(
         )  # fmt: skip
     shown_memory = format_bytes(quantity_bytes(memory))
     store = store_condition(health, memory=shown_memory, generation=generation, now=stamp)
-    if store["status"] != "True":
-        ready = {**store, "type": "Ready"}
-    else:
-        ready = _condition(
-            "Ready", True, "Accepted",
-            f"injecting Pods selected by this binding with "
-            f"{'topics ' if binding.spec.source.kafka else 'NATS '}"
-            f"{', '.join(binding.spec.source.read)}",
-            generation=generation, now=stamp,
-        )  # fmt: skip
+    accepted = _condition(
+        "Accepted", True, "SpecValid",
+        f"injecting Pods selected by this binding with "
+        f"{'topics ' if binding.spec.source.kafka else 'NATS '}"
+        f"{', '.join(binding.spec.source.read)}",
+        generation=generation, now=stamp,
+    )  # fmt: skip
+    hydrated = hydrated_condition(health, generation=generation, now=stamp)
+    ready = ready_condition([hydrated, store, injected_condition, accepted])
     previous = previous or {}
     conditions = _keep_transition_times(
-        [ready, injected_condition, store], previous.get("conditions") or []
+        [ready, accepted, injected_condition, hydrated, store], previous.get("conditions") or []
     )
     return {
         "observedGeneration": generation,
@@ -197,4 +213,45 @@ def build_status(
         "topics": ",".join(binding.spec.source.read),
         "memory": shown_memory,
         "ready": ready["status"],
+        "reason": ready["reason"],
     }
+
+
+def ready_condition(conditions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``Ready`` = all of ``conditions``: the first False one's reason and message (in the
+    order given, most telling first), else the first Unknown one's, else True."""
+    for status in ("False", "Unknown"):
+        first = next((c for c in conditions if c["status"] == status), None)
+        if first is not None:
+            return {**first, "type": "Ready"}
+    message = "; ".join(str(c["message"]) for c in reversed(conditions) if c.get("message"))
+    return {**conditions[0], "type": "Ready", "reason": "Ready", "message": message}
+
+
+def _find(conditions: Any, kind: str) -> Mapping[str, Any]:
+    return next((c for c in conditions or () if c.get("type") == kind), {})
+
+
+def hydration_event(
+    status: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> tuple[Literal["Normal", "Warning"], str, str] | None:
+    """The Event a status change is worth, as ``(type, reason, message)``, or ``None``.
+
+    A Warning when a reason first appears on ``Hydrated`` (a missing topic, refused
+    credentials, a full store...; a Pod that is merely hydrating is not worth one), a Normal
+    one when the Pods are hydrated again after one. Posted once per change, not per pass: the
+    previous status is the memory, so an operator restart does not repeat them.
+    """
+    now = _find(status.get("conditions"), "Hydrated")
+    before = _find((previous or {}).get("conditions"), "Hydrated")
+    if now.get("status") == "False" and now.get("reason") != "Hydrating":
+        if now.get("reason") != before.get("reason") or before.get("status") != "False":
+            return "Warning", str(now["reason"]), str(now.get("message", ""))
+        return None
+    if (
+        now.get("status") == "True"
+        and before.get("status") == "False"
+        and before.get("reason") != "Hydrating"
+    ):
+        return "Normal", "Hydrated", str(now.get("message", ""))
+    return None

@@ -25,13 +25,15 @@ from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
 from sidecar_operator.controller.health import (
     HydratorHealth,
+    needs_detail,
     parse_metrics,
     scrape_targets,
     unreachable,
+    with_detail,
 )
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts, pods_may_be_stale
-from sidecar_operator.controller.status import build_status, survey_pods
+from sidecar_operator.controller.status import build_status, hydration_event, survey_pods
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.handlers.index import (
@@ -84,7 +86,16 @@ async def scrape_hydrators(
             except (aiohttp.ClientError, TimeoutError) as error:
                 logger.debug(f"Hydrator of Pod {pod} did not answer: {error!r}")
                 return BindingHealth(health=unreachable(pod), bindings=owners.get(pod, ()))
-        return BindingHealth(health=parse_metrics(pod, text), bindings=owners.get(pod, ()))
+            health = parse_metrics(pod, text)
+            if needs_detail(health):
+                # What exactly ("topic x does not exist on k:9092") is the failing probe's
+                # body: free text has no place in a metric label.
+                try:
+                    async with session.get(url.rsplit("/", 1)[0] + "/readyz") as response:
+                        health = with_detail(health, await response.text())
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    logger.debug(f"Hydrator of Pod {pod}: no /readyz body: {error!r}")
+        return BindingHealth(health=health, bindings=owners.get(pod, ()))
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         tasks = {asyncio.create_task(scrape(session, p, u)): p for p, u in targets.items()}
@@ -199,6 +210,11 @@ async def reconcile_namespace(
             message = condition["message"]
             events.record(Event(target=binding_ref(binding), type="Warning",
                                 reason="MissedInjection", message=message))  # fmt: skip
+        noteworthy = hydration_event(status, previous)
+        if noteworthy is not None:
+            kind, reason, message = noteworthy
+            events.record(Event(target=binding_ref(binding), type=kind,
+                                reason=reason, message=message))  # fmt: skip
         if {k: previous.get(k) for k in status} != status:
             await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
 
