@@ -33,6 +33,7 @@ from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts, 
 from sidecar_operator.controller.status import build_status
 from sidecar_operator.events import Event, EventRecorder
 from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.handlers.owned_objects import sync_intercept_objects
 from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
 from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
@@ -180,6 +181,7 @@ async def reconcile_namespace(
             live = parse_binding(current)
         except ValueError:
             continue  # invalid bindings are never indexed; the validate webhook says why
+        await sync_intercept_objects(live, memo=memo, prune=False, logger=logger)
         status = build_status(
             live, pods=pods, bindings=bindings, defaults=defaults, previous=previous,
             health=[h.health for h in health if binding.name in h.bindings],
@@ -237,6 +239,7 @@ def namespace_passes(
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def statebinding_reconcile(
+    body: kopf.Body,
     name: str,
     namespace: str,
     reason: str,
@@ -251,6 +254,13 @@ async def statebinding_reconcile(
         changed_bindings(memo, namespace).add(name)
     # A created or changed binding rolls the workloads it now selects; a resume (an operator
     # restart) rolls only content changes, not Pods that an outage left without sidecars.
+    try:
+        binding = parse_binding(dict(body))
+    except ValueError:
+        binding = None  # invalid bindings are never indexed; the validate webhook says why
+    if binding is not None:
+        # Also deletes what the binding no longer asks for (a mode or networkPolicy changed).
+        await sync_intercept_objects(binding, memo=memo, prune=True, logger=logger)
     passes = namespace_passes(memo, bindings_by_namespace, logger)
     if reason != kopf.Reason.RESUME:
         follow_up(memo, passes, namespace)
