@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 import kubernetes
+import urllib3
 
 from sidecar_operator import kube
 from sidecar_operator.api.models import StateBinding
@@ -69,6 +70,19 @@ class _NotOurs(Exception):
     """An object of that name exists and belongs to someone else."""
 
 
+def _explain(error: Exception, desired: Desired) -> str:
+    if isinstance(error, _NotOurs):
+        return str(error)
+    where = f"{desired.kind.kind} {desired.name} could not be written"
+    if not isinstance(error, kubernetes.client.ApiException):
+        return f"{where}: {error!r}; the next pass tries again"
+    if error.status == 404:
+        return f"{where}: {_detail(error)}; is the {desired.kind.group} API (its CRD) installed?"
+    if error.status == 403:
+        return f"{where}: {_detail(error)}; the chart grants it with its interceptor.* values"
+    return f"{where}: {_detail(error)}"
+
+
 async def sync_intercept_objects(
     binding: StateBinding, *, memo: Any, prune: bool, logger: kopf.Logger
 ) -> None:
@@ -84,13 +98,9 @@ async def sync_intercept_objects(
             continue  # nothing to make; deletion is checked when the binding changes
         try:
             done = await _sync_one(binding, desired, logger=logger)
-        except (_NotOurs, kubernetes.client.ApiException) as error:
-            message = (
-                str(error)
-                if isinstance(error, _NotOurs)
-                else f"{desired.kind.kind} {desired.name} could not be written: {_detail(error)}"
-                + (f"; is the {desired.kind.group} API installed?" if error.status == 404 else "")
-            )
+        except (_NotOurs, kubernetes.client.ApiException, urllib3.exceptions.HTTPError,
+                OSError) as error:  # fmt: skip
+            message = _explain(error, desired)
             logger.warning(f"StateBinding {binding.name}: {message}")
             _warn_once(memo, binding, message)
             continue
