@@ -38,7 +38,7 @@ def _detail(error: kubernetes.client.ApiException) -> str:
     return f"({error.status}) {message or error.reason}"
 
 
-async def _sync_one(binding: StateBinding, desired: Desired, *, logger: kopf.Logger) -> str | None:
+async def _sync_one(binding: StateBinding, desired: Desired) -> str | None:
     """Make one object match; return what was done (for the log), or ``None``."""
     kind = desired.kind
     ident = (kind.group, kind.version, kind.plural)
@@ -97,7 +97,7 @@ async def sync_intercept_objects(
         if desired.body is None and not prune:
             continue  # nothing to make; deletion is checked when the binding changes
         try:
-            done = await _sync_one(binding, desired, logger=logger)
+            done = await _sync_one(binding, desired)
         except (_NotOurs, kubernetes.client.ApiException, urllib3.exceptions.HTTPError,
                 OSError) as error:  # fmt: skip
             message = _explain(error, desired)
