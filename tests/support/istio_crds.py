@@ -89,6 +89,7 @@ def install_istio_crds(version: str = ISTIO_API_VERSION) -> Path:
     header = f"# {', '.join(CRD_NAMES)}: from {_MODULE}@{version} {_FILE} (Apache-2.0)\n"
     with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False) as scratch:
         scratch.write(header + yaml.safe_dump_all(wanted, sort_keys=False))
+    os.chmod(scratch.name, 0o644)
     os.replace(scratch.name, target)
     return target
 
