@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from demo.publish import ensure_topic, publish_many
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,24 +67,29 @@ def _until(ip: str, token: str | None, check: Any, what: str, timeout: float = 1
     raise RuntimeError(f"{what}: the last answer was {status} {body!r}")
 
 
-def run(state_path: Path) -> int:
-    if not state_path.exists():
-        say(f"no demo is running ({state_path}): `make demo` first")
-        return 1
-    state = json.loads(state_path.read_text())
-    kubectl = [state["kubectl"], f"--kubeconfig={state['kubeconfig']}"]
-    bootstrap = state["bootstrap"]
+def manifest() -> str:
+    """demo/session.yaml with the demo-app image as built here (the tag follows the version)."""
+    from images.build import image_refs
 
-    def k(*args: str) -> str:
+    documents = list(yaml.safe_load_all(MANIFEST.read_text()))
+    for doc in documents:
+        if doc["kind"] == "Deployment":
+            doc["spec"]["template"]["spec"]["containers"][0]["image"] = image_refs()["demo-app"]
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+def run(*, bootstrap: str, kubectl: Sequence[str]) -> int:
+    def k(*args: str, stdin: str | None = None) -> str:
         return subprocess.run(
-            [*kubectl, *args], check=True, capture_output=True, text=True, timeout=200
-        ).stdout
+            [*kubectl, *args], check=True, capture_output=True, text=True, timeout=200,
+            input=stdin,
+        ).stdout  # fmt: skip
 
     say(f"publish session {TOKEN} (Ada, plan pro) to topic {TOPIC}")
     ensure_topic(bootstrap, TOPIC)
     publish_session(bootstrap, TOKEN, {"name": "Ada", "plan": "pro"})
     say("deploy demo/session.yaml: the binding with spec.intercept, then the app")
-    k("apply", "-f", str(MANIFEST))
+    k("apply", "-f", "-", stdin=manifest())
     k("rollout", "status", "deployment/session-demo", "-n", "demo", "--timeout=180s")
     pods = json.loads(k("get", "pods", "-n", "demo", "-l", "app=session-demo", "-o", "json"))
     pod = next(p for p in pods["items"] if not p["metadata"].get("deletionTimestamp"))
@@ -113,21 +120,36 @@ Stop everything: make demo-down
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from demo.run import state_file
+
+    # The running demo's record gives the defaults: its broker, its kubectl and kubeconfig.
+    path = state_file()
+    state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     parser = argparse.ArgumentParser(prog="python -m demo.session", description=__doc__)
     parser.add_argument(
         "--publish", metavar="JSON", help=f"only publish {TOKEN}'s profile (JSON, or 'none')"
     )
+    parser.add_argument(
+        "--bootstrap",
+        default=state.get("bootstrap") or os.environ.get("SIDECAR_STATE_DEMO_BOOTSTRAP"),
+        help="the demo's Kafka (default: the running demo's)",
+    )
+    parser.add_argument("--kubectl", default=state.get("kubectl") or "kubectl")
+    parser.add_argument(
+        "--kubeconfig", default=state.get("kubeconfig") or os.environ.get("KUBECONFIG")
+    )
     args = parser.parse_args(argv)
+    if not args.bootstrap:
+        say(f"no demo is running ({path}): `make demo` first, or give --bootstrap")
+        return 1
     os.environ.update({"NO_PROXY": "*", "no_proxy": "*"})
-    from demo.run import state_file
-
     if args.publish is not None:
-        state = json.loads(state_file().read_text())
         profile = None if args.publish == "none" else json.loads(args.publish)
-        publish_session(state["bootstrap"], TOKEN, profile)
+        publish_session(args.bootstrap, TOKEN, profile)
         say(f"published {TOKEN}: {args.publish}")
         return 0
-    return run(state_file())
+    kubectl = [args.kubectl, *([f"--kubeconfig={args.kubeconfig}"] if args.kubeconfig else [])]
+    return run(bootstrap=args.bootstrap, kubectl=kubectl)
 
 
 if __name__ == "__main__":
