@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import API_VERSION, KIND, StateBinding
-from sidecar_operator.injection import annotations as ann
 
 MANAGED_BY = "sidecar-state"
 #: Label on generated objects naming the binding they belong to.

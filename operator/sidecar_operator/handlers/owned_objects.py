@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import kopf
 import kubernetes
@@ -25,9 +24,9 @@ from sidecar_operator.controller.intercept_objects import (
     needs_update,
     owned_by,
 )
-from sidecar_operator.events import Event, EventRecorder
+from sidecar_operator.events import Event
+from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.handlers.index import binding_ref
-from sidecar_operator.settings import OperatorSettings
 
 
 def _detail(error: kubernetes.client.ApiException) -> str:
@@ -84,11 +83,11 @@ def _explain(error: Exception, desired: Desired) -> str:
 
 
 async def sync_intercept_objects(
-    binding: StateBinding, *, memo: Any, prune: bool, logger: kopf.Logger
+    binding: StateBinding, *, memo: OperatorContext, prune: bool, logger: kopf.Logger
 ) -> None:
     """Bring the binding's AuthorizationPolicy and NetworkPolicy (those the operator's settings
     enable) in line; never raises, so one binding's trouble does not stop a pass."""
-    settings: OperatorSettings = memo.settings
+    settings = memo.settings
     wanted = desired_objects(
         binding, istio_provider=settings.istio_provider, network_policies=settings.network_policies,
         operator_namespace=settings.namespace, metrics_port=settings.metrics_port,
@@ -108,14 +107,13 @@ async def sync_intercept_objects(
             logger.info(f"StateBinding {binding.name}: {done}")
 
 
-def _warn_once(memo: Any, binding: StateBinding, message: str) -> None:
-    warned: set[tuple[str, ...]] = memo.controller_state.warned
+def _warn_once(memo: OperatorContext, binding: StateBinding, message: str) -> None:
+    warned = memo.controller_state.warned
     marker = (binding.namespace, binding.name, str(binding.metadata.get("uid")), message)
     if marker in warned:
         return
     warned.add(marker)
-    events: EventRecorder = memo.events
-    events.record(
+    memo.events.record(
         Event(target=binding_ref(binding), type="Warning", reason="InterceptObjectNotWritten",
               message=message)
     )  # fmt: skip
