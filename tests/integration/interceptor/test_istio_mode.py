@@ -26,7 +26,8 @@ from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.envoy_bootstrap import AUTHZ_CLUSTER, build_envoy_bootstrap
 from sidecar_operator.injection.intercept_plan import plan_intercept
 from tests.integration.interceptor.test_envoy_interceptor import PROFILE, call, hydrate
-from tests.support.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy, free_port
+from tests.support.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 #: The README's extension provider: what Istio turns into its sidecar's ext_authz filter.
