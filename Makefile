@@ -5,13 +5,14 @@ TIMED := scripts/timed.sh
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help setup lint crds test test-unit test-integration test-e2e \
-        cluster-build cluster-up cluster-down bench demo demo-down test-node \
+        cluster-build cluster-up cluster-down bench demo demo-session demo-down test-node \
         images lock test-kind kind-up kind-down
 
 help:
 	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
 	@echo "make demo    - the feature-flag demo on a local single-node cluster (root);"
 	@echo "               make demo SOURCE=nats: its flags from a NATS KV bucket;"
+	@echo "               make demo-session adds the interceptor's session example to it;"
 	@echo "               make demo-down removes it"
 	@echo "make lint    - ruff and mypy;  make crds - regenerate the CRD from the models"
 	@echo "make bench   - benchmarks, results in benchmarks/results/"
@@ -88,6 +89,10 @@ bench:
 demo:
 	scripts/setup.sh all
 	$(PYTHON) -m demo.run up $(if $(SOURCE),--source $(SOURCE))
+
+# The interceptor's session example, on the demo `make demo` left running.
+demo-session:
+	$(PYTHON) -m demo.session
 
 demo-down:
 	$(PYTHON) -m demo.run down

@@ -166,6 +166,16 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                     self._send(200, json.dumps(flags, sort_keys=True) + "\n", "application/json")
                 elif self.path == "/":
                     self._layout()
+                elif self.path == "/whoami":
+                    # Behind the interceptor (demo/session.yaml): who the request is, from the
+                    # headers Envoy added; the app reads no store for it.
+                    seen = {
+                        k.lower(): v
+                        for k, v in self.headers.items()
+                        if k.lower().startswith(("x-user-", "x-sidecar-state-"))
+                        or k.lower() == "authorization"
+                    }
+                    self._send(200, json.dumps(seen, sort_keys=True) + "\n", "application/json")
                 else:
                     self._send(404, "not found\n")
             except RedisError as error:

@@ -85,6 +85,8 @@ nats() {
 cluster() {
   step "Kubernetes control plane binaries (Go modules, cached by version)"
   "$PYTHON" -m tests.e2e.cluster build
+  step "Istio's AuthorizationPolicy and ServiceEntry CRDs (istio.io/api Go module, pinned)"
+  "$PYTHON" -m tests.support.istio_crds install >/dev/null
 }
 
 docker_daemon() {

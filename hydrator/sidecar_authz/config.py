@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -127,6 +128,10 @@ class AuthorizerConfig(_Contract):
     loopback_port: int | None = Field(default=None, ge=1, le=65535)
     #: ``/livez`` and ``/readyz`` for the kubelet; serves nothing else.
     health_port: int | None = Field(default=9465, ge=1, le=65535)
+    #: Name every header a rule could inject but this answer did not set in
+    #: ``x-envoy-auth-headers-to-remove``, so that a client's forged copy never reaches the app.
+    #: For a mesh's Envoy (``mode: istio``), which has no filter of ours removing them first.
+    remove_unset_headers: bool = False
     metadata_key: str = "sidecar-state:meta"
     rules: tuple[Rule, ...] = ()
     max_header_bytes: int = Field(default=8192, ge=16)
@@ -153,6 +158,11 @@ class AuthorizerConfig(_Contract):
 
     def injected_headers(self) -> tuple[str, ...]:
         """Every header the authorizer may set upstream: the ones a client must never forge."""
+        return self._injected_headers
+
+    @cached_property
+    def _injected_headers(self) -> tuple[str, ...]:
+        # Computed once: with remove_unset_headers every allowed request reads it.
         names = {STALENESS_HEADER, OMITTED_HEADER, FAILURE_OPEN_HEADER}
         names.update(i.header for rule in self.rules for i in rule.inject)
         return tuple(sorted(names))

@@ -124,10 +124,15 @@ def decide(
                 omitted.append(injection.header)
                 continue
             headers.append((injection.header, clean))
-        if rule.strip_upstream:
-            headers.append((HEADERS_TO_REMOVE, ", ".join(rule.strip_upstream).encode()))
     if omitted:
         headers.append((OMITTED_HEADER, ", ".join(omitted).encode()))
+    removed = list(rule.strip_upstream) if rule is not None else []
+    if config.remove_unset_headers:
+        given = {name for name, _ in headers}
+        given.add(STALENESS_HEADER)  # always set, below
+        removed += [name for name in config.injected_headers() if name not in given]
+    if removed:
+        headers.append((HEADERS_TO_REMOVE, ", ".join(removed).encode()))
     staleness = (
         b"unknown"
         if meta.fresh_as_of_ms is None

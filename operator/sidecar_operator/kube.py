@@ -273,3 +273,64 @@ def patch_webhook_configuration(
     """Apply a JSON patch to a Mutating- or ValidatingWebhookConfiguration."""
     admission = kubernetes.client.AdmissionregistrationV1Api(api or client())
     getattr(admission, f"patch_{_CONFIGURATION_CALLS[kind]}")(name, operations)
+
+
+# -- Objects a binding owns (controller.intercept_objects): any group, by the custom-objects API,
+# which addresses built-in groups (networking.k8s.io) as well as CRDs (security.istio.io).
+
+
+def read_object(group: str, version: str, plural: str, name: str, namespace: str) -> Any:
+    """The object as a dict, or ``None`` when there is none."""
+    api = kubernetes.client.CustomObjectsApi(client())
+    try:
+        return with_retries(
+            lambda: api.get_namespaced_custom_object(group, version, namespace, plural, name),
+            what=f"read {plural} {namespace}/{name}",
+        )
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def create_object(group: str, version: str, plural: str, body: dict[str, Any]) -> None:
+    api = kubernetes.client.CustomObjectsApi(client())
+    namespace = body["metadata"]["namespace"]
+    with_retries(
+        lambda: api.create_namespaced_custom_object(group, version, namespace, plural, body),
+        what=f"create {plural} {namespace}/{body['metadata']['name']}",
+    )
+
+
+def replace_object_fields(
+    group: str, version: str, plural: str, body: dict[str, Any], *, resource_version: str
+) -> None:
+    """Replace spec, our labels and the owner references of an object we own; the
+    resourceVersion test makes a concurrent change fail (409) instead of being overwritten."""
+    api = kubernetes.client.CustomObjectsApi(client())
+    meta = body["metadata"]
+    patch = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "replace", "path": "/spec", "value": body["spec"]},
+        {"op": "add", "path": "/metadata/ownerReferences", "value": meta["ownerReferences"]},
+    ]
+    patch += [
+        {"op": "add", "path": "/metadata/labels/" + key.replace("~", "~0").replace("/", "~1"),
+         "value": value}
+        for key, value in meta["labels"].items()
+    ]  # fmt: skip
+    api.patch_namespaced_custom_object(
+        group, version, meta["namespace"], plural, meta["name"], patch, _content_type=JSON_PATCH
+    )
+
+
+def delete_object(group: str, version: str, plural: str, name: str, namespace: str) -> None:
+    api = kubernetes.client.CustomObjectsApi(client())
+    try:
+        with_retries(
+            lambda: api.delete_namespaced_custom_object(group, version, namespace, plural, name),
+            what=f"delete {plural} {namespace}/{name}",
+        )
+    except kubernetes.client.ApiException as error:
+        if error.status != 404:
+            raise

@@ -107,6 +107,21 @@ class OperatorSettings(BaseSettings):
         default=2, ge=1, description="roll-outs of one namespace that may run at once"
     )
     prometheus_annotations: bool = False
+    # The interceptor's objects (controller.intercept_objects); each also needs its RBAC, which
+    # the chart grants only when the value is set.
+    istio_provider: str = Field(
+        default="",
+        description="the mesh's extensionProviders name for spec.intercept mode istio; "
+        "empty = mode istio is refused",
+    )
+    istio_authorizer_port: int = Field(
+        default=InjectionDefaults().authz_loopback_port, ge=1, le=65535,
+        description="the authorizer's 127.0.0.1 port in mode istio (the ServiceEntry's port)",
+    )  # fmt: skip
+    network_policies: bool = Field(
+        default=False,
+        description="bindings may set spec.intercept.networkPolicy (the controller writes them)",
+    )
 
     def injection_defaults(self, *, sidecar_mode: SidecarMode | None = None) -> InjectionDefaults:
         """The engine's defaults; ``sidecar_mode`` is what ``auto`` resolved to at start
@@ -134,6 +149,7 @@ class OperatorSettings(BaseSettings):
             redis_cpu_request=self.redis_cpu_request,
             redis_cpu_limit=self.redis_cpu_limit,
             prometheus_annotations=self.prometheus_annotations,
+            authz_loopback_port=self.istio_authorizer_port,
             excluded_namespaces=SYSTEM_NAMESPACES
             | {self.namespace}
             | frozenset(self.excluded_namespaces),

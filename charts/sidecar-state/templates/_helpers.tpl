@@ -139,6 +139,12 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
 {{- end }}
 - name: SIDECAR_STATE_PROMETHEUS_ANNOTATIONS
   value: {{ .Values.monitoring.prometheusAnnotations | quote }}
+- name: SIDECAR_STATE_NETWORK_POLICIES
+  value: {{ .Values.interceptor.networkPolicies | quote }}
+- name: SIDECAR_STATE_ISTIO_PROVIDER
+  value: {{ .Values.interceptor.istio.provider | quote }}
+- name: SIDECAR_STATE_ISTIO_AUTHORIZER_PORT
+  value: {{ .Values.interceptor.istio.authorizerPort | quote }}
 {{- end }}
 
 {{/* prometheus.io annotations of the operator's Pods (monitoring.prometheusAnnotations). */}}

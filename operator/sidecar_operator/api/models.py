@@ -730,6 +730,12 @@ Port = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})
 Duration = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,6}(ms|s)$")]
 
 
+ISTIO_SELECTOR_MESSAGE = (
+    "spec.intercept.mode istio: Istio's AuthorizationPolicy selects Pods by matchLabels only; "
+    "replace spec.selector.matchExpressions with matchLabels"
+)
+
+
 def duration_ms(text: str) -> int:
     """``"100ms"`` -> 100, ``"2s"`` -> 2000 (the only two units a timeout needs)."""
     return int(text[:-2]) if text.endswith("ms") else int(text[:-1]) * 1000
@@ -931,8 +937,46 @@ class InterceptBypass(ApiModel):
 
 class Intercept(ApiModel):
     """Envoy in front of the app's port: requests are checked against the Pod's state, then
-    passed on with what was found as headers, or refused."""
+    passed on with what was found as headers, or refused.
 
+    ``mode: istio`` is for Pods that already have Istio's Envoy: sidecar-state injects no Envoy
+    of its own, the authorizer also listens on loopback for Istio's sidecar, and the operator
+    keeps an ``AuthorizationPolicy`` (action CUSTOM) that sends the binding's Pods' requests to
+    it. ``networkPolicy`` makes the operator keep a NetworkPolicy that admits ingress to
+    ``listenPort`` only, so that no client can reach the app's own port and forge headers.
+    """
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.mode) || self.mode != 'istio' || !has(self.networkPolicy)"
+                    " || !self.networkPolicy",
+                    "message": "spec.intercept.networkPolicy admits Envoy's listenPort only, and "
+                    "mode istio has no such port: drop networkPolicy (Istio's own policies "
+                    "guard the mesh)",
+                }
+            ]
+        }
+    )
+
+    mode: Literal["envoy", "istio"] = Field(
+        default="envoy",
+        description=(
+            "envoy injects sidecar-state's Envoy in front of the app; istio injects none and "
+            "routes the mesh's Envoy to the authorizer through an AuthorizationPolicy (CUSTOM "
+            "action, the operator's Istio provider). Default: envoy. Example: istio"
+        ),
+    )
+    network_policy: bool = Field(
+        default=False,
+        description=(
+            "Keep a NetworkPolicy, owned by the binding, that admits ingress to the binding's "
+            "Pods on listenPort only (and the hydrator's metrics port from the operator's "
+            "namespace). Needs the operator's interceptor.networkPolicies. Default: false. "
+            "Example: true"
+        ),
+    )
     port: Port = Field(
         description="The app's containerPort Envoy fronts, by name or number. Required. "
         "Example: http"
@@ -972,11 +1016,30 @@ class Intercept(ApiModel):
             raise ValueError(f"port {self.port} is not a port number")
         if duration_ms(self.timeout) <= 0:
             raise ValueError("timeout must be more than 0")
+        if self.mode == "istio" and self.network_policy:
+            raise ValueError(
+                "networkPolicy admits Envoy's listenPort only, and mode istio has no such port: "
+                "drop networkPolicy (Istio's own policies guard the mesh)"
+            )
         return self
 
 
 class StateBindingSpec(ApiModel):
     """What a binding asks for: which Pods, which topics, and how they become keys."""
+
+    # Istio's WorkloadSelector has matchLabels only; the policy must select what the binding does.
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.intercept) || !has(self.intercept.mode) || "
+                    "self.intercept.mode != 'istio' || !has(self.selector.matchExpressions) || "
+                    "size(self.selector.matchExpressions) == 0",
+                    "message": ISTIO_SELECTOR_MESSAGE,
+                }
+            ]
+        }
+    )
 
     selector: LabelSelector = Field(
         description=(
@@ -1019,6 +1082,16 @@ class StateBindingSpec(ApiModel):
             "authorization, prefix: 'Bearer '}, key: 'session:{credential}'}]}"
         ),
     )
+
+    @model_validator(mode="after")
+    def _istio_selects_by_labels(self) -> StateBindingSpec:
+        if (
+            self.intercept is not None
+            and self.intercept.mode == "istio"
+            and self.selector.match_expressions
+        ):
+            raise ValueError(ISTIO_SELECTOR_MESSAGE)
+        return self
 
 
 class Condition(ApiModel):

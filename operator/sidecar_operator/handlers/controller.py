@@ -43,6 +43,7 @@ from sidecar_operator.handlers.index import (
     index_argument,
     namespace_of,
 )
+from sidecar_operator.handlers.owned_objects import sync_intercept_objects
 from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
@@ -200,6 +201,7 @@ async def reconcile_namespace(
             live = parse_binding(current)
         except ValueError:
             continue  # invalid bindings are never indexed; the validate webhook says why
+        await sync_intercept_objects(live, memo=memo, prune=False, logger=logger)
         status = build_status(
             live, pods=pods, bindings=bindings, defaults=defaults, previous=previous,
             health=[h.health for h in health if binding.name in h.bindings], survey=survey,
@@ -262,6 +264,7 @@ def namespace_passes(
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def statebinding_reconcile(
+    body: kopf.Body,
     name: str,
     namespace: str | None,
     reason: str,
@@ -274,6 +277,13 @@ async def statebinding_reconcile(
     memo.controller_state.pods = pods_index(kwargs)
     if reason == kopf.Reason.UPDATE:
         changed_bindings(memo, namespace).add(name)
+    try:
+        binding = parse_binding(dict(body))
+    except ValueError:
+        binding = None  # invalid bindings are never indexed; the validate webhook says why
+    if binding is not None:
+        # Also deletes what the binding no longer asks for (a mode or networkPolicy changed).
+        await sync_intercept_objects(binding, memo=memo, prune=True, logger=logger)
     # A created or changed binding rolls the workloads it now selects; a resume (an operator
     # restart) rolls only content changes, not Pods that an outage left without sidecars.
     passes = namespace_passes(memo, bindings_by_namespace, logger)

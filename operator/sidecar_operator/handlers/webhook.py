@@ -195,6 +195,12 @@ async def statebinding_validate(body: kopf.Body, memo: OperatorContext, **_: Any
     except ValueError as error:
         raise kopf.AdmissionError(f"invalid StateBinding: {error}", code=422) from None
     settings: OperatorSettings = memo.settings
+    refusal = policy.intercept_refusal(
+        binding, istio_provider=settings.istio_provider,
+        network_policies=settings.network_policies,
+    )  # fmt: skip
+    if refusal:
+        raise kopf.AdmissionError(f"StateBinding not allowed: {refusal}", code=403)
     source = binding.spec.source
     kind = "kafka" if source.kafka is not None else "nats"
     allowed = (

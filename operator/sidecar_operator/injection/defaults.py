@@ -62,6 +62,9 @@ class InjectionDefaults(BaseModel):
         description="write prometheus.io/* annotations for the hydrator on injected Pods",
     )
     authz_health_port: int = Field(default=9465, ge=1, le=65535)
+    #: ``mode: istio``: where the authorizer also listens on 127.0.0.1 for Istio's sidecar (the
+    #: port of the mesh's ServiceEntry; Helm ``interceptor.istio.authorizerPort``).
+    authz_loopback_port: int = Field(default=9466, ge=1, le=65535)
     authz_cpu_request: str = "50m"
     authz_cpu_limit: str = "500m"
     authz_memory_request: str = "48Mi"

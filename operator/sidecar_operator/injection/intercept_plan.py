@@ -42,6 +42,11 @@ class InterceptPlan:
     def timeout_ms(self) -> int:
         return duration_ms(self.intercept.timeout)
 
+    @property
+    def istio(self) -> bool:
+        """Istio's sidecar calls the authorizer: no Envoy of ours is injected."""
+        return self.intercept.mode == "istio"
+
 
 def _response(deny: DenyResponse) -> Response:
     return Response(status=deny.status, headers=dict(deny.headers), body=deny.body)
@@ -130,25 +135,41 @@ def plan_intercept(
             f"containers (named: {named})"
         )
     app_port = ports[intercept.port] if isinstance(intercept.port, str) else intercept.port
-    if intercept.listen_port in ports.values() or intercept.listen_port == app_port:
-        raise InterceptError(
-            f"{where}.listenPort {intercept.listen_port} is already a containerPort of the Pod; "
-            "pick a free one"
-        )
-    reserved = {defaults.hydrator_port, defaults.authz_health_port}
-    if intercept.listen_port in reserved:
-        raise InterceptError(f"{where}.listenPort {intercept.listen_port} is used by sidecar-state")
+    istio = intercept.mode == "istio"
+    if istio:
+        # No Envoy of ours, so no listenPort; the loopback listener must be free instead.
+        if defaults.authz_loopback_port in ports.values():
+            raise InterceptError(
+                f"{where}.mode istio: the authorizer's loopback port "
+                f"{defaults.authz_loopback_port} (the operator's interceptor.istio."
+                "authorizerPort) is a containerPort of the Pod; change one of them"
+            )
+    else:
+        if intercept.listen_port in ports.values() or intercept.listen_port == app_port:
+            raise InterceptError(
+                f"{where}.listenPort {intercept.listen_port} is already a containerPort of the "
+                "Pod; pick a free one"
+            )
+        reserved = {defaults.hydrator_port, defaults.authz_health_port}
+        if intercept.listen_port in reserved:
+            raise InterceptError(
+                f"{where}.listenPort {intercept.listen_port} is used by sidecar-state"
+            )
     prefix = binding.spec.keys.prefix
     authorizer = AuthorizerConfig(
         redis_socket=defaults.socket_path,
         listen_socket=defaults.authz_socket_path,
         health_port=defaults.authz_health_port,
+        loopback_port=defaults.authz_loopback_port if istio else None,
+        # Istio's Envoy has no filter of ours that drops forged headers before the check: the
+        # authorizer names every injectable header it did not set, for Envoy to remove.
+        remove_unset_headers=istio,
         rules=tuple(authorizer_rule(rule, prefix=prefix) for rule in intercept.rules),
     )
     return InterceptPlan(
         binding=binding.name,
         intercept=intercept,
         app_port=app_port,
-        bypass_paths=_probe_paths_through_envoy(spec, intercept.listen_port),
+        bypass_paths=() if istio else _probe_paths_through_envoy(spec, intercept.listen_port),
         authorizer=authorizer,
     )

@@ -281,7 +281,8 @@ def build_sidecars(
     ]
     if intercept is not None:
         running.append(build_authorizer_container(plan=intercept, defaults=defaults))
-        running.append(build_envoy_container(plan=intercept, defaults=defaults))
+        if not intercept.istio:  # Istio's own sidecar fronts the app
+            running.append(build_envoy_container(plan=intercept, defaults=defaults))
     return Sidecars(
         setup=[build_credentials_container(defaults=defaults)],
         running=running,

@@ -93,3 +93,29 @@ def servers_refusal(
         f"{', '.join(allowed)} (Helm value {value}); use one of those, "
         f"omit {omit} for the default, or ask the platform team to allow it"
     )
+
+
+def intercept_refusal(
+    binding: StateBinding, *, istio_provider: str, network_policies: bool
+) -> str | None:
+    """Why the operator cannot serve the binding's ``spec.intercept`` as installed, or ``None``.
+
+    Refused at admission rather than failing later: without the provider there is no
+    AuthorizationPolicy to write, and without the right to write NetworkPolicies the binding
+    would believe its app's port is closed when it is not.
+    """
+    intercept = binding.spec.intercept
+    if intercept is None:
+        return None
+    if intercept.mode == "istio" and not istio_provider:
+        return (
+            "spec.intercept.mode istio needs the operator's Istio provider: install the chart "
+            "with interceptor.istio.provider=<the mesh's extensionProviders name> (README, "
+            "Interceptor), or use mode envoy"
+        )
+    if intercept.network_policy and not network_policies:
+        return (
+            "spec.intercept.networkPolicy needs the operator to manage NetworkPolicies: install "
+            "the chart with interceptor.networkPolicies=true, or drop networkPolicy"
+        )
+    return None

@@ -330,8 +330,8 @@ def test_health_port_answers_probes_and_never_a_check() -> None:
 
 
 def test_loopback_listener_answers_checks_for_a_mesh_sidecar() -> None:
-    """``loopback_port``: where a mesh's own Envoy would call it (Istio's CUSTOM action, not
-    wired into ``spec.intercept`` yet)."""
+    """``loopback_port``: where a mesh's own Envoy calls it (``mode: istio``, Istio's CUSTOM
+    action; test_istio_mode.py runs it behind an Envoy configured as Istio's)."""
     with RedisServer() as server:
         store = redis.Redis(unix_socket_path=str(server.socket_path))
         hydrate(store)

@@ -74,6 +74,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "single": {"webhook": {"replicas": 1}, "controller": {"replicas": 0}},
     "no-rollouts": {"controller": {"rolloutWorkloads": False}},
     "namespaced": {"watchNamespaces": ["shop", "cart"]},
+    "interceptor": {
+        "interceptor": {
+            "networkPolicies": True,
+            "istio": {"provider": "sidecar-state-authz", "authorizerPort": 9477},
+        }
+    },
 }
 
 
@@ -533,6 +539,35 @@ def test_controller_rbac_covers_the_calls_it_makes(render: Callable[[str], Objec
     assert writes == {("apps", "deployments", "list"), ("apps", "deployments", "watch")}
     assert not {r for g, r, v in granted} & {"secrets", "configmaps", "serviceaccounts"}
     assert {v for g, r, v in granted if r == "namespaces"} == {"get", "patch"}
+
+
+def test_interceptor_rights_are_granted_only_when_their_objects_are_enabled(
+    render: Callable[[str], Objects],
+) -> None:
+    def granted(values: str) -> set[tuple[str, str, str]]:
+        role = one(render(values), "ClusterRole", f"{FULLNAME}-controller")
+        return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
+
+    kinds = {
+        ("networking.k8s.io", "networkpolicies"),
+        ("security.istio.io", "authorizationpolicies"),
+    }
+    assert not {(g, r) for g, r, _ in granted("default")} & kinds
+    enabled = {(g, r, v) for g, r, v in granted("interceptor") if (g, r) in kinds}
+    assert enabled == {(g, r, v) for g, r in kinds for v in ("get", "create", "patch", "delete")}
+    objects = render("interceptor")
+    env = {e["name"]: e.get("value") for e in one(objects, "Deployment", f"{FULLNAME}-controller")[
+        "spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["SIDECAR_STATE_ISTIO_PROVIDER"] == "sidecar-state-authz"
+    assert env["SIDECAR_STATE_NETWORK_POLICIES"] == "true"
+    settings = OperatorSettings(**{k.removeprefix("SIDECAR_STATE_").lower(): v
+                                   for k, v in env.items() if v is not None and k in {
+                                       "SIDECAR_STATE_ISTIO_PROVIDER",
+                                       "SIDECAR_STATE_ISTIO_AUTHORIZER_PORT",
+                                       "SIDECAR_STATE_NETWORK_POLICIES"}})  # fmt: skip
+    assert settings.injection_defaults().authz_loopback_port == 9477
+    assert settings.network_policies and settings.istio_provider == "sidecar-state-authz"
 
 
 def test_a_namespaced_install_holds_namespaced_rights_only_in_its_namespaces(

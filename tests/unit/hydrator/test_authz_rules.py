@@ -221,3 +221,39 @@ def test_every_header_the_authorizer_can_set_is_listed_for_stripping() -> None:
         "x-user-plan",
         "x-user-profile",
     )
+
+
+def test_remove_unset_headers_names_every_injectable_header_the_answer_did_not_set() -> None:
+    """For a mesh's Envoy, which has no filter of ours dropping forged headers first."""
+    mesh = AuthorizerConfig(rules=(SESSION,), remove_unset_headers=True)
+    request = Request(method="GET", path="/api/x", headers={"authorization": "Bearer t"})
+    lookup = plan(mesh, request)
+    assert isinstance(lookup, Lookup)
+    # The profile is stored but has no plan field, and the flag is absent: both are removed.
+    values = [b'{"name": "Ada"}' if key == lookup.rule_key else None for key in lookup.keys]
+    allow = decide(mesh, lookup, values=values, meta=HYDRATED, now_ms=2_000)
+    assert isinstance(allow, Allow)
+    headers = dict(allow.headers)
+    removed = headers[HEADERS_TO_REMOVE].decode().split(", ")
+    assert removed == [
+        "authorization",
+        "x-envoy-auth-failure-mode-allowed",
+        "x-flag",
+        "x-sidecar-state-omitted",
+        "x-user-plan",
+    ]
+    assert "x-user-profile" in headers and "x-user-profile" not in removed
+    # Envoy mode: its header-mutation filter does it; the answer stays as small as before.
+    plain = decide(config(SESSION), lookup, values=values, meta=HYDRATED, now_ms=2_000)
+    assert isinstance(plain, Allow) and dict(plain.headers)[HEADERS_TO_REMOVE] == b"authorization"
+
+
+def test_remove_unset_headers_applies_when_no_rule_matches() -> None:
+    mesh = AuthorizerConfig(rules=(SESSION,), remove_unset_headers=True)
+    lookup = plan(mesh, Request(method="GET", path="/public", headers={}))
+    assert isinstance(lookup, Lookup) and lookup.rule is None
+    allow = decide(mesh, lookup, values=[], meta=HYDRATED, now_ms=2_000)
+    assert isinstance(allow, Allow)
+    removed = dict(allow.headers)[HEADERS_TO_REMOVE].decode().split(", ")
+    assert {"x-user-profile", "x-user-plan", "x-flag"} <= set(removed)
+    assert STALENESS_HEADER not in removed

