@@ -21,7 +21,7 @@ from sidecar_hydrator.config import RESERVED_PREFIX, BindingSource, HydratorConf
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.records import BadRecord, RecordLike, make_decoder
 from sidecar_hydrator.source import NeedRebuild, Partition, Source, recreated
-from sidecar_hydrator.store import Store, is_binding_field, offset_field
+from sidecar_hydrator.store import ViewStore, is_binding_field, offset_field
 
 __all__ = ["Feed", "NeedRebuild"]
 
@@ -48,7 +48,7 @@ class Feed:
         *,
         binding: BindingSource,
         config: HydratorConfig,
-        store: Store,
+        store: ViewStore,
         metrics: Metrics,
         source: Source,
     ) -> None:

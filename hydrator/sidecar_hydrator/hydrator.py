@@ -28,7 +28,8 @@ from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.nats_source import NatsSource
 from sidecar_hydrator.source import Source
-from sidecar_hydrator.store import Store, StoreError, StoreState
+from sidecar_hydrator.store import Store, StoreError, StoreState, ViewStore
+from sidecar_hydrator.store_lmdb import LmdbStore
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +97,7 @@ class Hydrator:
         """``sources`` (by binding name) replace the Kafka source a binding gets by default."""
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.store = Store(
-            socket_path=config.redis_socket,
-            offsets_key=config.offsets_key,
-            metadata_key=config.metadata_key,
-            spare_db=config.spare_db,
-            username=config.redis_user,
-            password=config.redis_password(),
-        )
+        self.store: ViewStore = _store_of(config)
         self.feeds = [
             Feed(
                 binding=b,
@@ -228,7 +222,7 @@ class Hydrator:
                 self._serving = False  # what readers see now is empty or not ours
                 self._generation = None
             self.metrics.rebuilds.labels(reason=reason).inc()
-            logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
+            logger.info("rebuilding into %s (%s)", self.store.spare, reason)
             forced_binding = self._forced_binding
             partial = loss is None and forced_binding is not None and forced_binding in rebuilt
             interrupted = await self.store.begin_rebuild(resume=not partial)
@@ -357,6 +351,24 @@ class Hydrator:
             used, limit = await self.store.memory_usage()
             self.metrics.redis_used_memory.set(used)
             self.metrics.redis_max_memory.set(limit)
+
+
+def _store_of(config: HydratorConfig) -> ViewStore:
+    """The store engine the config names: the Pod's Redis, or an LMDB environment."""
+    if config.store_engine == "lmdb":
+        return LmdbStore(
+            path=config.lmdb_path,
+            map_size=config.lmdb_map_size,
+            max_readers=config.lmdb_max_readers,
+        )
+    return Store(
+        socket_path=config.redis_socket,
+        offsets_key=config.offsets_key,
+        metadata_key=config.metadata_key,
+        spare_db=config.spare_db,
+        username=config.redis_user,
+        password=config.redis_password(),
+    )
 
 
 def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> Source:
