@@ -109,7 +109,7 @@ def test_bindings_that_mix_engines_on_one_pod_are_refused(make_pod, make_binding
 def test_lmdb_with_an_eviction_policy_is_refused(binding_doc):
     doc = binding_doc(eviction_policy="allkeys-lru", patch=LMDB)
 
-    with pytest.raises(ValueError, match="spec.store.evictionPolicy allkeys-lru: the lmdb engine"):
+    with pytest.raises(ValueError, match=r"evictionPolicy allkeys-lru: the lmdb engine"):
         parse_binding(doc)
 
 
