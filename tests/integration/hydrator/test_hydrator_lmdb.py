@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -329,3 +331,52 @@ async def test_an_environment_left_mostly_empty_by_deletes_is_compacted_and_read
             assert await app.get_many(["flag:k00007", "flag:k11500"]) == [None, value.decode()]
             assert (await app.meta())["hydrated"] == "1"
             assert hydrator.hydrated
+
+
+GO_SNIPPET = REPO / "docs" / "clients" / "go"
+
+
+@pytest.fixture(scope="session")
+def go_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go snippet of the README (docs/clients/go), built with its cgo LMDB binding."""
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed (the snippet is built with the go command)")
+    binary = tmp_path_factory.mktemp("go") / "reader"
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=GO_SNIPPET, check=True, timeout=600, env={**os.environ, "CGO_ENABLED": "1"},
+    )  # fmt: skip
+    return binary
+
+
+async def test_the_go_snippet_reads_the_environment_the_hydrator_writes(
+    kafka_broker: KafkaBroker, make_topic: Callable[..., str], tmp_path: Path, go_reader: Path
+) -> None:
+    topic = make_topic(partitions=1)
+    await produce(kafka_broker, topic, [(b"new-ui-layout", b"true"), (b"dark-mode", b"false")])
+
+    async def go_read() -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            str(go_reader), "flag:new-ui-layout", "flag:dark-mode", "flag:absent",
+            env={"SIDECAR_STATE_LMDB_PATH": str(tmp_path)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    async with running(lmdb_config(kafka_broker, tmp_path, [topic])) as hydrator:
+        await hydrated(hydrator)
+        first = await go_read()
+        assert first["values"] == {
+            "flag:new-ui-layout": "true", "flag:dark-mode": "false", "flag:absent": None,
+        }  # fmt: skip
+        assert first["meta"]["hydrated"] == "1"
+        assert not [k for k in first["meta"] if "/" in k]
+        await produce(kafka_broker, topic, [(b"dark-mode", None)])
+
+        async def deleted() -> bool:
+            return (await go_read())["values"]["flag:dark-mode"] is None
+
+        await eventually(deleted, what="the tombstone, read from Go")
