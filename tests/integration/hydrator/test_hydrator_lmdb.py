@@ -380,3 +380,52 @@ async def test_the_go_snippet_reads_the_environment_the_hydrator_writes(
             return (await go_read())["values"]["flag:dark-mode"] is None
 
         await eventually(deleted, what="the tombstone, read from Go")
+
+
+NODE_SNIPPET = REPO / "docs" / "clients" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Node snippet with the npm ``lmdb`` package rebuilt for data format v1, as
+    docs/clients/node/reader.mjs says (its prebuilt binaries crash on this environment)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("Node.js and npm are not installed")
+    nodedir = Path(node).resolve().parents[1]
+    if not (nodedir / "include" / "node" / "node.h").is_file():
+        pytest.skip(f"no Node headers under {nodedir}/include/node (Debian: libnode-dev)")
+    work = tmp_path_factory.mktemp("node")
+    for name in ("package.json", "reader.mjs"):
+        shutil.copy(NODE_SNIPPET / name, work / name)
+    subprocess.run(
+        [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=work, check=True, timeout=600,
+    )  # fmt: skip
+    gyp = Path(npm).resolve().parents[1] / "node_modules" / "node-gyp" / "bin" / "node-gyp.js"
+    subprocess.run(
+        [node, str(gyp), "rebuild", f"--nodedir={nodedir}"],
+        cwd=work / "node_modules" / "lmdb", check=True, timeout=900,
+        env={**os.environ, "LMDB_DATA_V1": "true"}, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return work / "reader.mjs"
+
+
+async def test_the_node_snippet_reads_the_environment_the_hydrator_writes(
+    kafka_broker: KafkaBroker, make_topic: Callable[..., str], tmp_path: Path, node_reader: Path
+) -> None:
+    topic = make_topic(partitions=1)
+    await produce(kafka_broker, topic, [(b"new-ui-layout", b"true")])
+    async with running(lmdb_config(kafka_broker, tmp_path / "lmdb", [topic])) as hydrator:
+        await hydrated(hydrator)
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(node_reader), "flag:new-ui-layout", "flag:absent",
+            env={**os.environ, "SIDECAR_STATE_LMDB_PATH": str(tmp_path / "lmdb")},
+            cwd=node_reader.parent,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["values"] == {"flag:new-ui-layout": "true", "flag:absent": None}
+    assert result["meta"]["hydrated"] == "1"
