@@ -63,6 +63,7 @@ class Feed:
                 max_value_bytes=config.max_value_bytes,
                 max_key_bytes=config.max_key_bytes,
                 binding=binding.name,
+                allow_empty_key=config.store_engine != "lmdb",
             ),
             prefix=binding.keys.prefix,
             reserved=RESERVED_PREFIX,

@@ -392,3 +392,17 @@ def test_debezium_logical_types_decode_in_the_key_too_and_bad_values_are_kept() 
 )
 def test_debezium_bad_records(key: bytes | None, value: bytes, kind: str) -> None:
     assert bad("debezium", Rec(key, value)).kind == kind
+
+
+def test_an_empty_key_is_a_bad_record_only_where_the_store_cannot_hold_it() -> None:
+    """LMDB refuses zero-length keys (Redis takes them): for the LMDB engine the record is
+    skipped with its position, rather than failing every transaction it is in."""
+    record = Rec(b"", b"v")
+    assert decode("raw", record) == (b"", b"v")
+    lmdb = make_decoder(
+        format="raw", keys=KeyMapping(), max_value_bytes=1024, allow_empty_key=False
+    )
+    with pytest.raises(BadRecord) as info:
+        lmdb(record)
+    assert info.value.kind == "missing_key" and info.value.offset == 42
+    assert lmdb(Rec(b"k", b"v")) == (b"k", b"v")
