@@ -104,6 +104,9 @@ class LmdbReader:
                 failure = exc  # switched and removed between readlink and open: again
                 time.sleep(0.005)
                 continue
+            # The map as the hydrator sized it: a smaller one (py-lmdb's default is 10 MiB)
+            # fails every read with MDB_MAP_RESIZED once the data grows past it.
+            env.set_mapsize(0)
             self._env = env
             self._data = env.open_db(b"data", create=False)
             self._meta = env.open_db(b"meta", create=False)
