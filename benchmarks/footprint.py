@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import IO, Any, Final
 import redis
 
 from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.lib.processes import sidecar_redis
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -45,9 +45,8 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
 )
-from tests.integration.hydrator.support import sidecar_redis_config
 from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
+from tests.support.ports import free_port
 
 MIB: Final = 2**20
 TARGET_IDLE_MIB: Final = 45.0
@@ -115,12 +114,6 @@ def exe_name(pid: int) -> str:
 
 
 # -- the hydrator as a process ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def hydrator_command() -> list[str]:
@@ -221,12 +214,6 @@ class HydratorProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def sidecar_redis(max_memory_bytes: int) -> RedisServer:
-    server = RedisServer(config=sidecar_redis_config(max_memory_bytes=max_memory_bytes))
-    server.start()
-    return server
 
 
 def settle(client: redis.Redis, seconds: float) -> None:

@@ -20,7 +20,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from benchmarks._common import broker, machine, produce_bulk, sidecar_redis, write_results
+from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.lib.processes import sidecar_redis
 from sidecar_hydrator.config import (
     BindingSource,
     HydratorConfig,
@@ -256,6 +257,40 @@ def print_row(row: dict[str, Any]) -> None:
         f" | {row['hydrator_cpu_us_per_record']:.1f} us CPU/rec",
         flush=True,
     )
+
+
+def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of a results file against their targets, as run_all tabulates them."""
+    rows = []
+    for run in data.get("runs", []):
+        rows.append(
+            {
+                "figure": f"hydration of {run['keys']:,} keys ({run['format']})",
+                "value": run["hydration_records_per_s"],
+                "unit": "rec/s",
+                "baseline": f"raw MSET {run['mset_keys_per_s']:,} keys/s; bare consumer "
+                f"{run['bare_consumer_records_per_s']:,} rec/s",
+                "ratio": run["ratio_to_mset"],
+                "target": ">= 200,000 rec/s",
+                "met": run["meets_rate_target"],
+            }
+        )
+        if run["keys"] >= 1_000_000:
+            rows.append(
+                {
+                    "figure": f"  {run['keys']:,} keys ({run['format']}) hydrated in",
+                    "value": run["hydration_seconds"],
+                    "unit": "s",
+                    "baseline": f"raw MSET of the same keys "
+                    f"{run['keys'] / run['mset_keys_per_s']:.2f} s",
+                    "ratio": round(
+                        run["hydration_seconds"] * run["mset_keys_per_s"] / run["keys"], 2
+                    ),
+                    "target": "< 10 s",
+                    "met": run["hydration_seconds"] < 10,
+                }
+            )
+    return rows
 
 
 def main() -> None:

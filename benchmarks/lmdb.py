@@ -34,12 +34,16 @@ import lmdb
 import redis
 
 from benchmarks import latency
-from benchmarks._common import broker, machine, produce_bulk, sidecar_redis, write_results
-from benchmarks.footprint import HydratorProcess, free_port, memory
-from benchmarks.latency import figure, percentile
+from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.footprint import HydratorProcess, memory
+from benchmarks.latency import figure
+from benchmarks.lib import netns
+from benchmarks.lib.processes import sidecar_redis, sigterm_as_exit
+from benchmarks.lib.stats import percentile
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
 from sidecar_state_client import LmdbReader, RedisReader
 from tests.support.kafka_broker import KafkaBroker
+from tests.support.ports import free_port
 
 MIB: Final = 2**20
 PARTITIONS: Final = 4
@@ -215,16 +219,16 @@ def measure(n: int, rounds: int, samples: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def remote_redis(workdir: Path) -> Iterator[dict[str, Any]]:
     """A Redis 0.25 ms away: the latency benchmark's netns link, netem or its delay proxy."""
-    netem_ok, note = latency.netem_available()
-    latency.remove_stale_namespaces()
+    netem_ok, note = netns.netem_available()
+    netns.remove_stale_namespaces()
     out: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         try:
-            link = stack.enter_context(latency.NetnsLink(0))
+            link = stack.enter_context(netns.NetnsLink(0))
             latency.start_remote_redis(link, workdir / "remote")
             direct = latency.tcp_target("veth", link.peer_ip, latency.REMOTE_PORT)
             if netem_ok:
-                own = stack.enter_context(latency.NetnsLink(1))
+                own = stack.enter_context(netns.NetnsLink(1))
                 latency.start_remote_redis(own, workdir / "remote-delayed")
                 own.netem(REMOTE_RTT_MS)
                 target = latency.tcp_target("remote", own.peer_ip, latency.REMOTE_PORT)
@@ -334,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="200k keys, fewer rounds")
     parser.add_argument("--keys", type=int, help="keys in the topic (default 1M; quick 200k)")
     args = parser.parse_args(argv)
-    latency.sigterm_as_exit()
+    sigterm_as_exit()
     n = args.keys or (200_000 if args.quick else 1_000_000)
     rounds, samples = (4, 2000) if args.quick else (8, 5000)
     started = time.monotonic()

@@ -229,6 +229,15 @@ def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
+#: The hydrator's Prometheus metrics: their common prefix, and the names the operator reads
+#: back from each Pod's ``/metrics`` (``controller.health``) to fill a binding's status. Part
+#: of the same contract: renaming one here renames it on both sides.
+METRICS_NAMESPACE = "sidecar_state_hydrator"
+HYDRATED_METRIC = f"{METRICS_NAMESPACE}_hydrated"
+STALENESS_METRIC = f"{METRICS_NAMESPACE}_staleness_seconds"
+OOM_REJECTIONS_METRIC = f"{METRICS_NAMESPACE}_redis_oom_rejections"
+
+
 class HydratorConfig(_Contract):
     """Everything one hydrator needs; the operator renders it, the sidecar parses it."""
 

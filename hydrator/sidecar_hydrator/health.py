@@ -26,9 +26,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from sidecar_hydrator.config import (
+    HYDRATED_METRIC,
+    METRICS_NAMESPACE,
+    OOM_REJECTIONS_METRIC,
+    STALENESS_METRIC,
+)
+
 logger = logging.getLogger(__name__)
 
-_NS = "sidecar_state_hydrator"
+_NS = METRICS_NAMESPACE
 
 
 class Metrics:
@@ -93,16 +100,14 @@ class Metrics:
         #: What the staleness gauge reports; the hydrator sets it (``None``: unknown).
         self.staleness_source: Callable[[], float | None] = lambda: None
         self.staleness = OptionalGauge(
-            f"{_NS}_staleness_seconds",
+            STALENESS_METRIC,
             "How old the served view may be: time since every partition was last known to be "
             "fully applied (grows while Kafka is unreachable or writes are refused; no sample "
             "while unknown, e.g. before the first hydration: see hydrated).",
             lambda: self.staleness_source(),
         )
         r.register(self.staleness)
-        self.hydrated = Gauge(
-            "hydrated", "1 when Redis holds a complete view.", namespace=_NS, registry=r
-        )
+        self.hydrated = Gauge(HYDRATED_METRIC, "1 when Redis holds a complete view.", registry=r)
         self.rebuilds = Counter(
             "rebuilds",
             "Full rebuilds into the spare database, by reason.",
@@ -144,9 +149,8 @@ class Metrics:
             registry=r,
         )
         self.oom_rejections = Counter(
-            "redis_oom_rejections",
+            OOM_REJECTIONS_METRIC,
             "Key writes Redis refused because maxmemory was reached (noeviction).",
-            namespace=_NS,
             registry=r,
         )
         self.apply_seconds = Histogram(

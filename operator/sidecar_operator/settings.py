@@ -76,7 +76,7 @@ class OperatorSettings(BaseSettings):
     webhook_cert_file: str | None = None
     webhook_key_file: str | None = None
     health_port: int = 8080
-    # Webhook TLS without cert-manager (certificates.py): the Secret that holds the operator's
+    # Webhook TLS without cert-manager (webhook_tls): the Secret that holds the operator's
     # own CA and serving certificate; unset, the cert files come from elsewhere (cert-manager's
     # Secret volume, `dev-certs`).
     tls_secret: str | None = None

@@ -38,6 +38,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from tests.support.ports import free_ports
 from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
 
 #: Kafka 4.x brokers need Java 17+, which is what the machines have; 4.x is KRaft-only.
@@ -191,17 +192,6 @@ def random_cluster_id() -> str:
             return cluster_id
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all sockets held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
-
 def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine to completion from synchronous code, even inside a running event loop.
 
@@ -261,7 +251,7 @@ class KafkaBroker(ChildService):
             workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="sidecar-kafka-"))
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.controller_port = _free_ports(2)
+        self.port, self.controller_port = free_ports(2)
         self.cluster_id = random_cluster_id()
         self._formatted = False
         self._proc: subprocess.Popen[bytes] | None = None

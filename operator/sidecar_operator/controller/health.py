@@ -14,9 +14,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-OOM_METRIC = "sidecar_state_hydrator_redis_oom_rejections"
-HYDRATED_METRIC = "sidecar_state_hydrator_hydrated"
-STALENESS_METRIC = "sidecar_state_hydrator_staleness_seconds"
+from sidecar_hydrator.config import HYDRATED_METRIC, STALENESS_METRIC
+from sidecar_hydrator.config import OOM_REJECTIONS_METRIC as OOM_METRIC
+from sidecar_operator.api import labels
+
 #: What the hydrator reports before any partition was fully applied.
 NEVER_FRESH = -1.0
 
@@ -87,7 +88,7 @@ def scrape_targets(pods: Sequence[Mapping[str, Any]], *, port: int) -> dict[str,
     for pod in pods:
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
-        if "sidecarstate.dev/injected-bindings" not in (meta.get("annotations") or {}):
+        if labels.INJECTED_BINDINGS not in (meta.get("annotations") or {}):
             continue
         if status.get("phase") not in {"Pending", "Running"} or not status.get("podIP"):
             continue

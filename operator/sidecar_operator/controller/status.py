@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
 from sidecar_operator.api.quantity import format_bytes, quantity_bytes
 from sidecar_operator.controller.health import HydratorHealth, store_condition, worst_staleness
-from sidecar_operator.injection import UnknownBinding, select_bindings
-from sidecar_operator.injection import annotations as ann
+from sidecar_operator.injection import Selection, select
 from sidecar_operator.injection.defaults import InjectionDefaults
-from sidecar_operator.injection.pod import skip_reason
 
 # How many un-injected Pod names the status lists; the count is always exact.
 MAX_LISTED = 20
@@ -26,41 +26,71 @@ def _live(pod: Mapping[str, Any]) -> bool:
     }
 
 
-def _selects(binding: StateBinding, pod: Mapping[str, Any], others: Sequence[StateBinding]) -> bool:
-    try:
-        return binding.name in {b.name for b in select_bindings(pod, others)}
-    except UnknownBinding:
+@dataclass(frozen=True, kw_only=True)
+class PodSurvey:
+    """The live Pods of a namespace, each read once: the bindings an injected Pod carries, or
+    the engine's selection for a Pod without sidecars. Every binding's counts come from it."""
+
+    injected: tuple[tuple[str, ...], ...]
+    """Per injected Pod, the bindings it got (``injected-bindings``)."""
+    uninjected: tuple[tuple[str, Selection], ...]
+    """Per Pod without sidecars, its name and what the engine decides for it now."""
+
+
+def survey_pods(
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    bindings: Sequence[StateBinding],
+    defaults: InjectionDefaults,
+    namespace: str = "",
+) -> PodSurvey:
+    """Read each live Pod once (``namespace`` stands in for a Pod that names none)."""
+    injected: list[tuple[str, ...]] = []
+    uninjected: list[tuple[str, Selection]] = []
+    for pod in pods:
+        if not _live(pod):
+            continue
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if ann.INJECTED_BINDINGS in annotations:
+            injected.append(ann.split_names(annotations[ann.INJECTED_BINDINGS]))
+            continue
+        where = meta.get("namespace") or namespace
+        selection = select(pod, bindings=bindings, namespace=where, defaults=defaults)
+        uninjected.append((str(meta.get("name")), selection))
+    return PodSurvey(injected=tuple(injected), uninjected=tuple(uninjected))
+
+
+def _would_inject(binding: StateBinding, selection: Selection) -> bool:
+    """Whether a new Pod like this one would get ``binding``'s sidecars. A Pod that names a
+    binding that does not exist is not counted: the binding it names is what it waits for."""
+    if selection.skip is not None or selection.missing:
         return False
+    return binding.name in {b.name for b in selection.selected}
 
 
 def pod_counts(
     binding: StateBinding,
     *,
-    pods: Iterable[Mapping[str, Any]],
-    bindings: Sequence[StateBinding],
-    defaults: InjectionDefaults,
+    pods: Iterable[Mapping[str, Any]] = (),
+    bindings: Sequence[StateBinding] = (),
+    defaults: InjectionDefaults | None = None,
+    survey: PodSurvey | None = None,
 ) -> tuple[int, int, list[str]]:
-    """(matched, injected, names of matched Pods without sidecars) for one binding."""
-    matched = injected = 0
-    missing: list[str] = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        if not _live(pod):
-            continue
-        if ann.INJECTED_BINDINGS in annotations:
-            if binding.name in ann.split_names(annotations[ann.INJECTED_BINDINGS]):
-                matched += 1
-                injected += 1
-            continue
-        if not _selects(binding, pod, bindings):
-            continue
-        namespace = meta.get("namespace") or binding.namespace
-        if skip_reason(pod, namespace=namespace, defaults=defaults) is not None:
-            continue
-        matched += 1
-        missing.append(str(meta.get("name")))
-    return matched, injected, sorted(missing)
+    """(matched, injected, names of matched Pods without sidecars) for one binding.
+
+    From ``survey`` when given (one per namespace pass), else from ``pods``, ``bindings`` and
+    ``defaults``.
+    """
+    if survey is None:
+        if defaults is None:
+            raise TypeError("pod_counts needs either survey or defaults")
+        survey = survey_pods(pods, bindings=bindings, defaults=defaults,
+                             namespace=binding.namespace)  # fmt: skip
+    injected = sum(1 for names in survey.injected if binding.name in names)
+    missing = sorted(name for name, selection in survey.uninjected
+                     if _would_inject(binding, selection))  # fmt: skip
+    return injected + len(missing), injected, missing
 
 
 def _condition(
@@ -105,15 +135,18 @@ def build_status(
     previous: Mapping[str, Any] | None = None,
     health: Sequence[HydratorHealth] = (),
     now: dt.datetime | None = None,
+    survey: PodSurvey | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` of a binding; conditions keep their transition times.
 
     ``health`` is what the hydrators of this binding's Pods reported (may be empty).
+    ``survey`` is :func:`survey_pods` of ``pods``, when the caller builds one status per
+    binding of a namespace and reads each Pod once.
     """
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     generation = binding.metadata.get("generation")
     matched, injected, missing = pod_counts(
-        binding, pods=pods, bindings=bindings, defaults=defaults
+        binding, pods=pods, bindings=bindings, defaults=defaults, survey=survey
     )
     memory = binding.spec.store.max_memory or defaults.max_memory
     if missing:

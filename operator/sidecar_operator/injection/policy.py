@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
-from sidecar_operator.injection import annotations as ann
 
 SECRET_OPT_IN = ann.SECRET_OPT_IN
 

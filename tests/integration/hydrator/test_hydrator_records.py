@@ -24,6 +24,7 @@ from tests.integration.hydrator.support import (
     sample,
     sidecar_redis_config,
     view,
+    view_is,
 )
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
@@ -84,7 +85,7 @@ async def test_json_tombstone_deletes_what_its_set_created_with_json_serialized_
 
         await produce(kafka_broker, topic, [(js("u2"), None), (js({"id": "u3"}), None)])
         await eventually(
-            lambda: _view_is(app_redis, b"user:", {}), what="live tombstones delete the sets"
+            lambda: view_is(app_redis, {}, prefix=b"user:"), what="live tombstones delete the sets"
         )
         assert sample(hydrator, "bad_records_total", binding="b", kind="missing_key") == 0
 
@@ -134,7 +135,7 @@ async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
             ],
         )
         expected = {b"o:7": b'{"id":7,"name":"Ann"}', b"o:5": b'{"id":5,"total":50}'}
-        await eventually(lambda: _view_is(app_redis, b"o:", expected), what="live truncate")
+        await eventually(lambda: view_is(app_redis, expected, prefix=b"o:"), what="live truncate")
         # The other binding reads the same table under its own prefix: it truncated its own
         # copy, in step, and nothing of one binding's truncate reached the other's keys.
         assert await view(app_redis, b"m:") == {
@@ -269,10 +270,6 @@ async def test_a_key_over_the_limit_is_a_bad_record_and_later_records_apply(
         assert await app_redis.exists(huge) == 0
         assert await app_redis.mget([b"small", b"after"]) == [b"1", b"3"]
         assert sample(hydrator, "bad_records_total", binding="b", kind="key_too_large") == 1
-
-
-async def _view_is(client: aioredis.Redis, prefix: bytes, expected: dict[bytes, bytes]) -> bool:
-    return await view(client, prefix) == expected
 
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])

@@ -18,6 +18,7 @@ from tests.integration.hydrator.support import (
     produce,
     running,
     sample,
+    value_is,
     view,
 )
 from tests.support.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
@@ -87,10 +88,10 @@ async def test_live_update_tombstone_and_empty_value(
         assert await app_redis.get(b"a") == b"1"
 
         await produce(kafka_broker, topic, [(b"a", b"10")])
-        await eventually(lambda: _equals(app_redis, b"a", b"10"), what="live update")
+        await eventually(lambda: value_is(app_redis, b"a", b"10"), what="live update")
 
         await produce(kafka_broker, topic, [(b"b", None), (b"c", b"")])
-        await eventually(lambda: _equals(app_redis, b"c", b""), what="empty value")
+        await eventually(lambda: value_is(app_redis, b"c", b""), what="empty value")
         assert await app_redis.get(b"b") is None
         assert await app_redis.exists(b"b") == 0
         meta = await app_redis.hgetall(config.metadata_key)
@@ -220,13 +221,9 @@ async def test_partitions_added_later_are_picked_up(
             await admin.close()
         await asyncio.sleep(0.5)  # let the partition leaders settle before producing to them
         await produce(kafka_broker, topic, [(b"p2", b"2")], partition=2)
-        await eventually(lambda: _equals(app_redis, b"p2", b"2"), what="new partition's record")
+        await eventually(lambda: value_is(app_redis, b"p2", b"2"), what="new partition's record")
         offsets = await app_redis.hgetall(config.offsets_key)
         assert offsets[f"b/{topic}/2".encode()] == b"1"
-
-
-async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
-    return bool(await client.get(key) == value)
 
 
 async def _exists(client: aioredis.Redis, key: bytes) -> bool:

@@ -167,6 +167,22 @@ def test_parse_metrics_reads_hydrated_and_oom_rejections():
     )
 
 
+def test_parse_metrics_reads_what_the_hydrator_itself_exports():
+    """The names come from one place (``sidecar_hydrator.config``): the operator reads the
+    hydrator's own registry, not a retyped copy of its output."""
+    from sidecar_hydrator.health import Metrics
+
+    exported = Metrics()
+    exported.hydrated.set(1)
+    exported.oom_rejections.inc(4)
+    exported.staleness_source = lambda: 2.5
+
+    health = parse_metrics("p", exported.render().decode())
+
+    assert health == HydratorHealth(pod="p", hydrated=True, oom_rejections=4,
+                                    staleness_seconds=2.5)  # fmt: skip
+
+
 def test_parse_metrics_treats_missing_figures_as_zero():
     assert parse_metrics("p", "") == HydratorHealth(pod="p", hydrated=False, oom_rejections=0)
 
