@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from sidecar_hydrator.aio import Stopped
-from sidecar_hydrator.batch import Batch, build_batch, guard_reserved
+from sidecar_hydrator.batch import Batch, build_batch, guard_reserved, index_commands
 from sidecar_hydrator.changes import change_channel, change_message
 from sidecar_hydrator.config import RESERVED_PREFIX, BindingSource, HydratorConfig
 from sidecar_hydrator.health import Metrics
@@ -73,6 +73,10 @@ class Feed:
         #: Key writes Redis refused (maxmemory, ``noeviction``), newest value per key, to be
         #: retried: while any is left, the view is incomplete and must not count as hydrated.
         self._refused: dict[bytes, bytes] = {}
+        #: Debezium: the table index key of each refused key that names one. A full Redis
+        #: refuses the index's ``SADD`` with the row, so a retry must add it again, or a later
+        #: truncate would not find the row.
+        self._refused_index: dict[bytes, bytes] = {}
         self._refused_bytes = 0
         #: Refused writes were dropped (too many to keep): only a rebuild makes the view whole.
         self.refused_lost = False
@@ -139,6 +143,7 @@ class Feed:
 
     def _forget_refused(self) -> None:
         self._refused.clear()
+        self._refused_index.clear()
         self._refused_bytes = 0
         self.refused_lost = False
         self._retry_backoff = REFUSED_RETRY_SECONDS
@@ -311,14 +316,13 @@ class Feed:
         if batch.last_event_ms is not None:
             meta["last_event_ms"] = batch.last_event_ms
         sets = batch.sets
+        commands = batch.commands
         if self._refused:
-            # A newer record of a refused key replaces the refused write (or deletes it).
-            for key in batch.sets.keys() | batch.deletes:
-                value = self._refused.pop(key, None)
-                if value is not None:
-                    self._refused_bytes -= len(key) + len(value)
+            self._supersede_refused(batch)
             if self._refused and time.monotonic() >= self._retry_at:
                 sets = {**self._refused, **batch.sets}
+                # Their table index entries were refused with them: they go in together.
+                commands += index_commands(self._refused_index, sets=self._refused)
         retried = len(sets) - len(batch.sets)
         started = time.perf_counter()
         notify = None
@@ -332,7 +336,7 @@ class Feed:
             offsets=offsets,
             meta=meta,
             notify=notify,
-            commands=batch.commands,
+            commands=commands,
         )
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         if self.caught_up.is_set() and batch.last_event_ms is not None:
@@ -344,7 +348,7 @@ class Feed:
         # among them, which free memory) must not wait behind a full Redis.
         self.applied_offsets.update(offsets)
         if result.refused:
-            self._keep_refused(result.refused, retried=retried)
+            self._keep_refused(result.refused, retried=retried, index_of=batch.index_of)
             self._refused_records += batch.records
         elif self.refused_lost and sets:
             raise NeedRebuild(
@@ -366,7 +370,23 @@ class Feed:
             self._metrics.bad_records.labels(binding=self.binding.name, kind=bad.kind).inc()
             self._log_bad(bad)
 
-    def _keep_refused(self, refused: Mapping[bytes, bytes], *, retried: int) -> None:
+    def _supersede_refused(self, batch: Batch) -> None:
+        """Drop the refused writes ``batch`` makes obsolete: a newer record of the same key
+        replaces the write (or deletes it), and a truncate of its table removes it — retried
+        after the truncate, the row would come back."""
+        obsolete = [key for key in batch.sets.keys() | batch.deletes if key in self._refused]
+        if batch.truncates:
+            truncated = set(batch.truncates)
+            obsolete += [key for key, index in self._refused_index.items() if index in truncated]
+        for key in obsolete:
+            value = self._refused.pop(key, None)
+            self._refused_index.pop(key, None)
+            if value is not None:
+                self._refused_bytes -= len(key) + len(value)
+
+    def _keep_refused(
+        self, refused: Mapping[bytes, bytes], *, retried: int, index_of: Mapping[bytes, bytes]
+    ) -> None:
         new = len(refused) - retried
         if new > 0:
             self._metrics.oom_rejections.inc(new)
@@ -381,6 +401,9 @@ class Feed:
             if key not in self._refused:
                 self._refused_bytes += len(key) + len(value)
             self._refused[key] = value
+            index = index_of.get(key)
+            if index is not None:
+                self._refused_index[key] = index
         if self._refused_bytes > REFUSED_KEEP_MAX_BYTES:
             logger.error(
                 "binding %s: %d refused writes are more than can be kept for retrying; the "
@@ -389,6 +412,7 @@ class Feed:
                 len(self._refused),
             )
             self._refused.clear()
+            self._refused_index.clear()
             self._refused_bytes = 0
             self.refused_lost = True
         self._retry_at = time.monotonic() + self._retry_backoff

@@ -131,6 +131,15 @@ class Metrics:
             namespace=_NS,
             registry=r,
         )
+        self.source_errors = Counter(
+            "source_errors",
+            "Source failures the source did not retry by itself (the hydrator positions the "
+            "binding again; never a rebuild), by source (kafka, nats) and the client "
+            "library's error.",
+            ["binding", "source", "kind"],
+            namespace=_NS,
+            registry=r,
+        )
         self.store_failures = Counter(
             "store_failures",
             "Cycles ended by a Redis error, by exception kind; while they keep failing for "

@@ -6,8 +6,9 @@ data, the view was damaged, a stored offset no longer exists on the broker, a to
 re-created). A rebuild forced by one binding re-reads only that binding and carries the others'
 keys over; a rebuild is published only if it is at least as complete as the view it replaces.
 Any store error ends the cycle and the next one inspects again before writing anything (a
-streak of them makes the Pod unready); a Kafka outage ends nothing — feeds retry on their own
-while the served view stays as it is (fail static).
+streak of them makes the Pod unready); a source's outage (Kafka, NATS) ends nothing — feeds
+retry on their own while the served view stays as it is (fail static). Both kinds of error are
+neutral (:class:`StoreError`, :class:`SourceError`): no client library is known here.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from aiokafka.errors import KafkaError
-
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.nats_source import NatsSource
-from sidecar_hydrator.source import Source
+from sidecar_hydrator.source import Source, SourceError
 from sidecar_hydrator.store import Store, StoreError, StoreState, ViewStore
 from sidecar_hydrator.store_lmdb import LmdbStore
 
@@ -194,9 +193,13 @@ class Hydrator:
                     self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
-                except KafkaError as exc:
-                    # Kafka's trouble, never the store's: no rebuild, the view stays served.
-                    logger.warning("Kafka failed (%r); positioning again", exc)
+                except SourceError as exc:
+                    # The source's trouble, never the store's: no rebuild, the view stays
+                    # served (fail static), and the next cycle positions the binding again.
+                    self.metrics.source_errors.labels(
+                        binding=exc.binding, source=exc.source, kind=exc.kind
+                    ).inc()
+                    logger.warning("%s; positioning again", exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
                 else:

@@ -12,11 +12,13 @@ not keep a partition from its end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
@@ -32,7 +34,7 @@ from sidecar_hydrator.kafka_internals import (
     track_topics,
 )
 from sidecar_hydrator.records import RecordLike
-from sidecar_hydrator.source import NeedRebuild, Partition, Snapshot
+from sidecar_hydrator.source import NeedRebuild, Partition, Snapshot, raising_source_errors
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,23 @@ def consumer_options(
     return options
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _kafka_errors(
+    method: Callable[Concatenate[KafkaSource, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[KafkaSource, _P], Coroutine[Any, Any, _R]]:
+    """A :class:`KafkaSource` method whose aiokafka errors leave it as :class:`SourceError`."""
+
+    @functools.wraps(method)
+    async def translated(self: KafkaSource, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._errors():
+            return await method(self, *args, **kwargs)
+
+    return translated
+
+
 class KafkaSource:
     """One binding's topics on one Kafka cluster (a :class:`~sidecar_hydrator.source.Source`)."""
 
@@ -105,6 +124,7 @@ class KafkaSource:
 
     # -- the Source protocol ------------------------------------------------------------------
 
+    @_kafka_errors
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         backoff = 0.1
         while True:
@@ -126,11 +146,13 @@ class KafkaSource:
             )
 
     def assign(self, starts: Mapping[Partition, int]) -> None:
-        consumer = self._live()
-        consumer.assign(sorted(starts, key=lambda p: (p.topic, p.partition)))
-        for partition, offset in starts.items():
-            consumer.seek(partition, offset)
+        with self._errors():
+            consumer = self._live()
+            consumer.assign(sorted(starts, key=lambda p: (p.topic, p.partition)))
+            for partition, offset in starts.items():
+                consumer.seek(partition, offset)
 
+    @_kafka_errors
     async def fetch(
         self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
     ) -> Mapping[Partition, Sequence[RecordLike]]:
@@ -146,6 +168,7 @@ class KafkaSource:
             return {}
         return data
 
+    @_kafka_errors
     async def position(self, partition: Partition) -> int:
         return int(await self._live().position(partition))
 
@@ -169,6 +192,7 @@ class KafkaSource:
         if self._consumer is not None:
             set_fetch_bytes(self._consumer, LIVE_FETCH_BYTES)
 
+    @_kafka_errors
     async def identities(self, stop: asyncio.Event) -> Mapping[str, str]:
         """``{}`` when the broker cannot say now (logged): nothing is concluded from it."""
         try:
@@ -177,6 +201,7 @@ class KafkaSource:
             logger.warning("binding %s: topic IDs: %r", self._binding.name, exc)
             return {}
 
+    @_kafka_errors
     async def added_partitions(
         self, known: Iterable[Partition], stop: asyncio.Event
     ) -> dict[Partition, int]:
@@ -207,6 +232,11 @@ class KafkaSource:
                 logger.warning("closing the Kafka consumer of %s: %r", self._binding.name, exc)
 
     # -- aiokafka -----------------------------------------------------------------------------
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        """aiokafka's errors, should one get out of a method here, as a :class:`SourceError`
+        (the hydrator knows no aiokafka)."""
+        return raising_source_errors((KafkaError,), source="kafka", binding=self._binding.name)
 
     def _live(self) -> AIOKafkaConsumer:
         assert self._consumer is not None, "snapshot() first"

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import nats
 import nats.errors
@@ -43,7 +44,7 @@ from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.records import RecordLike
-from sidecar_hydrator.source import Partition, Snapshot
+from sidecar_hydrator.source import Partition, Snapshot, raising_source_errors
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,24 @@ class _Pull:
         return run
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _nats_errors(
+    method: Callable[Concatenate[NatsSource, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[NatsSource, _P], Coroutine[Any, Any, _R]]:
+    """A :class:`NatsSource` method whose nats-py errors, should one get out of it, leave it
+    as :class:`SourceError` (the hydrator knows no nats-py)."""
+
+    @functools.wraps(method)
+    async def translated(self: NatsSource, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with raising_source_errors((nats.errors.Error,), source="nats", binding=self._binding.name):
+            return await method(self, *args, **kwargs)
+
+    return translated
+
+
 class NatsSource:
     """One binding's KV bucket or stream (a :class:`~sidecar_hydrator.source.Source`)."""
 
@@ -245,6 +264,7 @@ class NatsSource:
 
     # -- the Source protocol ------------------------------------------------------------------
 
+    @_nats_errors
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         backoff = 0.1
         while True:
@@ -282,6 +302,7 @@ class NatsSource:
         self._pending = None
         self._drop_consumer()
 
+    @_nats_errors
     async def fetch(
         self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
     ) -> Mapping[Partition, Sequence[RecordLike]]:
@@ -358,6 +379,7 @@ class NatsSource:
     def go_live(self) -> None:
         """Nothing to resize: a pull asks for at most one batch."""
 
+    @_nats_errors
     async def identities(self, stop: asyncio.Event) -> Mapping[str, str]:
         if self._js is None:
             return {}
