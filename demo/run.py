@@ -6,6 +6,7 @@ if a later step fails; ``down`` must stop exactly those. It reuses the node test
 ``Stack`` (``tests/e2e/node/stack.py``), so the demo runs what the scenarios prove.
 
     python -m demo.run up     # build (cached), start everything, deploy, flip a flag, measure
+    python -m demo.run up --source nats   # the same app, its flags from a NATS KV bucket
     python -m demo.run down   # stop and remove everything ``up`` started
 """
 
@@ -19,9 +20,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from demo.publish import TOPIC, ensure_topic, publish
 from tests.e2e.cluster.build import cache_root
@@ -88,7 +91,25 @@ def _wait_answer(url: str, want: str, timeout: float = 10.0) -> float:
     raise RuntimeError(f"{url} never answered {want!r} (last: {_http(url)!r})")
 
 
-def up(*, keep_on_failure: bool = False) -> int:
+def _start_nats(
+    stack: Stack, work: Path, state: dict[str, Any]
+) -> tuple[Callable[[bool], float], str]:
+    """``--source nats``: a nats-server on the node's address and the flag in its KV bucket;
+    returns the function that flips the flag, and the same binding reading the bucket."""
+    from demo import publish_nats
+
+    pid, url = publish_nats.start_server(stack.node_ip, work / "nats")
+    state["pgids"].insert(0, pid)
+    state["nats"] = url
+    publish_nats.put(url, FLAG, False)
+    docs = list(yaml.safe_load_all(BINDING.read_text()))
+    docs[-1]["spec"]["source"] = {
+        "nats": {"servers": [url], "kv": {"bucket": publish_nats.BUCKET}, "format": "json"}
+    }
+    return lambda enabled: publish_nats.put(url, FLAG, enabled), yaml.safe_dump_all(docs)
+
+
+def up(*, keep_on_failure: bool = False, source: str = "kafka") -> int:
     started = time.monotonic()
     if state_file().exists():
         say("a demo is already recorded; `make demo-down` first (or it was left by a crash)")
@@ -115,6 +136,12 @@ def up(*, keep_on_failure: bool = False) -> int:
         save()
         ensure_topic(bootstrap, TOPIC)
         publish(bootstrap, FLAG, False)
+        flip: Callable[[bool], float] = lambda enabled: publish(bootstrap, FLAG, enabled)  # noqa: E731
+        binding = BINDING.read_text()
+        if source == "nats":
+            say("step 3/6: and a nats-server on the node's address, the flag in a KV bucket")
+            flip, binding = _start_nats(stack, work, state)
+            save()
         say("step 4/6: the operator (host process, webhook on 127.0.0.1)")
         operator = stack.start_operator(work / "operator", bootstrap)
         assert operator.process is not None
@@ -123,7 +150,7 @@ def up(*, keep_on_failure: bool = False) -> int:
         save()
         cluster = stack.cluster
         say("step 5/6: deploy the demo binding and app, wait until Ready")
-        cluster.kubectl_run("apply", "-f", str(BINDING))
+        cluster.kubectl_run("apply", "-f", "-", input=binding)
         # Until the operator has seen the binding, a new Pod would start uninjected (and then
         # be rolled); wait for its status first.
         wait_reconciled(cluster, "feature-flags", "demo")
@@ -138,7 +165,7 @@ def up(*, keep_on_failure: bool = False) -> int:
         url = f"http://{ip}:8080/"
         say("step 6/6: flip the flag and measure")
         before = _http(url)
-        acked = publish(bootstrap, FLAG, True)
+        acked = flip(True)
         seen = _wait_answer(url, "Showing New Layout")
         after = _http(url)
     except BaseException:
@@ -152,18 +179,24 @@ def up(*, keep_on_failure: bool = False) -> int:
     state["pod"] = {"name": name, "ip": ip}
     save()
     kubectl, kubeconfig = state["kubectl"], state["kubeconfig"]
+    publish_hint = (
+        f"{sys.executable} -m demo.publish_nats {FLAG} false --server {state['nats']}"
+        if source == "nats"
+        else f"{sys.executable} -m demo.publish {FLAG} false --bootstrap {bootstrap}"
+    )
     print(
         f"""
   Before the flip:  {before}
   After the flip:   {after}
-  Lag (Kafka ack -> the app answers differently): {(seen - acked) * 1000:.0f} ms
+  Lag ({"NATS KV put" if source == "nats" else "Kafka"} ack -> the app answers differently): \
+{(seen - acked) * 1000:.0f} ms
   Up in {time.monotonic() - started:.0f} s.
 
 Poke it:
   curl http://{ip}:8080/          # the answer
   curl http://{ip}:8080/flags     # every flag and the hydrator's metadata
   curl http://{ip}:9464/metrics   # the hydrator's metrics
-  {sys.executable} -m demo.publish {FLAG} false --bootstrap {bootstrap}
+  {publish_hint}
   export KUBECONFIG={kubeconfig}
   {kubectl} get statebindings,pods -n demo
   {kubectl} logs -n demo {name} -c sidecar-state-hydrator
@@ -190,9 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__)
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--keep-on-failure", action="store_true", help="for debugging `up`")
+    parser.add_argument(
+        "--source", choices=["kafka", "nats"], default="kafka",
+        help="where the flags come from: a Kafka topic, or a NATS KV bucket (SOURCE=nats)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.update(_NO_PROXY)
-    return up(keep_on_failure=args.keep_on_failure) if args.command == "up" else down()
+    if args.command == "down":
+        return down()
+    return up(keep_on_failure=args.keep_on_failure, source=args.source)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ NatsDeliver = Literal["all", "lastPerSubject"]
 StoreEngine = Literal["redis", "lmdb"]
 #: LMDB's largest key (a compile-time constant of the library, 511 bytes).
 LMDB_MAX_KEY_BYTES = 511
+SourceKind = Literal["kafka", "nats"]
 
 
 class _Contract(BaseModel):
@@ -212,6 +213,11 @@ class BindingSource(_Contract):
         if self.nats is not None and self.topics:
             raise ValueError(f"binding {self.name}: topics are for Kafka; NATS names its stream")
         return self
+
+    @property
+    def source_kind(self) -> SourceKind:
+        """Which source it reads: the ``source`` label of its metrics (two values, bounded)."""
+        return "kafka" if self.kafka is not None else "nats"
 
 
 def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:

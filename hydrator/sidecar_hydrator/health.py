@@ -36,6 +36,8 @@ from sidecar_hydrator.config import (
 logger = logging.getLogger(__name__)
 
 _NS = METRICS_NAMESPACE
+#: Labels of the per-binding series: the binding, and its source (``kafka`` or ``nats``).
+_BINDING = ["binding", "source"]
 
 
 class Metrics:
@@ -45,19 +47,19 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.records_read = Counter(
-            "records_read", "Records fetched from Kafka.", ["binding"], namespace=_NS, registry=r
+            "records_read", "Records fetched from the source.", _BINDING, namespace=_NS, registry=r
         )
         self.records_applied = Counter(
             "records_applied",
             "Records whose batch was written to Redis.",
-            ["binding"],
+            _BINDING,
             namespace=_NS,
             registry=r,
         )
         self.keys_written = Counter(
             "keys_written",
             "Keys set or deleted after collapsing batches per key.",
-            ["binding"],
+            _BINDING,
             namespace=_NS,
             registry=r,
         )
@@ -65,22 +67,23 @@ class Metrics:
             "records_ignored",
             "Records read that carry nothing for the view (Debezium messages, tombstones "
             "without a key).",
-            ["binding"],
+            _BINDING,
             namespace=_NS,
             registry=r,
         )
         self.bad_records = Counter(
             "bad_records",
             "Records skipped because they cannot be mapped, by kind.",
-            ["binding", "kind"],
+            [*_BINDING, "kind"],
             namespace=_NS,
             registry=r,
         )
         self.lag = Gauge(
             "lag_records",
-            "Records between the hydrator's position and the partition's end (as of the last "
-            "fetch response).",
-            ["binding", "topic", "partition"],
+            "Records between the hydrator's position and the partition's end, as of the last "
+            "fetch response (NATS: the messages its consumer reports pending; topic is the "
+            "stream, partition 0).",
+            [*_BINDING, "topic", "partition"],
             namespace=_NS,
             registry=r,
         )

@@ -25,7 +25,6 @@ from sidecar_hydrator.config import BindingSource, HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
-from sidecar_hydrator.nats_source import NatsSource
 from sidecar_hydrator.source import Source, SourceError
 from sidecar_hydrator.store import Store, StoreError, StoreState, ViewStore
 from sidecar_hydrator.store_lmdb import LmdbStore
@@ -377,6 +376,10 @@ def _store_of(config: HydratorConfig) -> ViewStore:
 def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> Source:
     """The source a binding's config names: NATS JetStream or Kafka (exactly one is set)."""
     if binding.nats is not None:
+        # Imported only for a NATS binding: nats-py and what it pulls in are over a
+        # quarter of an idle Kafka-only hydrator's memory (benchmarks/footprint.py).
+        from sidecar_hydrator.nats_source import NatsSource
+
         return NatsSource(binding=binding, config=config, metrics=metrics)
     return KafkaSource(binding=binding, config=config, metrics=metrics)
 

@@ -345,7 +345,7 @@ class LmdbStore:
         deletes: Iterable[bytes],
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
-        notify: tuple[str, bytes] | None = None,
+        notify: tuple[str, bytes] | Callable[[], tuple[str, bytes]] | None = None,
         commands: Sequence[Command] = (),
     ) -> ApplyResult:
         """Write one batch, its offsets and metadata in one write transaction.

@@ -70,6 +70,13 @@ class OperatorSettings(BaseSettings):
         default=(),
         description="host:port patterns (* wildcards) a binding may read from; empty = any",
     )
+    allowed_nats_servers: CommaList = Field(
+        default=(),
+        description=(
+            "host:port patterns (* wildcards) a NATS binding's servers may name (the scheme "
+            "dropped); empty = any"
+        ),
+    )
 
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443

@@ -195,12 +195,15 @@ async def statebinding_validate(body: kopf.Body, memo: OperatorContext, **_: Any
     except ValueError as error:
         raise kopf.AdmissionError(f"invalid StateBinding: {error}", code=422) from None
     settings: OperatorSettings = memo.settings
-    allowed = settings.allowed_bootstrap_servers
+    source = binding.spec.source
+    kind = "kafka" if source.kafka is not None else "nats"
+    allowed = (
+        settings.allowed_bootstrap_servers if kind == "kafka" else settings.allowed_nats_servers
+    )
     disallowed = policy.disallowed_servers(binding, allowed=allowed)
     if disallowed:
-        message = policy.servers_refusal(disallowed, allowed=allowed)
+        message = policy.servers_refusal(disallowed, allowed=allowed, source=kind)
         raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
-    source = binding.spec.source
     # Kafka's and NATS's credentials alike come from a Secret that must have opted in.
     auth: KafkaAuth | NatsAuth | None = (
         source.kafka.auth if source.kafka is not None else source.nats.auth if source.nats else None

@@ -217,6 +217,12 @@ async def holds(client: aioredis.Redis, prefix: bytes, count: int) -> bool:
 
 
 def sample(hydrator: Hydrator, name: str, **labels: str) -> float:
-    """A metric's current value from the hydrator's own registry (0 when never set)."""
-    value = hydrator.metrics.registry.get_sample_value(f"sidecar_state_hydrator_{name}", labels)
-    return 0.0 if value is None else value
+    """A metric's current value from the hydrator's own registry (0 when never set), summed
+    over the series that carry ``labels`` (others, such as ``source``, may be left out)."""
+    full = f"sidecar_state_hydrator_{name}"
+    return sum(
+        s.value
+        for metric in hydrator.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == full and all(s.labels.get(k) == v for k, v in labels.items())
+    )
