@@ -55,6 +55,7 @@ BENCHMARKS: Final = (
     Spec("reader_impact", [], ["--quick"], 240, 120),
     Spec("interceptor", [], ["--quick"], 240, 120, owner="interceptor"),
     Spec("footprint", [], ["--quick"], 300, 120),
+    Spec("lmdb", [], ["--quick"], 420, 240, owner="lmdb"),
     Spec("hydration", [], ["--sizes", "100000", "--repeat", "1", "--formats", "json,raw"],
          420, 150, owner="hydration/freshness"),
     Spec("freshness", [], ["--rates", "100,1000", "--seconds", "3"], 240, 120,

@@ -32,6 +32,10 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 NatsAuthMethod = Literal["creds", "nkey", "token", "userPassword"]
 NatsDeliver = Literal["all", "lastPerSubject"]
+#: Where the view lives: the Pod's Redis (default), or an LMDB environment the app maps.
+StoreEngine = Literal["redis", "lmdb"]
+#: LMDB's largest key (a compile-time constant of the library, 511 bytes).
+LMDB_MAX_KEY_BYTES = 511
 SourceKind = Literal["kafka", "nats"]
 
 
@@ -289,6 +293,15 @@ class HydratorConfig(_Contract):
     max_key_bytes: int = Field(default=16 * 1024, ge=1)
     #: The database a rebuild is written into before ``SWAPDB`` makes it the served one (0).
     spare_db: int = Field(default=1, ge=1, le=15)
+    #: ``lmdb``: no Redis; the view is an LMDB environment under ``lmdb_path`` (see
+    #: :mod:`sidecar_hydrator.store_lmdb`), which the app reads in its own process.
+    store_engine: StoreEngine = "redis"
+    lmdb_path: str = "/var/run/sidecar-state-lmdb"
+    #: The map size of one environment: stays below the volume's ``sizeLimit``, which holds
+    #: two of them during a rebuild. A write beyond it is refused like a full Redis's.
+    lmdb_map_size: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    #: Reader slots in the lock file; the hydrator opens first, so its value is the one used.
+    lmdb_max_readers: int = Field(default=126, ge=1, le=65536)
     #: Bounds both the wait after a seek and how long a shutdown waits for a parked fetch.
     fetch_max_wait_ms: int = Field(default=100, ge=1, le=5000)
     #: Per-partition fetch size while catching up; live fetches fall back to 1 MiB.
@@ -333,6 +346,15 @@ class HydratorConfig(_Contract):
                 "operator; run it through the webhook or `sidecar-state inject`."
             ) from None
         return cls.model_validate_json(raw)
+
+    @model_validator(mode="after")
+    def _lmdb_keys_fit(self) -> HydratorConfig:
+        if self.store_engine == "lmdb" and self.max_key_bytes > LMDB_MAX_KEY_BYTES:
+            raise ValueError(
+                f"max_key_bytes {self.max_key_bytes}: LMDB keys are at most "
+                f"{LMDB_MAX_KEY_BYTES} bytes; set it to {LMDB_MAX_KEY_BYTES} or less"
+            )
+        return self
 
     @model_validator(mode="after")
     def _user_with_password(self) -> HydratorConfig:

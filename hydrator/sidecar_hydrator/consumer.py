@@ -23,7 +23,7 @@ from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.reasons import Problem
 from sidecar_hydrator.records import BadRecord, RecordLike, make_decoder
 from sidecar_hydrator.source import NeedRebuild, Partition, Source, recreated
-from sidecar_hydrator.store import Store, is_binding_field, offset_field
+from sidecar_hydrator.store import ViewStore, is_binding_field, offset_field
 
 __all__ = ["Feed", "NeedRebuild"]
 
@@ -50,7 +50,7 @@ class Feed:
         *,
         binding: BindingSource,
         config: HydratorConfig,
-        store: Store,
+        store: ViewStore,
         metrics: Metrics,
         source: Source,
     ) -> None:
@@ -65,6 +65,7 @@ class Feed:
                 max_value_bytes=config.max_value_bytes,
                 max_key_bytes=config.max_key_bytes,
                 binding=binding.name,
+                allow_empty_key=config.store_engine != "lmdb",
             ),
             prefix=binding.keys.prefix,
             reserved=RESERVED_PREFIX,

@@ -27,7 +27,8 @@ from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.reasons import Problem, Reason, State, progress_detail, worst
 from sidecar_hydrator.source import Source, SourceError
-from sidecar_hydrator.store import Store, StoreError, StoreState
+from sidecar_hydrator.store import Store, StoreError, StoreState, ViewStore
+from sidecar_hydrator.store_lmdb import LmdbStore
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +99,7 @@ class Hydrator:
         """``sources`` (by binding name) replace the Kafka source a binding gets by default."""
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.store = Store(
-            socket_path=config.redis_socket,
-            offsets_key=config.offsets_key,
-            metadata_key=config.metadata_key,
-            spare_db=config.spare_db,
-            username=config.redis_user,
-            password=config.redis_password(),
-        )
+        self.store: ViewStore = _store_of(config)
         self.feeds = [
             Feed(
                 binding=b,
@@ -329,7 +323,7 @@ class Hydrator:
                 self._generation = None
                 self._damaged = self._damaged or loss == "damaged"
             self.metrics.rebuilds.labels(reason=reason).inc()
-            logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
+            logger.info("rebuilding into %s (%s)", self.store.spare, reason)
             forced_binding = self._forced_binding
             partial = loss is None and forced_binding is not None and forced_binding in rebuilt
             interrupted = await self.store.begin_rebuild(resume=not partial)
@@ -465,6 +459,24 @@ class Hydrator:
             self.metrics.redis_used_memory.set(used)
             self.metrics.redis_max_memory.set(limit)
             self._note_state(self.state())
+
+
+def _store_of(config: HydratorConfig) -> ViewStore:
+    """The store engine the config names: the Pod's Redis, or an LMDB environment."""
+    if config.store_engine == "lmdb":
+        return LmdbStore(
+            path=config.lmdb_path,
+            map_size=config.lmdb_map_size,
+            max_readers=config.lmdb_max_readers,
+        )
+    return Store(
+        socket_path=config.redis_socket,
+        offsets_key=config.offsets_key,
+        metadata_key=config.metadata_key,
+        spare_db=config.spare_db,
+        username=config.redis_user,
+        password=config.redis_password(),
+    )
 
 
 def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> Source:

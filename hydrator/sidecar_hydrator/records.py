@@ -165,6 +165,7 @@ def make_decoder(
     max_value_bytes: int,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     binding: str = "",
+    allow_empty_key: bool = True,
 ) -> Decoder | RowDecoder:
     """Build the decoder of one binding (``binding`` names its Debezium table indexes).
 
@@ -178,7 +179,8 @@ def make_decoder(
     truncates the table, ``m`` is ignored; envelopes with ``schemas.enable=true``
     (``{schema, payload}``) are unwrapped and Kafka Connect's logical types decoded (see
     :func:`from_connect`). A string ``after`` (the MongoDB connector) is parsed as the
-    document it holds.
+    document it holds. ``allow_empty_key`` False (the LMDB engine, which cannot hold an empty
+    key) makes an empty key (prefix included) a bad record, ``missing_key``.
     """
     prefix = keys.prefix.encode()
     if format == "debezium":
@@ -187,20 +189,43 @@ def make_decoder(
                 _debezium(prefix=prefix, keys=keys),
                 max_value_bytes=max_value_bytes,
                 max_key_bytes=max_key_bytes,
+                allow_empty_key=allow_empty_key,
             ),
             binding=binding,
         )
     if format == "json":
-        return _json(
+        json_decode = _json(
             prefix=prefix, keys=keys, max_value_bytes=max_value_bytes, max_key_bytes=max_key_bytes
         )
+        return json_decode if allow_empty_key else _no_empty_keys(json_decode)
     return _guarded(
-        _raw(prefix=prefix), max_value_bytes=max_value_bytes, max_key_bytes=max_key_bytes
+        _raw(prefix=prefix),
+        max_value_bytes=max_value_bytes,
+        max_key_bytes=max_key_bytes,
+        allow_empty_key=allow_empty_key,
     )
 
 
+def _no_empty_keys(decode: Decoder) -> Decoder:
+    """``decode``, with an empty key a bad record (``missing_key``): LMDB cannot hold one."""
+
+    def guarded(record: RecordLike) -> Change | None:
+        change = decode(record)
+        if change is not None and not change[0]:
+            raise _bad(
+                record, _Reject("missing_key", "an empty key (the LMDB engine cannot hold one)")
+            )
+        return change
+
+    return guarded
+
+
 def _guarded(
-    inner: Callable[[RecordLike], _Decoded], *, max_value_bytes: int, max_key_bytes: int
+    inner: Callable[[RecordLike], _Decoded],
+    *,
+    max_value_bytes: int,
+    max_key_bytes: int,
+    allow_empty_key: bool = True,
 ) -> Callable[[RecordLike], _Decoded]:
     """Size limits, and :class:`_Reject` -> :class:`BadRecord` with the record's position."""
 
@@ -214,6 +239,8 @@ def _guarded(
                 raise _Reject(
                     "key_too_large", f"key of {len(change[0])} bytes > max {max_key_bytes}"
                 )
+            if change is not None and not allow_empty_key and not change[0]:
+                raise _Reject("missing_key", "an empty key (the LMDB engine cannot hold one)")
             return change
         except _Reject as exc:
             raise _bad(record, exc) from None

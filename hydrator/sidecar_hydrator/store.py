@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
 import hiredis
 from redis.asyncio import ConnectionPool, Redis
@@ -47,6 +47,9 @@ from redis.typing import EncodableT, FieldT
 from sidecar_hydrator.aio import sleep_or_stop
 from sidecar_hydrator.config import RESERVED_PREFIX
 from sidecar_hydrator.records import table_index_key
+
+if TYPE_CHECKING:
+    from sidecar_hydrator.batch import Command
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +215,59 @@ class HeartbeatResult:
     full: bool
 
 
+class ViewStore(Protocol):
+    """What the hydrator needs of a store engine: :class:`Store` (Redis, the default) or
+    :class:`~sidecar_hydrator.store_lmdb.LmdbStore`. Every failure is a :class:`StoreError`."""
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def spare(self) -> str:
+        """Where a rebuild is written, for logs."""
+        ...
+
+    def wait_ready(self, *, stop: asyncio.Event, max_backoff: float = 1.0) -> Awaitable[bool]: ...
+
+    def inspect(self) -> Awaitable[StoreState]: ...
+
+    def record_topic_ids(self, ids: Mapping[str, str]) -> Awaitable[None]: ...
+
+    def discard_spare(self) -> Awaitable[int]: ...
+
+    def begin_rebuild(self, *, resume: bool = True) -> Awaitable[StoreState | None]: ...
+
+    def carry_over(self, *, prefix: str, binding: str) -> Awaitable[int]: ...
+
+    def complete_rebuild(
+        self,
+        *,
+        offsets: Mapping[str, int],
+        meta: Mapping[str, str | int],
+        generation: str,
+        complete: bool = True,
+    ) -> Awaitable[None]: ...
+
+    def apply(
+        self,
+        *,
+        sets: Mapping[bytes, bytes],
+        deletes: Iterable[bytes],
+        offsets: Mapping[str, int],
+        meta: Mapping[str, str | int],
+        notify: tuple[str, bytes] | Callable[[], tuple[str, bytes]] | None = None,
+        commands: Sequence[Command] = (),
+    ) -> Awaitable[ApplyResult]: ...
+
+    def heartbeat(
+        self, *, fields: Mapping[str, str | int], generation: str | None
+    ) -> Awaitable[HeartbeatResult]: ...
+
+    def memory_usage(self) -> Awaitable[tuple[int, int]]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+
 class Store:
     """Writes batches into the served database (or the spare one while rebuilding)."""
 
@@ -246,6 +302,10 @@ class Store:
     @property
     def run_id(self) -> str | None:
         return self._run_id
+
+    @property
+    def spare(self) -> str:
+        return f"db {self.spare_db}"
 
     def _client(self, *, db: int) -> Redis:
         pool = ConnectionPool(

@@ -666,7 +666,19 @@ class RedisResources(ApiModel):
 
 
 class Store(ApiModel):
-    """The Pod's Redis: how much it may hold and what it does when full."""
+    """The Pod's store (Redis, or LMDB by opt-in): how much it may hold, what it does when
+    full."""
+
+    engine: Literal["redis", "lmdb"] = Field(
+        default="redis",
+        description=(
+            "Where the view lives. redis: a Redis sidecar the app reads over a Unix socket. "
+            "lmdb: no Redis; the hydrator writes an LMDB environment on a memory-backed "
+            "volume the app maps and reads in its own process (microseconds a look-up; it "
+            "needs shareProcessNamespace: true, see the README). All bindings on one Pod "
+            "must agree. Default: redis. Example: lmdb"
+        ),
+    )
 
     max_memory: Quantity | None = Field(
         default=None,
@@ -689,6 +701,16 @@ class Store(ApiModel):
         "of a Pod's bindings wins, a Pod annotation over both. Default: the operator's. "
         "Example: {limits: {cpu: 200m}}",
     )
+
+    @model_validator(mode="after")
+    def _lmdb_never_evicts(self) -> Store:
+        if self.engine == "lmdb" and self.eviction_policy != "noeviction":
+            raise ValueError(
+                f"spec.store.evictionPolicy {self.eviction_policy}: the lmdb engine never "
+                "evicts (a full map refuses writes, like noeviction); remove the field or use "
+                "engine: redis"
+            )
+        return self
 
 
 class HydratorOptions(ApiModel):

@@ -42,6 +42,10 @@ class InjectionDefaults(BaseModel):
     sidecar_mode: SidecarMode = "native"
     excluded_namespaces: frozenset[str] = SYSTEM_NAMESPACES
     socket_dir: str = "/var/run/sidecar-state"
+    #: engine: lmdb — where the LMDB volume is mounted (SIDECAR_STATE_LMDB_PATH).
+    lmdb_dir: str = "/var/run/sidecar-state-lmdb"
+    #: engine: lmdb — reader slots in the lock file (every reading process takes one).
+    lmdb_max_readers: int = Field(default=126, ge=1, le=65536)
     hydrator_port: int = Field(default=9464, ge=1, le=65535)
     user_ids: UserIds = "fixed"
     redis_user: int = 999

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar_hydrator.config import CONFIG_ENV
+from sidecar_operator.api.quantity import format_bytes, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import (
     CREDENTIALS_DIR,
     CREDENTIALS_VOLUME,
     HYDRATOR_CONTAINER,
+    LMDB_VOLUME,
     SOCKET_VOLUME,
 )
-from sidecar_operator.injection.plan import SidecarPlan
+from sidecar_operator.injection.plan import SidecarPlan, lmdb_volume_bytes
 from sidecar_operator.injection.security import hardened_security_context
 
 
@@ -36,10 +38,19 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
     def probe(path: str, **timing: int) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": port}, **timing}
 
-    mounts: list[dict[str, Any]] = [
-        {"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir},
-        {"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True},
-    ]
+    memory_request, memory_limit = defaults.hydrator_memory_request, defaults.hydrator_memory_limit
+    if plan.engine == "lmdb":
+        mounts: list[dict[str, Any]] = [{"name": LMDB_VOLUME, "mountPath": defaults.lmdb_dir}]
+        # The environment's pages live in a memory-backed volume and are charged to the
+        # process that writes them: the limit covers two environments (a rebuild).
+        extra = lmdb_volume_bytes(plan.max_memory_bytes)
+        memory_request = format_bytes(quantity_bytes(memory_request) + extra)
+        memory_limit = format_bytes(quantity_bytes(memory_limit) + extra)
+    else:
+        mounts = [
+            {"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir},
+            {"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True},
+        ]
     mounts += [
         {"name": s.volume_name, "mountPath": s.mount_path, "readOnly": True}
         for s in plan.secrets
@@ -58,14 +69,8 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
         # The bindings' spec.hydrator.resources and the Pod's annotations are folded into the
         # defaults already (injection.overrides).
         "resources": {
-            "requests": {
-                "cpu": defaults.hydrator_cpu_request,
-                "memory": defaults.hydrator_memory_request,
-            },
-            "limits": {
-                "cpu": defaults.hydrator_cpu_limit,
-                "memory": defaults.hydrator_memory_limit,
-            },
+            "requests": {"cpu": defaults.hydrator_cpu_request, "memory": memory_request},
+            "limits": {"cpu": defaults.hydrator_cpu_limit, "memory": memory_limit},
         },
         "volumeMounts": mounts,
         # The startup probe means "hydrated": with native sidecars the app starts only then.

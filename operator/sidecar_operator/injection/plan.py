@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidecar_hydrator.config import (
+    LMDB_MAX_KEY_BYTES,
     BindingSource,
     HydratorConfig,
     KafkaConnection,
@@ -31,6 +32,13 @@ SECRETS_DIR = "/var/run/sidecar-state-secrets"
 
 class OverlappingPrefixes(ValueError):
     """Two bindings that select one Pod have key prefixes that overlap."""
+
+
+class MixedEngines(ValueError):
+    """Bindings that select one Pod ask for different store engines (one store per Pod)."""
+
+
+MIB = 2**20
 
 
 #: The Secret keys a NATS auth method reads as files (the rest are env vars, see below).
@@ -59,6 +67,8 @@ class SidecarPlan:
     binding_names: tuple[str, ...]
     max_memory_bytes: int
     eviction_policy: str
+    #: ``redis`` (a Redis sidecar) or ``lmdb`` (an LMDB environment, no Redis).
+    engine: str
     hydrator_config: HydratorConfig
     secrets: tuple[SecretUse, ...]
 
@@ -197,6 +207,14 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
             f"spec.keys.prefix values {prefixes[first]!r} and {prefixes[second]!r} overlap: "
             "give each binding a prefix that is not the start of another's"
         )
+    engines = {b.spec.store.engine: b.name for b in ordered}
+    if len(engines) > 1:
+        named = ", ".join(f"{name} ({engine})" for engine, name in sorted(engines.items()))
+        raise MixedEngines(
+            f"StateBindings that select this Pod ask for different spec.store.engine values "
+            f"({named}): a Pod has one store; give them the same engine"
+        )
+    engine = next(iter(engines))
     sources = []
     secrets = []
     memory = 0
@@ -236,16 +254,36 @@ def plan_sidecars(bindings: Sequence[StateBinding], *, defaults: InjectionDefaul
         sources.append(source)
     # One Redis serves every binding: if they disagree, never evict (the safe reading).
     eviction = policies.pop() if len(policies) == 1 else "noeviction"
-    return SidecarPlan(
-        binding_names=tuple(b.name for b in ordered),
-        max_memory_bytes=memory,
-        eviction_policy=eviction,
-        hydrator_config=HydratorConfig(
+    if engine == "lmdb":
+        config = HydratorConfig(
+            store_engine="lmdb",
+            lmdb_path=defaults.lmdb_dir,
+            lmdb_map_size=memory,
+            lmdb_max_readers=defaults.lmdb_max_readers,
+            max_key_bytes=LMDB_MAX_KEY_BYTES,
+            http_port=defaults.hydrator_port,
+            bindings=tuple(sources),
+        )
+    else:
+        config = HydratorConfig(
             redis_socket=defaults.socket_path,
             redis_user=HYDRATOR_ACL_USER,
             redis_password_file=HYDRATOR_PASSWORD_PATH,
             http_port=defaults.hydrator_port,
             bindings=tuple(sources),
-        ),
+        )
+    return SidecarPlan(
+        binding_names=tuple(b.name for b in ordered),
+        max_memory_bytes=memory,
+        eviction_policy=eviction,
+        engine=engine,
+        hydrator_config=config,
         secrets=tuple(secrets),
     )
+
+
+def lmdb_volume_bytes(max_memory_bytes: int) -> int:
+    """The LMDB volume's ``sizeLimit``: two environments of ``map_size`` (the served one and
+    a rebuild or compacted copy), and room for their lock files. Every map stays below it,
+    so a full view is a refused write (``MDB_MAP_FULL``), never a full tmpfs."""
+    return 2 * max_memory_bytes + MIB

@@ -35,7 +35,12 @@ from sidecar_operator.injection.overrides import (
     port_conflict,
 )
 from sidecar_operator.injection.placement import place
-from sidecar_operator.injection.plan import OverlappingPrefixes, SidecarPlan, plan_sidecars
+from sidecar_operator.injection.plan import (
+    MixedEngines,
+    OverlappingPrefixes,
+    SidecarPlan,
+    plan_sidecars,
+)
 from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
 from sidecar_operator.injection.volumes import build_volumes
@@ -219,7 +224,7 @@ def _check_conflicts(spec: Mapping[str, Any], *, defaults: InjectionDefaults) ->
                 f'the container or opt the Pod out with {ann.INJECT}: "false"'
             )
         for mount in container.get("volumeMounts") or []:
-            if mount.get("mountPath") in (defaults.socket_dir, CREDENTIALS_DIR):
+            if mount.get("mountPath") in (defaults.socket_dir, CREDENTIALS_DIR, defaults.lmdb_dir):
                 raise InjectionConflict(
                     f"container {container.get('name')!r} already mounts "
                     f"{mount['mountPath']}, where sidecar-state puts its socket and credentials"
@@ -275,6 +280,13 @@ class Sidecars:
 def build_sidecars(
     *, plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None = None
 ) -> Sidecars:
+    if plan.engine == "lmdb":
+        # No Redis and no Redis credentials: the hydrator writes the LMDB environment.
+        return Sidecars(
+            setup=[],
+            running=[build_hydrator_container(plan=plan, defaults=defaults)],
+            volumes=build_volumes(plan=plan),
+        )
     running = [
         build_redis_container(plan=plan, defaults=defaults),
         build_hydrator_container(plan=plan, defaults=defaults),
@@ -288,6 +300,17 @@ def build_sidecars(
         running=running,
         volumes=build_volumes(plan=plan),
     )
+
+
+def _check_shared_process_namespace(spec: Mapping[str, Any]) -> None:
+    """LMDB's reader table is keyed by PID: in separate PID namespaces every container's
+    process is PID 1 and their read transactions collide, so an LMDB Pod shares one. A Pod
+    that said ``false`` keeps its choice and is refused (never overridden silently)."""
+    if spec.get("shareProcessNamespace") is False:
+        raise InjectionConflict(
+            "spec.shareProcessNamespace is false, but spec.store.engine: lmdb needs it true "
+            "(LMDB's reader table is keyed by PID); remove the field, or use engine: redis"
+        )
 
 
 def _add_supplemental_group(spec: dict[str, Any], group: int) -> None:
@@ -414,12 +437,19 @@ def decide(
     _check_conflicts(spec, defaults=effective)
     try:
         sidecars = plan_sidecars(selected, defaults=effective)
-    except OverlappingPrefixes as error:
+    except (OverlappingPrefixes, MixedEngines) as error:
         raise InjectionConflict(str(error)) from None
     try:
         intercept = plan_intercept(selected, spec=spec, defaults=effective)
     except InterceptError as exc:
         raise InjectionConflict(str(exc)) from None
+    if sidecars.engine == "lmdb":
+        if intercept is not None:
+            raise InjectionConflict(
+                "spec.intercept needs the Redis engine (its authorizer reads Redis); "
+                "use spec.store.engine: redis for bindings with an intercept"
+            )
+        _check_shared_process_namespace(spec)
     plan = PodPlan(defaults=effective, sidecars=sidecars, intercept=intercept,
                    bindings_hash=binding_content_hash(selected))  # fmt: skip
     return Decision(pod=pod, namespace=namespace, selected=selection.selected,
@@ -438,10 +468,17 @@ def render(decision: Decision) -> Injected:
 
     injected = copy.deepcopy(dict(decision.pod))
     new_spec = injected.setdefault("spec", {})
+    lmdb = plan.sidecars.engine == "lmdb"
+    if lmdb:
+        new_spec["shareProcessNamespace"] = True  # refused in decide() when set false
     app_inits = [
-        wire_app_container(c, defaults=defaults) for c in new_spec.get("initContainers") or []
+        wire_app_container(c, defaults=defaults, lmdb=lmdb)
+        for c in new_spec.get("initContainers") or []
     ]
-    apps = [wire_app_container(c, defaults=defaults) for c in new_spec.get("containers") or []]
+    apps = [
+        wire_app_container(c, defaults=defaults, lmdb=lmdb)
+        for c in new_spec.get("containers") or []
+    ]
     if defaults.sidecar_mode == "native":
         # Native sidecars (restartPolicy: Always) after a mesh's, before the app's own init
         # containers: those and the app start only after Redis answers and the hydrator

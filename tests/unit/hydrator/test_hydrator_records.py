@@ -452,3 +452,17 @@ def test_an_unpaired_surrogate_escape_is_a_bad_record(
     error = bad(fmt, record, **kwargs)
     assert error.kind == "invalid_utf8"
     assert "surrogate" in str(error)
+
+
+def test_an_empty_key_is_a_bad_record_only_where_the_store_cannot_hold_it() -> None:
+    """LMDB refuses zero-length keys (Redis takes them): for the LMDB engine the record is
+    skipped with its position, rather than failing every transaction it is in."""
+    record = Rec(b"", b"v")
+    assert decode("raw", record) == (b"", b"v")
+    lmdb = make_decoder(
+        format="raw", keys=KeyMapping(), max_value_bytes=1024, allow_empty_key=False
+    )
+    with pytest.raises(BadRecord) as info:
+        lmdb(record)
+    assert info.value.kind == "missing_key" and info.value.offset == 42
+    assert lmdb(Rec(b"k", b"v")) == (b"k", b"v")

@@ -114,7 +114,11 @@ def test_to_api_round_trips_in_camel_case(binding_doc):
     binding = parse_binding(binding_doc(eviction_policy="allkeys-lru"))
     api = binding.to_api()
 
-    assert api["spec"]["store"] == {"maxMemory": "64Mi", "evictionPolicy": "allkeys-lru"}
+    assert api["spec"]["store"] == {
+        "engine": "redis",
+        "maxMemory": "64Mi",
+        "evictionPolicy": "allkeys-lru",
+    }
     assert api["spec"]["keys"]["keyField"] == "id"
     assert parse_binding(api) == binding
 
