@@ -103,7 +103,9 @@ def _go_install(package: str, *, target: Path, out: TextIO) -> None:
     started = time.monotonic()
     _say(f"go install {package}", out)
     env = {**build_mod._go_env(None), "GOBIN": str(target)}
-    proc = subprocess.run(["go", "install", package], env=env, capture_output=True, text=True)
+    # -s -w: no symbol tables or DWARF, a shorter link (these tools are never debugged here).
+    cmd = ["go", "install", "-ldflags=-s -w", package]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise KindBuildError(f"go install {package} failed:\n{proc.stderr[-2000:]}")
     _say(f"{name} built in {time.monotonic() - started:.0f}s", out)
