@@ -57,7 +57,8 @@ lock:
 	$(PYTHON) -m images.lock
 
 # The e2e-kind job of .github/workflows/ci.yaml, step for step, on this machine: a kind cluster,
-# the Dockerfile images loaded, the chart installed, the whole e2e suite (node scenarios too).
+# the Dockerfile images loaded, the chart installed, the node scenarios and the chart's tests
+# (the operator scenarios run in test-e2e; `... cluster test -- tests/e2e` runs them on kind too).
 test-kind:
 	scripts/setup.sh kind
 	$(TIMED) kind $(PYTHON) -m tests.e2e.kind.cluster test

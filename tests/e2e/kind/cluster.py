@@ -38,6 +38,10 @@ POD_SUBNET = "10.245.0.0/16"
 RELEASE = "sidecar-state"
 NAMESPACE = "sidecar-state-system"
 REPO = Path(__file__).resolve().parents[3]
+#: What kind runs by default: everything but the operator scenarios, which ``make test-e2e``
+#: runs on the host control plane (their chart-operator variant has open failures:
+#: docs/kind.md). ``test -- tests/e2e`` runs all of it.
+DEFAULT_SUITE = ("tests/e2e", "--ignore=tests/e2e/operator")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -230,12 +234,12 @@ def suite_env(kind: KindCluster = SUITE) -> dict[str, str]:
 def test(pytest_args: Sequence[str], *, keep: bool) -> int:
     """``up``, the suite against the cluster, then ``down`` (unless ``keep``).
 
-    ``pytest_args`` that name no path run the whole e2e suite (``tests/e2e``).
+    ``pytest_args`` that name no path run ``DEFAULT_SUITE``.
     """
     up()
     started = time.monotonic()
     named = any((REPO / a.split("::")[0]).exists() for a in pytest_args if not a.startswith("-"))
-    paths = [] if named else ["tests/e2e"]
+    paths = [] if named else list(DEFAULT_SUITE)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *paths, *pytest_args],
