@@ -4,8 +4,7 @@ Why a Python runner rather than Makefile recipes: ``up`` starts a cluster and a 
 must outlive it, records them, and cleans up what it started if a later step fails; ``down``
 must stop exactly those. The cluster is made the way the node scenarios' is
 (``tests/e2e/kind/cluster.py``: the Dockerfile images loaded, the chart installed with its
-default image names), under a name and Pod subnet of its own, so the demo runs what the
-scenarios prove and ``make test`` leaves it alone.
+default image names), under a name of its own, so the demo runs what the scenarios prove.
 
     python -m demo.run up     # build (cached), start everything, deploy, flip a flag, measure
     python -m demo.run down   # stop and remove everything ``up`` started
@@ -42,8 +41,9 @@ BINDING = REPO / "demo" / "binding.yaml"
 APP = REPO / "demo" / "app.yaml"
 FLAG = "new-ui-layout"
 _NO_PROXY = {"NO_PROXY": "*", "no_proxy": "*"}
-#: Its own name and Pod subnet: the suite's cluster (10.245.0.0/16) can exist beside it.
-DEMO_CLUSTER = kind_cluster.KindCluster(name="sidecar-state-demo", pod_subnet="10.246.0.0/16")
+#: Its own name, so ``make test`` leaves it be; the Pod subnet is the one the node image's CNI
+#: config hands out (10.245.0.0/16), so the suite's cluster and the demo's are not up at once.
+DEMO_CLUSTER = kind_cluster.KindCluster(name="sidecar-state-demo")
 
 
 def say(message: str) -> None:

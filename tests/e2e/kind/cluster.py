@@ -7,7 +7,8 @@ only where things come from (our daemon, our node image; on GitHub, Docker Hub a
 
 Pod IPs live inside the node container; ``up`` routes the Pod subnet via the node's address so
 the tests (on the host) reach Pods directly. The suite's cluster and the demo's
-(``demo/run.py``) have their own names, kubeconfigs and Pod subnets, so both can exist at once.
+(``demo/run.py``) have their own names and kubeconfigs; the node image's CNI config hands out
+``POD_SUBNET`` in both, so only one of them is up at a time.
 
     python -m tests.e2e.kind.cluster up|down        (up prints the kubeconfig path)
     python -m tests.e2e.kind.cluster test -- ARGS   (up, pytest ARGS (default tests/e2e), down)
