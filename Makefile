@@ -11,6 +11,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
 	@echo "make demo    - the feature-flag demo on a local kind cluster (root);"
+	@echo "               make demo SOURCE=nats: its flags from a NATS KV bucket;"
 	@echo "               make demo-down removes it"
 	@echo "make lint    - ruff and mypy;  make crds - regenerate the CRD from the models"
 	@echo "make bench   - benchmarks, results in benchmarks/results/"
@@ -90,7 +91,7 @@ bench:
 
 demo:
 	scripts/setup.sh all
-	$(PYTHON) -m demo.run up
+	$(PYTHON) -m demo.run up $(if $(SOURCE),--source $(SOURCE))
 
 demo-down:
 	$(PYTHON) -m demo.run down

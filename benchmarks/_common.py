@@ -17,7 +17,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from tests.support.kafka_broker import KAFKA_VERSION, KafkaBroker
-from tests.support.redis_server import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,15 +49,6 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "absent"
-
-
-def sidecar_redis(max_memory_bytes: int) -> RedisServer:
-    """A redis-server started with the operator's rendered command line."""
-    from tests.integration.hydrator.support import sidecar_redis_config
-
-    server = RedisServer(config=sidecar_redis_config(max_memory_bytes=max_memory_bytes))
-    server.start()
-    return server
 
 
 @contextmanager

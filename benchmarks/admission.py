@@ -41,7 +41,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from benchmarks._common import machine, write_results
-from benchmarks.latency import percentile, sigterm_as_exit
+from benchmarks.lib.processes import sigterm_as_exit
+from benchmarks.lib.stats import percentile
 from sidecar_operator.webhook_config import MUTATE_PODS
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.cluster.controlplane import LocalControlPlane

@@ -24,13 +24,13 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from benchmarks._common import machine, write_results
-from benchmarks.latency import sigterm_as_exit
+from benchmarks.lib.processes import sigterm_as_exit
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.cluster.controlplane import LocalControlPlane
 from tests.e2e.helpers import binding, pod, wait_for, wait_reconciled
@@ -83,11 +83,15 @@ def measure(pods: int, window: float) -> dict[str, Any]:
         operator.register_webhooks("Fail")
         cluster.apply(binding("bench", NAMESPACE))
         wait_reconciled(cluster, "bench", NAMESPACE)
-        core = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(plane.kubeconfig)))
+        api = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(plane.kubeconfig)
+        )
+        core = k8s.CoreV1Api(api)
 
         def create(index: int) -> None:
             name = f"bench-{index}"
-            core.create_namespaced_pod(NAMESPACE, pod(name, NAMESPACE, labels={"app": "bench"}))
+            manifest = pod(name, NAMESPACE, labels={"app": "bench"})
+            core.create_namespaced_pod(NAMESPACE, cast(Any, manifest))  # a dict serializes too
             core.patch_namespaced_pod_status(name, NAMESPACE, {"status": {"phase": "Running"}})
 
         started = time.monotonic()

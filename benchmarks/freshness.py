@@ -21,7 +21,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from benchmarks._common import broker, machine, write_results
+from benchmarks.lib.stats import percentile
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -42,6 +42,7 @@ from sidecar_hydrator.config import (
     KeyMapping,
 )
 from tests.integration.hydrator.support import sidecar_redis_config
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 TARGET_P50_MS = 5.0
@@ -131,22 +132,11 @@ async def produce_at(
     return sent
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -299,6 +289,28 @@ def print_row(row: dict[str, Any]) -> None:
         f" | {row['visible']}/{row['records']} visible",
         flush=True,
     )
+
+
+def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of a results file against their targets, as run_all tabulates them."""
+    rows = []
+    for run in data.get("runs", []):
+        gate = run["rate"] == 1000
+        rows.append(
+            {
+                "figure": f"produce -> visible at {run['rate']:,} rec/s, p50 / p99",
+                "value": f"{run['p50_ms']} / {run['p99_ms']}",
+                "unit": "ms",
+                "baseline": f"Kafka floor (bare consumer) {run['kafka_floor_p50_ms']} / "
+                f"{run['kafka_floor_p99_ms']} ms",
+                "ratio": round(run["p50_ms"] / run["kafka_floor_p50_ms"], 2)
+                if run["kafka_floor_p50_ms"]
+                else None,
+                "target": "p50 <= 5, p99 <= 20 ms" if gate else "(context)",
+                "met": (run["p50_ms"] <= 5 and run["p99_ms"] <= 20) if gate else None,
+            }
+        )
+    return rows
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ For each size: produce N distinct keys to a fresh compacted topic, measure the r
 (MSET inside MULTI/EXEC, the same keys and values, batches of the hydrator's bootstrap size),
 then start a hydrator on an empty Redis and time it until the view is published (hydrated).
 Both run on this machine in the same run, next to the broker; the ratio is what counts.
-Target (DESIGN.md): >= 200k records/s, 1M keys < 10 s.
+Targets: >= 250k records/s and >= 0.5x a bare aiokafka consumer's rate in the same run; 1M keys
+< 10 s. The machine is shared: each row carries the load average, and the CPU per record of
+the hydrator and of the bare consumer (their ratio moves much less with load than the rates).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from benchmarks._common import broker, machine, produce_bulk, sidecar_redis, write_results
+from benchmarks._common import broker, machine, produce_bulk, write_results
+from benchmarks.lib.processes import sidecar_redis
 from sidecar_hydrator.config import (
     BindingSource,
     HydratorConfig,
@@ -33,7 +37,9 @@ from sidecar_hydrator.kafka_source import consumer_options
 from sidecar_hydrator.main import tune_gc
 from sidecar_hydrator.store import PackedConnection
 
-TARGET_RECORDS_PER_S = 200_000
+TARGET_RECORDS_PER_S = 250_000
+#: Records/s of the hydrator / of a bare aiokafka consumer reading the same topic (issue 17).
+TARGET_RATIO_TO_BARE = 0.5
 TARGET_1M_SECONDS = 10.0
 
 
@@ -134,9 +140,10 @@ async def hydrate(
     return {"seconds": elapsed, "records_per_s": n / elapsed, "cpu_us_per_record": cpu / n * 1e6}
 
 
-async def consume_rate(bootstrap: str, topic: str, n: int, partitions: int) -> float:
+async def consume_rate(bootstrap: str, topic: str, n: int, partitions: int) -> tuple[float, float]:
     """Records/s of a bare aiokafka consumer reading the topic (same fetch settings, no work):
-    the ceiling set by the Kafka client before the hydrator decodes or writes anything."""
+    the ceiling set by the Kafka client before the hydrator decodes or writes anything. Also
+    its CPU µs per record: on a shared machine the CPU ratio moves far less than the rates."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     options = consumer_options(
@@ -149,12 +156,14 @@ async def consume_rate(bootstrap: str, topic: str, n: int, partitions: int) -> f
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
+        cpu_started = time.process_time()
         started = time.perf_counter()
         got = 0
         while got < n:
             data = await consumer.getmany(timeout_ms=200, max_records=5000)
             got += sum(len(records) for records in data.values())
-        return n / (time.perf_counter() - started)
+        cpu = time.process_time() - cpu_started
+        return n / (time.perf_counter() - started), cpu / n * 1e6
     finally:
         await consumer.stop()
 
@@ -197,12 +206,12 @@ async def run(
                 topic = f"hydration-{n}"
                 kafka.create_topic(topic, partitions=partitions, compacted=True)
                 produce_s = await produce_bulk(kafka, topic, records(n), partitions=partitions)
-                bare = max(
-                    [
-                        await consume_rate(kafka.bootstrap_servers, topic, n, partitions)
-                        for _ in range(repeat)
-                    ]
-                )
+                bare_runs = [
+                    await consume_rate(kafka.bootstrap_servers, topic, n, partitions)
+                    for _ in range(repeat)
+                ]
+                bare = max(rate for rate, _ in bare_runs)
+                bare_cpu = min(cpu for _, cpu in bare_runs)
                 for fmt in formats:
                     baseline = max(
                         [
@@ -228,9 +237,20 @@ async def run(
                             "hydration_seconds_all": [round(t["seconds"], 3) for t in tries],
                             "hydration_records_per_s": round(best["records_per_s"]),
                             "hydrator_cpu_us_per_record": round(best["cpu_us_per_record"], 2),
+                            "hydrator_cpu_us_per_record_best": round(
+                                min(t["cpu_us_per_record"] for t in tries), 2
+                            ),
+                            "bare_consumer_cpu_us_per_record": round(bare_cpu, 2),
+                            # CPU per record, bare consumer / hydrator (best of each): the rate
+                            # ratio a machine of its own would see when both are CPU-bound.
+                            "cpu_ratio_to_bare_consumer": round(
+                                bare_cpu / min(t["cpu_us_per_record"] for t in tries), 3
+                            ),
+                            "load_average": [round(x, 2) for x in os.getloadavg()],
                             "ratio_to_mset": round(best["records_per_s"] / baseline, 3),
                             "ratio_to_bare_consumer": round(best["records_per_s"] / bare, 3),
-                            "meets_rate_target": best["records_per_s"] >= TARGET_RECORDS_PER_S,
+                            "meets_rate_target": best["records_per_s"] >= TARGET_RECORDS_PER_S
+                            and best["records_per_s"] / bare >= TARGET_RATIO_TO_BARE,
                         }
                     )
                     print_row(results["runs"][-1])
@@ -239,6 +259,7 @@ async def run(
     million = [r for r in results["runs"] if r["keys"] == 1_000_000]
     results["targets"] = {
         "records_per_s": TARGET_RECORDS_PER_S,
+        "ratio_to_bare_consumer": TARGET_RATIO_TO_BARE,
         "one_million_keys_seconds": TARGET_1M_SECONDS,
         "one_million_met": {
             r["format"]: r["hydration_seconds"] < TARGET_1M_SECONDS for r in million
@@ -253,9 +274,52 @@ def print_row(row: dict[str, Any]) -> None:
         f" = {row['hydration_records_per_s']:>9,} rec/s | raw MSET {row['mset_keys_per_s']:>9,}"
         f" keys/s (x{row['ratio_to_mset']:.2f}) | bare consumer"
         f" {row['bare_consumer_records_per_s']:>9,} rec/s (x{row['ratio_to_bare_consumer']:.2f})"
-        f" | {row['hydrator_cpu_us_per_record']:.1f} us CPU/rec",
+        f" | CPU/rec {row['hydrator_cpu_us_per_record_best']:.2f} us vs bare"
+        f" {row['bare_consumer_cpu_us_per_record']:.2f} (x{row['cpu_ratio_to_bare_consumer']:.2f})"
+        f" | load {row['load_average'][0]}",
         flush=True,
     )
+
+
+def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of a results file against their targets, as run_all tabulates them."""
+    rows = []
+    for run in data.get("runs", []):
+        rows.append(
+            {
+                "figure": f"hydration of {run['keys']:,} keys ({run['format']})",
+                "value": run["hydration_records_per_s"],
+                "unit": "rec/s",
+                "baseline": f"bare consumer {run['bare_consumer_records_per_s']:,} rec/s; raw "
+                f"MSET {run['mset_keys_per_s']:,} keys/s (x{run['ratio_to_mset']})"
+                + (
+                    f"; CPU/rec {run['hydrator_cpu_us_per_record_best']} vs bare "
+                    f"{run['bare_consumer_cpu_us_per_record']} us "
+                    f"(x{run['cpu_ratio_to_bare_consumer']}); load {run['load_average'][0]}"
+                    if "cpu_ratio_to_bare_consumer" in run
+                    else ""
+                ),
+                "ratio": run["ratio_to_bare_consumer"],
+                "target": f">= {TARGET_RATIO_TO_BARE}x bare, >= {TARGET_RECORDS_PER_S:,} rec/s",
+                "met": run["meets_rate_target"],
+            }
+        )
+        if run["keys"] >= 1_000_000:
+            rows.append(
+                {
+                    "figure": f"  {run['keys']:,} keys ({run['format']}) hydrated in",
+                    "value": run["hydration_seconds"],
+                    "unit": "s",
+                    "baseline": f"raw MSET of the same keys "
+                    f"{run['keys'] / run['mset_keys_per_s']:.2f} s",
+                    "ratio": round(
+                        run["hydration_seconds"] * run["mset_keys_per_s"] / run["keys"], 2
+                    ),
+                    "target": "< 10 s",
+                    "met": run["hydration_seconds"] < 10,
+                }
+            )
+    return rows
 
 
 def main() -> None:

@@ -39,9 +39,11 @@ from typing import Any, Final
 import redis
 
 from benchmarks._common import machine, write_results
+from benchmarks.lib.stats import percentile
 from sidecar_authz.config import AuthorizerConfig, Credential, Injection, Rule
 from sidecar_operator.injection.envoy_bootstrap import build_envoy_bootstrap
-from tests.support.interceptor import AuthorizerProcess, EnvoyProxy, free_port
+from tests.support.interceptor import AuthorizerProcess, EnvoyProxy
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 TARGET_ADDED_P50_MS: Final = 0.3
@@ -149,11 +151,6 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 def measure(client: Client, count: int) -> list[float]:

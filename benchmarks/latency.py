@@ -29,22 +29,17 @@ within 1.5x of a bare Redis GET over UDS (redis-benchmark); 10 look-ups local vs
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import cProfile
 import csv
-import ctypes
 import gc
 import io
-import os
 import pstats
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +50,12 @@ import hiredis
 import redis
 
 from benchmarks._common import machine, write_results
+from benchmarks.lib.delay_proxy import run_proxy
+from benchmarks.lib.netns import NetnsLink, netem_available, remove_stale_namespaces
+from benchmarks.lib.processes import sigterm_as_exit
+from benchmarks.lib.stats import percentile, ratio, summarize_ns
 from tests.integration.hydrator.support import sidecar_redis_config
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -65,259 +65,8 @@ TARGET_LOCAL_VS_REMOTE: Final = 10.0
 REMOTE_RTT_MS: Final = {"remote-0.25ms": 0.25, "remote-1ms": 1.0}
 KEYS: Final = 1000
 PER_REQUEST: Final = 10
-NETNS_PREFIX: Final = "ssb-"
-SUBNET_PREFIX: Final = "10.213"
 REMOTE_PORT: Final = 6379
 PROXY_BASE_PORT: Final = 6380
-#: The proxy sleeps until this long before a reply is due, then spins (timer wake-ups on
-#: this VM overshoot by 50-100 µs even with a 1 ns timer slack).
-SPIN_NS: Final = 400_000
-_PR_SET_PDEATHSIG: Final = 1
-_PR_SET_TIMERSLACK: Final = 29
-
-
-# -- statistics ---------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def summarize_ns(samples: Sequence[int]) -> dict[str, float]:
-    """p50/p90/p99/max in µs of nanosecond samples."""
-    values = sorted(samples)
-    return {
-        "n": len(values),
-        "p50_us": round(percentile(values, 0.50) / 1000, 1),
-        "p90_us": round(percentile(values, 0.90) / 1000, 1),
-        "p99_us": round(percentile(values, 0.99) / 1000, 1),
-        "max_us": round(values[-1] / 1000, 1) if values else float("nan"),
-    }
-
-
-def ratio(a: float, b: float) -> float:
-    return round(a / b, 2) if b else float("nan")
-
-
-# -- processes ----------------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """``preexec_fn``: SIGKILL this child when the benchmark dies, so nothing is left behind."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def sigterm_as_exit() -> None:
-    """Turn SIGTERM into SystemExit so ``finally`` blocks (netns clean-up) run."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-# -- the private link to a network namespace ----------------------------------------------------
-
-
-def netem_available() -> tuple[bool, str]:
-    """Can this kernel add delay with ``netem``? Probed in a scratch namespace."""
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return False, "iproute2 (ip, tc) not installed"
-    name = f"{NETNS_PREFIX}probe{os.getpid()}"
-    try:
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        probe = subprocess.run(
-            ["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
-             "delay", "1ms"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if probe.returncode == 0:
-            return True, "tc qdisc netem works"
-        return False, f"tc netem: {probe.stderr.strip()} (sch_netem not in this kernel)"
-    except (OSError, subprocess.CalledProcessError) as error:
-        return False, f"network namespaces unavailable: {error}"
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-def remove_stale_namespaces() -> list[str]:
-    """Delete ``ssb-<pid>`` namespaces left by a benchmark run whose process is gone."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    removed = []
-    for line in listing.stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        tag = name.removeprefix(NETNS_PREFIX).split("-")[0]
-        if name.startswith(NETNS_PREFIX) and tag.isdigit() and not Path(f"/proc/{tag}").exists():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-            removed.append(name)
-    return removed
-
-
-def _used_subnets() -> set[int]:
-    text = subprocess.run(
-        ["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False
-    ).stdout
-    text += subprocess.run(
-        ["ip", "-4", "route"], capture_output=True, text=True, check=False
-    ).stdout
-    used = set()
-    for word in text.split():
-        if word.startswith(SUBNET_PREFIX + "."):
-            with contextlib.suppress(ValueError, IndexError):
-                used.add(int(word.split(".")[2]))
-    return used
-
-
-class NetnsLink:
-    """A network namespace joined to this one by a veth pair on a private /30.
-
-    Host side ``10.213.<n>.1``, namespace side ``10.213.<n>.2``; the namespace has no other
-    interface and no default route, so the only traffic possible is between the two ends.
-    :meth:`close` removes everything (also from ``atexit`` and on SIGTERM via SystemExit).
-    """
-
-    def __init__(self, slot: int = 0) -> None:
-        pid = os.getpid()
-        self.netns = f"{NETNS_PREFIX}{pid}-{slot}"
-        self.host_if = f"sb{slot}h{pid}"[:15]
-        self.peer_if = f"sb{slot}r{pid}"[:15]
-        used = _used_subnets()
-        start = (pid + slot) % 250
-        index = next(i % 250 for i in range(start, start + 250) if i % 250 not in used)
-        self.host_ip = f"{SUBNET_PREFIX}.{index}.1"
-        self.peer_ip = f"{SUBNET_PREFIX}.{index}.2"
-        self.procs: list[subprocess.Popen[Any]] = []
-        self._up = False
-
-    def up(self) -> None:
-        atexit.register(self.close)
-        self._up = True
-        steps = [
-            ["ip", "netns", "add", self.netns],
-            ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if,
-             "netns", self.netns],
-            ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
-            ["ip", "link", "set", self.host_if, "up"],
-            ["ip", "-n", self.netns, "addr", "add", f"{self.peer_ip}/30", "dev", self.peer_if],
-            ["ip", "-n", self.netns, "link", "set", self.peer_if, "up"],
-            ["ip", "-n", self.netns, "link", "set", "lo", "up"],
-        ]  # fmt: skip
-        for step in steps:
-            subprocess.run(step, check=True, capture_output=True, text=True)
-
-    def netem(self, rtt_ms: float) -> None:
-        """Delay everything the namespace sends back by the whole round trip."""
-        subprocess.run(
-            ["ip", "netns", "exec", self.netns, "tc", "qdisc", "replace", "dev", self.peer_if,
-             "root", "netem", "delay", f"{rtt_ms}ms"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-
-    def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc: subprocess.Popen[Any] = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *argv], preexec_fn=die_with_parent, **kwargs
-        )
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            terminate(proc)
-        self.procs.clear()
-        if not self._up:
-            return
-        self._up = False
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
-
-    def __enter__(self) -> NetnsLink:
-        try:
-            self.up()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-# -- the userspace delay proxy (runs inside the namespace) --------------------------------------
-
-
-def _tight_timer_slack() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
-
-
-def _wait_until(due_ns: int) -> None:
-    remaining = due_ns - time.perf_counter_ns()
-    if remaining > SPIN_NS:
-        time.sleep((remaining - SPIN_NS) / 1e9)
-    while time.perf_counter_ns() < due_ns:
-        pass
-
-
-def _pump(
-    src: socket.socket, dst: socket.socket, last_request: list[int], delay_ns: int | None
-) -> None:
-    """Copy ``src`` -> ``dst``. The request direction (``delay_ns`` None) stamps each request's
-    arrival; the reply direction holds each reply until that arrival + ``delay_ns``, so the
-    round trip to Redis behind the proxy (and the proxy's own thread wake-ups on that leg)
-    is hidden inside the delay instead of adding to it, whatever the machine's load."""
-    try:
-        while data := src.recv(1 << 16):
-            if delay_ns is None:
-                last_request[0] = time.perf_counter_ns()
-            elif delay_ns:
-                _wait_until(last_request[0] + delay_ns)
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-def run_proxy(listen: tuple[str, int], target: tuple[str, int], delay_file: Path) -> None:
-    """Forward ``listen`` -> ``target``; each reply leaves no earlier than the delay (ns, read
-    from ``delay_file`` when a connection is accepted) after its request arrived, as netem
-    on the link would add it. Request/response traffic is sequential per connection, so no
-    reply waits behind another one's delay."""
-    _tight_timer_slack()
-    server = socket.create_server(listen, backlog=64)
-    print("ready", flush=True)
-    while True:
-        client, _ = server.accept()
-        delay_ns = int(delay_file.read_text().strip() or 0)
-        upstream = socket.create_connection(target)
-        for sock in (client, upstream):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        last_request = [0]
-        threading.Thread(
-            target=_pump, args=(client, upstream, last_request, None), daemon=True
-        ).start()
-        threading.Thread(
-            target=_pump, args=(upstream, client, last_request, delay_ns), daemon=True
-        ).start()
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -578,7 +327,7 @@ def profile_redis_py(target: Target, count: int) -> dict[str, Any]:
 def local_servers() -> Iterator[tuple[RedisServer, RedisServer, int]]:
     config = sidecar_redis_config(max_memory_bytes=64 * 2**20)
     uds = RedisServer(config=config)
-    port = _free_port()
+    port = free_port()
     tcp = RedisServer(config=[*config, f"port {port}", "bind 127.0.0.1"])
     try:
         uds.start()
@@ -587,12 +336,6 @@ def local_servers() -> Iterator[tuple[RedisServer, RedisServer, int]]:
     finally:
         uds.close()
         tcp.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_remote_redis(link: NetnsLink, workdir: Path) -> subprocess.Popen[Any]:

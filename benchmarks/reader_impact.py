@@ -34,15 +34,15 @@ import redis
 from benchmarks._common import broker, machine, write_results
 from benchmarks.footprint import (
     HydratorProcess,
-    free_port,
     hydrator_config,
     make_topic,
     redis_key,
     redis_value,
-    sidecar_redis,
 )
-from benchmarks.latency import percentile
+from benchmarks.lib.processes import sidecar_redis
+from benchmarks.lib.stats import percentile
 from sidecar_hydrator.config import HydratorConfig
+from tests.support.ports import free_port
 
 TARGET_P99_MS: Final = 1.0
 READS_PER_S: Final = 4000

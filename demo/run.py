@@ -7,6 +7,7 @@ must stop exactly those. The cluster is made the way the node scenarios' is
 default image names), under a name of its own, so the demo runs what the scenarios prove.
 
     python -m demo.run up     # build (cached), start everything, deploy, flip a flag, measure
+    python -m demo.run up --source nats   # the same app, its flags from a NATS KV bucket
     python -m demo.run down   # stop and remove everything ``up`` started
 """
 
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,29 @@ def _app_manifest() -> str:
     return yaml.safe_dump(app)
 
 
+def _start_nats(
+    host: str, work: Path, state: dict[str, Any]
+) -> tuple[Callable[[bool], float], str]:
+    """``--source nats``: a nats-server where Pods reach this host and the flag in its KV bucket;
+    returns the function that flips the flag, and the same binding reading the bucket."""
+    from demo import publish_nats
+
+    pid, url = publish_nats.start_server(host, work / "nats")
+    state.update(nats_pid=pid, nats=url)
+    publish_nats.put(url, FLAG, False)
+    docs = list(yaml.safe_load_all(BINDING.read_text()))
+    docs[-1]["spec"]["source"] = {
+        "nats": {"servers": [url], "kv": {"bucket": publish_nats.BUCKET}, "format": "json"}
+    }
+    return lambda enabled: publish_nats.put(url, FLAG, enabled), yaml.safe_dump_all(docs)
+
+
 def _stop_kafka(state: dict[str, Any]) -> None:
-    pid = state.get("kafka_pid")
+    for key in ("nats_pid", "kafka_pid"):
+        _stop_group(state.get(key))
+
+
+def _stop_group(pid: int | None) -> None:
     if pid is None:
         return
     try:
@@ -129,7 +151,7 @@ def _stop_kafka(state: dict[str, Any]) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def up(*, keep_on_failure: bool = False) -> int:
+def up(*, keep_on_failure: bool = False, source: str = "kafka") -> int:
     started = time.monotonic()
     if state_file().exists():
         say("a demo is already recorded; `make demo-down` first (or it was left by a crash)")
@@ -157,6 +179,12 @@ def up(*, keep_on_failure: bool = False) -> int:
         save()
         ensure_topic(bootstrap, TOPIC)
         publish(bootstrap, FLAG, False)
+        flip: Callable[[bool], float] = lambda enabled: publish(bootstrap, FLAG, enabled)  # noqa: E731
+        binding = BINDING.read_text()
+        if source == "nats":
+            say("step 2/5: and a nats-server there, the flag in a KV bucket")
+            flip, binding = _start_nats(kind_cluster.gateway_address(), work, state)
+            save()
         say("step 3/5: the chart's operator pointed at the broker")
         cluster.helm_run(
             "upgrade", kind_cluster.RELEASE, str(REPO / "charts" / "sidecar-state"),
@@ -167,7 +195,7 @@ def up(*, keep_on_failure: bool = False) -> int:
         )  # fmt: skip
         ChartOperator(cluster=cluster).wait_ready()
         say("step 4/5: deploy the demo binding and app, wait until Ready")
-        cluster.kubectl_run("apply", "-f", str(BINDING))
+        cluster.kubectl_run("apply", "-f", "-", input=binding)
         # Until the operator has seen the binding, a new Pod would start uninjected (and then
         # be rolled); wait for its status first.
         wait_reconciled(cluster, "feature-flags", "demo")
@@ -182,7 +210,7 @@ def up(*, keep_on_failure: bool = False) -> int:
         url = f"http://{ip}:8080/"
         say("step 5/5: flip the flag and measure")
         before = _http(url)
-        acked = publish(bootstrap, FLAG, True)
+        acked = flip(True)
         seen = _wait_answer(url, "Showing New Layout")
         after = _http(url)
     except BaseException:
@@ -196,18 +224,24 @@ def up(*, keep_on_failure: bool = False) -> int:
     state["pod"] = {"name": name, "ip": ip}
     save()
     kubectl = binaries.kubectl
+    publish_hint = (
+        f"{sys.executable} -m demo.publish_nats {FLAG} false --server {state['nats']}"
+        if source == "nats"
+        else f"{sys.executable} -m demo.publish {FLAG} false --bootstrap {bootstrap}"
+    )
     print(
         f"""
   Before the flip:  {before}
   After the flip:   {after}
-  Lag (Kafka ack -> the app answers differently): {(seen - acked) * 1000:.0f} ms
+  Lag ({"NATS KV put" if source == "nats" else "Kafka"} ack -> the app answers differently): \
+{(seen - acked) * 1000:.0f} ms
   Up in {time.monotonic() - started:.0f} s.
 
 Poke it:
   curl http://{ip}:8080/          # the answer
   curl http://{ip}:8080/flags     # every flag and the hydrator's metadata
   curl http://{ip}:9464/metrics   # the hydrator's metrics
-  {sys.executable} -m demo.publish {FLAG} false --bootstrap {bootstrap}
+  {publish_hint}
   export KUBECONFIG={kubeconfig}
   {kubectl} get statebindings,pods -n demo
   {kubectl} logs -n demo {name} -c sidecar-state-hydrator
@@ -228,7 +262,7 @@ def down() -> int:
     kind_cluster.down(kind_cluster=DEMO_CLUSTER)
     path.unlink(missing_ok=True)
     shutil.rmtree(workdir(), ignore_errors=True)
-    say("demo removed (the Kafka broker stopped, the kind cluster deleted)")
+    say("demo removed (the brokers stopped, the kind cluster deleted)")
     return 0
 
 
@@ -236,9 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__)
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--keep-on-failure", action="store_true", help="for debugging `up`")
+    parser.add_argument(
+        "--source", choices=["kafka", "nats"], default="kafka",
+        help="where the flags come from: a Kafka topic, or a NATS KV bucket (SOURCE=nats)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.update(_NO_PROXY)
-    return up(keep_on_failure=args.keep_on_failure) if args.command == "up" else down()
+    if args.command == "down":
+        return down()
+    return up(keep_on_failure=args.keep_on_failure, source=args.source)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ transaction still leaves Redis as the records did in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sidecar_hydrator.records import (
@@ -68,13 +68,18 @@ class Batch:
         """Bookkeeping to run first in the batch's transaction: truncates, then the table
         indexes of its keys (one ``SADD``/``SREM`` per table, not per key)."""
         commands: list[Command] = [("EVAL", TRUNCATE_SCRIPT, 1, key) for key in self.truncates]
-        added: dict[bytes, list[bytes]] = {}
-        removed: dict[bytes, list[bytes]] = {}
-        for key, index in self.index_of.items():
-            (added if key in self.sets else removed).setdefault(index, []).append(key)
-        commands += [("SADD", index, *keys) for index, keys in added.items()]
-        commands += [("SREM", index, *keys) for index, keys in removed.items()]
-        return commands
+        return commands + index_commands(self.index_of, sets=self.sets)
+
+
+def index_commands(index_of: Mapping[bytes, bytes], *, sets: Container[bytes]) -> list[Command]:
+    """The table index updates of keys (key -> index key): a key in ``sets`` is added to its
+    table's index, any other one (a delete) removed; one ``SADD``/``SREM`` per table."""
+    added: dict[bytes, list[bytes]] = {}
+    removed: dict[bytes, list[bytes]] = {}
+    for key, index in index_of.items():
+        (added if key in sets else removed).setdefault(index, []).append(key)
+    commands: list[Command] = [("SADD", index, *keys) for index, keys in added.items()]
+    return commands + [("SREM", index, *keys) for index, keys in removed.items()]
 
 
 def guard_reserved(

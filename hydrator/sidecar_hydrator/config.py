@@ -32,6 +32,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 NatsAuthMethod = Literal["creds", "nkey", "token", "userPassword"]
 NatsDeliver = Literal["all", "lastPerSubject"]
+SourceKind = Literal["kafka", "nats"]
 
 
 class _Contract(BaseModel):
@@ -46,6 +47,10 @@ class KafkaConnection(_Contract):
     sasl_mechanism: SaslMechanism | None = None
     username_env: str | None = None
     password_env: str | None = None
+    #: The same credentials as files of the mounted Secret, read at every connection attempt
+    #: (a Secret corrected in place reaches a running hydrator); the env vars are the fallback.
+    username_file: str | None = None
+    password_file: str | None = None
     ca_file: str | None = None
     #: Client certificate and key (PEM files from a mounted Secret) for TLS client auth (mTLS).
     cert_file: str | None = None
@@ -57,23 +62,39 @@ class KafkaConnection(_Contract):
         up (a SASL protocol without a mechanism would otherwise fall back to PLAIN)."""
         sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
         given = [n for n in ("sasl_mechanism", "username_env", "password_env") if getattr(self, n)]
+        files = [n for n in ("username_file", "password_file") if getattr(self, n)]
         if sasl and len(given) < 3:
             raise ValueError(
                 f"security_protocol {self.security_protocol} needs sasl_mechanism, "
                 "username_env and password_env"
             )
-        if not sasl and given:
+        if not sasl and (given or files):
             raise ValueError(
-                f"{', '.join(given)} given with security_protocol {self.security_protocol}, "
-                "which sends no credentials"
+                f"{', '.join(given + files)} given with security_protocol "
+                f"{self.security_protocol}, which sends no credentials"
             )
         return self
 
     def username(self) -> str | None:
-        return os.environ.get(self.username_env) if self.username_env else None
+        return _read_secret(self.username_file) or (
+            os.environ.get(self.username_env) if self.username_env else None
+        )
 
     def password(self) -> str | None:
-        return os.environ.get(self.password_env) if self.password_env else None
+        return _read_secret(self.password_file) or (
+            os.environ.get(self.password_env) if self.password_env else None
+        )
+
+
+def _read_secret(path: str | None) -> str | None:
+    """A mounted Secret key's value (``None`` when not configured or not readable)."""
+    if path is None:
+        return None
+    try:
+        with open(path) as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
 
 
 class NatsConnection(_Contract):
@@ -209,6 +230,11 @@ class BindingSource(_Contract):
             raise ValueError(f"binding {self.name}: topics are for Kafka; NATS names its stream")
         return self
 
+    @property
+    def source_kind(self) -> SourceKind:
+        """Which source it reads: the ``source`` label of its metrics (two values, bounded)."""
+        return "kafka" if self.kafka is not None else "nats"
+
 
 def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:
     """Two bindings (by name) whose key prefixes overlap, or ``None`` when all are disjoint.
@@ -223,6 +249,21 @@ def prefix_overlaps(prefixes: Mapping[str, str]) -> tuple[str, str] | None:
         if second_prefix.startswith(first_prefix):
             return first, second
     return None
+
+
+#: The hydrator's Prometheus metrics: their common prefix, and the names the operator reads
+#: back from each Pod's ``/metrics`` (``controller.health``) to fill a binding's status. Part
+#: of the same contract: renaming one here renames it on both sides.
+METRICS_NAMESPACE = "sidecar_state_hydrator"
+HYDRATED_METRIC = f"{METRICS_NAMESPACE}_hydrated"
+STALENESS_METRIC = f"{METRICS_NAMESPACE}_staleness_seconds"
+OOM_REJECTIONS_METRIC = f"{METRICS_NAMESPACE}_redis_oom_rejections"
+#: 1 for the hydrator's current state, 0 for the others: label ``reason``, one of
+#: :class:`sidecar_hydrator.reasons.Reason`.
+STATE_METRIC = f"{METRICS_NAMESPACE}_state"
+#: Records read so far, and to be read, by the hydration (bootstrap or rebuild) under way.
+HYDRATION_READ_METRIC = f"{METRICS_NAMESPACE}_hydration_read_records"
+HYDRATION_TARGET_METRIC = f"{METRICS_NAMESPACE}_hydration_target_records"
 
 
 class HydratorConfig(_Contract):

@@ -10,15 +10,17 @@ and how fresh it is, and count all of it. Where the records come from (Kafka:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sidecar_hydrator.aio import Stopped
-from sidecar_hydrator.batch import Batch, build_batch, guard_reserved
+from sidecar_hydrator.batch import Batch, build_batch, guard_reserved, index_commands
 from sidecar_hydrator.changes import change_channel, change_message
 from sidecar_hydrator.config import RESERVED_PREFIX, BindingSource, HydratorConfig
 from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.reasons import Problem
 from sidecar_hydrator.records import BadRecord, RecordLike, make_decoder
 from sidecar_hydrator.source import NeedRebuild, Partition, Source, recreated
 from sidecar_hydrator.store import Store, is_binding_field, offset_field
@@ -72,6 +74,10 @@ class Feed:
         #: Key writes Redis refused (maxmemory, ``noeviction``), newest value per key, to be
         #: retried: while any is left, the view is incomplete and must not count as hydrated.
         self._refused: dict[bytes, bytes] = {}
+        #: Debezium: the table index key of each refused key that names one. A full Redis
+        #: refuses the index's ``SADD`` with the row, so a retry must add it again, or a later
+        #: truncate would not find the row.
+        self._refused_index: dict[bytes, bytes] = {}
         self._refused_bytes = 0
         #: Refused writes were dropped (too many to keep): only a rebuild makes the view whole.
         self.refused_lost = False
@@ -80,6 +86,8 @@ class Feed:
         #: Records of batches with refused writes: counted as applied once those got in.
         self._refused_records = 0
         self._snapshot: dict[Partition, int] = {}
+        #: Per partition, where the current positioning started reading.
+        self._starts: dict[Partition, int] = {}
         #: Per partition, the position written to the store (the next one to read).
         self._positions: dict[Partition, int] = {}
         #: Stream name -> identity (Kafka's topic ID), as of the last positioning.
@@ -96,11 +104,12 @@ class Feed:
         self._snapshot_ms = 0.0
         self._bad_logged_at = 0.0
         self._bad_logged = 0
-        label = binding.name
-        self._m_read = metrics.records_read.labels(binding=label)
-        self._m_applied = metrics.records_applied.labels(binding=label)
-        self._m_keys = metrics.keys_written.labels(binding=label)
-        self._m_ignored = metrics.records_ignored.labels(binding=label)
+        labels = {"binding": binding.name, "source": binding.source_kind}
+        self._labels = labels
+        self._m_read = metrics.records_read.labels(**labels)
+        self._m_applied = metrics.records_applied.labels(**labels)
+        self._m_keys = metrics.keys_written.labels(**labels)
+        self._m_ignored = metrics.records_ignored.labels(**labels)
         self._metrics = metrics
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -138,6 +147,7 @@ class Feed:
 
     def _forget_refused(self) -> None:
         self._refused.clear()
+        self._refused_index.clear()
         self._refused_bytes = 0
         self.refused_lost = False
         self._retry_backoff = REFUSED_RETRY_SECONDS
@@ -149,6 +159,26 @@ class Feed:
         if self.caught_up.is_set() and self._fresh and len(self._fresh) == len(self._positions):
             return min(self._fresh.values())
         return self.fresh_floor_ms
+
+    @property
+    def problem(self) -> Problem | None:
+        """Why this binding cannot be read right now (its source says)."""
+        return self._source.problem
+
+    @property
+    def positioned(self) -> bool:
+        """The source told where every partition begins and ends (a snapshot was taken)."""
+        return bool(self._snapshot)
+
+    def progress(self) -> tuple[int, int]:
+        """(records read, records to read) since this binding was last positioned, up to the
+        ends snapshotted then: how far a bootstrap or rebuild is."""
+        read = target = 0
+        for tp, end in self._snapshot.items():
+            start = self._starts.get(tp, end)
+            target += max(0, end - start)
+            read += max(0, min(self._positions.get(tp, start), end) - start)
+        return read, target
 
     def lag(self) -> int:
         """Records between the written positions and the ends the source last reported."""
@@ -206,6 +236,7 @@ class Feed:
                 starts[tp] = beginnings[tp]
         self._source.assign(starts)
         self._positions = dict(starts)
+        self._starts = dict(starts)
         self._handed = dict(starts)
         self._snapshot = dict(ends)
         self.applied_offsets = {
@@ -310,28 +341,28 @@ class Feed:
         if batch.last_event_ms is not None:
             meta["last_event_ms"] = batch.last_event_ms
         sets = batch.sets
+        commands = batch.commands
         if self._refused:
-            # A newer record of a refused key replaces the refused write (or deletes it).
-            for key in batch.sets.keys() | batch.deletes:
-                value = self._refused.pop(key, None)
-                if value is not None:
-                    self._refused_bytes -= len(key) + len(value)
+            self._supersede_refused(batch)
             if self._refused and time.monotonic() >= self._retry_at:
                 sets = {**self._refused, **batch.sets}
+                # Their table index entries were refused with them: they go in together.
+                commands += index_commands(self._refused_index, sets=self._refused)
         retried = len(sets) - len(batch.sets)
         started = time.perf_counter()
-        notify = None
+        notify: Callable[[], tuple[str, bytes]] | None = None
         if sets or batch.deletes:
-            # Retried writes that get in now are changes the app sees now, too.
-            message = change_message(binding=self.binding.name, sets=sets, deletes=batch.deletes)
-            notify = (change_channel(self.binding.name), message)
+            # Retried writes that get in now are changes the app sees now, too. Built only
+            # if the store writes the served view: a rebuild publishes nothing, and sorting
+            # and encoding every key of a bootstrap batch cost a tenth of its CPU.
+            notify = functools.partial(self._change, sets=sets, deletes=batch.deletes)
         result = await self._store.apply(
             sets=sets,
             deletes=batch.deletes,
             offsets=offsets,
             meta=meta,
             notify=notify,
-            commands=batch.commands,
+            commands=commands,
         )
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         if self.caught_up.is_set() and batch.last_event_ms is not None:
@@ -343,7 +374,7 @@ class Feed:
         # among them, which free memory) must not wait behind a full Redis.
         self.applied_offsets.update(offsets)
         if result.refused:
-            self._keep_refused(result.refused, retried=retried)
+            self._keep_refused(result.refused, retried=retried, index_of=batch.index_of)
             self._refused_records += batch.records
         elif self.refused_lost and sets:
             raise NeedRebuild(
@@ -362,10 +393,31 @@ class Feed:
         self._m_keys.inc(result.applied)
         self._metrics.mark_applied(now)
         for bad in batch.bad:
-            self._metrics.bad_records.labels(binding=self.binding.name, kind=bad.kind).inc()
+            self._metrics.bad_records.labels(**self._labels, kind=bad.kind).inc()
             self._log_bad(bad)
 
-    def _keep_refused(self, refused: Mapping[bytes, bytes], *, retried: int) -> None:
+    def _change(self, *, sets: Iterable[bytes], deletes: Iterable[bytes]) -> tuple[str, bytes]:
+        """The change notification of one batch: ``(channel, message)``."""
+        message = change_message(binding=self.binding.name, sets=sets, deletes=deletes)
+        return change_channel(self.binding.name), message
+
+    def _supersede_refused(self, batch: Batch) -> None:
+        """Drop the refused writes ``batch`` makes obsolete: a newer record of the same key
+        replaces the write (or deletes it), and a truncate of its table removes it — retried
+        after the truncate, the row would come back."""
+        obsolete = [key for key in batch.sets.keys() | batch.deletes if key in self._refused]
+        if batch.truncates:
+            truncated = set(batch.truncates)
+            obsolete += [key for key, index in self._refused_index.items() if index in truncated]
+        for key in obsolete:
+            value = self._refused.pop(key, None)
+            self._refused_index.pop(key, None)
+            if value is not None:
+                self._refused_bytes -= len(key) + len(value)
+
+    def _keep_refused(
+        self, refused: Mapping[bytes, bytes], *, retried: int, index_of: Mapping[bytes, bytes]
+    ) -> None:
         new = len(refused) - retried
         if new > 0:
             self._metrics.oom_rejections.inc(new)
@@ -380,6 +432,9 @@ class Feed:
             if key not in self._refused:
                 self._refused_bytes += len(key) + len(value)
             self._refused[key] = value
+            index = index_of.get(key)
+            if index is not None:
+                self._refused_index[key] = index
         if self._refused_bytes > REFUSED_KEEP_MAX_BYTES:
             logger.error(
                 "binding %s: %d refused writes are more than can be kept for retrying; the "
@@ -388,6 +443,7 @@ class Feed:
                 len(self._refused),
             )
             self._refused.clear()
+            self._refused_index.clear()
             self._refused_bytes = 0
             self.refused_lost = True
         self._retry_at = time.monotonic() + self._retry_backoff
@@ -400,7 +456,7 @@ class Feed:
             if end is None:
                 continue
             self._metrics.lag.labels(
-                binding=self.binding.name, topic=tp.topic, partition=str(tp.partition)
+                **self._labels, topic=tp.topic, partition=str(tp.partition)
             ).set(max(0, end - position))
             if position >= end and not self.refused_keys:
                 # With refused writes outstanding the view is not "fully applied" anywhere:

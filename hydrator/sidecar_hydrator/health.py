@@ -9,6 +9,8 @@ simple ``GET`` requests; each connection gets one response and is closed.
   (fail static) and false while a Redis that lost its data is rebuilt;
 - ``/startupz``: the first hydration of this process finished (native sidecar startupProbe,
   which keeps the app's containers from starting on a cold store);
+- a failing probe's body is the state's line, ``<reason>: <detail>`` (see
+  :mod:`sidecar_hydrator.reasons`): ``kubectl describe pod`` shows it, the controller reads it;
 - ``/metrics``: the Prometheus text format.
 """
 
@@ -26,9 +28,22 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from sidecar_hydrator.config import (
+    HYDRATED_METRIC,
+    HYDRATION_READ_METRIC,
+    HYDRATION_TARGET_METRIC,
+    METRICS_NAMESPACE,
+    OOM_REJECTIONS_METRIC,
+    STALENESS_METRIC,
+    STATE_METRIC,
+)
+from sidecar_hydrator.reasons import Reason, State
+
 logger = logging.getLogger(__name__)
 
-_NS = "sidecar_state_hydrator"
+_NS = METRICS_NAMESPACE
+#: Labels of the per-binding series: the binding, and its source (``kafka`` or ``nats``).
+_BINDING = ["binding", "source"]
 
 
 class Metrics:
@@ -38,19 +53,19 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.records_read = Counter(
-            "records_read", "Records fetched from Kafka.", ["binding"], namespace=_NS, registry=r
+            "records_read", "Records fetched from the source.", _BINDING, namespace=_NS, registry=r
         )
         self.records_applied = Counter(
             "records_applied",
             "Records whose batch was written to Redis.",
-            ["binding"],
+            _BINDING,
             namespace=_NS,
             registry=r,
         )
         self.keys_written = Counter(
             "keys_written",
             "Keys set or deleted after collapsing batches per key.",
-            ["binding"],
+            _BINDING,
             namespace=_NS,
             registry=r,
         )
@@ -58,22 +73,23 @@ class Metrics:
             "records_ignored",
             "Records read that carry nothing for the view (Debezium messages, tombstones "
             "without a key).",
-            ["binding"],
+            _BINDING,
             namespace=_NS,
             registry=r,
         )
         self.bad_records = Counter(
             "bad_records",
             "Records skipped because they cannot be mapped, by kind.",
-            ["binding", "kind"],
+            [*_BINDING, "kind"],
             namespace=_NS,
             registry=r,
         )
         self.lag = Gauge(
             "lag_records",
-            "Records between the hydrator's position and the partition's end (as of the last "
-            "fetch response).",
-            ["binding", "topic", "partition"],
+            "Records between the hydrator's position and the partition's end, as of the last "
+            "fetch response (NATS: the messages its consumer reports pending; topic is the "
+            "stream, partition 0).",
+            [*_BINDING, "topic", "partition"],
             namespace=_NS,
             registry=r,
         )
@@ -93,16 +109,17 @@ class Metrics:
         #: What the staleness gauge reports; the hydrator sets it (``None``: unknown).
         self.staleness_source: Callable[[], float | None] = lambda: None
         self.staleness = OptionalGauge(
-            f"{_NS}_staleness_seconds",
+            STALENESS_METRIC,
             "How old the served view may be: time since every partition was last known to be "
             "fully applied (grows while Kafka is unreachable or writes are refused; no sample "
             "while unknown, e.g. before the first hydration: see hydrated).",
             lambda: self.staleness_source(),
         )
         r.register(self.staleness)
-        self.hydrated = Gauge(
-            "hydrated", "1 when Redis holds a complete view.", namespace=_NS, registry=r
-        )
+        self.hydrated = Gauge(HYDRATED_METRIC, "1 when Redis holds a complete view.", registry=r)
+        #: What the state gauges report; the hydrator sets it.
+        self.state_source: Callable[[], State] = lambda: State(Reason.HYDRATING)
+        r.register(StateCollector(lambda: self.state_source()))
         self.rebuilds = Counter(
             "rebuilds",
             "Full rebuilds into the spare database, by reason.",
@@ -112,8 +129,9 @@ class Metrics:
         )
         self.kafka_errors = Counter(
             "kafka_errors",
-            "Kafka client failures by kind: unreachable (connecting), config (the client "
-            "cannot be set up as configured, e.g. TLS files).",
+            "Kafka client failures by kind: unreachable (connecting), auth (the brokers "
+            "refused the credentials or access), config (the client cannot be set up as "
+            "configured, e.g. TLS files).",
             ["binding", "kind"],
             namespace=_NS,
             registry=r,
@@ -123,6 +141,15 @@ class Metrics:
             "NATS client failures by kind: unreachable (connecting or reading), config (the "
             "client cannot be set up as configured, e.g. a credentials file).",
             ["binding", "kind"],
+            namespace=_NS,
+            registry=r,
+        )
+        self.source_errors = Counter(
+            "source_errors",
+            "Source failures the source did not retry by itself (the hydrator positions the "
+            "binding again; never a rebuild), by source (kafka, nats) and the client "
+            "library's error.",
+            ["binding", "source", "kind"],
             namespace=_NS,
             registry=r,
         )
@@ -144,9 +171,8 @@ class Metrics:
             registry=r,
         )
         self.oom_rejections = Counter(
-            "redis_oom_rejections",
+            OOM_REJECTIONS_METRIC,
             "Key writes Redis refused because maxmemory was reached (noeviction).",
-            namespace=_NS,
             registry=r,
         )
         self.apply_seconds = Histogram(
@@ -199,12 +225,49 @@ class OptionalGauge(Collector):
         yield GaugeMetricFamily(self._name, self._documentation)
 
 
+class StateCollector(Collector):
+    """The state as gauges: one sample per reason (1 for the current one, 0 for the others,
+    so the ``reason`` label is bounded and ``== 1`` selects it), and the hydration's
+    progress in records."""
+
+    def __init__(self, state: Callable[[], State]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._state()
+        family = GaugeMetricFamily(
+            STATE_METRIC,
+            "1 for the hydrator's current state (reason hydrated, or why not), 0 for the others.",
+            labels=["reason"],
+        )
+        for reason in Reason:
+            family.add_metric([str(reason)], 1.0 if reason is state.reason else 0.0)
+        yield family
+        yield GaugeMetricFamily(
+            HYDRATION_READ_METRIC,
+            "Records read by the hydration under way (since the bindings were positioned).",
+            value=state.read_records,
+        )
+        yield GaugeMetricFamily(
+            HYDRATION_TARGET_METRIC,
+            "Records the hydration under way reads (to the ends snapshotted when positioned).",
+            value=state.target_records,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(STATE_METRIC, "", labels=["reason"])
+        yield GaugeMetricFamily(HYDRATION_READ_METRIC, "")
+        yield GaugeMetricFamily(HYDRATION_TARGET_METRIC, "")
+
+
 @dataclass(frozen=True, slots=True)
 class Probes:
     """What the probe routes ask the hydrator."""
 
     ready: Callable[[], bool]
     started: Callable[[], bool]
+    #: Why not (the failing probes' body); a fixed "hydrating" when not given.
+    state: Callable[[], State] = lambda: State(Reason.HYDRATING)
 
 
 class HealthServer:
@@ -263,11 +326,13 @@ class HealthServer:
         if path == b"/livez":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":
-            return _probe(self._probes.ready(), b"hydrated\n", b"not hydrated\n")
+            return self._probe(self._probes.ready(), b"hydrated\n")
         if path == b"/startupz":
-            return _probe(self._probes.started(), b"started\n", b"hydrating\n")
+            return self._probe(self._probes.started(), b"started\n")
         return "404 Not Found", "text/plain", b"not found\n"
 
-
-def _probe(ok: bool, yes: bytes, no: bytes) -> tuple[str, str, bytes]:
-    return ("200 OK", "text/plain", yes) if ok else ("503 Service Unavailable", "text/plain", no)
+    def _probe(self, ok: bool, yes: bytes) -> tuple[str, str, bytes]:
+        if ok:
+            return "200 OK", "text/plain", yes
+        line = self._probes.state().line().replace("\n", " ")
+        return "503 Service Unavailable", "text/plain", line.encode() + b"\n"

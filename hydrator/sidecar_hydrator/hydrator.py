@@ -6,8 +6,9 @@ data, the view was damaged, a stored offset no longer exists on the broker, a to
 re-created). A rebuild forced by one binding re-reads only that binding and carries the others'
 keys over; a rebuild is published only if it is at least as complete as the view it replaces.
 Any store error ends the cycle and the next one inspects again before writing anything (a
-streak of them makes the Pod unready); a Kafka outage ends nothing — feeds retry on their own
-while the served view stays as it is (fail static).
+streak of them makes the Pod unready); a source's outage (Kafka, NATS) ends nothing — feeds
+retry on their own while the served view stays as it is (fail static). Both kinds of error are
+neutral (:class:`StoreError`, :class:`SourceError`): no client library is known here.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from aiokafka.errors import KafkaError
-
 from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_source import KafkaSource
-from sidecar_hydrator.nats_source import NatsSource
-from sidecar_hydrator.source import Source
+from sidecar_hydrator.reasons import Problem, Reason, State, progress_detail, worst
+from sidecar_hydrator.source import Source, SourceError
 from sidecar_hydrator.store import Store, StoreError, StoreState
 
 logger = logging.getLogger(__name__)
@@ -50,10 +49,13 @@ class FailureStreak:
         self._metrics = metrics
         self.since: float | None = None
         self.count = 0
+        #: The last failure, for the state's detail.
+        self.last = ""
         self._logged: set[str] = set()
 
     def failed(self, exc: StoreError) -> None:
         kind = exc.kind
+        self.last = f"{kind}: {exc}"
         self._metrics.store_failures.labels(kind=kind).inc()
         if self.since is None:
             self.since = time.monotonic()
@@ -130,8 +132,17 @@ class Hydrator:
         #: The one binding the forced rebuild is for (``None``: all of them).
         self._forced_binding: str | None = None
         self.failures = FailureStreak(metrics=self.metrics)
+        #: Waiting for Redis to answer on the socket (it starts before us, but may restart).
+        self._store_waiting = True
+        #: The view being rebuilt was found damaged (flushed, or written over).
+        self._damaged = False
+        #: Redis ``maxmemory`` as last sampled (0: unlimited, or not known yet).
+        self._max_memory = 0
+        #: The reason last logged (each change is logged once).
+        self._noted: Reason | None = None
         self.metrics.staleness_source = self.staleness_seconds
         self.metrics.hydrated.set_function(lambda: 1 if self.hydrated else 0)
+        self.metrics.state_source = self.state
 
     # -- state the probes and the metadata report ---------------------------------------------
 
@@ -150,6 +161,83 @@ class Hydrator:
     def ready(self) -> bool:
         """What ``/readyz`` reports: a complete view, and Redis not failing for seconds."""
         return self.hydrated and self.failures.failing_for() < UNREADY_AFTER_FAILING_SECONDS
+
+    def state(self) -> State:
+        """Why the hydrator is (not) hydrated, worst first (:data:`reasons.PRIORITY`).
+
+        A problem the sources report is the reason even while a complete view is served
+        (fail static: ``hydrated`` stays 1, the reason says why it does not advance).
+        """
+        read = target = 0
+        for feed in self.feeds:
+            done, total = feed.progress()
+            read, target = read + done, target + total
+        problems: list[Problem] = []
+        socket = self.config.redis_socket
+        if self._store_waiting:
+            problems.append(Problem(Reason.STORE_UNAVAILABLE, f"waiting for Redis at {socket}"))
+        elif self.failures.failing_for() >= UNREADY_AFTER_FAILING_SECONDS:
+            problems.append(
+                Problem(
+                    Reason.STORE_UNAVAILABLE,
+                    f"Redis at {socket} fails for {self.failures.failing_for():.0f} s "
+                    f"({self.failures.last})",
+                )
+            )
+        refused = self.refused_keys()
+        if refused:
+            limit = f"maxmemory {self._max_memory} bytes" if self._max_memory else "maxmemory"
+            where = (
+                "the rebuilt view does not fit next to the served one: "
+                if (self._serving and self._rebuilding)
+                else ""
+            )
+            problems.append(
+                Problem(
+                    Reason.STORE_FULL,
+                    f"{where}Redis refused {refused} key writes ({limit} reached)",
+                )
+            )
+        if self._damaged and not self.hydrated:
+            problems.append(
+                Problem(
+                    Reason.DAMAGED,
+                    "the served view was flushed or written over; rebuilding it: "
+                    + progress_detail(read=read, target=target),
+                )
+            )
+        for feed in self.feeds:
+            problem = feed.problem
+            if problem is not None:
+                detail = problem.detail
+                if len(self.feeds) > 1:
+                    detail += f" (binding {feed.binding.name})"
+                problems.append(Problem(problem.reason, detail))
+        if not self.hydrated:
+            progress = progress_detail(read=read, target=target)
+            if not all(feed.positioned for feed in self.feeds):
+                progress = "asking the source where its topics begin and end"
+            problems.append(Problem(Reason.HYDRATING, progress))
+        found = worst(problems) or Problem(Reason.HYDRATED, "")
+        return State(found.reason, found.detail, read_records=read, target_records=target)
+
+    def _note_state(self, state: State) -> None:
+        """Log the state once per change of reason (the sources log what changed in theirs)."""
+        if state.reason is self._noted:
+            return
+        quiet = state.reason in (Reason.HYDRATED, Reason.HYDRATING)
+        # A source's problem was logged by the source, with its binding: not twice.
+        from_source = any(f.problem and f.problem.reason is state.reason for f in self.feeds)
+        detail = "see the binding's message above" if from_source else state.detail
+        logger.log(
+            logging.INFO if quiet else logging.WARNING,
+            "state %s (was %s): %s",
+            state.reason,
+            self._noted or "starting",
+            detail or "a complete view is served",
+            extra={"reason": str(state.reason)},
+        )
+        self._noted = state.reason
 
     def fresh_as_of_ms(self) -> float | None:
         """Up to when the served view is known to be complete (None: never)."""
@@ -176,6 +264,11 @@ class Hydrator:
             "complete": complete,
             "oom_rejected_keys": self.refused_keys(),
         }
+        state = self.state()
+        meta["state"] = str(state.reason)
+        meta["state_detail"] = state.detail
+        meta["hydration_read_records"] = state.read_records
+        meta["hydration_target_records"] = state.target_records
         if fresh is not None and staleness is not None:
             meta["fresh_as_of_ms"] = int(fresh)
             meta["staleness_ms"] = int(staleness * 1000)
@@ -188,21 +281,28 @@ class Hydrator:
         backoff = 0.05
         try:
             while not stop.is_set():
+                self._store_waiting = True
                 if not await self.store.wait_ready(stop=stop):
                     break
+                self._store_waiting = False
                 try:
                     await self._cycle(stop=stop)
                 except NeedRebuild as exc:
                     logger.warning("rebuilding the view: %s", exc)
+                    self._damaged = self._damaged or exc.reason == "damaged"
                     self._forced = exc.reason
                     self._forced_binding = exc.binding
                 except StoreError as exc:
                     self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
-                except KafkaError as exc:
-                    # Kafka's trouble, never the store's: no rebuild, the view stays served.
-                    logger.warning("Kafka failed (%r); positioning again", exc)
+                except SourceError as exc:
+                    # The source's trouble, never the store's: no rebuild, the view stays
+                    # served (fail static), and the next cycle positions the binding again.
+                    self.metrics.source_errors.labels(
+                        binding=exc.binding, source=exc.source, kind=exc.kind
+                    ).inc()
+                    logger.warning("%s; positioning again", exc)
                     await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 1.0)
                 else:
@@ -227,6 +327,7 @@ class Hydrator:
             if loss is not None:
                 self._serving = False  # what readers see now is empty or not ours
                 self._generation = None
+                self._damaged = self._damaged or loss == "damaged"
             self.metrics.rebuilds.labels(reason=reason).inc()
             logger.info("rebuilding into db %d (%s)", self.store.spare_db, reason)
             forced_binding = self._forced_binding
@@ -307,16 +408,21 @@ class Hydrator:
         started = time.monotonic()
         complete = self.refused_keys() == 0
         generation = uuid.uuid4().hex
+        meta = self._freshness_meta()
+        if complete:
+            # As of the swap; the next heartbeat adds a source's trouble, should there be any.
+            meta.update(state=str(Reason.HYDRATED), state_detail="")
         async with self._publishing:
             await self.store.complete_rebuild(
                 offsets=offsets,
-                meta=self._freshness_meta(),
+                meta=meta,
                 generation=generation,
                 complete=complete,
             )
             self._rebuilding = False
             self._serving = True
             self._generation = generation
+            self._damaged = False
         # An incomplete view is published only over an empty or broken one (it is better than
         # none for a running app) and does not count as hydrated until its refused writes got
         # in: the Pod is not Ready, and a new Pod's app does not start on it.
@@ -355,13 +461,19 @@ class Hydrator:
             if beat.full:
                 logger.warning("Redis is full: freshness metadata not updated")
             used, limit = await self.store.memory_usage()
+            self._max_memory = limit
             self.metrics.redis_used_memory.set(used)
             self.metrics.redis_max_memory.set(limit)
+            self._note_state(self.state())
 
 
 def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics) -> Source:
     """The source a binding's config names: NATS JetStream or Kafka (exactly one is set)."""
     if binding.nats is not None:
+        # Imported only for a NATS binding: nats-py and what it pulls in are over a
+        # quarter of an idle Kafka-only hydrator's memory (benchmarks/footprint.py).
+        from sidecar_hydrator.nats_source import NatsSource
+
         return NatsSource(binding=binding, config=config, metrics=metrics)
     return KafkaSource(binding=binding, config=config, metrics=metrics)
 

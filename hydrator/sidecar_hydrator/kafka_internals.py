@@ -19,13 +19,20 @@ changes any of these.
 
 from __future__ import annotations
 
+import ssl
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from io import BytesIO
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import IncompatibleBrokerVersion, NodeNotReadyError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    IncompatibleBrokerVersion,
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+)
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
     AbstractType,
@@ -181,3 +188,47 @@ def set_fetch_bytes(consumer: AIOKafkaConsumer, size: int) -> None:
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is not None and hasattr(fetcher, "_max_partition_fetch_bytes"):
         fetcher._max_partition_fetch_bytes = size
+
+
+def unauthorized_topics(consumer: AIOKafkaConsumer) -> set[str]:
+    """Topics the last metadata response refused to describe (TOPIC_AUTHORIZATION_FAILED):
+    aiokafka keeps them apart from missing ones, but only on its cluster object."""
+    return set(getattr(consumer._client.cluster, "unauthorized_topics", set()))
+
+
+async def connect_error(
+    options: Mapping[str, Any], *, timeout_ms: int = 5000
+) -> BaseException | None:
+    """Why a consumer with ``options`` could not bootstrap, or ``None`` if a broker answers.
+
+    aiokafka's ``start()`` turns every bootstrap failure into one "Unable to bootstrap"
+    error, logging the cause (refused SASL credentials, a TLS handshake, a refused
+    connection) and dropping it; the cause is what a user must fix. One connection per
+    bootstrap server, as the client's own bootstrap makes them, keeps it: the first error
+    that is not a plain connection failure wins, since it says more.
+    """
+    first: BaseException | None = None
+    for server in options["bootstrap_servers"]:
+        host, _, port = str(server).rpartition(":")
+        try:
+            conn = await create_conn(
+                host,
+                int(port),
+                client_id=options.get("client_id", "aiokafka"),
+                request_timeout_ms=timeout_ms,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=options.get("security_protocol", "PLAINTEXT"),
+                sasl_mechanism=options.get("sasl_mechanism", "PLAIN"),
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            )
+        except (OSError, TimeoutError, KafkaError) as exc:
+            if not isinstance(exc, KafkaConnectionError | OSError | TimeoutError) or (
+                isinstance(exc, ssl.SSLError)
+            ):
+                return exc
+            first = first or exc
+            continue
+        conn.close()
+        return None
+    return first

@@ -12,27 +12,43 @@ not keep a partition from its end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
+import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    IllegalSaslStateError,
+    KafkaError,
+    OffsetOutOfRangeError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_internals import (
+    connect_error,
     fetch_topic_ids,
     refresh_metadata,
     set_fetch_bytes,
     track_topics,
+    unauthorized_topics,
 )
+from sidecar_hydrator.reasons import Problem, Reason
 from sidecar_hydrator.records import RecordLike
-from sidecar_hydrator.source import NeedRebuild, Partition, Snapshot
+from sidecar_hydrator.source import NeedRebuild, Partition, Snapshot, raising_source_errors
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +105,71 @@ def consumer_options(
     return options
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _kafka_errors(
+    method: Callable[Concatenate[KafkaSource, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[KafkaSource, _P], Coroutine[Any, Any, _R]]:
+    """A :class:`KafkaSource` method whose aiokafka errors leave it as :class:`SourceError`."""
+
+    @functools.wraps(method)
+    async def translated(self: KafkaSource, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._errors():
+            return await method(self, *args, **kwargs)
+
+    return translated
+
+
+def bootstrap_problem(exc: BaseException | None, *, servers: str) -> Problem:
+    """What a failed bootstrap means for the user (pure): the credentials, the TLS trust, or
+    no broker at the address. ``exc`` is the cause :func:`connect_error` found."""
+    refused = (
+        SaslAuthenticationFailed,
+        AuthenticationFailedError,
+        AuthenticationMethodNotSupported,
+        UnsupportedSaslMechanismError,
+        IllegalSaslStateError,
+    )
+    if isinstance(exc, refused):
+        return Problem(
+            Reason.AUTHENTICATION_FAILED, f"{servers} refused the credentials: {_said(exc)}"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Problem(
+            Reason.AUTHENTICATION_FAILED,
+            f"the TLS certificate of {servers} does not verify: "
+            f"{getattr(exc, 'verify_message', None) or _said(exc)}",
+        )
+    if isinstance(exc, ClusterAuthorizationFailedError | TopicAuthorizationFailedError):
+        return Problem(Reason.AUTHORIZATION_FAILED, f"{servers} refused access: {_said(exc)}")
+    cause = f" ({_said(exc)})" if exc is not None else ""
+    return Problem(Reason.UNREACHABLE, f"no Kafka broker answers at {servers}{cause}")
+
+
+def topics_problem(*, missing: Sequence[str], unauthorized: Sequence[str], servers: str) -> Problem:
+    """Topics that cannot be read yet (pure): refused ones first, they will not appear."""
+    if unauthorized:
+        return Problem(
+            Reason.AUTHORIZATION_FAILED,
+            f"not authorized to read {_topics(unauthorized)} on {servers}",
+        )
+    verb = "does" if len(missing) == 1 else "do"
+    return Problem(Reason.TOPIC_MISSING, f"{_topics(missing)} {verb} not exist on {servers}")
+
+
+def _topics(names: Sequence[str]) -> str:
+    return ("topic " if len(names) == 1 else "topics ") + ", ".join(names)
+
+
+def _said(exc: BaseException) -> str:
+    """The error's own words (aiokafka's ``str()`` prefixes its code and class)."""
+    first = exc.args[0] if exc.args else None
+    text = first.strip() if isinstance(first, str) else str(exc).strip()
+    return text if text and text != "None" else type(exc).__name__
+
+
 class KafkaSource:
     """One binding's topics on one Kafka cluster (a :class:`~sidecar_hydrator.source.Source`)."""
 
@@ -100,11 +181,13 @@ class KafkaSource:
         self._config = config
         self._metrics = metrics
         self._consumer: AIOKafkaConsumer | None = None
-        #: The last Kafka configuration error logged (each is logged once).
-        self._config_error = ""
+        #: Why the binding cannot be read right now (``None``: nothing known to be wrong).
+        self.problem: Problem | None = None
+        self._servers = ",".join(self._kafka.bootstrap_servers)
 
     # -- the Source protocol ------------------------------------------------------------------
 
+    @_kafka_errors
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         backoff = 0.1
         while True:
@@ -116,21 +199,25 @@ class KafkaSource:
                 ends = await until(stop, consumer.end_offsets(list(partitions)))
                 identities = await until(stop, fetch_topic_ids(consumer, self._binding.topics))
             except KafkaError as exc:
-                logger.warning("binding %s: positioning failed: %r", self._binding.name, exc)
+                where = f"positioning on {self._servers}: {exc!r}"
+                self._report(Problem(Reason.UNREACHABLE, where))
                 await until(stop, asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self._report(None)
             set_fetch_bytes(consumer, self._config.catchup_fetch_bytes)
             return Snapshot(
                 beginnings=beginnings, ends=ends, identities=identities, taken_ms=taken_ms
             )
 
     def assign(self, starts: Mapping[Partition, int]) -> None:
-        consumer = self._live()
-        consumer.assign(sorted(starts, key=lambda p: (p.topic, p.partition)))
-        for partition, offset in starts.items():
-            consumer.seek(partition, offset)
+        with self._errors():
+            consumer = self._live()
+            consumer.assign(sorted(starts, key=lambda p: (p.topic, p.partition)))
+            for partition, offset in starts.items():
+                consumer.seek(partition, offset)
 
+    @_kafka_errors
     async def fetch(
         self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
     ) -> Mapping[Partition, Sequence[RecordLike]]:
@@ -146,6 +233,7 @@ class KafkaSource:
             return {}
         return data
 
+    @_kafka_errors
     async def position(self, partition: Partition) -> int:
         return int(await self._live().position(partition))
 
@@ -169,6 +257,7 @@ class KafkaSource:
         if self._consumer is not None:
             set_fetch_bytes(self._consumer, LIVE_FETCH_BYTES)
 
+    @_kafka_errors
     async def identities(self, stop: asyncio.Event) -> Mapping[str, str]:
         """``{}`` when the broker cannot say now (logged): nothing is concluded from it."""
         try:
@@ -177,6 +266,7 @@ class KafkaSource:
             logger.warning("binding %s: topic IDs: %r", self._binding.name, exc)
             return {}
 
+    @_kafka_errors
     async def added_partitions(
         self, known: Iterable[Partition], stop: asyncio.Event
     ) -> dict[Partition, int]:
@@ -208,6 +298,11 @@ class KafkaSource:
 
     # -- aiokafka -----------------------------------------------------------------------------
 
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        """aiokafka's errors, should one get out of a method here, as a :class:`SourceError`
+        (the hydrator knows no aiokafka)."""
+        return raising_source_errors((KafkaError,), source="kafka", binding=self._binding.name)
+
     def _live(self) -> AIOKafkaConsumer:
         assert self._consumer is not None, "snapshot() first"
         return self._consumer
@@ -224,33 +319,31 @@ class KafkaSource:
                     )
                 )
             except KafkaConfigError as exc:
-                if str(exc) != self._config_error:
-                    self._config_error = str(exc)
-                    logger.error(
-                        "binding %s: the Kafka client cannot be set up: %s (retrying every "
-                        "%.0f s; the served view stays as it is)",
-                        self._binding.name,
-                        exc,
-                        CONFIG_RETRY_SECONDS,
-                    )
+                self._report(
+                    Problem(Reason.SOURCE_CONFIG, f"the Kafka client cannot be set up: {exc}")
+                )
                 self._metrics.kafka_errors.labels(binding=self._binding.name, kind="config").inc()
                 await until(stop, asyncio.sleep(CONFIG_RETRY_SECONDS))
                 continue
-            self._config_error = ""
             try:
                 await until(stop, consumer.start())
                 self._consumer = consumer
             except KafkaError as exc:
-                self._metrics.kafka_errors.labels(
-                    binding=self._binding.name, kind="unreachable"
-                ).inc()
-                logger.warning(
-                    "Kafka unreachable for binding %s: %r (retrying in %.1f s)",
-                    self._binding.name,
-                    exc,
-                    backoff,
-                )
                 await consumer.stop()
+                # start() keeps only "Unable to bootstrap"; one connection of our own tells
+                # refused credentials from a broker that is not there.
+                options = consumer_options(
+                    self._kafka, client_id=f"sidecar-state-hydrator.{self._binding.name}",
+                    config=self._config,
+                )  # fmt: skip
+                cause = await until(stop, connect_error(options)) or exc
+                problem = bootstrap_problem(cause, servers=self._servers)
+                kind = {
+                    Reason.AUTHENTICATION_FAILED: "auth",
+                    Reason.AUTHORIZATION_FAILED: "auth",
+                }.get(problem.reason, "unreachable")
+                self._metrics.kafka_errors.labels(binding=self._binding.name, kind=kind).inc()
+                self._report(problem)
                 await until(stop, asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
             except BaseException:
@@ -262,14 +355,42 @@ class KafkaSource:
         """Every partition of every topic, waiting (and saying so) for missing topics."""
         topics = self._binding.topics
         await until(stop, track_topics(consumer, topics))
-        warned = False
         while True:
             found = {t: consumer.partitions_for_topic(t) for t in topics}
             missing = sorted(t for t, parts in found.items() if not parts)
             if not missing:
                 return {TopicPartition(t, p) for t, parts in found.items() for p in parts or ()}
-            if not warned:
-                logger.warning("binding %s: waiting for topics %s", self._binding.name, missing)
-                warned = True
+            refused = sorted(set(missing) & unauthorized_topics(consumer))
+            self._report(
+                topics_problem(
+                    missing=[t for t in missing if t not in refused],
+                    unauthorized=refused,
+                    servers=self._servers,
+                )
+            )
             await until(stop, asyncio.sleep(1.0))
             await until(stop, refresh_metadata(consumer))
+
+    def _report(self, problem: Problem | None) -> None:
+        """Remember why the binding cannot be read; log it once per change, not per retry
+        (the served view stays as it is meanwhile: fail static)."""
+        if problem == self.problem:
+            return
+        if problem is None:
+            assert self.problem is not None
+            logger.info(
+                "binding %s: Kafka reads again (was: %s)", self._binding.name, self.problem.detail
+            )
+        else:
+            # Waiting (for a topic, for brokers) is a warning; what a person must fix (the
+            # credentials, the client's files) is an error.
+            waiting = problem.reason in (Reason.UNREACHABLE, Reason.TOPIC_MISSING)
+            level = logging.WARNING if waiting else logging.ERROR
+            logger.log(
+                level,
+                "binding %s: %s: %s (retrying; the served view stays as it is)",
+                self._binding.name,
+                problem.reason,
+                problem.detail,
+            )
+        self.problem = problem

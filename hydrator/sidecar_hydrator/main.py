@@ -75,7 +75,7 @@ def configure_logging(level: str | None = None) -> None:
 
 def probes_of(hydrator: Hydrator) -> Probes:
     """What the kubelet's probes ask: ``/readyz`` is :meth:`Hydrator.ready`."""
-    return Probes(ready=hydrator.ready, started=lambda: hydrator.started)
+    return Probes(ready=hydrator.ready, started=lambda: hydrator.started, state=hydrator.state)
 
 
 async def serve(config: HydratorConfig, *, stop: asyncio.Event) -> None:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import functools
 import json
 import logging
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import nats
 import nats.errors
@@ -42,8 +41,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
 from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.nats_auth import NkeyCallbacks, NkeyError, creds_callbacks, nkey_callbacks
+from sidecar_hydrator.reasons import Problem, Reason
 from sidecar_hydrator.records import RecordLike
-from sidecar_hydrator.source import Partition, Snapshot
+from sidecar_hydrator.source import Partition, Snapshot, raising_source_errors
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,10 @@ class StreamPartition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class NatsRecord:
+class NatsRecord(NamedTuple):
     """One message as the decoders read it: the key is the KV key or the subject, the
-    stream sequence is the offset, and a delete (or purge, or expiry) has no value."""
+    stream sequence is the offset, and a delete (or purge, or expiry) has no value. A named
+    tuple: built once per message, it costs a third of a frozen dataclass."""
 
     topic: str
     partition: int
@@ -87,18 +88,18 @@ class NatsConfigError(Exception):
     """The NATS client cannot be set up as configured (a credentials or TLS file)."""
 
 
-def nkeys_available() -> bool:
-    """Whether nats-py can sign with nkeys (creds and nkey authentication need the package)."""
-    try:
-        importlib.import_module("nkeys")
-    except ImportError:
-        return False
-    return True
+#: The key of :func:`connect_options` that is no ``connect`` argument: the user's public nkey.
+PUBLIC_NKEY = "public_nkey"
 
 
 def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, Any]:
     """nats-py connection settings (pure, apart from reading secret env vars and files):
-    reconnect forever, so an outage only lets staleness grow (fail static)."""
+    reconnect forever, so an outage only lets staleness grow (fail static).
+
+    creds and nkey sign the server's nonce here (:mod:`sidecar_hydrator.nats_auth`), not with
+    nats-py's ``nkeys`` import; their files are checked now, so a bad one is a config error
+    that names it. For nkey, :data:`PUBLIC_NKEY` holds the key the server lists (see
+    :func:`connect`)."""
     conn = nats_source.connection
     options: dict[str, Any] = {
         "servers": list(conn.servers),
@@ -108,15 +109,22 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
     }
-    if conn.auth_method in ("creds", "nkey") and not nkeys_available():
-        raise NatsConfigError(
-            f"auth method {conn.auth_method} signs with the 'nkeys' package, which this "
-            "hydrator lacks (pip install nkeys); token and userPassword work without it"
-        )
-    if conn.auth_method == "creds":
-        options["user_credentials"] = conn.creds_file
-    elif conn.auth_method == "nkey":
-        options["nkeys_seed"] = conn.nkey_seed_file
+    signing: NkeyCallbacks | None = None
+    try:
+        if conn.auth_method == "creds":
+            assert conn.creds_file is not None  # the config's own validation
+            signing = creds_callbacks(creds_file=conn.creds_file)
+        elif conn.auth_method == "nkey":
+            assert conn.nkey_seed_file is not None
+            signing = nkey_callbacks(seed_file=conn.nkey_seed_file)
+    except NkeyError as exc:
+        raise NatsConfigError(f"auth method {conn.auth_method}: {exc}") from None
+    if signing is not None:
+        options["signature_cb"] = signing.signature_cb
+        if signing.user_jwt_cb is not None:
+            options["user_jwt_cb"] = signing.user_jwt_cb
+        if signing.public_key is not None:
+            options[PUBLIC_NKEY] = signing.public_key
     elif conn.auth_method == "token":
         options["token"] = conn.env(conn.token_env)
     elif conn.auth_method == "userPassword":
@@ -133,29 +141,91 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
     return options
 
 
-def message_record(msg: Msg, meta: Msg.Metadata, *, stream: str, subject_prefix: str) -> NatsRecord:
-    """The record of one delivered message (pure): KV deletes, purges and server markers
-    (TTL expiry, ``Nats-Marker-Reason``) carry no value, so they delete the key."""
-    headers = msg.headers or {}
-    deleting = headers.get(_KV_OPERATION) in _DELETING_OPERATIONS or _MARKER_REASON in headers
-    subject = msg.subject
-    key = subject[len(subject_prefix) :] if subject.startswith(subject_prefix) else subject
-    return NatsRecord(
-        topic=stream,
-        partition=0,
-        offset=meta.sequence.stream,
-        key=key.encode(),
-        value=None if deleting else msg.data,
-        timestamp=int(meta.timestamp.timestamp() * 1000),
-    )
+async def connect(options: Mapping[str, Any], **callbacks: Any) -> Client:
+    """Connect with :func:`connect_options`' settings. An nkey's public key has no ``connect``
+    argument (nats-py derives it only through the ``nkeys`` package), so it is set on the
+    client before connecting: ``Client._public_nkey``, which nats-py sends as ``nkey`` with
+    the signature (guarded by a unit test and the nkey integration test)."""
+    settings = dict(options)
+    public = settings.pop(PUBLIC_NKEY, None)
+    nc = Client()
+    if public is not None:
+        nc._public_nkey = public
+    await nc.connect(**settings, **callbacks)
+    return nc
+
+
+class Run(NamedTuple):
+    """What :func:`records_of` read from a run of delivered messages."""
+
+    records: list[NatsRecord]
+    #: The consumer sequence of the last message taken, and the next stream sequence.
+    consumer_seq: int
+    position: int
+    #: What the last message taken said is still pending (``None``: nothing taken).
+    pending: int | None
+    #: Why the run stopped before its end (a gap or a stray message): re-create the consumer.
+    broken: str | None = None
+
+
+def records_of(
+    msgs: Sequence[Msg], *, stream: str, subject_prefix: str, consumer_seq: int, position: int
+) -> Run:
+    """The records of delivered messages, in order (pure), up to the first one that breaks
+    the ordered consumer's sequence (``consumer_seq`` is the last one read).
+
+    Sequences, time and pending come from each message's reply subject, read directly
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or with domain
+    and account hash after ``ACK``): nats-py's ``Msg.metadata`` builds three dataclasses and a
+    datetime per message, a third of a bootstrap's CPU. KV deletes, purges and server markers
+    (TTL expiry, ``Nats-Marker-Reason``) carry no value, so they delete the key. This loop
+    runs once per message, hence the locals."""
+    records: list[NatsRecord] = []
+    append = records.append
+    cut = len(subject_prefix)
+    tokens: list[str] = []
+    base = 2
+    for msg in msgs:
+        reply = msg.reply or ""
+        tokens = reply.split(".")
+        count = len(tokens)
+        base = 2 if count == 9 else 4
+        if (count != 9 and count < 11) or tokens[0] != "$JS" or tokens[1] != "ACK":
+            broken = f"not a JetStream message (reply subject {reply!r})"
+            return Run(records, consumer_seq, position, None, broken)
+        seq = int(tokens[base + 4])
+        if seq != consumer_seq + 1:
+            broken = f"consumer sequence gap ({seq} after {consumer_seq})"
+            return Run(records, consumer_seq, position, None, broken)
+        consumer_seq = seq
+        offset = int(tokens[base + 3])
+        headers = msg.headers
+        deleting = headers is not None and (
+            headers.get(_KV_OPERATION) in _DELETING_OPERATIONS or _MARKER_REASON in headers
+        )
+        subject = msg.subject
+        key = subject[cut:] if subject.startswith(subject_prefix) else subject
+        timestamp = int(tokens[base + 5]) // 1_000_000
+        append(
+            NatsRecord(stream, 0, offset, key.encode(), None if deleting else msg.data, timestamp)
+        )
+        position = offset + 1
+    pending = int(tokens[base + 6]) if records else None
+    return Run(records, consumer_seq, position, pending)
 
 
 class _Pull:
     """One ephemeral consumer pulled in batches: its messages are appended to a buffer by the
     subscription's callback, and taken from it in runs. nats-py's own ``fetch`` awaits every
     message with a timeout of its own, which caps a consumer at a third of the rate the
-    server delivers at; a pull request per batch keeps the backpressure (nothing is delivered
-    that was not asked for) without that cost."""
+    server delivers at; pull requests keep the backpressure (nothing is delivered that was not
+    asked for) without that cost.
+
+    Two requests may be open at once: the next is sent when what is still owed drops to half
+    a batch, so the server keeps delivering while a batch is applied (one request at a time
+    left it idle for a round trip and a batch's apply, each time). Each request has a reply
+    subject of its own, so a status that ends one (408: expired) names it; messages fill the
+    requests in order, as the server serves them."""
 
     def __init__(self, *, nc: Client, stream: str, name: str) -> None:
         self.nc = nc
@@ -165,45 +235,58 @@ class _Pull:
         self.sub: Any = None
         self.buffer: list[Msg] = []
         self.arrived = asyncio.Event()
-        #: Messages the open pull request may still deliver (0: no request open).
-        self.owed = 0
-        self.expires_at = 0.0
+        #: Open requests, oldest first: reply subject -> (messages still owed, expiry).
+        self.open: dict[str, list[float]] = {}
+        self._next = 0
         #: The server said the consumer is gone (or never was): re-create it.
         self.lost = False
 
+    @property
+    def owed(self) -> int:
+        return int(sum(owed for owed, _ in self.open.values()))
+
     async def start(self) -> None:
-        self.sub = await self.nc.subscribe(self.inbox, cb=self._on_message)
+        self.sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_message)
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(_STATUS) if msg.headers else None
+        headers = msg.headers
+        status = headers.get(_STATUS) if headers else None
         if status is None:
             self.buffer.append(msg)
-            self.owed -= 1
+            if self.open:
+                subject = next(iter(self.open))
+                credit = self.open[subject]
+                credit[0] -= 1
+                if credit[0] <= 0:
+                    del self.open[subject]
         elif status == "100":  # an idle heartbeat
             return
-        else:  # 404 no messages, 408 request expired, 409 / 503: the request is over
-            self.owed = 0
+        else:  # 404 no messages, 408 request expired, 409 / 503: that request is over
+            self.open.pop(msg.subject, None)
             self.lost = (
                 self.lost
                 or status == "503"
-                or (
-                    status == "409"
-                    and "deleted" in (msg.headers or {}).get(_DESCRIPTION, "").lower()
-                )
+                or (status == "409" and "deleted" in (headers or {}).get(_DESCRIPTION, "").lower())
             )
         self.arrived.set()
 
     async def request(self, *, batch: int, expires_s: float) -> None:
-        """Ask for the next ``batch`` unless a request is still open (one at a time)."""
-        if self.owed > 0 and time.monotonic() < self.expires_at:
+        """Ask for another ``batch`` once what is owed drops to half a batch (at most two
+        requests open)."""
+        now = time.monotonic()
+        for subject, (_, expires_at) in list(self.open.items()):
+            if now > expires_at:  # its end never arrived (a lost status): forget it
+                del self.open[subject]
+        if len(self.open) >= 2 or (self.open and self.owed > batch // 2):
             return
-        self.owed = batch
-        self.expires_at = time.monotonic() + expires_s + 1.0
+        self._next += 1
+        reply = f"{self.inbox}.{self._next}"
+        self.open[reply] = [batch, now + expires_s + 1.0]
         request = {"batch": batch, "expires": int(expires_s * 1e9)}
         await self.nc.publish(
             f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.name}",
             json.dumps(request).encode(),
-            reply=self.inbox,
+            reply=reply,
         )
 
     def take(self, limit: int) -> list[Msg]:
@@ -211,6 +294,34 @@ class _Pull:
         if not self.buffer:
             self.arrived.clear()
         return run
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _nats_errors(
+    method: Callable[Concatenate[NatsSource, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[NatsSource, _P], Coroutine[Any, Any, _R]]:
+    """A :class:`NatsSource` method whose nats-py errors, should one get out of it, leave it
+    as :class:`SourceError` (the hydrator knows no nats-py)."""
+
+    @functools.wraps(method)
+    async def translated(self: NatsSource, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with raising_source_errors((nats.errors.Error,), source="nats", binding=self._binding.name):
+            return await method(self, *args, **kwargs)
+
+    return translated
+
+
+def connection_problem(exc: BaseException, *, servers: str) -> Problem:
+    """What a NATS connection error means for the user (pure), in Kafka's vocabulary."""
+    text = str(exc).lower()
+    if "permissions violation" in text:
+        return Problem(Reason.AUTHORIZATION_FAILED, f"{servers} refused access: {exc}")
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
+        return Problem(Reason.AUTHENTICATION_FAILED, f"{servers} refused the credentials: {exc!r}")
+    return Problem(Reason.UNREACHABLE, f"no NATS server answers at {servers} ({exc!r})")
 
 
 class NatsSource:
@@ -242,9 +353,16 @@ class NatsSource:
         self._pending: int | None = None
         self._reported_ms: float | None = None
         self._warned = ""
+        #: Why the binding cannot be read right now (``None``: nothing known to be wrong).
+        self.problem: Problem | None = None
+        self._servers = ",".join(binding.nats.connection.servers)
+        kv = binding.nats.kv
+        what = f"KV bucket {kv.bucket}" if kv is not None else f"stream {self._stream}"
+        self._missing = Problem(Reason.TOPIC_MISSING, f"{what} does not exist on {self._servers}")
 
     # -- the Source protocol ------------------------------------------------------------------
 
+    @_nats_errors
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         backoff = 0.1
         while True:
@@ -253,6 +371,7 @@ class NatsSource:
             try:
                 info = await until(stop, js.stream_info(self._stream))
             except nats.js.errors.NotFoundError:
+                self.problem = self._missing
                 self._warn_once(f"waiting for stream {self._stream}")
                 await until(stop, asyncio.sleep(1.0))
                 continue
@@ -261,6 +380,7 @@ class NatsSource:
                 await until(stop, asyncio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self.problem = None
             state = info.state
             end = state.last_seq + 1
             # Per-subject retention keeps every subject's newest message, so any earlier
@@ -282,6 +402,7 @@ class NatsSource:
         self._pending = None
         self._drop_consumer()
 
+    @_nats_errors
     async def fetch(
         self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
     ) -> Mapping[Partition, Sequence[RecordLike]]:
@@ -293,13 +414,14 @@ class NatsSource:
         try:
             sub = await self._consumer(stop)
             known_end = self._stream_end
-            # The next batch is asked for while this one is applied (at most one ahead).
+            # The next batch is asked for while this one is applied.
             await sub.request(batch=max_records, expires_s=PULL_EXPIRES_SECONDS)
             if not sub.buffer:
+                # asyncio.timeout, not wait_for: no task per wait, so a live message reaches
+                # the write one event-loop turn sooner.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        sub.arrived.wait(), timeout=max(MIN_FETCH_SECONDS, timeout_ms / 1000)
-                    )
+                    async with asyncio.timeout(max(MIN_FETCH_SECONDS, timeout_ms / 1000)):
+                        await sub.arrived.wait()
             if sub.lost:
                 raise nats.js.errors.NotFoundError(description=f"consumer {sub.name} is gone")
             msgs = sub.take(max_records)
@@ -311,30 +433,24 @@ class NatsSource:
             self._drop_consumer()
             await sleep_or_stop(stop, 0.5)
             return {}
-        records: list[RecordLike] = []
-        gap = False
-        for msg in msgs:
-            meta = msg.metadata
-            if meta.sequence.consumer != self._consumer_seq + 1:
-                # Ordered consumer: a gap means lost messages; re-read from the position.
-                logger.info(
-                    "binding %s: consumer sequence gap (%d after %d); re-creating it",
-                    self._binding.name,
-                    meta.sequence.consumer,
-                    self._consumer_seq,
-                )
-                self._drop_consumer()
-                gap = True
-                break
-            self._consumer_seq = meta.sequence.consumer
-            records.append(
-                message_record(
-                    msg, meta, stream=self._stream, subject_prefix=self._nats.subject_prefix
-                )
-            )
-            self._position = meta.sequence.stream + 1
-            self._pending = meta.num_pending
+        run = records_of(
+            msgs,
+            stream=self._stream,
+            subject_prefix=self._nats.subject_prefix,
+            consumer_seq=self._consumer_seq,
+            position=self._position,
+        )
+        records: Sequence[RecordLike] = run.records
+        self._consumer_seq, self._position = run.consumer_seq, run.position
+        if run.pending is not None:
+            self._pending = run.pending
+        gap = run.broken is not None
+        if gap:
+            # Ordered consumer: a gap means lost messages; re-read from the position.
+            logger.info("binding %s: %s; re-creating the consumer", self._binding.name, run.broken)
+            self._drop_consumer()
         self._reported_ms = time.time() * 1000
+        self.problem = None  # the server answered
         if self._pending == 0 and known_end is not None and not gap:
             # Nothing more matches the filter: the stream's tail (other subjects) is read.
             self._position = max(self._position, known_end)
@@ -358,6 +474,7 @@ class NatsSource:
     def go_live(self) -> None:
         """Nothing to resize: a pull asks for at most one batch."""
 
+    @_nats_errors
     async def identities(self, stop: asyncio.Event) -> Mapping[str, str]:
         if self._js is None:
             return {}
@@ -396,9 +513,12 @@ class NatsSource:
                 options = connect_options(
                     self._nats, name=f"sidecar-state-hydrator.{self._binding.name}"
                 )
-                self._nc = await until(stop, nats.connect(**options, error_cb=self._on_error))
+                self._nc = await until(stop, connect(options, error_cb=self._on_error))
                 self._js = self._nc.jetstream(timeout=5.0)
             except NatsConfigError as exc:
+                self.problem = Problem(
+                    Reason.SOURCE_CONFIG, f"the NATS client cannot be set up: {exc}"
+                )
                 self._metrics.nats_errors.labels(binding=self._binding.name, kind="config").inc()
                 self._warn_once(f"the NATS client cannot be set up: {exc}", level=logging.ERROR)
                 await until(stop, asyncio.sleep(5.0))
@@ -411,7 +531,9 @@ class NatsSource:
     async def _on_error(self, exc: Exception) -> None:
         """nats-py reports every failed (re)connect here; each distinct error is logged once.
         Refused credentials are an error a person must fix, so they say so."""
-        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+        problem = connection_problem(exc, servers=self._servers)
+        if problem.reason is not Reason.UNREACHABLE:
+            self.problem = problem
             self._metrics.nats_errors.labels(binding=self._binding.name, kind="auth").inc()
             method = self._nats.connection.auth_method or "none"
             self._warn_once(
@@ -472,6 +594,7 @@ class NatsSource:
         )
         self._pending = info.num_pending
         self._reported_ms = time.time() * 1000
+        self.problem = None  # the server answered
         # Only once every message the consumer delivered has been received: one still on
         # its way is not pending any more, but not read either.
         received = info.delivered is not None and info.delivered.consumer_seq == self._consumer_seq
@@ -489,6 +612,11 @@ class NatsSource:
         task.add_done_callback(self._dropping.discard)
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        problem = connection_problem(exc, servers=self._servers)
+        refused = (Reason.AUTHENTICATION_FAILED, Reason.AUTHORIZATION_FAILED)
+        # A refusal the error callback reported outlives the "no servers" that follows it.
+        if problem.reason in refused or self.problem is None or self.problem.reason not in refused:
+            self.problem = problem
         self._metrics.nats_errors.labels(binding=self._binding.name, kind="unreachable").inc()
         self._warn_once(f"{what} failed: {exc!r}")
 

@@ -36,6 +36,9 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
+from orjson import JSONDecodeError as _OrjsonError
+from orjson import loads as _orjson_loads
+
 from sidecar_hydrator.config import KeyMapping, RecordFormat
 
 BadRecordKind = Literal[
@@ -187,8 +190,13 @@ def make_decoder(
             ),
             binding=binding,
         )
-    inner = _raw(prefix=prefix) if format == "raw" else _json(prefix=prefix, keys=keys)
-    return _guarded(inner, max_value_bytes=max_value_bytes, max_key_bytes=max_key_bytes)
+    if format == "json":
+        return _json(
+            prefix=prefix, keys=keys, max_value_bytes=max_value_bytes, max_key_bytes=max_key_bytes
+        )
+    return _guarded(
+        _raw(prefix=prefix), max_value_bytes=max_value_bytes, max_key_bytes=max_key_bytes
+    )
 
 
 def _guarded(
@@ -208,15 +216,28 @@ def _guarded(
                 )
             return change
         except _Reject as exc:
-            raise BadRecord(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                kind=exc.kind,
-                detail=exc.detail,
-            ) from None
+            raise _bad(record, exc) from None
+        except UnicodeEncodeError as exc:
+            raise _bad(record, _unpaired_surrogate(exc)) from None
 
     return decode
+
+
+def _unpaired_surrogate(exc: UnicodeEncodeError) -> _Reject:
+    """A JSON escape such as ``"\\ud800"`` parses to a string no UTF-8 can hold: the value
+    is not UTF-8 text, so it is a bad record like invalid bytes, never an error of the feed."""
+    found = exc.object[exc.start : exc.end]
+    return _Reject("invalid_utf8", f"a JSON string holds an unpaired surrogate escape {found!r}")
+
+
+def _bad(record: RecordLike, reject: _Reject) -> BadRecord:
+    return BadRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        kind=reject.kind,
+        detail=reject.detail,
+    )
 
 
 def _raw(*, prefix: bytes) -> Callable[[RecordLike], Change | None]:
@@ -228,35 +249,58 @@ def _raw(*, prefix: bytes) -> Callable[[RecordLike], Change | None]:
     return decode
 
 
-def _json(*, prefix: bytes, keys: KeyMapping) -> Callable[[RecordLike], Change | None]:
+def _json(
+    *, prefix: bytes, keys: KeyMapping, max_value_bytes: int, max_key_bytes: int
+) -> Callable[[RecordLike], Change | None]:
+    """The ``json`` decoder, with :func:`_guarded`'s checks done in place: this is the
+    bootstrap path's per-record call, and the extra frame of a wrapper was a quarter of it."""
     key_field = keys.key_field
     value_field = keys.value_field
+    fields = value_field is not None or key_field is not None
 
     def decode(record: RecordLike) -> Change | None:
         raw = record.value
-        if raw is None:
-            return prefix + record_key_text(record.key, key_field=key_field), None
-        doc = _parse(raw)
-        if key_field is None and value_field is None:
-            key = record.key
-            if not key or key[0] == _QUOTE:
-                key = record_key_text(key, key_field=None)
-            return prefix + key, raw
-        if type(doc) is not dict:
-            raise _Reject("not_object", f"expected a JSON object, got {_kind(doc)}")
-        if key_field is None:
-            key = record.key
-            if not key or key[0] == _QUOTE:
-                key = record_key_text(key, key_field=None)
-        else:
-            text = doc.get(key_field)
-            key = text.encode() if type(text) is str else _key_bytes(text, key_field)
-        if value_field is None:
-            return prefix + key, raw
-        value = doc.get(value_field, _ABSENT)
-        if type(value) is str:
-            return prefix + key, value.encode()
-        return prefix + key, _value_bytes(value, value_field)
+        key: bytes | None
+        value: bytes | None
+        try:
+            if raw is None:
+                key, value = record_key_text(record.key, key_field=key_field), None
+            else:
+                if len(raw) > max_value_bytes:
+                    raise _Reject("too_large", f"{len(raw)} bytes > max {max_value_bytes}")
+                try:  # _parse_fast, inlined
+                    doc = _orjson_loads(raw)
+                except _OrjsonError:
+                    doc = _parse(raw)
+                if fields and type(doc) is not dict:
+                    raise _Reject("not_object", f"expected a JSON object, got {_kind(doc)}")
+                if key_field is None:
+                    key = record.key
+                    if not key or key[0] == _QUOTE:
+                        key = record_key_text(key, key_field=None)
+                else:
+                    text = doc.get(key_field)
+                    if type(text) is str:
+                        key = text.encode()
+                    else:  # numbers as the standard library reads them (see _parse_fast)
+                        key = _key_bytes(_parse(raw).get(key_field), key_field)
+                if value_field is None:
+                    value = raw
+                else:
+                    found = doc.get(value_field, _ABSENT)
+                    if type(found) is str:
+                        value = found.encode()
+                    else:
+                        exact = _parse(raw).get(value_field, _ABSENT)
+                        value = _value_bytes(exact, value_field)
+            key = prefix + key
+            if len(key) > max_key_bytes:
+                raise _Reject("key_too_large", f"key of {len(key)} bytes > max {max_key_bytes}")
+            return key, value
+        except _Reject as exc:
+            raise _bad(record, exc) from None
+        except UnicodeEncodeError as exc:
+            raise _bad(record, _unpaired_surrogate(exc)) from None
 
     return decode
 
@@ -535,6 +579,22 @@ def _parse(raw: bytes) -> Any:
         return json.loads(text)  # trailing whitespace is fine; anything else raises
     except ValueError as exc:
         raise _Reject("not_json", str(exc)) from None
+
+
+def _parse_fast(raw: bytes) -> Any:
+    """:func:`_parse` through orjson (about 5x faster), for the ``json`` format's hot path.
+
+    Trusted only where it reads a document exactly as the standard library does: whether it is
+    an object, and its strings. orjson turns integers beyond 64 bits into floats, so a caller
+    that needs any other value (a number as a key, a non-string ``value_field``) re-reads the
+    document with :func:`_parse`. Whatever orjson refuses (``NaN``, lone surrogates, invalid
+    UTF-8, ...) goes to :func:`_parse` too, which accepts what it always accepted and names
+    the error kind as it always did.
+    """
+    try:
+        return _orjson_loads(raw)
+    except _OrjsonError:
+        return _parse(raw)
 
 
 def _key_bytes(value: Any, field: str) -> bytes:

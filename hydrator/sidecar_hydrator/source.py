@@ -12,10 +12,12 @@ partition; a partition is anything with a ``topic`` (stream) and a ``partition``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar_hydrator.reasons import Problem
 from sidecar_hydrator.records import RecordLike
 
 
@@ -42,6 +44,39 @@ class NeedRebuild(Exception):
         self.binding = binding
 
 
+class SourceError(Exception):
+    """A source failed in a way it does not retry by itself (Kafka, NATS: whichever).
+
+    The source's trouble, never the store's: the hydrator positions the binding again and
+    the served view stays as it is (fail static); it is never a reason for a rebuild. Each
+    source turns its client library's errors into this one at its edge, so nothing outside
+    the source modules needs to know any client library.
+    """
+
+    def __init__(self, message: str, *, source: str, binding: str, kind: str) -> None:
+        super().__init__(f"{source} source of binding {binding}: {message}")
+        self.source = source
+        self.binding = binding
+        #: The client library's own error (``KafkaConnectionError``, ...): for logs.
+        self.kind = kind
+
+
+@contextlib.contextmanager
+def raising_source_errors(
+    errors: tuple[type[BaseException], ...], *, source: str, binding: str
+) -> Iterator[None]:
+    """Turn a client library's ``errors`` into :class:`SourceError` at a source's edge (the
+    original is the ``__cause__``); :class:`NeedRebuild` and anything else pass through."""
+    try:
+        yield
+    except NeedRebuild:
+        raise
+    except errors as exc:
+        raise SourceError(
+            repr(exc), source=source, binding=binding, kind=type(exc).__name__
+        ) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Where every partition begins and ends, taken when a binding is (re)positioned."""
@@ -55,7 +90,16 @@ class Snapshot:
 
 
 class Source(Protocol):
-    """One binding's partitions, read in order from explicit positions."""
+    """One binding's partitions, read in order from explicit positions.
+
+    Any failure a method does not retry itself is raised as :class:`SourceError`.
+    """
+
+    @property
+    def problem(self) -> Problem | None:
+        """Why the binding cannot be read right now (a missing topic, refused credentials, no
+        broker), in the reasons' vocabulary; ``None`` when nothing is known to be wrong."""
+        ...
 
     async def snapshot(self, stop: asyncio.Event) -> Snapshot:
         """Every partition with its beginning and end, waiting for missing streams."""

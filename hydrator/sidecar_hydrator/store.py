@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -463,13 +464,14 @@ class Store:
         deletes: Iterable[bytes],
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
-        notify: tuple[str, bytes] | None = None,
+        notify: tuple[str, bytes] | Callable[[], tuple[str, bytes]] | None = None,
         commands: Sequence[Sequence[EncodableT]] = (),
     ) -> ApplyResult:
         """Write one batch, its offsets and metadata atomically (one ``MULTI/EXEC``).
 
         ``notify`` is a ``(channel, message)`` published in the same transaction, on the
-        served view only (see :mod:`sidecar_hydrator.changes`). ``commands`` (the batch's
+        served view only (see :mod:`sidecar_hydrator.changes`); a callable returning one is
+        called only then (a message of a rebuild's batch is never built). ``commands`` (the batch's
         bookkeeping, see :attr:`Batch.commands`) run first.
 
         Under ``noeviction`` a full Redis refuses the whole transaction (writes are checked
@@ -497,7 +499,7 @@ class Store:
                 if meta:
                     pipe.hset(self.metadata_key, mapping=_fields(meta))
                 if notify is not None:
-                    pipe.publish(*notify)
+                    pipe.publish(*(notify() if callable(notify) else notify))
                 try:
                     await pipe.execute()
                 except OutOfMemoryError:
@@ -541,11 +543,13 @@ class Store:
             for start in range(0, len(deletes), UNSEEN_CHUNK_KEYS):
                 pipe.unlink(*deletes[start : start + UNSEEN_CHUNK_KEYS])
             chunks = [
-                dict(items[start : start + UNSEEN_CHUNK_KEYS])
+                items[start : start + UNSEEN_CHUNK_KEYS]
                 for start in range(0, len(items), UNSEEN_CHUNK_KEYS)
             ]
             for chunk in chunks:
-                pipe.mset(chunk)
+                # MSET's arguments straight from the pairs: redis-py's mset() copies them
+                # through a dict and a Python loop first.
+                pipe.execute_command("MSET", *itertools.chain.from_iterable(chunk))
             results = await pipe.execute(raise_on_error=False)
         failures = [r for r in results if isinstance(r, Exception)]
         refused: dict[bytes, bytes] = {}

@@ -28,10 +28,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from sidecar_operator import __version__
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.crd import build_crd
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
-from sidecar_operator.controller.status import pod_counts
-from sidecar_operator.injection import annotations as ann
+from sidecar_operator.controller.status import pod_counts, survey_pods
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS
 
@@ -300,10 +300,10 @@ def check_pods(
         parsed.setdefault(model.namespace, []).append(model)
     results = []
     for namespace, models in sorted(parsed.items()):
+        survey = survey_pods(pods.get(namespace, []), bindings=models, defaults=defaults,
+                             namespace=namespace)  # fmt: skip
         for model in models:
-            matched, injected, missing = pod_counts(
-                model, pods=pods.get(namespace, []), bindings=models, defaults=defaults
-            )
+            matched, injected, missing = pod_counts(model, survey=survey)
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             results.append(Result(
                 group=group, ok=not missing,
@@ -333,8 +333,8 @@ def check_hydrators(
             detail=f"{hydrated} of {injected} hydrated"
             + (f"; not yet: {', '.join(unhydrated[:5])}" if unhydrated else ""),
             fix="" if not unhydrated and hydrated >= injected else
-            "kubectl logs <pod> -c sidecar-state-hydrator: Kafka reachable? topics exist? "
-            "store full (status.storeFullPods)?",
+            "the binding's Hydrated condition names the reason (kubectl describe statebinding; "
+            "the README's Troubleshooting maps it to its fix)",
         ))  # fmt: skip
         staleness = status.get("worstStalenessSeconds")
         fresh = staleness is not None and staleness <= max_staleness_seconds

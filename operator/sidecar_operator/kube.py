@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kubernetes
 import urllib3
@@ -80,8 +80,14 @@ def _plain(api: ApiClient, obj: Any, kind: str, api_version: str) -> dict[str, A
     return data
 
 
+def custom_objects(response: object) -> dict[str, Any]:
+    """What the client's custom-object calls return: the decoded JSON (typed ``object``)."""
+    return cast(dict[str, Any], response)
+
+
 def create_event(namespace: str, body: dict[str, Any]) -> None:
-    kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, body)
+    # The client serializes a plain dict as well as its own model (the stubs name only that).
+    kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, cast(Any, body))
 
 
 def list_workloads(namespace: str) -> list[dict[str, Any]]:
@@ -99,10 +105,10 @@ def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
 
     The patch carries the resourceVersion it read, so a concurrent change of the namespace
     makes it fail (409) and it is re-read and decided again, instead of overwriting. A label
-    value of :data:`~sidecar_operator.injection.annotations.INJECTION_PINNED` is the user's
+    value of :data:`~sidecar_operator.api.labels.INJECTION_PINNED` is the user's
     (GitOps) and is never changed.
     """
-    from sidecar_operator.injection import annotations as ann
+    from sidecar_operator.api import labels as ann
 
     core = kubernetes.client.CoreV1Api(client())
 
@@ -122,7 +128,7 @@ def set_namespace_label(namespace: str, key: str, value: str | None) -> bool:
 def list_bindings(namespace: str) -> list[dict[str, Any]]:
     """Every StateBinding of a namespace, in one call (one pass reads them once)."""
     api = kubernetes.client.CustomObjectsApi(client())
-    listed: dict[str, Any] = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    listed = custom_objects(api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
     items: list[dict[str, Any]] = listed.get("items") or []
     return items
 
@@ -199,5 +205,71 @@ def read_secret_metadata(name: str, namespace: str) -> dict[str, Any] | None:
         if error.status == 404:
             return None
         raise
-    metadata: dict[str, Any] = json.loads(response.data).get("metadata") or {}
+    # Unparsed (_preload_content=False): ``data`` is the body's bytes, not a Secret's data.
+    metadata: dict[str, Any] = json.loads(cast(bytes, response.data)).get("metadata") or {}
     return metadata
+
+
+# --- the webhook's TLS Secret and configurations (sidecar_operator.webhook_tls) --------------
+
+ADMISSION_API_VERSION = "admissionregistration.k8s.io/v1"
+_CONFIGURATION_CALLS = {
+    "MutatingWebhookConfiguration": "mutating_webhook_configuration",
+    "ValidatingWebhookConfiguration": "validating_webhook_configuration",
+}
+
+
+def read_secret(
+    name: str, namespace: str, *, api: ApiClient | None = None
+) -> dict[str, Any] | None:
+    """A whole Secret (values included: only the webhook's own TLS Secret is read so);
+    ``None`` when it does not exist."""
+    api = api or client()
+    try:
+        found = kubernetes.client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _plain(api, found, "Secret", "v1")
+
+
+def write_secret(body: dict[str, Any], *, create: bool, api: ApiClient | None = None) -> bool:
+    """Create the Secret, or replace it (guarded by the ``resourceVersion`` in ``body``).
+    ``False`` when another writer was first (409: AlreadyExists or Conflict)."""
+    core = kubernetes.client.CoreV1Api(api or client())
+    metadata = body["metadata"]
+    try:
+        if create:
+            core.create_namespaced_secret(metadata["namespace"], cast(Any, body))
+        else:
+            core.replace_namespaced_secret(metadata["name"], metadata["namespace"], cast(Any, body))
+    except kubernetes.client.ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def read_webhook_configuration(
+    kind: str, name: str, *, api: ApiClient | None = None
+) -> dict[str, Any] | None:
+    """A Mutating- or ValidatingWebhookConfiguration; ``None`` when it does not exist."""
+    api = api or client()
+    admission = kubernetes.client.AdmissionregistrationV1Api(api)
+    read = getattr(admission, f"read_{_CONFIGURATION_CALLS[kind]}")
+    try:
+        found = read(name)
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _plain(api, found, kind, ADMISSION_API_VERSION)
+
+
+def patch_webhook_configuration(
+    kind: str, name: str, operations: list[dict[str, Any]], *, api: ApiClient | None = None
+) -> None:
+    """Apply a JSON patch to a Mutating- or ValidatingWebhookConfiguration."""
+    admission = kubernetes.client.AdmissionregistrationV1Api(api or client())
+    getattr(admission, f"patch_{_CONFIGURATION_CALLS[kind]}")(name, operations)

@@ -20,17 +20,17 @@ from typing import NoReturn
 
 import kopf
 
-from sidecar_operator import capabilities, certificates
+from sidecar_operator import capabilities
 from sidecar_operator.api.models import GROUP
 from sidecar_operator.controller.rollout import RolloutThrottle
-from sidecar_operator.handlers.passes import ControllerState
+from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.settings import OperatorSettings
-from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import (
     build_mutating_configuration,
     build_validating_configuration,
 )
 from sidecar_operator.webhook_server import NamespacedWebhookServer
+from sidecar_operator.webhook_tls.x509 import write_webhook_certs
 
 ROLE_MODULES: dict[str, tuple[str, ...]] = {
     "webhook": ("sidecar_operator.handlers.index", "sidecar_operator.handlers.webhook"),
@@ -78,16 +78,18 @@ def cmd_run(settings: OperatorSettings) -> None:
         importlib.import_module(module)
     importlib.import_module("sidecar_operator.handlers.lifecycle")
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON)
-    webhook_tls = None
+    tls = None
     if serves_webhooks and settings.tls_secret:
+        from sidecar_operator import webhook_tls  # the Kubernetes client, only when it runs
+
         # Before kopf starts: its webhook server loads the files once at start.
-        webhook_tls = certificates.WebhookTLS(
+        tls = webhook_tls.WebhookTLS(
             secret=settings.tls_secret, namespace=settings.namespace,
             service=settings.webhook_service, configuration=settings.webhook_configuration,
             cert_file=Path(settings.webhook_cert_file or ""),
             key_file=Path(settings.webhook_key_file or ""),
         )  # fmt: skip
-        certificates.prepare(webhook_tls)
+        webhook_tls.prepare(tls)
         importlib.import_module("sidecar_operator.handlers.ca_bundle")
     mode = None
     if serves_webhooks:  # only the webhook's injections depend on the mode, not the hashes
@@ -97,11 +99,10 @@ def cmd_run(settings: OperatorSettings) -> None:
             raise SystemExit(f"sidecar-state cannot start: {error}") from None
         logging.getLogger(__name__).warning(f"Sidecars: {choice.reason}")
         mode = choice.mode
-    memo = kopf.Memo(
+    memo = OperatorContext(
         settings=settings,
         injection_defaults=settings.injection_defaults(sidecar_mode=mode),
-        webhook_tls=webhook_tls,
-        controller_state=ControllerState(),
+        webhook_tls=tls,
         rollout_throttle=RolloutThrottle(
             per_minute=settings.rollout_max_per_minute,
             per_namespace=settings.rollout_max_in_progress_per_namespace,

@@ -70,13 +70,20 @@ class OperatorSettings(BaseSettings):
         default=(),
         description="host:port patterns (* wildcards) a binding may read from; empty = any",
     )
+    allowed_nats_servers: CommaList = Field(
+        default=(),
+        description=(
+            "host:port patterns (* wildcards) a NATS binding's servers may name (the scheme "
+            "dropped); empty = any"
+        ),
+    )
 
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443
     webhook_cert_file: str | None = None
     webhook_key_file: str | None = None
     health_port: int = 8080
-    # Webhook TLS without cert-manager (certificates.py): the Secret that holds the operator's
+    # Webhook TLS without cert-manager (webhook_tls): the Secret that holds the operator's
     # own CA and serving certificate; unset, the cert files come from elsewhere (cert-manager's
     # Secret volume, `dev-certs`).
     tls_secret: str | None = None

@@ -15,8 +15,8 @@ import base64
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES
 
 MUTATE_PODS = "inject-pods"

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
 from tests.e2e.cluster.access import ClusterAccess
+from tests.support.bindings import binding_doc
 
 T = TypeVar("T")
 
@@ -36,22 +37,11 @@ def binding(
     max_memory: str = "64Mi",
     prefix: str = "flag:",
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "sidecarstate.dev/v1alpha1",
-        "kind": "StateBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": labels or {"app": name}},
-            "source": {
-                "kafka": {
-                    "bootstrapServers": ["kafka.data.svc:9092"],
-                    "topics": topics or ["feature-flags"],
-                }
-            },
-            "keys": {"prefix": prefix, "keyField": "id", "valueField": "enabled"},
-            "store": {"maxMemory": max_memory},
-        },
-    }
+    return binding_doc(
+        name, namespace=namespace, match_labels=labels or {"app": name},
+        topics=topics or ["feature-flags"], bootstrap_servers=["kafka.data.svc:9092"],
+        prefix=prefix, max_memory=max_memory,
+    )  # fmt: skip
 
 
 def pod(

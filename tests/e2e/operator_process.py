@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,9 +21,10 @@ from pathlib import Path
 
 from sidecar_operator.injection import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
-from sidecar_operator.tls import write_webhook_certs
 from sidecar_operator.webhook_config import DEFAULT_NAME, FailurePolicy
+from sidecar_operator.webhook_tls.x509 import write_webhook_certs
 from tests.e2e.cluster.access import ClusterAccess
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "sidecar-state-system"
@@ -32,12 +32,6 @@ E2E_IMAGES = {
     "SIDECAR_STATE_REDIS_IMAGE": "ghcr.io/sidecar-state/redis:7.0-bookworm",
     "SIDECAR_STATE_HYDRATOR_IMAGE": "sidecar-state/hydrator:e2e",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalOperator:

@@ -2,7 +2,7 @@
 
 Without a kubelet the operator's own Pods never run, so the tests assert on objects, and play
 the webhook Pods' part themselves where it matters: they call the start-up of the webhook role
-(:mod:`sidecar_operator.certificates`) and run both roles as processes on this machine, each
+(:mod:`sidecar_operator.webhook_tls`) and run both roles as processes on this machine, each
 *authenticated as the ServiceAccount the chart made* (a token from the TokenRequest API). That
 checks the chart's RBAC for what the code really does, not for what a list says it does.
 
@@ -35,12 +35,13 @@ import pytest
 import yaml
 from cryptography import x509
 
-from sidecar_operator import certificates
+from sidecar_operator import webhook_tls
 from sidecar_operator.api.models import GROUP, PLURAL
 from sidecar_operator.settings import OperatorSettings
-from sidecar_operator.tls import make_serving_cert, service_hosts, write_webhook_certs
+from sidecar_operator.webhook_tls.x509 import make_serving_cert, service_hosts, write_webhook_certs
 from tests.e2e.cluster.access import ClusterAccess
 from tests.e2e.helpers import binding, wait_for
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sidecar-state"
@@ -76,9 +77,9 @@ class Release:
         return f"{FULLNAME}-controller"
 
     @property
-    def tls(self) -> certificates.WebhookTLS:
+    def tls(self) -> webhook_tls.WebhookTLS:
         directory = self.workdir / f"replica-{uuid.uuid4().hex[:6]}"
-        return certificates.WebhookTLS(
+        return webhook_tls.WebhookTLS(
             secret=f"{FULLNAME}-webhook-tls", namespace=self.namespace,
             service=f"{FULLNAME}-webhook", configuration=FULLNAME,
             cert_file=directory / "tls.crt", key_file=directory / "tls.key",
@@ -278,11 +279,11 @@ def test_service_accounts_may_do_what_the_code_does_and_no_more(release: Release
 # --- webhook TLS, as the webhook Pods do it --------------------------------------------------
 
 
-def _assert_serves_with(bundle: certificates.Bundle, release: Release) -> None:
+def _assert_serves_with(bundle: webhook_tls.Bundle, release: Release) -> None:
     """The caBundle of both configurations verifies the serving certificate for the Service."""
     host = f"{FULLNAME}-webhook.{release.namespace}.svc"
     serving = bundle.serving.certificate
-    assert host in certificates.covered_hosts(serving)
+    assert host in webhook_tls.covered_hosts(serving)
     for configuration in release.configurations():
         for webhook in configuration["webhooks"]:
             trusted = x509.load_pem_x509_certificates(
@@ -299,13 +300,13 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def _start_replicas(release: Release, count: int) -> list[certificates.Bundle]:
+def _start_replicas(release: Release, count: int) -> list[webhook_tls.Bundle]:
     """``count`` webhook replicas starting at once, each with its own files and token."""
     apis = [client_as(release, release.webhook_account) for _ in range(count)]
     configs = [release.tls for _ in range(count)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
         futures = [
-            pool.submit(certificates.reconcile, api, tls)
+            pool.submit(webhook_tls.reconcile, api, tls)
             for api, tls in zip(apis, configs, strict=True)
         ]
         results = [future.result(timeout=120) for future in futures]
@@ -323,7 +324,7 @@ def test_replicas_starting_together_share_one_certificate(release: Release) -> N
     assert len({b.serving.cert_pem for b in bundles}) == 1, "replicas fought over the Secret"
     secret = release.get("secret", f"{FULLNAME}-webhook-tls")
     assert secret is not None and secret["type"] == "kubernetes.io/tls"
-    assert certificates.Bundle.from_secret_data(secret["data"]) == bundles[0]
+    assert webhook_tls.Bundle.from_secret_data(secret["data"]) == bundles[0]
     mutating = release.configurations()[0]
     (owner,) = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["uid"]) == (mutating["kind"], mutating["metadata"]["uid"])
@@ -337,7 +338,7 @@ def test_replicas_starting_together_share_one_certificate(release: Release) -> N
 
 def test_replicas_renew_an_expiring_certificate_once(release: Release) -> None:
     current = _start_replicas(release, 1)[0]
-    expiring = certificates.Bundle(
+    expiring = webhook_tls.Bundle(
         ca=current.ca, trust_pem=current.trust_pem,
         serving=make_serving_cert(ca=current.ca, hosts=release.tls.hosts,
                                   validity=dt.timedelta(days=10)),
@@ -363,7 +364,7 @@ def test_a_secret_made_before_the_configurations_exist_is_adopted(release: Relea
         config_file=str(release.cluster.kubeconfig)
     )
     early = dataclasses.replace(release.tls, configuration=f"{FULLNAME}-not-yet")
-    first = certificates.reconcile(admin, early)
+    first = webhook_tls.reconcile(admin, early)
     assert not first.configured
     secret = release.get("secret", name)
     assert secret is not None and "ownerReferences" not in secret["metadata"]
@@ -376,14 +377,6 @@ def test_a_secret_made_before_the_configurations_exist_is_adopted(release: Relea
 
 
 # --- both roles, as real processes with the chart's ServiceAccounts -------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclasses.dataclass
@@ -419,7 +412,7 @@ class RoleProcess:
 def _run_role(
     release: Release, role: str, account: str, *, extra: dict[str, str] | None = None
 ) -> RoleProcess:
-    health = _free_port()
+    health = free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig_as(release, account)),
@@ -433,7 +426,7 @@ def _run_role(
         tls = release.tls
         env.update({
             "SIDECAR_STATE_WEBHOOK_HOST": "127.0.0.1",
-            "SIDECAR_STATE_WEBHOOK_PORT": str(_free_port()),
+            "SIDECAR_STATE_WEBHOOK_PORT": str(free_port()),
             "SIDECAR_STATE_WEBHOOK_SERVICE": tls.service,
             "SIDECAR_STATE_WEBHOOK_CONFIGURATION": tls.configuration,
         })  # fmt: skip
@@ -442,7 +435,7 @@ def _run_role(
             env["SIDECAR_STATE_TLS_SECRET"] = tls.secret
             env["SIDECAR_STATE_WEBHOOK_CERT_FILE"] = str(tls.cert_file)
             env["SIDECAR_STATE_WEBHOOK_KEY_FILE"] = str(tls.key_file)
-        else:  # certificates.py not wired into start-up yet: files made here
+        else:  # webhook_tls.py not wired into start-up yet: files made here
             hosts = service_hosts(service=tls.service, namespace=release.namespace)
             files = write_webhook_certs(release.workdir / "dev-certs", hosts=hosts)
             env["SIDECAR_STATE_WEBHOOK_CERT_FILE"] = str(files.cert_file)
@@ -482,7 +475,7 @@ def test_both_roles_run_with_nothing_but_the_charts_rbac(release: Release) -> No
         if "tls_secret" in OperatorSettings.model_fields:
             secret = release.get("secret", f"{FULLNAME}-webhook-tls")
             assert secret is not None
-            bundle = certificates.Bundle.from_secret_data(secret["data"])
+            bundle = webhook_tls.Bundle.from_secret_data(secret["data"])
             assert bundle is not None
             _assert_serves_with(bundle, release)
     finally:

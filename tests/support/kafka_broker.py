@@ -38,6 +38,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from tests.support.ports import free_ports
 from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
 
 #: Kafka 4.x brokers need Java 17+, which is what the machines have; 4.x is KRaft-only.
@@ -54,6 +55,10 @@ FAST_COMPACTION_CONFIG: Final[Mapping[str, str]] = {
     "min.compaction.lag.ms": "0",
     "delete.retention.ms": "100",
 }
+
+#: SASL/PLAIN users of the broker's second listener (:attr:`KafkaBroker.sasl_bootstrap_servers`),
+#: for tests of credentials: right ones, wrong ones, ones corrected later.
+SASL_USERS: Final[Mapping[str, str]] = {"sidecar": "sidecar-secret"}
 
 _T = TypeVar("_T")
 _CODECS: Final = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
@@ -191,17 +196,6 @@ def random_cluster_id() -> str:
             return cluster_id
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all sockets held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
-
 def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine to completion from synchronous code, even inside a running event loop.
 
@@ -237,6 +231,8 @@ class KafkaBroker(ChildService):
         install: bool = True,
         java: str = "java",
         host: str = "127.0.0.1",
+        sasl_users: Mapping[str, str] = SASL_USERS,
+        authorizer: bool = False,
     ) -> None:
         """Prepare (but do not start) a broker.
 
@@ -246,6 +242,11 @@ class KafkaBroker(ChildService):
         ``install=False`` refuses to download jars, for callers that must not hit the network.
         ``host`` is the address clients use (listener, advertised listener, readiness probe):
         a local node's Pods reach the host only at the node's bridge address, not loopback.
+        ``sasl_users`` (name -> password) may sign in with SASL/PLAIN on a second listener
+        (``sasl_bootstrap_servers``); the first one stays PLAINTEXT, as every other test uses.
+        ``authorizer`` turns Kafka's ACLs on: the PLAINTEXT listener's clients (and the
+        controller) are super users, and the SASL users may do nothing, as a user without
+        ACLs on a secured cluster.
         """
         self.version = version
         self.heap = heap
@@ -261,7 +262,9 @@ class KafkaBroker(ChildService):
             workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="sidecar-kafka-"))
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.controller_port = _free_ports(2)
+        self.sasl_users = dict(sasl_users)
+        self.authorizer = authorizer
+        self.port, self.controller_port, self.sasl_port = free_ports(3)
         self.cluster_id = random_cluster_id()
         self._formatted = False
         self._proc: subprocess.Popen[bytes] | None = None
@@ -276,6 +279,11 @@ class KafkaBroker(ChildService):
     def bootstrap_servers(self) -> str:
         """``host:port`` to hand to Kafka clients."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """``host:port`` of the SASL_PLAINTEXT listener (mechanism PLAIN, :attr:`sasl_users`)."""
+        return f"{self.host}:{self.sasl_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -329,12 +337,24 @@ class KafkaBroker(ChildService):
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "listeners": (
-                f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+                f"PLAINTEXT://{self.host}:{self.port},"
+                f"SASL_PLAINTEXT://{self.host}:{self.sasl_port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "advertised.listeners": (
+                f"PLAINTEXT://{self.host}:{self.port},SASL_PLAINTEXT://{self.host}:{self.sasl_port}"
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                + " ".join(f'user_{name}="{secret}"' for name, secret in self.sasl_users.items())
+                + ";"
+            ),
             "log.dirs": str(self.data_dir),
             # A single node: every internal topic must make do with one replica.
             "num.partitions": "1",
@@ -370,6 +390,12 @@ class KafkaBroker(ChildService):
             "num.io.threads": "4",
             "background.threads": "2",
         }
+        if self.authorizer:
+            props["authorizer.class.name"] = (
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            )
+            props["super.users"] = "User:ANONYMOUS"
+            props["allow.everyone.if.no.acl.found"] = "false"
         props.update(self.extra_config)
         return props
 

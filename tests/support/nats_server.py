@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Final
 
 from tests.support.kafka_broker import cache_dir
-from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
+from tests.support.ports import free_port
+from tests.support.processes import ChildService
 
 NATS_SERVER_VERSION: Final = os.environ.get("SIDECAR_STATE_NATS_VERSION", "v2.15.2")
 _MODULE: Final = "github.com/nats-io/nats-server/v2"
@@ -79,12 +80,6 @@ def install_nats_server(version: str = NATS_SERVER_VERSION) -> Path:
     return binary
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class NatsServer(ChildService):
     """One ``nats-server -js`` on a free port of ``host`` (loopback by default; a node's
     address for Pods to reach), its store and log in ``workdir``.
@@ -110,7 +105,7 @@ class NatsServer(ChildService):
         self.stop_timeout = stop_timeout
         self._owns_workdir = True
         self.workdir = Path(tempfile.mkdtemp(prefix="sidecar-nats-"))
-        self.port = _free_port(host)
+        self.port = free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -131,22 +126,11 @@ class NatsServer(ChildService):
             f"jetstream {{ store_dir: {str(self.workdir / 'js')!r} }}\n"
             f"{self.config}\n"
         )
-        self._proc = spawn_logged(
-            [str(self.binary), "-c", str(conf)], self.log_path, cwd=self.workdir
-        )
-        self._track(self._proc)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._reap()
-                raise self._failure(f"nats-server exited with code {code}")
-            if self._answers():
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise self._failure(f"no INFO on port {self.port} in {self.start_timeout} s")
-            time.sleep(0.02)
+        self._launch(
+            [str(self.binary), "-c", str(conf)], self.log_path,
+            ready=self._answers, timeout=self.start_timeout,
+            not_ready=f"no INFO on port {self.port}", interval=0.02,
+        )  # fmt: skip
 
     def _answers(self) -> bool:
         try:
@@ -162,22 +146,8 @@ class NatsServer(ChildService):
             tail = "(missing)"
         return NatsServerError(f"{what}.\n--- {self.log_path} (tail) ---\n{tail}")
 
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        stop_process(self._proc, self.stop_timeout)
-        self._reap()
-
-    def kill(self) -> None:
-        """SIGKILL, as a crashed server or a lost node would."""
-        if self._proc is None:
-            return
-        kill_process(self._proc)
-        self._reap()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    # stop(), kill() (as a crashed server or a lost node would) and restart() are
+    # ChildService's; the JetStream store in ``workdir`` survives them.
 
 
 def main(argv: list[str] | None = None) -> int:

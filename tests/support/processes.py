@@ -14,8 +14,9 @@ import functools
 import os
 import shutil
 import subprocess
+import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -101,15 +102,18 @@ def _kill_leftovers() -> None:
 class ChildService:
     """A test service run as one child process, with its files in ``workdir``.
 
-    Subclasses set ``workdir`` and ``_owns_workdir`` and implement :meth:`start`, :meth:`stop`
-    and :meth:`kill`; they hand the started process to :meth:`_track` and call :meth:`_reap`
-    once it is gone. A tracked process that is still running when the interpreter exits is
-    killed (``atexit``), so a test that forgot :meth:`close` leaks nothing.
+    Subclasses set ``workdir`` and ``_owns_workdir`` and implement :meth:`start`, most often
+    with :meth:`_launch`; those that stop differently override :meth:`stop` and :meth:`kill`.
+    The started process goes to :meth:`_track`, and :meth:`_reap` is called once it is gone. A
+    tracked process that is still running when the interpreter exits is killed (``atexit``),
+    so a test that forgot :meth:`close` leaks nothing.
     """
 
     workdir: Path
     _owns_workdir: bool
     _proc: subprocess.Popen[bytes] | None = None
+    #: How long :meth:`stop` waits after SIGTERM before it kills.
+    stop_timeout: float = 10.0
 
     @property
     def pid(self) -> int | None:
@@ -123,10 +127,55 @@ class ChildService:
         raise NotImplementedError
 
     def stop(self) -> None:
-        raise NotImplementedError
+        """SIGTERM, then SIGKILL after :attr:`stop_timeout`."""
+        if self._proc is None:
+            return
+        stop_process(self._proc, self.stop_timeout)
+        self._reap()
 
     def kill(self) -> None:
+        """SIGKILL, as an OOM kill, a crashed container or a lost node would."""
+        if self._proc is None:
+            return
+        kill_process(self._proc)
+        self._reap()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _failure(self, what: str) -> Exception:
+        """The error to raise when the service does not come up: ``what`` and its logs."""
         raise NotImplementedError
+
+    def _launch(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        ready: Callable[[], bool],
+        timeout: float,
+        not_ready: str,
+        interval: float,
+    ) -> None:
+        """Spawn ``argv`` (output to ``log_path``) and wait until ``ready()``. If it exits
+        first, or is not ready within ``timeout`` (then it is killed), raise
+        :meth:`_failure`: "<program> exited with code N", or "``not_ready`` in T s"."""
+        proc = spawn_logged(argv, log_path, cwd=self.workdir)
+        self._track(proc)
+        program = Path(argv[0]).name
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                code = proc.returncode
+                self._reap()
+                raise self._failure(f"{program} exited with code {code}")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise self._failure(f"{not_ready} in {timeout} s")
+            time.sleep(interval)
 
     def _track(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc

@@ -16,12 +16,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
+from tests.support.processes import ChildService
 
 #: The Unix-domain socket path limit (sun_path) is 108 bytes including the NUL.
 _MAX_SOCKET_PATH: Final = 107
@@ -124,22 +123,11 @@ class RedisServer(ChildService):
             )
         self.config_path.write_text("\n".join(self.config_lines) + "\n")
         self.socket_path.unlink(missing_ok=True)
-        self._proc = spawn_logged(
-            [self.executable, str(self.config_path)], self.workdir / "redis.out", cwd=self.workdir
-        )
-        self._track(self._proc)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._reap()
-                raise self._failure(f"redis-server exited with code {code}")
-            if self.ping():
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise self._failure(f"no PONG on {self.socket_path} in {self.start_timeout} s")
-            time.sleep(0.01)
+        self._launch(
+            [self.executable, str(self.config_path)], self.workdir / "redis.out",
+            ready=self.ping, timeout=self.start_timeout,
+            not_ready=f"no PONG on {self.socket_path}", interval=0.01,
+        )  # fmt: skip
 
     def ping(self) -> bool:
         """One raw PING over the socket (no client library, so usable from any context)."""
@@ -166,24 +154,8 @@ class RedisServer(ChildService):
             "to keep the directory."
         )
 
-    def stop(self) -> None:
-        """SIGTERM (Redis shuts down cleanly; with ``save ""`` it writes nothing), then kill."""
-        if self._proc is None:
-            return
-        stop_process(self._proc, self.stop_timeout)
-        self._reap()
-
-    def kill(self) -> None:
-        """SIGKILL, as an OOM kill or a crashed container would."""
-        if self._proc is None:
-            return
-        kill_process(self._proc)
-        self._reap()
-
-    def restart(self) -> None:
-        """Stop and start again on the same socket; without persistence it comes back empty."""
-        self.stop()
-        self.start()
+    # stop(): SIGTERM first (Redis shuts down cleanly; with ``save ""`` it writes nothing).
+    # restart() comes back on the same socket, empty without persistence.
 
 
 def _short_tempdir(prefix: str) -> Path:

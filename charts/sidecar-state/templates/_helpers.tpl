@@ -113,6 +113,8 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
   value: {{ .Values.healthPort | quote }}
 - name: SIDECAR_STATE_ALLOWED_BOOTSTRAP_SERVERS
   value: {{ join "," .Values.kafka.allowedBootstrapServers | quote }}
+- name: SIDECAR_STATE_ALLOWED_NATS_SERVERS
+  value: {{ join "," .Values.nats.allowedServers | quote }}
 - name: SIDECAR_STATE_WATCH_NAMESPACES
   value: {{ join "," .Values.watchNamespaces | quote }}
 - name: SIDECAR_STATE_USER_IDS

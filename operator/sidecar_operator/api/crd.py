@@ -35,6 +35,12 @@ PRINTER_COLUMNS = (
     {"name": "Matched", "type": "integer", "jsonPath": ".status.matchedPods"},
     {"name": "Injected", "type": "integer", "jsonPath": ".status.injectedPods"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": ".status.reason",
+        "description": "Why the binding is (not) Ready; the Ready condition's message says more",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     # priority 1: shown by `kubectl get -o wide` only.
     {

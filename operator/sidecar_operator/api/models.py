@@ -1024,7 +1024,9 @@ class StateBindingSpec(ApiModel):
 class Condition(ApiModel):
     """A Kubernetes condition: one aspect of the binding, True or False, with why."""
 
-    type: str = Field(description="Ready, PodsInjected or StoreHealthy. Example: Ready")
+    type: str = Field(
+        description="Ready, Accepted, PodsInjected, Hydrated or StoreHealthy. Example: Ready"
+    )
     status: Literal["True", "False", "Unknown"] = Field(
         description="True, False or Unknown. Example: 'True'"
     )
@@ -1057,8 +1059,10 @@ class StateBindingStatus(ApiModel):
     )
     conditions: tuple[Condition, ...] = Field(
         default=(),
-        description="Ready, PodsInjected and StoreHealthy. Default: []. "
-        "Example: [{type: Ready, status: 'True', reason: Accepted}]",
+        description="Ready (all of the others), Accepted, PodsInjected, Hydrated and "
+        "StoreHealthy. Default: []. Example: [{type: Ready, status: 'False', reason: "
+        "TopicMissing, message: '1 of 1 Pods waiting: topic feature-flagz does not exist on "
+        "kafka.data.svc:9092 (shop-1)'}]",
     )
     matched_pods: int = Field(
         default=0, description="Live Pods the binding selects. Default: 0. Example: 3"
@@ -1108,6 +1112,12 @@ class StateBindingStatus(ApiModel):
     ready: str | None = Field(
         default=None,
         description="The Ready condition's status, for kubectl get. Example: 'True'",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="The Ready condition's reason, for kubectl get: Ready, or what is wrong "
+        "(TopicMissing, SourceUnreachable, AuthenticationFailed, AuthorizationFailed, "
+        "StoreFull, Hydrating, ...; see the README's troubleshooting). Example: TopicMissing",
     )
     unchecked_pods: int = Field(
         default=0,

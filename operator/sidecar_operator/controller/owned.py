@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import API_VERSION, KIND, parse_binding
-from sidecar_operator.injection import annotations as ann
-
-MANAGED_BY = "sidecar-state"
 
 
 def _source(annotations: Mapping[str, str]) -> dict[str, Any]:
@@ -67,7 +65,7 @@ def owned_binding(deployment: Mapping[str, Any]) -> dict[str, Any] | None:
         "metadata": {
             "name": meta.get("name"),
             "namespace": meta.get("namespace"),
-            "labels": {ann.OWNER_LABEL: meta.get("name"), ann.MANAGED_BY_LABEL: MANAGED_BY},
+            "labels": {ann.OWNER_LABEL: meta.get("name"), ann.MANAGED_BY_LABEL: ann.MANAGED_BY},
             "ownerReferences": [
                 {
                     "apiVersion": "apps/v1",

@@ -26,9 +26,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import LabelSelector, StateBinding
-from sidecar_operator.injection import annotations as ann
-from sidecar_operator.injection import bindings_hash, select_bindings
+from sidecar_operator.injection import InjectionConflict, InvalidPod, UnknownBinding, decide
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.pod import binding_content_hash, missing_bindings
 from sidecar_operator.injection.selector import selector_matches
@@ -160,10 +160,8 @@ def plan_rollouts(
             # Rolling to "without it" would replace healthy Pods by Pods without the state
             # they expect; they keep running, and new ones are admitted with a warning.
             continue
-        desired = bindings_hash(template, bindings=bindings, namespace=namespace, defaults=defaults)
-        names = (
-            tuple(sorted(b.name for b in select_bindings(template, bindings))) if desired else ()
-        )
+        desired, names = _desired(template, bindings=bindings, namespace=namespace,
+                                  defaults=defaults)  # fmt: skip
         key = f"{workload.get('kind')}/{(workload.get('metadata') or {}).get('name')}"
         rolls_uninjected = roll_missed or key in deferred
         stale = [
@@ -184,6 +182,25 @@ def plan_rollouts(
             Rollout(kind=str(workload["kind"]), name=name, template_hash=wanted, reason=reason)
         )
     return RolloutPlan(due=due, in_progress=in_progress)
+
+
+def _desired(
+    template: Mapping[str, Any],
+    *,
+    bindings: Sequence[StateBinding],
+    namespace: str,
+    defaults: InjectionDefaults,
+) -> tuple[str | None, tuple[str, ...]]:
+    """The bindings' content hash a Pod from ``template`` would get now and the names of
+    those bindings, from the engine's decision (no Pod is built); ``(None, ())`` if it would
+    not be injected."""
+    try:
+        decision = decide(template, bindings=bindings, namespace=namespace, defaults=defaults)
+    except (InjectionConflict, UnknownBinding, InvalidPod):
+        return None, ()
+    if decision.plan is None:
+        return None, ()
+    return decision.plan.bindings_hash, tuple(sorted(b.name for b in decision.selected))
 
 
 class RolloutThrottle:

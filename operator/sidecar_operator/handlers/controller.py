@@ -21,20 +21,29 @@ import kopf
 import kubernetes
 
 from sidecar_operator import kube, metrics
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding, parse_binding
 from sidecar_operator.controller.health import (
     HydratorHealth,
+    needs_detail,
     parse_metrics,
     scrape_targets,
     unreachable,
+    with_detail,
 )
 from sidecar_operator.controller.owned import owned_binding
 from sidecar_operator.controller.rollout import RolloutThrottle, plan_rollouts, pods_may_be_stale
-from sidecar_operator.controller.status import build_status
+from sidecar_operator.controller.status import build_status, hydration_event, survey_pods
 from sidecar_operator.events import Event, EventRecorder
-from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.handlers.context import OperatorContext
+from sidecar_operator.handlers.index import (
+    binding_ref,
+    bindings_in,
+    bindings_index,
+    index_argument,
+    namespace_of,
+)
 from sidecar_operator.handlers.passes import ControllerState, NamespacePasses
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
 
@@ -77,7 +86,16 @@ async def scrape_hydrators(
             except (aiohttp.ClientError, TimeoutError) as error:
                 logger.debug(f"Hydrator of Pod {pod} did not answer: {error!r}")
                 return BindingHealth(health=unreachable(pod), bindings=owners.get(pod, ()))
-        return BindingHealth(health=parse_metrics(pod, text), bindings=owners.get(pod, ()))
+            health = parse_metrics(pod, text)
+            if needs_detail(health):
+                # What exactly ("topic x does not exist on k:9092") is the failing probe's
+                # body: free text has no place in a metric label.
+                try:
+                    async with session.get(url.rsplit("/", 1)[0] + "/readyz") as response:
+                        health = with_detail(health, await response.text())
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    logger.debug(f"Hydrator of Pod {pod}: no /readyz body: {error!r}")
+        return BindingHealth(health=health, bindings=owners.get(pod, ()))
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         tasks = {asyncio.create_task(scrape(session, p, u)): p for p, u in targets.items()}
@@ -98,7 +116,7 @@ async def roll_workloads(
     *,
     bindings: list[StateBinding],
     pods: list[dict[str, Any]],
-    memo: Any,
+    memo: OperatorContext,
     roll_missed: bool,
     logger: kopf.Logger,
 ) -> None:
@@ -131,7 +149,7 @@ async def roll_workloads(
         )
 
 
-def changed_bindings(memo: Any, namespace: str) -> set[str]:
+def changed_bindings(memo: OperatorContext, namespace: str) -> set[str]:
     """Bindings whose spec changed while this controller ran (see controller.rollout)."""
     state: ControllerState = memo.controller_state
     return state.changed_bindings.setdefault(namespace, set())
@@ -141,7 +159,7 @@ async def reconcile_namespace(
     namespace: str,
     *,
     index: kopf.Index[str, StateBinding],
-    memo: Any,
+    memo: OperatorContext,
     roll: bool,
     roll_missed: bool,
     logger: kopf.Logger,
@@ -171,6 +189,8 @@ async def reconcile_namespace(
         str(item["metadata"]["name"]): item
         for item in await asyncio.to_thread(kube.list_bindings, namespace)
     }
+    # Each Pod is read (and selected) once per pass, not once per binding.
+    survey = survey_pods(pods, bindings=bindings, defaults=defaults, namespace=namespace)
     for binding in bindings:
         current = listed.get(binding.name)
         if current is None:
@@ -182,7 +202,7 @@ async def reconcile_namespace(
             continue  # invalid bindings are never indexed; the validate webhook says why
         status = build_status(
             live, pods=pods, bindings=bindings, defaults=defaults, previous=previous,
-            health=[h.health for h in health if binding.name in h.bindings],
+            health=[h.health for h in health if binding.name in h.bindings], survey=survey,
         )  # fmt: skip
         metrics.UNINJECTED_PODS.labels(namespace, binding.name).set(len(status["uninjectedPods"]))
         if status["uninjectedPods"] and status["uninjectedPods"] != previous.get("uninjectedPods"):
@@ -190,6 +210,11 @@ async def reconcile_namespace(
             message = condition["message"]
             events.record(Event(target=binding_ref(binding), type="Warning",
                                 reason="MissedInjection", message=message))  # fmt: skip
+        noteworthy = hydration_event(status, previous)
+        if noteworthy is not None:
+            kind, reason, message = noteworthy
+            events.record(Event(target=binding_ref(binding), type=kind,
+                                reason=reason, message=message))  # fmt: skip
         if {k: previous.get(k) for k in status} != status:
             await asyncio.to_thread(kube.patch_binding_status, binding.name, namespace, status)
 
@@ -200,7 +225,7 @@ async def reconcile_namespace(
 FOLLOW_UP_SECONDS = 3.0
 
 
-def follow_up(memo: Any, passes: NamespacePasses, namespace: str) -> None:
+def follow_up(memo: OperatorContext, passes: NamespacePasses, namespace: str) -> None:
     state: ControllerState = memo.controller_state
 
     async def later() -> None:
@@ -216,7 +241,7 @@ def follow_up(memo: Any, passes: NamespacePasses, namespace: str) -> None:
 
 
 def namespace_passes(
-    memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
+    memo: OperatorContext, index: kopf.Index[str, StateBinding], logger: kopf.Logger
 ) -> NamespacePasses:
     """The controller's one :class:`NamespacePasses`, made on first use."""
     state: ControllerState = memo.controller_state
@@ -238,15 +263,15 @@ def namespace_passes(
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def statebinding_reconcile(
     name: str,
-    namespace: str,
+    namespace: str | None,
     reason: str,
-    memo: Any,
+    memo: OperatorContext,
     logger: kopf.Logger,
-    bindings_by_namespace: kopf.Index[str, StateBinding],
-    pods_by_namespace: kopf.Index[str, dict[str, Any]],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    memo.controller_state.pods = pods_by_namespace
+    namespace = namespace_of(namespace)
+    bindings_by_namespace = bindings_index(kwargs)
+    memo.controller_state.pods = pods_index(kwargs)
     if reason == kopf.Reason.UPDATE:
         changed_bindings(memo, namespace).add(name)
     # A created or changed binding rolls the workloads it now selects; a resume (an operator
@@ -260,18 +285,17 @@ async def statebinding_reconcile(
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def statebinding_event(
     type: str | None,
-    namespace: str,
-    memo: Any,
+    namespace: str | None,
+    memo: OperatorContext,
     logger: kopf.Logger,
-    bindings_by_namespace: kopf.Index[str, StateBinding],
-    pods_by_namespace: kopf.Index[str, dict[str, Any]],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """A deleted binding: roll its workloads back to no sidecars, and maybe unlabel."""
-    memo.controller_state.pods = pods_by_namespace
+    memo.controller_state.pods = pods_index(kwargs)
     if type != "DELETED":
         return  # creation and changes go through statebinding_reconcile
-    await namespace_passes(memo, bindings_by_namespace, logger).request(namespace, roll_missed=True)
+    passes = namespace_passes(memo, bindings_index(kwargs), logger)
+    await passes.request(namespace_of(namespace), roll_missed=True)
 
 
 _POD_SPEC_KEPT = ("hostNetwork", "os", "nodeSelector", "affinity")
@@ -301,10 +325,17 @@ def trimmed_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.index("", "v1", "pods")
-def pods_by_namespace(body: kopf.Body, namespace: str, **_: Any) -> dict[str, dict[str, Any]]:
+def pods_by_namespace(
+    body: kopf.Body, namespace: str | None, **_: Any
+) -> dict[str, dict[str, Any]]:
     """A watch-fed cache of every Pod, trimmed: a pass reads its namespace's Pods from here
     instead of a full LIST every watchdog interval."""
-    return {namespace: trimmed_pod(body)}
+    return {namespace_of(namespace): trimmed_pod(body)}
+
+
+def pods_index(kwargs: Mapping[str, Any]) -> kopf.Index[str, dict[str, Any]]:
+    """The :func:`pods_by_namespace` index among a handler's keyword arguments."""
+    return index_argument(kwargs, "pods_by_namespace")
 
 
 def _owned_by(binding: StateBinding, deployment: str) -> bool:
@@ -316,12 +347,11 @@ def _owned_by(binding: StateBinding, deployment: str) -> bool:
 async def deployment_event(
     body: kopf.Body,
     type: str | None,
-    namespace: str,
+    namespace: str | None,
     name: str,
-    memo: Any,
+    memo: OperatorContext,
     logger: kopf.Logger,
-    bindings_by_namespace: kopf.Index[str, StateBinding],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Keep the StateBinding that a Deployment's annotations ask for, and only that one.
 
@@ -330,6 +360,8 @@ async def deployment_event(
     """
     if type == "DELETED":
         return  # the owner reference lets the garbage collector delete the binding
+    namespace = namespace_of(namespace)
+    bindings_by_namespace = bindings_index(kwargs)
     existing = next(
         (b for b in bindings_in(bindings_by_namespace, namespace) if b.name == name), None
     )
@@ -389,7 +421,7 @@ def _api_message(error: kubernetes.client.ApiException) -> str:
 
 async def watchdog(
     *,
-    memo: Any,
+    memo: OperatorContext,
     index: kopf.Index[str, StateBinding],
     pods: kopf.Index[str, dict[str, Any]],
     logger: kopf.Logger,

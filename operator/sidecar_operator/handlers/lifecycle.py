@@ -11,9 +11,10 @@ import kubernetes
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar_operator import certificates, kube
+from sidecar_operator import kube, webhook_tls
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION, StateBinding
-from sidecar_operator.events import EventRecorder
+from sidecar_operator.handlers.context import OperatorContext
+from sidecar_operator.handlers.index import bindings_index
 from sidecar_operator.settings import OperatorSettings
 
 
@@ -24,18 +25,18 @@ def _listed_bindings(namespaces: tuple[str, ...]) -> set[tuple[str, str]]:
     items: list[dict[str, Any]] = []
     if namespaces:
         for namespace in namespaces:
-            listed: dict[str, Any] = api.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL
+            listed = kube.custom_objects(
+                api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
             )
             items += listed["items"]
     else:
-        everything: dict[str, Any] = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        everything = kube.custom_objects(api.list_cluster_custom_object(GROUP, VERSION, PLURAL))
         items = everything["items"]
     return {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
 
 
 async def mark_ready_when_indexed(
-    *, memo: Any, index: kopf.Index[str, StateBinding], logger: kopf.Logger
+    *, memo: OperatorContext, index: kopf.Index[str, StateBinding], logger: kopf.Logger
 ) -> None:
     """Ready means: every StateBinding that existed at start is in the in-memory index.
 
@@ -56,7 +57,7 @@ async def mark_ready_when_indexed(
     logger.info(f"Index ready with {len(expected)} StateBinding(s)")
 
 
-async def serve_health(*, memo: Any, port: int) -> None:
+async def serve_health(*, memo: OperatorContext, port: int) -> None:
     async def livez(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -82,14 +83,12 @@ async def serve_health(*, memo: Any, port: int) -> None:
 
 @kopf.on.startup()
 async def operator_startup(
-    memo: Any,
+    memo: OperatorContext,
     logger: kopf.Logger,
-    bindings_by_namespace: kopf.Index[str, StateBinding],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
+    bindings_by_namespace = bindings_index(kwargs)
     settings: OperatorSettings = memo.settings
-    memo.index_ready = asyncio.Event()
-    memo.events = EventRecorder()
     tasks = [
         asyncio.create_task(memo.events.run()),
         asyncio.create_task(serve_health(memo=memo, port=settings.health_port)),
@@ -97,26 +96,26 @@ async def operator_startup(
             mark_ready_when_indexed(memo=memo, index=bindings_by_namespace, logger=logger)
         ),
     ]
-    if memo.get("webhook_tls") is not None:
+    if memo.webhook_tls is not None:
         # Renew the serving certificate before it expires; pick up another replica's renewal.
-        tasks.append(asyncio.create_task(certificates.keep_current(memo.webhook_tls, log=logger)))
+        tasks.append(asyncio.create_task(webhook_tls.keep_current(memo.webhook_tls, log=logger)))
     if settings.role in {"all", "controller"}:
         # Imported here: importing registers the controller's handlers, which the webhook
         # role must not run.
-        from sidecar_operator.handlers.controller import watchdog
+        from sidecar_operator.handlers.controller import pods_index, watchdog
 
-        pods = _["pods_by_namespace"]  # the controller's own index, with its handlers
+        pods = pods_index(kwargs)  # the controller's own index, with its handlers
         tasks.append(
             asyncio.create_task(
                 watchdog(memo=memo, index=bindings_by_namespace, pods=pods, logger=logger)
             )
         )
-    memo.background_tasks = tasks
+    memo.background_tasks.extend(tasks)
 
 
 @kopf.on.cleanup()
-async def operator_cleanup(memo: Any, **_: Any) -> None:
-    for task in getattr(memo, "background_tasks", []):
+async def operator_cleanup(memo: OperatorContext, **_: Any) -> None:
+    for task in memo.background_tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task

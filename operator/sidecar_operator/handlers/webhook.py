@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from sidecar_operator import kube, metrics
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import (
     GROUP,
     PLURAL,
@@ -23,20 +24,18 @@ from sidecar_operator.api.models import (
     parse_binding,
 )
 from sidecar_operator.events import Event, EventRecorder, ObjectRef
-from sidecar_operator.handlers.index import binding_ref, bindings_in
+from sidecar_operator.handlers.context import OperatorContext
+from sidecar_operator.handlers.index import binding_ref, bindings_in, bindings_index
 from sidecar_operator.injection import (
-    Injected,
     InjectionConflict,
     InjectionDefaults,
     InvalidPod,
-    Skipped,
-    inject_pod,
+    SkipReason,
+    decide,
     policy,
-    select_bindings,
+    render,
 )
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.placement import reposition
-from sidecar_operator.injection.pod import WINDOWS_SKIP
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS
 
@@ -49,7 +48,7 @@ def _pod_label(body: kopf.Body) -> str:
     return f"Pod {name}"
 
 
-async def _wait_for_index(memo: Any) -> None:
+async def _wait_for_index(memo: OperatorContext) -> None:
     ready: asyncio.Event = memo.index_ready
     if ready.is_set():
         return
@@ -64,7 +63,7 @@ async def _wait_for_index(memo: Any) -> None:
 
 
 def _explain(
-    memo: Any, bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool
+    memo: OperatorContext, bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool
 ) -> None:
     if dryrun:
         return
@@ -88,7 +87,7 @@ def _event_target(body: kopf.Body, namespace: str) -> ObjectRef:
 
 
 def _warn_missing(
-    memo: Any,
+    memo: OperatorContext,
     body: kopf.Body,
     *,
     namespace: str,
@@ -123,29 +122,29 @@ async def pod_mutate(
     patch: kopf.Patch,
     dryrun: bool,
     warnings: list[str],
-    memo: Any,
-    bindings_by_namespace: kopf.Index[str, StateBinding],
-    **_: Any,
+    memo: OperatorContext,
+    **kwargs: Any,
 ) -> None:
     started = time.perf_counter()
+    bindings_by_namespace = bindings_index(kwargs)
     await _wait_for_index(memo)
     defaults: InjectionDefaults = memo.injection_defaults
     namespace = body.metadata.get("namespace") or ""
     candidates = bindings_in(bindings_by_namespace, namespace)
     pod = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
     try:
-        outcome = inject_pod(
+        decision = decide(
             pod, bindings=candidates, namespace=namespace, defaults=defaults, admit_missing=True
         )
+        outcome = render(decision) if decision.skip is None else None
     except (InjectionConflict, InvalidPod) as error:
         metrics.ADMISSIONS.labels("refused", type(error).__name__).inc()
         raise kopf.AdmissionError(f"sidecar-state cannot inject this Pod: {error}") from None
-    if outcome.missing:
-        injected = isinstance(outcome, Injected)
-        _warn_missing(memo, body, namespace=namespace, missing=outcome.missing,
-                      injected=injected, warnings=warnings, dryrun=dryrun)  # fmt: skip
+    if decision.missing:
+        _warn_missing(memo, body, namespace=namespace, missing=decision.missing,
+                      injected=outcome is not None, warnings=warnings, dryrun=dryrun)  # fmt: skip
 
-    if isinstance(outcome, Skipped) and outcome.reason == "already injected":
+    if decision.skip is SkipReason.ALREADY_INJECTED:
         # A re-invocation (reinvocationPolicy: IfNeeded) after a later webhook, perhaps a
         # mesh's, added init containers behind ours: move ours behind them.
         moved = reposition(list(body.spec.get("initContainers") or []))
@@ -158,14 +157,15 @@ async def pod_mutate(
             patch.fns.append(move)
             return
 
-    if not isinstance(outcome, Injected):
-        metrics.ADMISSIONS.labels("skipped", outcome.reason).inc()
-        if outcome.reason not in {"no StateBinding selects this Pod", "already injected"}:
-            selected = select_bindings(pod, candidates, missing_ok=True)
-            if selected and outcome.reason == WINDOWS_SKIP:
-                warnings.append(f"sidecar-state: {outcome.reason}")
-            _explain(memo, selected, reason="Skipped",
-                     message=f"{_pod_label(body)}: {outcome.reason}", dryrun=dryrun)  # fmt: skip
+    if outcome is None:
+        skip = decision.skip
+        assert skip is not None
+        metrics.ADMISSIONS.labels("skipped", skip.value).inc()
+        if skip not in {SkipReason.NOT_SELECTED, SkipReason.ALREADY_INJECTED}:
+            if decision.selected and skip is SkipReason.WINDOWS:
+                warnings.append(f"sidecar-state: {decision.reason}")
+            _explain(memo, list(decision.selected), reason="Skipped",
+                     message=f"{_pod_label(body)}: {decision.reason}", dryrun=dryrun)  # fmt: skip
         return
 
     injected_spec = outcome.pod["spec"]
@@ -180,14 +180,14 @@ async def pod_mutate(
     patch.fns.append(apply)
     metrics.ADMISSIONS.labels("injected", "").inc()
     metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
-    selected = [b for b in candidates if b.name in outcome.bindings]
-    _explain(memo, selected, reason="Injected",
+    names = {b.name for b in decision.selected}
+    _explain(memo, [b for b in candidates if b.name in names], reason="Injected",
              message=f"{_pod_label(body)}: sidecars injected (config {outcome.config_hash})",
              dryrun=dryrun)  # fmt: skip
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, id=VALIDATE_BINDINGS, operations=["CREATE", "UPDATE"])
-async def statebinding_validate(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def statebinding_validate(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """Refuse invalid bindings, and bindings that would use what the platform does not allow:
     brokers outside the allow-list, Secrets that have not opted in (see injection.policy)."""
     try:
@@ -195,12 +195,15 @@ async def statebinding_validate(body: kopf.Body, memo: Any, **_: Any) -> None:
     except ValueError as error:
         raise kopf.AdmissionError(f"invalid StateBinding: {error}", code=422) from None
     settings: OperatorSettings = memo.settings
-    allowed = settings.allowed_bootstrap_servers
+    source = binding.spec.source
+    kind = "kafka" if source.kafka is not None else "nats"
+    allowed = (
+        settings.allowed_bootstrap_servers if kind == "kafka" else settings.allowed_nats_servers
+    )
     disallowed = policy.disallowed_servers(binding, allowed=allowed)
     if disallowed:
-        message = policy.servers_refusal(disallowed, allowed=allowed)
+        message = policy.servers_refusal(disallowed, allowed=allowed, source=kind)
         raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
-    source = binding.spec.source
     # Kafka's and NATS's credentials alike come from a Secret that must have opted in.
     auth: KafkaAuth | NatsAuth | None = (
         source.kafka.auth if source.kafka is not None else source.nats.auth if source.nats else None

@@ -74,10 +74,14 @@ def _secret_use(binding: StateBinding, *, position: int) -> SecretUse | None:
     }
     if source.kafka is not None and source.kafka.auth is not None:
         auth = source.kafka.auth
+        # SASL credentials are mounted as files too, which the hydrator reads at every
+        # connection attempt: a corrected Secret reaches a running Pod without a restart
+        # (the env vars are fixed when the container starts, and remain the fallback).
+        sasl_files = ("username", "password") if auth.mechanism is not None else ()
         return SecretUse(
             secret_name=auth.secret_ref.name,
             env=((f"{env_prefix}_USERNAME", "username"), (f"{env_prefix}_PASSWORD", "password")),
-            files=("ca.crt",) if auth.tls else (),
+            files=sasl_files + (("ca.crt",) if auth.tls else ()),
             **names,
         )
     if source.nats is not None and source.nats.auth is not None:
@@ -138,6 +142,8 @@ def _connection(
         sasl_mechanism=kafka.auth.mechanism,
         username_env=secret.env_var("username") if sasl else None,
         password_env=secret.env_var("password") if sasl else None,
+        username_file=f"{secret.mount_path}/username" if sasl else None,
+        password_file=f"{secret.mount_path}/password" if sasl else None,
         ca_file=f"{secret.mount_path}/ca.crt" if kafka.auth.tls else None,
     )
 

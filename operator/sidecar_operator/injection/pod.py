@@ -1,21 +1,25 @@
 """The injection engine: Pod (or pod template) + bindings + defaults -> injected Pod.
 
-A pure function, shared by the admission webhook, ``sidecar-state inject`` and the
-controller's hash computation, so that all three agree by construction. It never mutates its
-input and never does I/O.
+Two pure steps, as Dapr's injector splits ``NeedsPatching`` from ``GetPatch``:
+:func:`decide` says whether and with what a Pod is injected (the selected bindings, a
+:class:`SkipReason`, the plan), and :func:`render` builds the injected Pod from that decision.
+The admission webhook, ``sidecar-state inject``, the controller's status and its roll-out
+hash all read the same decision, so they agree by construction; only the webhook and the CLI
+pay for rendering. Neither step mutates its input or does I/O.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.app_containers import wire_app_container
 from sidecar_operator.injection.authorizer_container import build_authorizer_container
 from sidecar_operator.injection.credentials_container import build_credentials_container
@@ -64,9 +68,48 @@ class Injected:
     """Bindings the Pod names that do not exist (only with ``admit_missing``)."""
 
 
+class SkipReason(enum.Enum):
+    """Why a Pod gets no sidecars. The values are bounded: they label metrics."""
+
+    EXCLUDED_NAMESPACE = "excluded_namespace"
+    OPTED_OUT = "opted_out"
+    ALREADY_INJECTED = "already_injected"
+    HOST_NETWORK = "host_network"
+    WINDOWS = "windows"
+    BINDINGS_MISSING = "bindings_missing"
+    NOT_SELECTED = "not_selected"
+
+    @property
+    def rules_out_pod(self) -> bool:
+        """Whether the Pod itself rules injection out, whatever binds it (as opposed to no
+        existing binding applying to it)."""
+        return self not in {SkipReason.BINDINGS_MISSING, SkipReason.NOT_SELECTED}
+
+
+def describe_skip(reason: SkipReason, *, namespace: str, missing: Sequence[str] = ()) -> str:
+    """The sentence Events and logs show for a skip."""
+    match reason:
+        case SkipReason.EXCLUDED_NAMESPACE:
+            return f"namespace {namespace} is excluded"
+        case SkipReason.OPTED_OUT:
+            return f"opted out with {ann.INJECT}: false"
+        case SkipReason.ALREADY_INJECTED:
+            return "already injected"
+        case SkipReason.HOST_NETWORK:
+            return "hostNetwork Pods are never injected"
+        case SkipReason.WINDOWS:
+            return WINDOWS_SKIP
+        case SkipReason.BINDINGS_MISSING:
+            return f"the StateBinding(s) it names ({', '.join(missing)}) do not exist"
+        case SkipReason.NOT_SELECTED:
+            return "no StateBinding selects this Pod"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Skipped:
+    skip: SkipReason
     reason: str
+    """:func:`describe_skip` of ``skip``."""
     missing: tuple[str, ...] = ()
 
 
@@ -134,20 +177,20 @@ def runs_on_windows(spec: Mapping[str, Any]) -> bool:
 
 def skip_reason(
     pod: Mapping[str, Any], *, namespace: str, defaults: InjectionDefaults
-) -> str | None:
+) -> SkipReason | None:
     """Why this Pod is never injected, whatever binds it; ``None`` when it may be."""
     annotations = _meta(pod).get("annotations") or {}
     spec = pod.get("spec") or {}
     if namespace in defaults.excluded_namespaces:
-        return f"namespace {namespace} is excluded"
+        return SkipReason.EXCLUDED_NAMESPACE
     if ann.opted_out(annotations):
-        return f"opted out with {ann.INJECT}: false"
+        return SkipReason.OPTED_OUT
     if ann.already_injected(annotations):
-        return "already injected"
+        return SkipReason.ALREADY_INJECTED
     if spec.get("hostNetwork"):
-        return "hostNetwork Pods are never injected"
+        return SkipReason.HOST_NETWORK
     if isinstance(spec, Mapping) and runs_on_windows(spec):
-        return WINDOWS_SKIP
+        return SkipReason.WINDOWS
     return None
 
 
@@ -266,56 +309,133 @@ def _add_pull_secrets(spec: dict[str, Any], names: Sequence[str]) -> None:
     spec["imagePullSecrets"] = secrets
 
 
-def inject_pod(
+@dataclass(frozen=True, kw_only=True)
+class PodPlan:
+    """What an injected Pod gets, before any container is built: the effective defaults
+    (operator settings, binding and Pod overrides merged), the merged bindings and the
+    interceptor, if any."""
+
+    defaults: InjectionDefaults
+    sidecars: SidecarPlan
+    intercept: InterceptPlan | None
+    bindings_hash: str
+    """:func:`binding_content_hash` of the selected bindings: what roll-outs compare."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which bindings apply to a Pod, and whether the Pod rules injection out: the cheap
+    first half of :func:`decide`, without validating the Pod (the controller's status reads
+    only this)."""
+
+    pod: Mapping[str, Any]
+    namespace: str
+    selected: tuple[StateBinding, ...]
+    """The existing bindings it names, or else those whose selector matches it."""
+    missing: tuple[str, ...]
+    """The bindings it names that do not exist."""
+    skip: SkipReason | None
+    """Why it gets no sidecars; ``None`` when it gets them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision(Selection):
+    """A Pod's full decision: with ``skip`` ``None``, ``plan`` says what it gets."""
+
+    plan: PodPlan | None
+
+    @property
+    def reason(self) -> str | None:
+        """:func:`describe_skip` of ``skip``, or ``None`` when the Pod is injected."""
+        if self.skip is None:
+            return None
+        return describe_skip(self.skip, namespace=self.namespace, missing=self.missing)
+
+
+def select(
+    pod: Mapping[str, Any],
+    *,
+    bindings: Iterable[StateBinding],
+    namespace: str,
+    defaults: InjectionDefaults,
+) -> Selection:
+    """Which of ``namespace``'s ``bindings`` this Pod uses, and whether it is skipped.
+
+    Never raises: a named binding that does not exist is in ``missing``, and a Pod that
+    selects nothing (or only names missing bindings) is skipped with the reason why.
+    """
+    bindings = list(bindings)
+    reason = skip_reason(pod, namespace=namespace, defaults=defaults)
+    selected = tuple(select_bindings(pod, bindings, missing_ok=True))
+    missing = missing_bindings(pod, bindings)
+    if reason is None and not selected:
+        reason = SkipReason.BINDINGS_MISSING if missing else SkipReason.NOT_SELECTED
+    return Selection(pod=pod, namespace=namespace, selected=selected, missing=missing, skip=reason)
+
+
+def decide(
     pod: Mapping[str, Any],
     *,
     bindings: Iterable[StateBinding],
     namespace: str,
     defaults: InjectionDefaults,
     admit_missing: bool = False,
-) -> Outcome:
-    """Inject one Pod or pod template (``{"metadata": ..., "spec": ...}``).
+) -> Decision:
+    """Whether and with what this Pod (or pod template) is injected; nothing is built yet.
 
     ``bindings`` are the StateBindings of ``namespace``; which of them apply is decided here.
-    Raises :class:`InjectionConflict` or :class:`UnknownBinding` when the Pod cannot be
-    injected as asked; returns :class:`Skipped` when it should not be. With
-    ``admit_missing`` a named binding that does not exist is left out and reported in the
-    outcome's ``missing`` instead of raising: refusing would stop the workload's Pods.
+    Raises :class:`InjectionConflict`, :class:`InvalidPod` or :class:`UnknownBinding` when the
+    Pod cannot be injected as asked. Without ``admit_missing`` a named binding that does not
+    exist raises :class:`UnknownBinding` (unless the Pod is ruled out anyway); with it, it is
+    left out and reported in ``missing``: refusing would stop the workload's Pods.
     """
-    reason = skip_reason(pod, namespace=namespace, defaults=defaults)
-    if reason is not None:
-        return Skipped(reason=reason)
-    bindings = list(bindings)
-    selected = select_bindings(pod, bindings, missing_ok=admit_missing)
-    missing = missing_bindings(pod, bindings) if admit_missing else ()
-    if not selected:
-        if missing:
-            return Skipped(
-                reason=f"the StateBinding(s) it names ({', '.join(missing)}) do not exist",
-                missing=missing,
-            )
-        return Skipped(reason="no StateBinding selects this Pod")
+    selection = select(pod, bindings=bindings, namespace=namespace, defaults=defaults)
+    skip = selection.skip
+    if skip is not None and skip.rules_out_pod:
+        # Whatever it names, it is not injected: nothing is missing for it.
+        return Decision(pod=pod, namespace=namespace, selected=selection.selected, missing=(),
+                        skip=skip, plan=None)  # fmt: skip
+    if selection.missing and not admit_missing:
+        raise UnknownBinding(
+            f"annotation {ann.BINDINGS} names StateBinding(s) {', '.join(selection.missing)} "
+            "that do not exist in this namespace; create them or fix the annotation"
+        )
+    if skip is not None:
+        return Decision(pod=pod, namespace=namespace, selected=(), missing=selection.missing,
+                        skip=skip, plan=None)  # fmt: skip
+    selected = list(selection.selected)
     spec = pod.get("spec") or {}
     _check_shape(spec)
     try:
-        defaults = effective_defaults(pod, bindings=selected, defaults=defaults)
+        effective = effective_defaults(pod, bindings=selected, defaults=defaults)
     except InvalidOverride as error:
         raise InvalidPod(str(error)) from None
-    _check_conflicts(spec, defaults=defaults)
-
+    _check_conflicts(spec, defaults=effective)
     try:
-        plan = plan_sidecars(selected, defaults=defaults)
+        sidecars = plan_sidecars(selected, defaults=effective)
     except OverlappingPrefixes as error:
         raise InjectionConflict(str(error)) from None
     try:
-        intercept = plan_intercept(selected, spec=spec, defaults=defaults)
+        intercept = plan_intercept(selected, spec=spec, defaults=effective)
     except InterceptError as exc:
         raise InjectionConflict(str(exc)) from None
-    ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
-    digest = config_hash([*ours.setup, *ours.running], ours.volumes)
-    content = binding_content_hash(selected)
+    plan = PodPlan(defaults=effective, sidecars=sidecars, intercept=intercept,
+                   bindings_hash=binding_content_hash(selected))  # fmt: skip
+    return Decision(pod=pod, namespace=namespace, selected=selection.selected,
+                    missing=selection.missing, skip=None, plan=plan)  # fmt: skip
 
-    injected = copy.deepcopy(dict(pod))
+
+def render(decision: Decision) -> Injected:
+    """The injected Pod of a decision that injects (``skip`` is ``None``); a deep copy: the
+    decision's Pod is left as it was."""
+    if decision.plan is None:
+        raise ValueError(f"a skipped Pod is not rendered: {decision.reason}")
+    plan = decision.plan
+    defaults = plan.defaults
+    ours = build_sidecars(plan=plan.sidecars, defaults=defaults, intercept=plan.intercept)
+    digest = config_hash([*ours.setup, *ours.running], ours.volumes)
+
+    injected = copy.deepcopy(dict(decision.pod))
     new_spec = injected.setdefault("spec", {})
     app_inits = [
         wire_app_container(c, defaults=defaults) for c in new_spec.get("initContainers") or []
@@ -339,9 +459,9 @@ def inject_pod(
     metadata = injected.setdefault("metadata", {})
     annotations = {
         **(metadata.get("annotations") or {}),
-        ann.INJECTED_BINDINGS: ",".join(plan.binding_names),
+        ann.INJECTED_BINDINGS: ",".join(plan.sidecars.binding_names),
         ann.CONFIG_HASH: digest,
-        ann.BINDINGS_HASH: content,
+        ann.BINDINGS_HASH: plan.bindings_hash,
     }
     if defaults.prometheus_annotations and not any(
         key.startswith("prometheus.io/") for key in annotations
@@ -358,11 +478,29 @@ def inject_pod(
     }
     return Injected(
         pod=injected,
-        bindings=plan.binding_names,
+        bindings=plan.sidecars.binding_names,
         config_hash=digest,
-        bindings_hash=content,
-        missing=missing,
+        bindings_hash=plan.bindings_hash,
+        missing=decision.missing,
     )
+
+
+def inject_pod(
+    pod: Mapping[str, Any],
+    *,
+    bindings: Iterable[StateBinding],
+    namespace: str,
+    defaults: InjectionDefaults,
+    admit_missing: bool = False,
+) -> Outcome:
+    """:func:`decide`, then :func:`render` if the Pod is injected: the whole engine in one
+    call, for callers that want the injected Pod (``sidecar-state inject``, tests)."""
+    decision = decide(pod, bindings=bindings, namespace=namespace, defaults=defaults,
+                      admit_missing=admit_missing)  # fmt: skip
+    if decision.reason is not None:
+        assert decision.skip is not None
+        return Skipped(skip=decision.skip, reason=decision.reason, missing=decision.missing)
+    return render(decision)
 
 
 def bindings_hash(
@@ -377,10 +515,11 @@ def bindings_hash(
 
     The controller writes it on pod templates (``template-hash``): when a binding changes,
     the hash changes, and the workload rolls so that new Pods get the new sidecars. It does
-    not change with the operator's settings (see :func:`binding_content_hash`).
+    not change with the operator's settings (see :func:`binding_content_hash`). It comes from
+    the plan: no container is built and the template is not copied.
     """
     try:
-        outcome = inject_pod(pod, bindings=bindings, namespace=namespace, defaults=defaults)
+        decision = decide(pod, bindings=bindings, namespace=namespace, defaults=defaults)
     except (InjectionConflict, UnknownBinding, InvalidPod):
         return None
-    return outcome.bindings_hash if isinstance(outcome, Injected) else None
+    return decision.plan.bindings_hash if decision.plan is not None else None

@@ -4,8 +4,8 @@ Anyone who may create a StateBinding could otherwise point ``auth.secretRef`` at
 the namespace with ``username``/``password`` keys: the kubelet mounts it into the hydrator, and
 the hydrator sends it over SASL to brokers of the author's choosing — reading Secrets without
 ``get secrets``. So a Secret must opt in (:data:`SECRET_OPT_IN`), and the operator may restrict
-bootstrap servers to an allow-list of patterns. The decisions are pure; the webhook fetches
-the Secret's metadata.
+Kafka bootstrap servers and NATS servers to allow-lists of patterns. The decisions are pure;
+the webhook fetches the Secret's metadata.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
-from sidecar_operator.injection import annotations as ann
 
 SECRET_OPT_IN = ann.SECRET_OPT_IN
 
@@ -52,26 +52,44 @@ def secret_refusal(binding: StateBinding, *, secret: str, exists: bool) -> str:
 
 
 def disallowed_servers(binding: StateBinding, *, allowed: Sequence[str]) -> list[tuple[int, str]]:
-    """Bootstrap servers of the binding not matched by any pattern (``*`` wildcards) of
-    ``allowed``; an empty allow-list allows any. The operator's defaults are always allowed."""
-    kafka = binding.spec.source.kafka
-    servers = (kafka.bootstrap_servers or ()) if kafka is not None else ()
+    """Servers of the binding not matched by any pattern (``*`` wildcards) of ``allowed``;
+    an empty allow-list allows any. The operator's defaults are always allowed.
+
+    Kafka's bootstrap servers are matched as written (``host:port``); a NATS server by its
+    ``host:port``, the scheme dropped, so one pattern covers ``nats://`` and ``tls://``."""
+    source = binding.spec.source
+    if source.kafka is not None:
+        servers = tuple(source.kafka.bootstrap_servers or ())
+        address = list(servers)
+    else:
+        servers = tuple(source.nats.servers or ()) if source.nats is not None else ()
+        address = [server.partition("://")[2] or server for server in servers]
     if not allowed:
         return []
     return [
         (index, server)
-        for index, server in enumerate(servers)
-        if not any(fnmatchcase(server.lower(), pattern.lower()) for pattern in allowed)
+        for index, (server, host_port) in enumerate(zip(servers, address, strict=True))
+        if not any(fnmatchcase(host_port.lower(), pattern.lower()) for pattern in allowed)
     ]
 
 
-def servers_refusal(disallowed: Sequence[tuple[int, str]], *, allowed: Sequence[str]) -> str:
+#: Per source: the field that names servers, the Helm value of its allow-list.
+_SERVER_FIELDS = {
+    "kafka": ("spec.source.kafka.bootstrapServers", "kafka.allowedBootstrapServers", "brokers"),
+    "nats": ("spec.source.nats.servers", "nats.allowedServers", "NATS servers"),
+}
+
+
+def servers_refusal(
+    disallowed: Sequence[tuple[int, str]], *, allowed: Sequence[str], source: str = "kafka"
+) -> str:
+    field, value, what = _SERVER_FIELDS[source]
     problems = "; ".join(
-        f"spec.source.kafka.bootstrapServers[{index}]: {server!r} is not allowed"
-        for index, server in disallowed
+        f"{field}[{index}]: {server!r} is not allowed" for index, server in disallowed
     )
+    omit = "bootstrapServers" if source == "kafka" else "servers"
     return (
-        f"{problems}. The operator only lets bindings read from brokers matching "
-        f"{', '.join(allowed)} (Helm value kafka.allowedBootstrapServers); use one of those, "
-        "omit bootstrapServers for the default, or ask the platform team to allow it"
+        f"{problems}. The operator only lets bindings read from {what} matching "
+        f"{', '.join(allowed)} (Helm value {value}); use one of those, "
+        f"omit {omit} for the default, or ask the platform team to allow it"
     )

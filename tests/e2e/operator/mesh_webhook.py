@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from sidecar_operator.tls import write_webhook_certs
+from sidecar_operator.webhook_tls.x509 import write_webhook_certs
 from tests.e2e.cluster.access import ClusterAccess
 
 NAME = "zz-e2e-mesh"

@@ -428,6 +428,30 @@ def test_bootstrap_servers_outside_the_allow_list_are_refused(
         assert get_binding(cluster, "elsewhere", namespace) is not None
 
 
+def test_nats_servers_outside_the_allow_list_are_refused(
+    cluster: ClusterAccess, namespace: str, operator: OperatorHandle
+) -> None:
+    with operator.restart_with({"SIDECAR_STATE_ALLOWED_NATS_SERVERS": "*.nats.svc:4222"}):
+        sb = binding("nats-elsewhere", namespace)
+        servers = ["tls://flags.nats.svc:4222", "nats://collector.example.com:4222"]
+        sb["spec"]["source"] = {"nats": {"kv": {"bucket": "flags"}, "servers": servers}}
+        message = _apply_refused(cluster, sb)
+        assert (
+            "spec.source.nats.servers[1]: 'nats://collector.example.com:4222' is not allowed"
+            in message
+        )
+        assert "*.nats.svc:4222" in message and "nats.allowedServers" in message
+
+        sb["spec"]["source"]["nats"]["servers"] = servers[:1]
+        cluster.apply(sb)
+        assert get_binding(cluster, "nats-elsewhere", namespace) is not None
+        # The operator's default servers need no entry in the list.
+        default = binding("nats-default", namespace)
+        default["spec"]["source"] = {"nats": {"kv": {"bucket": "flags"}}}
+        cluster.apply(default)
+        assert get_binding(cluster, "nats-default", namespace) is not None
+
+
 # --- item 6: native sidecars only where the server runs them ---------------------------------
 
 

@@ -199,7 +199,30 @@ async def view(client: aioredis.Redis, prefix: bytes) -> dict[bytes, bytes]:
     return {k: bytes(v) for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
 
 
+async def value_is(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
+    """Whether the app reads ``value`` at ``key`` (a predicate for :func:`eventually`)."""
+    return bool(await client.get(key) == value)
+
+
+async def view_is(
+    client: aioredis.Redis, expected: dict[bytes, bytes], *, prefix: bytes = b""
+) -> bool:
+    """Whether the app's view under ``prefix`` is exactly ``expected``."""
+    return await view(client, prefix) == expected
+
+
+async def holds(client: aioredis.Redis, prefix: bytes, count: int) -> bool:
+    """Whether the view under ``prefix`` has ``count`` keys."""
+    return len(await view(client, prefix)) == count
+
+
 def sample(hydrator: Hydrator, name: str, **labels: str) -> float:
-    """A metric's current value from the hydrator's own registry (0 when never set)."""
-    value = hydrator.metrics.registry.get_sample_value(f"sidecar_state_hydrator_{name}", labels)
-    return 0.0 if value is None else value
+    """A metric's current value from the hydrator's own registry (0 when never set), summed
+    over the series that carry ``labels`` (others, such as ``source``, may be left out)."""
+    full = f"sidecar_state_hydrator_{name}"
+    return sum(
+        s.value
+        for metric in hydrator.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == full and all(s.labels.get(k) == v for k, v in labels.items())
+    )

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from tests.support.monitoring import (
     rendered_rules,
     run_promtool,
 )
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 #: What the PodMonitor's scrape adds to every series of an injected Pod.
@@ -76,12 +76,6 @@ class Sample:
         labels = {**self.labels, **TARGET}
         inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         return f"{self.name}{{{inner}}}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> str:
@@ -211,7 +205,7 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
     await produce(kafka_broker, topic, good + bad)
     roomy = make_redis_server(config=sidecar_redis_config())
     config = make_config(broker=kafka_broker, redis=roomy, topics=[topic], name="flags",
-                         key_field="id", http_port=_free_port())  # fmt: skip
+                         key_field="id", http_port=free_port())  # fmt: skip
     async with serving(config) as scrape:
         await eventually(
             lambda: _hydrated_and_counted(scrape), within=30, what="hydrated with bad records"
@@ -225,7 +219,7 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
         for i in range(60)
     ])  # fmt: skip
     config = make_config(broker=kafka_broker, redis=redis_server, topics=[full_topic],
-                         name="flags", key_field="id", http_port=_free_port(),
+                         name="flags", key_field="id", http_port=free_port(),
                          bootstrap_batch_max_keys=5, live_batch_max_keys=5)  # fmt: skip
     async with serving(config) as scrape:
         await eventually(lambda: _refused(scrape), within=30, what="OOM counted")
@@ -234,10 +228,10 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
     # A hydrator that cannot reach Kafka: never hydrated.
     nowhere = make_redis_server(config=sidecar_redis_config())
     config = make_config(broker=kafka_broker, redis=nowhere, topics=[make_topic()],
-                         name="flags", http_port=_free_port())  # fmt: skip
+                         name="flags", http_port=free_port())  # fmt: skip
     config = config.model_copy(update={"bindings": tuple(
         b.model_copy(update={"kafka": b.kafka.model_copy(
-            update={"bootstrap_servers": (f"127.0.0.1:{_free_port()}",)})})
+            update={"bootstrap_servers": (f"127.0.0.1:{free_port()}",)})})
         for b in config.bindings
     )})  # fmt: skip
     async with serving(config) as scrape:

@@ -25,7 +25,9 @@ from tests.integration.hydrator.support import (
     sample,
     serving,
     sidecar_redis_config,
+    value_is,
     view,
+    view_is,
 )
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
@@ -60,7 +62,7 @@ async def test_records_keyed_like_the_bookkeeping_are_bad_records_and_change_not
         assert sample(hydrator, "bad_records_total", binding="b", kind="reserved_key") == 2
         # A tombstone in the namespace must not delete the bookkeeping either.
         await produce(kafka_broker, topic, [(b"sidecar-state:meta", None), (b"c", b"3")])
-        await eventually(lambda: _equals(app_redis, b"c", b"3"), what="record after")
+        await eventually(lambda: value_is(app_redis, b"c", b"3"), what="record after")
         assert await app_redis.exists(config.metadata_key) == 1
         # The batch's bad records are counted once its transaction is answered, which the
         # app's read of "c" can overtake.
@@ -99,12 +101,8 @@ async def test_an_apply_loop_that_keeps_failing_turns_readyz_503_logs_once_and_c
         assert await app_redis.get(b"a") == b"1"
 
         await app_redis.execute_command("ACL", "SETUSER", "default", "+hset")
-        await eventually(lambda: _equals(app_redis, b"a", b"2"), within=10, what="recovery")
+        await eventually(lambda: value_is(app_redis, b"a", b"2"), within=10, what="recovery")
         await eventually(lambda: _status_is(port, "/readyz", 200), within=10, what="ready")
-
-
-async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
-    return bool(await client.get(key) == value)
 
 
 async def _status_is(port: int, path: str, status: int) -> bool:
@@ -147,7 +145,7 @@ async def test_writes_refused_by_a_full_redis_are_retried_once_memory_is_freed(
         await produce(kafka_broker, topic, [(key, None) for key, _ in big[:20]])
         expected = {b"small": b"1"} | dict(big[20:])
         await eventually(
-            lambda: _view_is(app_redis, expected), within=15, what="refused writes retried"
+            lambda: view_is(app_redis, expected), within=15, what="refused writes retried"
         )
         await eventually(lambda: _status_is(port, "/readyz", 200), within=5, what="ready")
         await eventually(
@@ -158,10 +156,6 @@ async def test_writes_refused_by_a_full_redis_are_retried_once_memory_is_freed(
         assert sample(hydrator, "staleness_seconds") < 1.5
         read = sample(hydrator, "records_read_total", binding="b")
         assert sample(hydrator, "records_applied_total", binding="b") == read
-
-
-async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
-    return await view(client, b"") == expected
 
 
 async def _meta_says(client: aioredis.Redis, key: str, **fields: bytes) -> bool:
@@ -207,7 +201,7 @@ async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_hear
             what="the damage counted",
         )
         await hydrated(hydrator, within=60)
-        await eventually(lambda: _view_is(app_redis, data), within=30, what="the full view")
+        await eventually(lambda: view_is(app_redis, data), within=30, what="the full view")
         await asyncio.sleep(1.2)  # a heartbeat of the rebuilt view
         watching.set()
         await watcher

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -26,10 +25,12 @@ from tests.integration.hydrator.support import (
     running,
     sample,
     sidecar_redis_config,
+    value_is,
     view,
 )
 from tests.support.console_scripts import console_script
 from tests.support.kafka_broker import KafkaBroker
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -55,7 +56,7 @@ async def test_restarted_hydrator_resumes_from_stored_offsets_without_rereading(
     await produce(kafka_broker, topic, [(b"k000001", b"changed"), (b"new", b"1")])
     async with running(config) as second:
         await hydrated(second)
-        await eventually(lambda: _equals(app_redis, b"new", b"1"), what="record after restart")
+        await eventually(lambda: value_is(app_redis, b"new", b"1"), what="record after restart")
         # Only the two records produced while it was down were read: no re-read of the topic.
         assert sample(second, "records_read_total", binding="b") == 2
         assert sample(second, "rebuilds_total", reason="empty") == 0
@@ -131,7 +132,7 @@ async def test_broker_outage_keeps_serving_staleness_grows_and_nothing_is_lost(
     async with running(config) as hydrator:
         await hydrated(hydrator)
         await produce(kafka_broker, topic, [(b"before-kill", b"1")])
-        await eventually(lambda: _equals(app_redis, b"before-kill", b"1"), what="last record")
+        await eventually(lambda: value_is(app_redis, b"before-kill", b"1"), what="last record")
         assert (hydrator.staleness_seconds() or 99) < 1.0
 
         kafka_broker.kill()
@@ -147,7 +148,7 @@ async def test_broker_outage_keeps_serving_staleness_grows_and_nothing_is_lost(
 
         kafka_broker.start()  # same ports, same data
         await produce(kafka_broker, topic, [(b"after-restart", b"1"), (b"k000000", b"new")])
-        await eventually(lambda: _equals(app_redis, b"after-restart", b"1"), what="catch-up")
+        await eventually(lambda: value_is(app_redis, b"after-restart", b"1"), what="catch-up")
         await eventually(
             lambda: (hydrator.staleness_seconds() or 99) < 1.0, what="staleness back to ~0"
         )
@@ -217,7 +218,7 @@ async def test_full_redis_refuses_writes_counted_and_hydrator_carries_on(
         await produce(kafka_broker, topic, [(k, None) for k, _ in big])
         await eventually(lambda: _gone(app_redis, b"big*"), what="deletes applied")
         await produce(kafka_broker, topic, [(b"small", b"fits")])
-        await eventually(lambda: _equals(app_redis, b"small", b"fits"), what="write after OOM")
+        await eventually(lambda: value_is(app_redis, b"small", b"fits"), what="write after OOM")
 
 
 @pytest.mark.timeout(60)
@@ -229,7 +230,7 @@ async def test_sigterm_of_the_real_process_exits_promptly(
 ) -> None:
     topic = make_topic()
     await produce(kafka_broker, topic, records(200))
-    port = _free_port()
+    port = free_port()
     config = make_config(
         broker=kafka_broker, redis=redis_server, topics=[topic], format="raw", http_port=port
     )
@@ -260,12 +261,6 @@ async def test_sigterm_of_the_real_process_exits_promptly(
     assert any(line["msg"] == "stopped" for line in lines), stderr[-2000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _http(port: int, path: str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as response:
@@ -274,10 +269,6 @@ def _http(port: int, path: str) -> int:
         return exc.code
     except OSError:
         return 0
-
-
-async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
-    return bool(await client.get(key) == value)
 
 
 async def _gone(client: aioredis.Redis, pattern: bytes) -> bool:

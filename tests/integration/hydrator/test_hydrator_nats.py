@@ -3,8 +3,10 @@ reads (keys, values, ``sidecar-state:meta``, ``/readyz``) — the Kafka tests' s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +29,9 @@ from sidecar_hydrator.config import (
     RecordFormat,
     StartFrom,
 )
+from sidecar_hydrator.health import Metrics
+from sidecar_hydrator.nats_auth import PREFIX_ACCOUNT, Nkey
+from sidecar_hydrator.nats_source import NatsSource
 from tests.integration.hydrator.support import (
     eventually,
     http_status,
@@ -36,6 +41,7 @@ from tests.integration.hydrator.support import (
     serving,
     view,
 )
+from tests.support.nats_jwt import JwtChain
 from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 
@@ -142,6 +148,44 @@ async def test_kv_keys_filter_and_an_empty_bucket_still_hydrate(
     async with running(config) as hydrator:
         await hydrated(hydrator, within=10)
         assert await view(app_redis, b"") == {b"app.a": b"1"}
+        # Metrics say which source; lag counts the filter's messages, not the stream's tail.
+        assert sample(hydrator, "records_read_total", binding="flags", source="nats") == 1
+        assert sample(hydrator, "records_read_total", source="kafka") == 0
+        await eventually(
+            lambda: sample(hydrator, "lag_records", binding="flags", source="nats") == 0,
+            what="lag 0",
+        )
+
+
+async def test_lag_is_the_messages_the_consumer_reports_pending(
+    nats_server: NatsServer, redis_server: RedisServer, client: Client
+) -> None:
+    """Halfway through a filtered stream, the lag is what matches the filter and is still
+    unread (the consumer's pending count), not the distance to the stream's last sequence."""
+    js = client.jetstream()
+    await js.add_stream(name="S", subjects=["s.>"])
+    for i in range(50):
+        await js.publish(f"s.a.{i}", b"1")
+        await js.publish(f"s.b.{i}", b"2")
+    config = nats_config(
+        server=nats_server, redis=redis_server, stream=NatsStream(name="S", subjects=("s.a.>",))
+    )
+    source = NatsSource(binding=config.bindings[0], config=config, metrics=Metrics())
+    stop = asyncio.Event()
+    try:
+        snapshot = await source.snapshot(stop)
+        (partition,) = snapshot.ends
+        source.assign({partition: 1})
+        read = 0
+        while read < 10:
+            batch = await source.fetch(max_records=10 - read, timeout_ms=500, stop=stop)
+            read += sum(len(records) for records in batch.values())
+        position = await source.position(partition)
+        end = source.end(partition)
+        assert position == 20  # the 10th s.a message is sequence 19
+        assert end is not None and end - position == 40  # not 101 - 20
+    finally:
+        await source.close()
 
 
 async def test_restart_resumes_and_reads_only_new_messages(
@@ -302,7 +346,7 @@ def _user_nkey(tmp_path: Path) -> tuple[str, Path]:
     return str(nkeys.from_seed(bytearray(seed)).public_key.decode()), seed_file
 
 
-@pytest.mark.parametrize("method", ["token", "userPassword", "nkey"])
+@pytest.mark.parametrize("method", ["token", "userPassword", "nkey", "creds"])
 async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
     method: str,
     redis_server: RedisServer,
@@ -314,16 +358,23 @@ async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
     public, seed_file = _user_nkey(tmp_path)
     (tmp_path / "wrong").mkdir()
     _, wrong_seed = _user_nkey(tmp_path / "wrong")
+    # creds: an operator-mode server trusting a generated operator -> account chain.
+    chain = JwtChain.create()
+    creds_file, wrong_creds = tmp_path / "user.creds", tmp_path / "wrong.creds"
+    creds_file.write_text(chain.user_creds())
+    wrong_creds.write_text(chain.user_creds(signer=Nkey.generate(PREFIX_ACCOUNT)))
     users = {
         "token": 'authorization { token: "s3cret" }',
         "userPassword": 'authorization { users: [{user: "app", password: "s3cret"}] }',
         "nkey": f'authorization {{ users: [{{nkey: "{public}"}}] }}',
+        "creds": chain.server_config(),
     }
     with NatsServer(config=users[method]) as server:
         connect: dict[str, object] = {
             "token": {"token": "s3cret"},
             "userPassword": {"user": "app", "password": "s3cret"},
-            "nkey": {"nkeys_seed": str(seed_file)},
+            "nkey": {"nkeys_seed": str(seed_file)},  # the reference client, with nkeys
+            "creds": {"user_credentials": str(creds_file)},
         }[method]
         nc = await nats.connect(server.url, **connect)
         kv = await nc.jetstream().create_key_value(bucket="flags")
@@ -337,7 +388,10 @@ async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
             "token": {"token_env": "NATS_TOKEN"},
             "userPassword": {"username_env": "NATS_USER", "password_env": "NATS_PASSWORD"},
             "nkey": {"nkey_seed_file": str(seed_file)},
+            "creds": {"creds_file": str(creds_file)},
         }[method]
+        # The hydrator signs without the nkeys package, as in its image.
+        monkeypatch.setitem(sys.modules, "nkeys", None)
         good = _auth_config(server, redis_server, method=method, **auth)
         async with running(good) as hydrator:
             await hydrated(hydrator)
@@ -347,6 +401,8 @@ async def test_credentials_are_accepted_and_wrong_ones_get_a_clear_error(
         monkeypatch.setenv("NATS_PASSWORD", "wrong")
         if method == "nkey":
             auth = {"nkey_seed_file": str(wrong_seed)}
+        if method == "creds":  # a user signed by an account the operator never issued
+            auth = {"creds_file": str(wrong_creds)}
         await app_redis.flushall()
         bad = _auth_config(server, redis_server, method=method, **auth)
         async with running(bad) as hydrator:

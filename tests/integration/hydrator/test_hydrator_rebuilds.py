@@ -21,13 +21,16 @@ from sidecar_hydrator.config import (
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
+    holds,
     hydrated,
     make_config,
     produce,
     running,
     sample,
     sidecar_redis_config,
+    value_is,
     view,
+    view_is,
 )
 from tests.integration.hydrator.test_hydrator_records import row_event, truncate_event
 from tests.support.kafka_broker import KafkaBroker
@@ -114,7 +117,7 @@ async def test_a_transient_redis_error_after_a_forced_rebuild_does_not_rebuild_a
         )
         assert failures >= 1
         await produce(kafka_broker, topic, [(b"after", b"1")])
-        await eventually(lambda: _equals(app_redis, b"after", b"1"), what="record after")
+        await eventually(lambda: value_is(app_redis, b"after", b"1"), what="record after")
         assert sample(second, "rebuilds_total", reason="offset_out_of_range") == 1
         assert sample(second, "records_read_total", binding="b") == read + 1
         assert second.hydrated
@@ -138,7 +141,7 @@ async def test_one_bindings_forced_rebuild_keeps_the_other_bindings_keys(
     async with running(config) as first:
         await hydrated(first)
         await produce(kafka_broker, latest, [(b"x", b"1"), (b"y", b"2")])
-        await eventually(lambda: _equals(app_redis, b"l:y", b"2"), what="live records")
+        await eventually(lambda: value_is(app_redis, b"l:y", b"2"), what="live records")
     await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"2") for i in range(10)])
     await delete_before(kafka_broker, earliest, 12)
     async with running(config) as second:
@@ -152,7 +155,7 @@ async def test_one_bindings_forced_rebuild_keeps_the_other_bindings_keys(
         # The latest binding resumed where it was: nothing re-read, and it goes on.
         assert sample(second, "records_read_total", binding="live") == 0
         await produce(kafka_broker, latest, [(b"z", b"3")])
-        await eventually(lambda: _equals(app_redis, b"l:z", b"3"), what="live after rebuild")
+        await eventually(lambda: value_is(app_redis, b"l:z", b"3"), what="live after rebuild")
 
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=7 * MIB)])
@@ -191,18 +194,12 @@ async def test_a_rebuild_that_does_not_fit_beside_the_served_view_never_replaces
 
         # Room for two copies: the rebuild completes and is published whole.
         await app_redis.config_set("maxmemory", str(64 * MIB))
-        await eventually(lambda: _view_is(app_redis, expected_new), within=20, what="new view")
+        await eventually(
+            lambda: view_is(app_redis, expected_new, prefix=b"k"), within=20, what="new view"
+        )
         await hydrated(second)
         meta = await app_redis.hgetall(config.metadata_key)
         assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
-
-
-async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
-    return bool(await client.get(key) == value)
-
-
-async def _view_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
-    return await view(client, b"k") == expected
 
 
 async def test_a_topic_deleted_and_created_again_is_rebuilt_not_resumed_mid_log(
@@ -263,7 +260,7 @@ async def test_a_topic_re_created_under_a_running_hydrator_is_rebuilt(
             ),
             what="the re-created topic noticed",
         )
-        await eventually(lambda: _view_all_is(app_redis, fresh), within=20, what="new view")
+        await eventually(lambda: view_is(app_redis, fresh), within=20, what="new view")
         await hydrated(hydrator)
 
 
@@ -273,10 +270,6 @@ def _recreate(broker: KafkaBroker, topic: str) -> bool:
     except Exception:  # still being deleted
         return False
     return True
-
-
-async def _view_all_is(client: aioredis.Redis, expected: dict[bytes, bytes]) -> bool:
-    return await view(client, b"") == expected
 
 
 async def test_a_copy_left_in_the_spare_database_is_freed_when_the_view_is_resumed(
@@ -397,7 +390,7 @@ async def test_a_rebuild_forced_by_one_binding_keeps_the_others_table_index_for_
             changes,
             [row_event("c", "orders", key={"id": i}, row={"id": i}) for i in range(3)],
         )
-        await eventually(lambda: _holds(app_redis, b"o:", 3), what="the rows")
+        await eventually(lambda: holds(app_redis, b"o:", 3), what="the rows")
     await produce(kafka_broker, earliest, [(f"e{i}".encode(), b"2") for i in range(10)])
     await delete_before(kafka_broker, earliest, 12)
     async with running(config) as second:
@@ -406,11 +399,7 @@ async def test_a_rebuild_forced_by_one_binding_keeps_the_others_table_index_for_
             what="the forced rebuild",
         )
         await hydrated(second)
-        assert await _holds(app_redis, b"o:", 3)
+        assert await holds(app_redis, b"o:", 3)
         await produce(kafka_broker, changes, [truncate_event("orders")])
-        await eventually(lambda: _holds(app_redis, b"o:", 0), what="the truncate")
+        await eventually(lambda: holds(app_redis, b"o:", 0), what="the truncate")
         assert await view(app_redis, b"h:") == {f"h:e{i}".encode(): b"2" for i in range(2, 10)}
-
-
-async def _holds(client: aioredis.Redis, prefix: bytes, count: int) -> bool:
-    return len(await view(client, prefix)) == count

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
 
 from sidecar_hydrator.batch import Batch
 from sidecar_hydrator.config import KeyMapping
+from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
 from tests.integration.hydrator.support import (
@@ -24,6 +26,7 @@ from tests.integration.hydrator.support import (
     sample,
     sidecar_redis_config,
     view,
+    view_is,
 )
 from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
@@ -84,7 +87,7 @@ async def test_json_tombstone_deletes_what_its_set_created_with_json_serialized_
 
         await produce(kafka_broker, topic, [(js("u2"), None), (js({"id": "u3"}), None)])
         await eventually(
-            lambda: _view_is(app_redis, b"user:", {}), what="live tombstones delete the sets"
+            lambda: view_is(app_redis, {}, prefix=b"user:"), what="live tombstones delete the sets"
         )
         assert sample(hydrator, "bad_records_total", binding="b", kind="missing_key") == 0
 
@@ -134,7 +137,7 @@ async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
             ],
         )
         expected = {b"o:7": b'{"id":7,"name":"Ann"}', b"o:5": b'{"id":5,"total":50}'}
-        await eventually(lambda: _view_is(app_redis, b"o:", expected), what="live truncate")
+        await eventually(lambda: view_is(app_redis, expected, prefix=b"o:"), what="live truncate")
         # The other binding reads the same table under its own prefix: it truncated its own
         # copy, in step, and nothing of one binding's truncate reached the other's keys.
         assert await view(app_redis, b"m:") == {
@@ -271,10 +274,6 @@ async def test_a_key_over_the_limit_is_a_bad_record_and_later_records_apply(
         assert sample(hydrator, "bad_records_total", binding="b", kind="key_too_large") == 1
 
 
-async def _view_is(client: aioredis.Redis, prefix: bytes, expected: dict[bytes, bytes]) -> bool:
-    return await view(client, prefix) == expected
-
-
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
 async def test_a_truncate_frees_a_full_store(
     kafka_broker: KafkaBroker,
@@ -362,3 +361,115 @@ async def test_a_truncate_in_a_transaction_a_full_redis_refuses_still_happens(
         assert await app_redis.exists(index) == 0
     finally:
         await store.close()
+
+
+#: Debezium rows Redis refuses while it is full: each is bigger than the room left.
+_ORDER_ROWS = [{"id": i, "data": "o" * 100_000} for i in range(10)]
+_ORDERS = {
+    f"b:{row['id']}".encode(): json.dumps(row, separators=(",", ":")).encode()
+    for row in _ORDER_ROWS
+}
+
+
+async def _fill_then_refuse_orders(
+    kafka_broker: KafkaBroker, topic: str, hydrator: Hydrator, app_redis: aioredis.Redis
+) -> None:
+    """Fill the store (something else's key, grown until Redis refuses it: less than 64 KiB
+    left), then produce orders rows and see them refused."""
+    while True:
+        try:
+            await app_redis.append(b"ballast", b"x" * 65536)
+        except OutOfMemoryError:
+            break
+    refused = sample(hydrator, "redis_oom_rejections_total")
+    await produce(
+        kafka_broker,
+        topic,
+        [row_event("c", "orders", key={"id": row["id"]}, row=row) for row in _ORDER_ROWS],
+    )
+    await eventually(
+        lambda: sample(hydrator, "redis_oom_rejections_total") >= refused + len(_ORDERS),
+        what="the orders rows refused",
+    )
+    await _settled(hydrator)
+    assert not set(await view(app_redis, b"b:")) & _ORDERS.keys()
+    assert not hydrator.hydrated
+
+
+async def _settled(hydrator: Hydrator) -> None:
+    await eventually(lambda: hydrator.feeds[0].lag() == 0, what="every record read")
+
+
+async def _free_memory(app_redis: aioredis.Redis) -> None:
+    await app_redis.delete(b"ballast")
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_debezium_rows_a_full_store_refused_are_truncated_after_their_retry(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    """Refused rows get in on a retry once memory is freed, with their table index entries
+    (refused with them): a truncate after that removes every one of them."""
+    topic = make_topic(compacted=False)
+    await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": "n"}, row={"n": 1})])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="b:",
+        live_batch_max_keys=5,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        await _fill_then_refuse_orders(kafka_broker, topic, hydrator, app_redis)
+
+        await _free_memory(app_redis)
+        expected = {b"b:n": b'{"n":1}', **_ORDERS}
+        await eventually(
+            lambda: view_is(app_redis, expected, prefix=b"b:"), within=15, what="orders retried"
+        )
+        await eventually(lambda: hydrator.hydrated, within=5, what="complete again")
+
+        await produce(kafka_broker, topic, [truncate_event("orders")])
+        await eventually(
+            lambda: view_is(app_redis, {b"b:n": b'{"n":1}'}, prefix=b"b:"),
+            what="the truncate removed the retried rows",
+        )
+
+
+@pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
+async def test_a_truncate_while_its_rows_are_refused_keeps_them_from_coming_back(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> None:
+    """A truncate that arrives while rows of its table wait for a retry removes them from
+    the retry too: retried after the truncate, they would be rows the table no longer has."""
+    topic = make_topic(compacted=False)
+    await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": "n"}, row={"n": 1})])
+    config = make_config(
+        broker=kafka_broker,
+        redis=redis_server,
+        topics=[topic],
+        format="debezium",
+        prefix="b:",
+        live_batch_max_keys=5,
+    )
+    async with running(config) as hydrator:
+        await hydrated(hydrator)
+        await _fill_then_refuse_orders(kafka_broker, topic, hydrator, app_redis)
+        await produce(kafka_broker, topic, [truncate_event("orders")])
+        await _settled(hydrator)
+
+        await _free_memory(app_redis)
+        await eventually(lambda: hydrator.hydrated, within=15, what="complete again")
+        await _settled(hydrator)
+        assert await view(app_redis, b"b:") == {b"b:n": b'{"n":1}'}
+        assert sample(hydrator, "records_applied_total", binding="b") == sample(
+            hydrator, "records_read_total", binding="b"
+        )

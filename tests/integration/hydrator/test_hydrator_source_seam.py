@@ -41,6 +41,9 @@ class Entry:
 class ListSource:
     """Ordered runs from memory. Offsets have gaps (positions past "markers"), as Kafka's do."""
 
+    #: Nothing ever goes wrong reading a list.
+    problem = None
+
     def __init__(self, entries: Sequence[Entry], *, end: int) -> None:
         self.shard = Shard("orders", 0)
         self._entries = list(entries)

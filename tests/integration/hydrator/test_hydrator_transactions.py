@@ -18,6 +18,7 @@ from tests.integration.hydrator.support import (
     make_config,
     running,
     sample,
+    value_is,
     view,
 )
 from tests.support.kafka_broker import KafkaBroker
@@ -99,17 +100,13 @@ async def test_a_live_topic_whose_last_transaction_aborted_is_fresh_with_no_lag(
         await hydrated(hydrator, within=15)
         await transaction(kafka_broker, topic, [(b"b", b"2")], commit=True)
         await transaction(kafka_broker, topic, [(b"ghost", b"x"), (b"a", b"x")], commit=False)
-        await eventually(lambda: _equals(app_redis, b"b", b"2"), what="committed record")
+        await eventually(lambda: value_is(app_redis, b"b", b"2"), what="committed record")
         await asyncio.sleep(2.5)  # two heartbeats
         meta = await app_redis.hgetall(config.metadata_key)
         assert meta[b"lag"] == b"0"
         assert int(meta[b"staleness_ms"]) < 1500
         assert sample(hydrator, "lag_records", binding="b", topic=topic, partition="0") == 0
     assert await view(app_redis, b"") == {b"a": b"1", b"b": b"2"}
-
-
-async def _equals(client: aioredis.Redis, key: bytes, value: bytes) -> bool:
-    return bool(await client.get(key) == value)
 
 
 async def _hash_is(client: aioredis.Redis, key: str, expected: dict[bytes, bytes]) -> bool:

@@ -34,7 +34,8 @@ from sidecar_authz.config import (
     Rule,
 )
 from sidecar_operator.injection.envoy_bootstrap import build_envoy_bootstrap
-from tests.support.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy, free_port
+from tests.support.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 SESSION_RULE = Rule(

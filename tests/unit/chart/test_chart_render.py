@@ -28,17 +28,17 @@ import yaml
 
 import sidecar_operator.handlers.webhook  # noqa: F401  (registers the admission handlers)
 from sidecar_operator import __version__
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import SYSTEM_NAMESPACES, InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
-from sidecar_operator.tls import service_hosts
 from sidecar_operator.webhook_config import (
     MUTATE_PODS,
     VALIDATE_BINDINGS,
     build_mutating_configuration,
     build_validating_configuration,
 )
+from sidecar_operator.webhook_tls.x509 import service_hosts
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "sidecar-state"

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import parse_binding
 from sidecar_operator.injection import Injected, inject_pod
-from sidecar_operator.injection import annotations as ann
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER
 from sidecar_operator.settings import OperatorSettings

@@ -1,4 +1,4 @@
-"""The pure half of :mod:`sidecar_operator.certificates`: deciding, issuing, manifests, files.
+"""The pure half of :mod:`sidecar_operator.webhook_tls`: deciding, issuing, manifests, files.
 
 The Kubernetes half (create/update races, caBundle patches, RBAC) runs against a real
 apiserver in ``tests/e2e/test_chart.py``.
@@ -20,9 +20,15 @@ import kopf
 import pytest
 from cryptography import x509
 
-from sidecar_operator import certificates as certs
-from sidecar_operator.certificates import Action, Bundle
-from sidecar_operator.tls import RENEW_BEFORE, KeyPair, make_ca, make_serving_cert, service_hosts
+from sidecar_operator import webhook_tls as certs
+from sidecar_operator.webhook_tls import Action, Bundle
+from sidecar_operator.webhook_tls.x509 import (
+    RENEW_BEFORE,
+    KeyPair,
+    make_ca,
+    make_serving_cert,
+    service_hosts,
+)
 
 HOSTS = service_hosts(service="demo-sidecar-state-webhook", namespace="sidecar-state-system")
 

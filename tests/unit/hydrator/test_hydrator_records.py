@@ -113,6 +113,36 @@ def test_json_tombstone_deletes_record_key_or_its_key_field() -> None:
     assert decode("json", Rec(js({"id": "b"}), None), prefix="p:", key_field="id") == (b"p:b", None)
 
 
+def test_json_numbers_beyond_64_bits_are_read_exactly() -> None:
+    # The fast parser (orjson) reads such integers as floats: a key or a value that is a
+    # number must still come out digit for digit, as the standard library reads it.
+    big = 123456789012345678901234567890
+    change = decode("json", Rec(None, js({"id": big, "v": big})), key_field="id", value_field="v")
+    assert change == (str(big).encode(), str(big).encode())
+    nested = decode(
+        "json", Rec(None, js({"id": "a", "v": [big, 0.1]})), key_field="id", value_field="v"
+    )
+    assert nested == (b"a", f"[{big},0.1]".encode())
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b'{"id": "a", "v": NaN}', b"NaN"),  # the standard library accepts it; orjson does not
+        (b' {"id": "a", "v": "x"} ', b"x"),
+        (b'{"id": "a", "v": 1e400}', b"Infinity"),
+    ],
+)
+def test_json_documents_the_fast_parser_refuses_decode_as_before(raw: bytes, value: bytes) -> None:
+    assert decode("json", Rec(None, raw), key_field="id", value_field="v") == (b"a", value)
+
+
+def test_json_invalid_utf8_and_broken_documents_keep_their_kinds() -> None:
+    assert bad("json", Rec(b"k", b'{"v": "\xff"}'), value_field="v").kind == "invalid_utf8"
+    assert bad("json", Rec(b"k", b'{"v": 1'), value_field="v").kind == "not_json"
+    assert bad("json", Rec(b"k", b"[1]"), value_field="v").kind == "not_object"
+
+
 def test_json_tombstone_without_key_is_bad() -> None:
     assert bad("json", Rec(None, None), key_field="id").kind == "missing_key"
 
@@ -392,3 +422,33 @@ def test_debezium_logical_types_decode_in_the_key_too_and_bad_values_are_kept() 
 )
 def test_debezium_bad_records(key: bytes | None, value: bytes, kind: str) -> None:
     assert bad("debezium", Rec(key, value)).kind == kind
+
+
+# -- unpaired surrogate escapes ----------------------------------------------------------------
+# ``"\ud800"`` is valid JSON but no UTF-8 can hold the string it parses to: such a record is a
+# bad record of kind invalid_utf8, never an exception that would stop the feed.
+
+LONE = b'"\\ud800"'
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "kwargs"),
+    [
+        ("json", Rec(b"k", b'{"v": ' + LONE + b"}"), {"value_field": "v"}),
+        ("json", Rec(b"k", b'{"v": {"nested": ' + LONE + b"}}"), {"value_field": "v"}),
+        ("json", Rec(b"rk", b'{"id": ' + LONE + b"}"), {"key_field": "id"}),
+        ("json", Rec(LONE, None), {"key_field": "id"}),
+        (
+            "debezium",
+            Rec(KEY, dbz("c", after={"id": 7, "name": "x"}).replace(b'"x"', LONE)),
+            {},
+        ),
+    ],
+    ids=["value", "nested-value", "key-field", "tombstone-key", "debezium-row"],
+)
+def test_an_unpaired_surrogate_escape_is_a_bad_record(
+    fmt: RecordFormat, record: Rec, kwargs: dict[str, str]
+) -> None:
+    error = bad(fmt, record, **kwargs)
+    assert error.kind == "invalid_utf8"
+    assert "surrogate" in str(error)

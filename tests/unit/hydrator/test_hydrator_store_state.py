@@ -81,13 +81,16 @@ def test_probe_routes() -> None:
 
 def test_metrics_route_exposes_the_documented_series() -> None:
     metrics = Metrics()
-    metrics.bad_records.labels(binding="b", kind="not_json").inc(2)
+    metrics.bad_records.labels(binding="b", source="nats", kind="not_json").inc(2)
     status, content_type, body = HealthServer(
         metrics=metrics, probes=Probes(ready=lambda: True, started=lambda: True), port=0
     ).respond(b"GET /metrics HTTP/1.1")
     assert status == "200 OK" and content_type.startswith("text/plain")
     text = body.decode()
-    assert 'sidecar_state_hydrator_bad_records_total{binding="b",kind="not_json"} 2.0' in text
+    assert (
+        'sidecar_state_hydrator_bad_records_total{binding="b",kind="not_json",source="nats"} 2.0'
+        in text
+    )
     for name in (
         "records_applied_total",
         "lag_records",

@@ -28,6 +28,7 @@ from sidecar_operator.api.models import StateBinding, parse_binding
 from sidecar_operator.cli import run
 from sidecar_operator.injection import Injected, InjectionDefaults, Outcome, inject_pod
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
+from tests.support import bindings
 
 # libyaml when present: the CLI tests read and write a lot of YAML.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -40,70 +41,19 @@ SEED_LABELS = {"app": "checkout"}
 # --- StateBindings ---------------------------------------------------------------------------
 
 
-def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = doc
-    for key in parents:
-        node = node.setdefault(key, {})
-    if value is ...:  # patch={path: ...} removes the field
-        node.pop(leaf, None)
-    else:
-        node[leaf] = copy.deepcopy(value)
-
-
 def build_binding_doc(
     name: str = "feature-flags",
     *,
     namespace: str | None = NAMESPACE,
     match_labels: Mapping[str, str] | None = None,
     match_expressions: list[dict[str, Any]] | None = None,
-    topics: tuple[str, ...] | list[str] = ("feature-flags",),
-    bootstrap_servers: list[str] | None = None,
-    auth: dict[str, Any] | None = None,
-    prefix: str = "flag:",
-    max_memory: str | None = "64Mi",
-    eviction_policy: str | None = None,
-    patch: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """A StateBinding as a user writes it in YAML (camelCase), the seed example by default.
-
-    ``patch`` sets fields by dotted path (``{"spec.store.maxMemory": "lots"}``) after the
-    rest is built, or removes them when the value is ``...``.
-    """
-    selector: dict[str, Any] = {}
+    """The seed example as a user writes it in YAML; ``options`` as :func:`binding_doc`'s."""
     if match_labels is None and match_expressions is None:
         match_labels = SEED_LABELS
-    if match_labels is not None:
-        selector["matchLabels"] = dict(match_labels)
-    if match_expressions is not None:
-        selector["matchExpressions"] = copy.deepcopy(match_expressions)
-    kafka: dict[str, Any] = {"topics": list(topics)}
-    if bootstrap_servers is not None:
-        kafka["bootstrapServers"] = list(bootstrap_servers)
-    if auth is not None:
-        kafka["auth"] = copy.deepcopy(auth)
-    store: dict[str, Any] = {}
-    if max_memory is not None:
-        store["maxMemory"] = max_memory
-    if eviction_policy is not None:
-        store["evictionPolicy"] = eviction_policy
-    metadata: dict[str, Any] = {"name": name}
-    if namespace is not None:
-        metadata["namespace"] = namespace
-    doc: dict[str, Any] = {
-        "apiVersion": "sidecarstate.dev/v1alpha1",
-        "kind": "StateBinding",
-        "metadata": metadata,
-        "spec": {
-            "selector": selector,
-            "source": {"kafka": kafka},
-            "keys": {"prefix": prefix, "keyField": "id", "valueField": "enabled"},
-            "store": store,
-        },
-    }
-    for dotted, value in (patch or {}).items():
-        _set_path(doc, dotted, value)
-    return doc
+    return bindings.binding_doc(name, namespace=namespace, match_labels=match_labels,
+                       match_expressions=match_expressions, **options)  # fmt: skip
 
 
 def build_binding(name: str = "feature-flags", **options: Any) -> StateBinding:

@@ -41,7 +41,7 @@ from sidecar_operator.check import (
 )
 from sidecar_operator.cli import run
 from sidecar_operator.injection.defaults import InjectionDefaults
-from sidecar_operator.tls import make_ca, make_serving_cert
+from sidecar_operator.webhook_tls.x509 import make_ca, make_serving_cert
 
 CA = make_ca()
 SERVING = make_serving_cert(ca=CA, hosts=["127.0.0.1"])

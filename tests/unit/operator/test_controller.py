@@ -167,6 +167,25 @@ def test_parse_metrics_reads_hydrated_and_oom_rejections():
     )
 
 
+def test_parse_metrics_reads_what_the_hydrator_itself_exports():
+    """The names come from one place (``sidecar_hydrator.config``): the operator reads the
+    hydrator's own registry, not a retyped copy of its output."""
+    from sidecar_hydrator.health import Metrics
+    from sidecar_hydrator.reasons import Reason, State
+
+    exported = Metrics()
+    exported.hydrated.set(1)
+    exported.oom_rejections.inc(4)
+    exported.staleness_source = lambda: 2.5
+    exported.state_source = lambda: State(Reason.HYDRATED, read_records=7, target_records=7)
+
+    health = parse_metrics("p", exported.render().decode())
+
+    assert health == HydratorHealth(pod="p", hydrated=True, oom_rejections=4,
+                                    staleness_seconds=2.5, reason=Reason.HYDRATED,
+                                    read_records=7, target_records=7)  # fmt: skip
+
+
 def test_parse_metrics_treats_missing_figures_as_zero():
     assert parse_metrics("p", "") == HydratorHealth(pod="p", hydrated=False, oom_rejections=0)
 
@@ -179,6 +198,9 @@ def test_scrape_targets_are_live_injected_pods_with_an_ip(make_pod):
         {**injected_by(make_pod("d"), "x"), "status": {"phase": "Pending", "podIP": "10.9.0.1"}},
         {**injected_by(make_pod("e"), "x"), "status": {"phase": "Succeeded", "podIP": "10.9.0.2"}},
     ]
+    leaving = running(injected_by(make_pod("f"), "x"), ip="10.9.0.3")
+    leaving["metadata"]["deletionTimestamp"] = "2026-12-01T12:00:00Z"  # a roll-out's old Pod
+    pods.append(leaving)
 
     assert scrape_targets(pods, port=9464) == {
         "a": "http://10.244.0.5:9464/metrics",

@@ -229,7 +229,9 @@ def test_tls_mounts_the_ca_from_the_secret_into_the_hydrator_only(make_pod, make
     assert len(secret_volumes) == 1
     (volume,) = secret_volumes
     assert volume["secret"]["secretName"] == "kafka-creds"
-    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert volume["secret"]["items"] == [
+        {"key": key, "path": key} for key in ("username", "password", "ca.crt")
+    ]
     (mount,) = [m for m in result.hydrator["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] is True
     assert ca_file == f"{mount['mountPath']}/ca.crt"
@@ -237,10 +239,29 @@ def test_tls_mounts_the_ca_from_the_secret_into_the_hydrator_only(make_pod, make
         assert volume["name"] not in [m["name"] for m in result.container(name)["volumeMounts"]]
 
 
-def test_without_tls_no_secret_volume_is_added(make_pod, make_binding, injected):
+def test_sasl_credentials_are_also_files_a_corrected_secret_updates_in_place(
+    make_pod, make_binding, injected
+):
     result = injected(make_pod(), make_binding(auth=SASL))
+    kafka = result.hydrator_config.bindings[0].kafka
 
-    assert [v for v in result.spec["volumes"] if "secret" in v] == []
+    (volume,) = [v for v in result.spec["volumes"] if "secret" in v]
+    assert volume["secret"]["items"] == [
+        {"key": "username", "path": "username"}, {"key": "password", "path": "password"}
+    ]  # fmt: skip
+    (mount,) = [m for m in result.hydrator["volumeMounts"] if m["name"] == volume["name"]]
+    assert kafka.username_file == f"{mount['mountPath']}/username"
+    assert kafka.password_file == f"{mount['mountPath']}/password"
+    for name in ("app", REDIS_CONTAINER):
+        assert volume["name"] not in [m["name"] for m in result.container(name)["volumeMounts"]]
+
+
+def test_tls_only_mounts_no_credential_files(make_pod, make_binding, injected):
+    auth = {"secretRef": {"name": "kafka-ca"}, "tls": True}
+    result = injected(make_pod(), make_binding(auth=auth))
+
+    (volume,) = [v for v in result.spec["volumes"] if "secret" in v]
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
 
 
 def test_config_references_credentials_by_env_name_and_file_only(make_pod, make_binding, injected):
@@ -253,7 +274,8 @@ def test_config_references_credentials_by_env_name_and_file_only(make_pod, make_
 
     assert set(kafka) <= {
         "bootstrap_servers", "security_protocol", "sasl_mechanism",
-        "username_env", "password_env", "ca_file", "cert_file", "key_file",
+        "username_env", "password_env", "username_file", "password_file", "ca_file",
+        "cert_file", "key_file",
     }  # fmt: skip
     assert {kafka["username_env"], kafka["password_env"]} == from_secrets
 

@@ -68,3 +68,34 @@ def test_a_nats_binding_refusal_names_its_own_field(binding_doc):
 
     assert refused.startswith("spec.source.nats.auth.secretRef.name: Secret 'nats-auth'")
     assert f"kubectl label secret nats-auth -n shop {OPT_IN}=true" in refused
+
+
+def test_nats_servers_outside_the_allow_list_are_named_by_host_and_port(binding_doc):
+    from sidecar_operator.api.models import parse_binding
+
+    servers = [
+        "nats://flags.nats.svc:4222",
+        "tls://flags.nats.svc:4222",
+        "nats://evil.example:4222",
+    ]
+    doc = binding_doc(
+        patch={"spec.source.kafka": ..., "spec.source.nats": {"kv": {"bucket": "f"},
+               "servers": servers}}
+    )  # fmt: skip
+    binding = parse_binding(doc)
+    default = parse_binding(
+        binding_doc(patch={"spec.source.kafka": ..., "spec.source.nats": {"kv": {"bucket": "f"}}})
+    )
+
+    assert disallowed_servers(binding, allowed=()) == []  # empty allows any
+    # One pattern covers both schemes: it is matched against host:port.
+    assert disallowed_servers(binding, allowed=["*.nats.svc:4222"]) == [
+        (2, "nats://evil.example:4222")
+    ]
+    assert disallowed_servers(binding, allowed=["nats://*"]) == [(0, servers[0]), (1, servers[1]),
+                                                                  (2, servers[2])]  # fmt: skip
+    assert disallowed_servers(default, allowed=["none:1"]) == []  # the operator's default
+
+    message = servers_refusal([(2, servers[2])], allowed=["*.nats.svc:4222"], source="nats")
+    assert "spec.source.nats.servers[2]: 'nats://evil.example:4222' is not allowed" in message
+    assert "nats.allowedServers" in message and "omit servers for the default" in message

@@ -1,0 +1,113 @@
+"""The mutating webhook's handler over the engine's decision: what it patches, which Events
+and warnings it leaves, and the bounded reasons it counts. Pure: the handler makes no API
+call (Events are queued), so it runs here as kopf calls it, on a kopf Body and Patch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import kopf
+from prometheus_client import REGISTRY
+
+from sidecar_operator.controller.rollout import RolloutThrottle
+from sidecar_operator.events import Event
+from sidecar_operator.handlers.context import OperatorContext
+from sidecar_operator.handlers.webhook import pod_mutate
+from sidecar_operator.injection import Injected, InjectionDefaults, inject_pod
+from sidecar_operator.settings import OperatorSettings
+
+DEFAULTS = InjectionDefaults(excluded_namespaces=("kube-system",))
+
+
+def _context() -> OperatorContext:
+    context = OperatorContext(
+        settings=OperatorSettings(), injection_defaults=DEFAULTS, webhook_tls=None,
+        rollout_throttle=RolloutThrottle(per_minute=6, per_namespace=1, now=time.monotonic()),
+    )  # fmt: skip
+    context.index_ready.set()
+    return context
+
+
+def _admit(
+    pod: dict[str, Any], bindings: list[Any], *, namespace: str = "shop"
+) -> tuple[kopf.Patch, list[str], list[Event]]:
+    """Admit ``pod`` (created in ``namespace``) as kopf would, with ``bindings`` indexed."""
+    context = _context()
+    patch, warnings = kopf.Patch(), []
+    pod["metadata"]["namespace"] = namespace
+    asyncio.run(pod_mutate(body=kopf.Body(pod), patch=patch, dryrun=False, warnings=warnings,
+                           memo=context, bindings_by_namespace={namespace: bindings}))  # fmt: skip
+    queue = context.events._queue
+    events = [queue.get_nowait() for _ in range(queue.qsize())]
+    return patch, warnings, events
+
+
+def _count(outcome: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "sidecar_state_admissions_total", {"outcome": outcome, "reason": reason}
+    )
+    return value or 0.0
+
+
+def test_an_injected_pod_gets_the_engines_pod_and_an_event_on_its_binding(make_pod, make_binding):
+    pod = make_pod()
+    before = _count("injected", "")
+
+    patch, warnings, events = _admit(pod, [make_binding()])
+
+    expected = inject_pod(pod, bindings=[make_binding()], namespace="shop", defaults=DEFAULTS)
+    assert isinstance(expected, Injected)
+    target: dict[str, Any] = {"metadata": {}}
+    for fn in patch.fns:
+        fn(target)
+    assert target["spec"] == expected.pod["spec"]
+    assert target["metadata"]["annotations"] == expected.pod["metadata"]["annotations"]
+    assert warnings == []
+    assert [(e.target.name, e.reason) for e in events] == [("feature-flags", "Injected")]
+    assert _count("injected", "") == before + 1
+
+
+def test_a_skip_counts_a_bounded_reason_and_tells_the_binding_the_sentence(make_pod, make_binding):
+    binding = make_binding(namespace="kube-system")
+    before = _count("skipped", "excluded_namespace")
+
+    patch, warnings, events = _admit(make_pod(), [binding], namespace="kube-system")
+
+    assert patch.fns == [] and warnings == []
+    assert _count("skipped", "excluded_namespace") == before + 1
+    assert [e.reason for e in events] == ["Skipped"]
+    assert events[0].message.endswith(": namespace kube-system is excluded")
+
+
+def test_a_windows_pod_a_binding_selects_is_warned_about(make_pod, make_binding):
+    pod = make_pod()
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/os": "windows"}
+
+    patch, warnings, events = _admit(pod, [make_binding()])
+
+    assert patch.fns == []
+    assert len(warnings) == 1 and warnings[0].startswith("sidecar-state: Windows Pods")
+    assert [e.reason for e in events] == ["Skipped"]
+
+
+def test_a_pod_no_binding_selects_is_skipped_quietly(make_pod, make_binding):
+    before = _count("skipped", "not_selected")
+
+    patch, warnings, events = _admit(make_pod(labels={"app": "other"}), [make_binding()])
+
+    assert (patch.fns, warnings, events) == ([], [], [])
+    assert _count("skipped", "not_selected") == before + 1
+
+
+def test_a_pod_naming_a_deleted_binding_is_admitted_with_a_warning(make_pod, make_binding):
+    pod = make_pod(annotations={"sidecarstate.dev/bindings": "feature-flags,gone"})
+    before = _count("admitted", "missing binding")
+
+    patch, warnings, events = _admit(pod, [make_binding()])
+
+    assert len(patch.fns) == 1, "injected with the bindings that exist"
+    assert len(warnings) == 1 and "gone" in warnings[0] and "without them" in warnings[0]
+    assert sorted(e.reason for e in events) == ["BindingMissing", "Injected"]
+    assert _count("admitted", "missing binding") == before + 1
