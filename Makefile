@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
-	@echo "make demo    - the feature-flag demo on a local single-node cluster (root);"
+	@echo "make demo    - the feature-flag demo on a local kind cluster (root);"
 	@echo "               make demo SOURCE=nats: its flags from a NATS KV bucket;"
 	@echo "               make demo-session adds the interceptor's session example to it;"
 	@echo "               make demo-down removes it"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench   - benchmarks, results in benchmarks/results/"
 	@echo "make images  - build the images from their Dockerfiles (REGISTRY=r: push them to r)"
 	@echo "make test-kind - a kind cluster here, the chart installed, the e2e suite against it"
+	@echo "make test-node - the same kind cluster, the node scenarios (tests/e2e/node) only"
 
 setup:
 	scripts/setup.sh all
@@ -32,7 +33,7 @@ lint:
 crds:
 	$(PYTHON) -m sidecar_operator.cli crd --write crds charts/sidecar-state/crds
 
-test: setup lint test-unit test-integration test-e2e test-node
+test: setup lint test-unit test-integration test-e2e test-kind
 
 test-unit:
 	scripts/setup.sh python
@@ -44,14 +45,10 @@ test-integration:
 	scripts/setup.sh nats
 	$(TIMED) integration $(PYTEST) tests/integration -q
 
+# The control-plane suite: a real apiserver and the operator as a host process (no kubelet).
 test-e2e:
 	scripts/setup.sh cluster
 	$(TIMED) e2e $(PYTEST) tests/e2e -q --ignore=tests/e2e/node
-
-# Pods that really run (kubelet + containerd, locally built images): a session of its own.
-test-node:
-	scripts/setup.sh node
-	$(TIMED) node $(PYTEST) tests/e2e/node -q
 
 # Every image from its Dockerfile; with REGISTRY=registry.example/team, also pushed there.
 images:
@@ -61,10 +58,17 @@ images:
 lock:
 	$(PYTHON) -m images.lock
 
-# The e2e-kind job of .github/workflows/ci.yaml, step for step, on this machine.
+# The e2e-kind job of .github/workflows/ci.yaml, step for step, on this machine: a kind cluster,
+# the Dockerfile images loaded, the chart installed, the node scenarios and the chart's tests
+# (the operator scenarios run in test-e2e; `... cluster test -- tests/e2e` runs them on kind too).
 test-kind:
 	scripts/setup.sh kind
-	$(TIMED) kind $(PYTHON) -m tests.e2e.kind.cluster test -- -q
+	$(TIMED) kind $(PYTHON) -m tests.e2e.kind.cluster test
+
+# Pods that really run: the node scenarios alone, on the same kind cluster.
+test-node:
+	scripts/setup.sh kind
+	$(TIMED) node $(PYTHON) -m tests.e2e.kind.cluster test -- tests/e2e/node
 
 kind-up:
 	scripts/setup.sh kind

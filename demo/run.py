@@ -1,9 +1,10 @@
-"""``make demo`` / ``make demo-down``: the feature-flag demo on a real single-node cluster.
+"""``make demo`` / ``make demo-down``: the feature-flag demo on a kind cluster on this machine.
 
-Why a Python runner rather than Makefile recipes: ``up`` starts long-lived processes (control
-plane, node, Kafka, operator) that must outlive it, records them, and cleans up what it started
-if a later step fails; ``down`` must stop exactly those. It reuses the node test suite's
-``Stack`` (``tests/e2e/node/stack.py``), so the demo runs what the scenarios prove.
+Why a Python runner rather than Makefile recipes: ``up`` starts a cluster and a Kafka broker that
+must outlive it, records them, and cleans up what it started if a later step fails; ``down``
+must stop exactly those. The cluster is made the way the node scenarios' is
+(``tests/e2e/kind/cluster.py``: the Dockerfile images loaded, the chart installed with its
+default image names), under a name of its own, so the demo runs what the scenarios prove.
 
     python -m demo.run up     # build (cached), start everything, deploy, flip a flag, measure
     python -m demo.run up --source nats   # the same app, its flags from a NATS KV bucket
@@ -13,10 +14,12 @@ if a later step fails; ``down`` must stop exactly those. It reuses the node test
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,15 +30,25 @@ from typing import Any
 import yaml
 
 from demo.publish import TOPIC, ensure_topic, publish
-from tests.e2e.cluster.build import cache_root
+from images.build import image_refs
+from tests.e2e.cluster.access import ClusterAccess
+from tests.e2e.cluster.build import Binaries, bin_dir, cache_root
 from tests.e2e.helpers import wait_reconciled
-from tests.e2e.node.stack import Stack, build_everything, say, stop_recorded
+from tests.e2e.kind import cluster as kind_cluster
+from tests.e2e.operator_process import OPERATOR_NAMESPACE, ChartOperator
 
 REPO = Path(__file__).resolve().parents[1]
 BINDING = REPO / "demo" / "binding.yaml"
 APP = REPO / "demo" / "app.yaml"
 FLAG = "new-ui-layout"
 _NO_PROXY = {"NO_PROXY": "*", "no_proxy": "*"}
+#: Its own name, so ``make test`` leaves it be; the Pod subnet is the one the node image's CNI
+#: config hands out (10.245.0.0/16), so the suite's cluster and the demo's are not up at once.
+DEMO_CLUSTER = kind_cluster.KindCluster(name="sidecar-state-demo")
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
 def workdir() -> Path:
@@ -47,7 +60,7 @@ def state_file() -> Path:
 
 
 def _start_kafka(node_ip: str, directory: Path) -> tuple[int, str]:
-    """A broker on the node's address, in its own session; returns (pid, bootstrap)."""
+    """A broker on the address Pods reach this host at, in its own session; (pid, bootstrap)."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "kafka-run.log"
     with log.open("wb") as out:
@@ -91,16 +104,22 @@ def _wait_answer(url: str, want: str, timeout: float = 10.0) -> float:
     raise RuntimeError(f"{url} never answered {want!r} (last: {_http(url)!r})")
 
 
+def _app_manifest() -> str:
+    """demo/app.yaml with the demo-app image as built here (the tag follows the version)."""
+    app = yaml.safe_load(APP.read_text())
+    app["spec"]["template"]["spec"]["containers"][0]["image"] = image_refs()["demo-app"]
+    return yaml.safe_dump(app)
+
+
 def _start_nats(
-    stack: Stack, work: Path, state: dict[str, Any]
+    host: str, work: Path, state: dict[str, Any]
 ) -> tuple[Callable[[bool], float], str]:
-    """``--source nats``: a nats-server on the node's address and the flag in its KV bucket;
+    """``--source nats``: a nats-server where Pods reach this host and the flag in its KV bucket;
     returns the function that flips the flag, and the same binding reading the bucket."""
     from demo import publish_nats
 
-    pid, url = publish_nats.start_server(stack.node_ip, work / "nats")
-    state["pgids"].insert(0, pid)
-    state["nats"] = url
+    pid, url = publish_nats.start_server(host, work / "nats")
+    state.update(nats_pid=pid, nats=url)
     publish_nats.put(url, FLAG, False)
     docs = list(yaml.safe_load_all(BINDING.read_text()))
     docs[-1]["spec"]["source"] = {
@@ -109,52 +128,78 @@ def _start_nats(
     return lambda enabled: publish_nats.put(url, FLAG, enabled), yaml.safe_dump_all(docs)
 
 
+def _stop_kafka(state: dict[str, Any]) -> None:
+    for key in ("nats_pid", "kafka_pid"):
+        _stop_group(state.get(key))
+
+
+def _stop_group(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def up(*, keep_on_failure: bool = False, source: str = "kafka") -> int:
     started = time.monotonic()
     if state_file().exists():
         say("a demo is already recorded; `make demo-down` first (or it was left by a crash)")
         return 1
-    say("step 1/6: binaries and images (cached; a cold machine takes ~25 minutes)")
-    archives = build_everything()
     work = workdir()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    state: dict[str, Any] = {"pgids": []}
+    state: dict[str, Any] = {"cluster": DEMO_CLUSTER.name}
 
     def save() -> None:
         state_file().write_text(json.dumps(state, indent=2) + "\n")
 
+    save()
     try:
-        say("step 2/6: control plane and node (kubelet + containerd), images imported")
-        stack = Stack.start_cluster(work, archives, detach=True)
-        state.update(stack.state())
-        save()
-        say("step 3/6: Kafka broker on the node's address")
-        kafka_pid, bootstrap = _start_kafka(stack.node_ip, work / "kafka")
-        state["pgids"].insert(0, kafka_pid)
-        state["bootstrap"] = bootstrap
+        say("step 1/5: kind cluster, the Dockerfile images loaded, the chart installed (cached")
+        say("          builds; a cold machine takes ~30 minutes)")
+        kubeconfig = kind_cluster.up(kind_cluster=DEMO_CLUSTER)
+        binaries = Binaries.in_dir(bin_dir())
+        cluster = ClusterAccess(
+            kubeconfig=kubeconfig, kubectl=binaries.kubectl, helm=binaries.helm, existing=True
+        )
+        say("step 2/5: Kafka broker on the address Pods reach this host at")
+        kafka_pid, bootstrap = _start_kafka(kind_cluster.gateway_address(), work / "kafka")
+        state.update(kafka_pid=kafka_pid, bootstrap=bootstrap)
         save()
         ensure_topic(bootstrap, TOPIC)
         publish(bootstrap, FLAG, False)
         flip: Callable[[bool], float] = lambda enabled: publish(bootstrap, FLAG, enabled)  # noqa: E731
         binding = BINDING.read_text()
         if source == "nats":
-            say("step 3/6: and a nats-server on the node's address, the flag in a KV bucket")
-            flip, binding = _start_nats(stack, work, state)
+            say("step 2/5: and a nats-server there, the flag in a KV bucket")
+            flip, binding = _start_nats(kind_cluster.gateway_address(), work, state)
             save()
-        say("step 4/6: the operator (host process, webhook on 127.0.0.1)")
-        operator = stack.start_operator(work / "operator", bootstrap)
-        assert operator.process is not None
-        state["pgids"].insert(0, operator.process.pid)
-        state["operator_log"] = str(operator.log_path)
-        save()
-        cluster = stack.cluster
-        say("step 5/6: deploy the demo binding and app, wait until Ready")
+        say("step 3/5: the chart's operator pointed at the broker")
+        cluster.helm_run(
+            "upgrade", kind_cluster.RELEASE, str(REPO / "charts" / "sidecar-state"),
+            "-n", OPERATOR_NAMESPACE, "--reuse-values", "--wait", "--timeout", "5m",
+            "--set", f"kafka.bootstrapServers={{{bootstrap}}}",
+            # The demo watches status move; the default 15 s is for production.
+            "--set", "controller.watchdogIntervalSeconds=2",
+        )  # fmt: skip
+        ChartOperator(cluster=cluster).wait_ready()
+        say("step 4/5: deploy the demo binding and app, wait until Ready")
         cluster.kubectl_run("apply", "-f", "-", input=binding)
         # Until the operator has seen the binding, a new Pod would start uninjected (and then
         # be rolled); wait for its status first.
         wait_reconciled(cluster, "feature-flags", "demo")
-        cluster.kubectl_run("apply", "-f", str(APP))
+        cluster.kubectl_run("apply", "-f", "-", input=_app_manifest())
         cluster.kubectl_run(
             "rollout", "status", "deployment/flags-demo", "-n", "demo", "--timeout=180s",
             timeout=190,
@@ -163,7 +208,7 @@ def up(*, keep_on_failure: bool = False, source: str = "kafka") -> int:
         pod = next(p for p in pods if not p["metadata"].get("deletionTimestamp"))
         ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
         url = f"http://{ip}:8080/"
-        say("step 6/6: flip the flag and measure")
+        say("step 5/5: flip the flag and measure")
         before = _http(url)
         acked = flip(True)
         seen = _wait_answer(url, "Showing New Layout")
@@ -178,7 +223,7 @@ def up(*, keep_on_failure: bool = False, source: str = "kafka") -> int:
         raise
     state["pod"] = {"name": name, "ip": ip}
     save()
-    kubectl, kubeconfig = state["kubectl"], state["kubeconfig"]
+    kubectl = binaries.kubectl
     publish_hint = (
         f"{sys.executable} -m demo.publish_nats {FLAG} false --server {state['nats']}"
         if source == "nats"
@@ -212,10 +257,12 @@ def down() -> int:
     if not path.exists():
         say(f"no demo recorded ({path}); nothing to stop")
         return 0
-    stopped = stop_recorded(path)
+    state: dict[str, Any] = json.loads(path.read_text())
+    _stop_kafka(state)
+    kind_cluster.down(kind_cluster=DEMO_CLUSTER)
     path.unlink(missing_ok=True)
     shutil.rmtree(workdir(), ignore_errors=True)
-    say(f"demo removed (stopped: {', '.join(stopped)})")
+    say("demo removed (the brokers stopped, the kind cluster deleted)")
     return 0
 
 

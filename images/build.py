@@ -7,23 +7,16 @@ the names the Dockerfiles use (``images.base``); GitHub builds the same files wi
 
 - ``build_all`` builds every image (Docker's layer cache makes a warm run seconds) and tags it
   ``<registry>/<name>:<tag>``, by default exactly what the chart's values name;
-- ``archives`` additionally writes each image as an OCI archive for containerd consumers (the
-  host-process node imports them with ``ctr``), rewritten only when the image ID changed;
 - ``push`` (``make images REGISTRY=...``) re-tags and pushes them to another registry.
 
-    python -m images.build [--registry R] [--push] [--archives] [names...]
+    python -m images.build [--registry R] [--push] [names...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import io
-import json
 import sys
-import tarfile
-import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
@@ -120,86 +113,6 @@ def build_all(
     return built
 
 
-def oci_archive_from_docker_save(saved: Path, target: Path, *, name: str) -> str:
-    """Rewrite ``docker save`` output (Docker's format) as an OCI archive named ``name``.
-
-    Why: Docker 20.10 writes no ``index.json``, and the host node reads the image's name and
-    manifest digest from it to skip imports of unchanged images. Layers and config are kept
-    byte for byte, so the manifest digest depends on the image's content only.
-    """
-    with tarfile.open(saved) as tar:
-        (entry,) = json.load(_member(tar, "manifest.json"))
-        config = _member(tar, entry["Config"]).read()
-        layers = [_member(tar, layer).read() for layer in entry["Layers"]]
-
-    def descriptor(media_type: str, data: bytes) -> dict[str, object]:
-        return {
-            "mediaType": media_type,
-            "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
-            "size": len(data),
-        }
-
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
-            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", x) for x in layers],
-        },
-        sort_keys=True,
-    ).encode()
-    manifest_descriptor = descriptor("application/vnd.oci.image.manifest.v1+json", manifest)
-    index = {
-        "schemaVersion": 2,
-        "manifests": [{**manifest_descriptor, "annotations": {"io.containerd.image.name": name}}],
-    }
-    partial = target.with_suffix(".partial")
-    with tarfile.open(partial, "w") as tar:
-        _add(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
-        _add(tar, "index.json", json.dumps(index, sort_keys=True).encode())
-        for data in (manifest, config, *layers):
-            _add(tar, f"blobs/sha256/{hashlib.sha256(data).hexdigest()}", data)
-    partial.rename(target)
-    return str(manifest_descriptor["digest"])
-
-
-def _member(tar: tarfile.TarFile, path: str) -> io.BufferedReader:
-    handle = tar.extractfile(path)
-    if handle is None:
-        raise DockerError(f"docker save output has no {path}")
-    return handle  # type: ignore[return-value]
-
-
-def _add(tar: tarfile.TarFile, path: str, data: bytes) -> None:
-    info = tarfile.TarInfo(path)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def archives(names: Sequence[str] = (), *, out: TextIO | None = None) -> dict[str, Path]:
-    """Build, then write each image as an OCI archive under the cache (only when it changed)."""
-    out = out or sys.stderr
-    refs = build_all(names, out=out)
-    # Not images/archives: trees that still build the layer-by-layer way write there.
-    directory = docker.cache_root() / "images/dockerfile-archives"
-    directory.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, ref in refs.items():
-        archive = directory / f"{name}.oci.tar"
-        stamp = directory / f"{name}.image-id"
-        current = image_id(ref)
-        if not (archive.exists() and stamp.exists() and stamp.read_text() == current):
-            with tempfile.TemporaryDirectory(dir=directory) as tmp:
-                saved = Path(tmp) / "saved.tar"
-                docker.run(["save", "-o", str(saved), ref], capture=True)
-                oci_archive_from_docker_save(saved, archive, name=ref)
-            stamp.write_text(current)
-            _say(f"{archive.name} written", out)
-        written[name] = archive
-    return written
-
-
 def push(names: Sequence[str] = (), *, registry: str, out: TextIO | None = None) -> list[str]:
     """Build, tag for ``registry`` and push (air-gapped clusters: your own registry)."""
     out = out or sys.stderr
@@ -216,15 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="images to build (default: all)")
     parser.add_argument("--registry", default=DEFAULT_REGISTRY)
     parser.add_argument("--push", action="store_true", help="push to --registry after building")
-    parser.add_argument("--archives", action="store_true", help="also write OCI archives")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
         if args.push:
             push(args.names, registry=args.registry)
-        elif args.archives:
-            for path in archives(args.names).values():
-                print(path)
         else:
             for ref in build_all(args.names, registry=args.registry).values():
                 print(ref)

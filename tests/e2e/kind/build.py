@@ -6,9 +6,11 @@ flow) is small: systemd as PID 1, containerd on ``/run/containerd/containerd.soc
 kubelet, kubectl and crictl on PATH, ``/kind/version``, ``/kind/manifests/default-storage.yaml``,
 and the images kubeadm will run already in containerd's ``k8s.io`` namespace. So:
 
-1. binaries: kubeadm from the same Kubernetes wrapper module as kubelet (``node_build``), crictl
-   and kind from their Go modules; kubelet, kube-proxy, the control plane, etcd and pause are the
-   project's cached builds;
+1. binaries: kubelet, kube-proxy and kubeadm from the same ``k8s.io/kubernetes`` release as the
+   control plane (``build.py``'s wrapper-module recipe, sharing Go's build cache with it, so only
+   their own packages and links are new work), crictl and kind from their Go modules; the control
+   plane and etcd are the project's cached builds; the pause image is compiled from the same
+   module's ``build/pause/linux/pause.c``;
 2. component images: each control-plane binary on ``debian:bookworm-slim``
    (``component.Dockerfile``), tagged as kubeadm expects (``registry.k8s.io/...``);
 3. the node: ``node/Dockerfile`` (Debian's systemd, containerd 1.6, runc, CNI plugins, iptables,
@@ -36,8 +38,8 @@ from typing import TextIO
 
 from images import base, docker
 from images.docker import DockerError
+from images.oci import FileEntry, ImageConfig, write_archive, write_layer_from_entries
 from tests.e2e.cluster import build as build_mod
-from tests.e2e.cluster import node_build
 
 KIND_VERSION = "v0.33.0"
 CRICTL_VERSION = "v1.34.0"
@@ -49,6 +51,12 @@ REGISTRY = "registry.k8s.io"
 #: kubeadm's addon we leave out: nothing in the scenarios resolves names (Kafka is reached by
 #: address, the apiserver by its Service IP), and building CoreDNS would be most of a cold run.
 SKIPPED_KUBEADM_PHASES = ("addon/coredns",)
+#: The node's own Kubernetes commands, built beside the control plane (see ``node_dir``).
+NODE_COMMANDS = ("kubelet", "kube-proxy")
+#: Upstream's pause release for Kubernetes 1.34 (build/pause/Makefile ``TAG``); the name is what
+#: the node's containerd config pins as its sandbox image.
+PAUSE_TAG = "3.10.1"
+SANDBOX_IMAGE = f"{REGISTRY}/pause:{PAUSE_TAG}"
 
 
 class KindBuildError(RuntimeError):
@@ -95,10 +103,99 @@ def _go_install(package: str, *, target: Path, out: TextIO) -> None:
     started = time.monotonic()
     _say(f"go install {package}", out)
     env = {**build_mod._go_env(None), "GOBIN": str(target)}
-    proc = subprocess.run(["go", "install", package], env=env, capture_output=True, text=True)
+    # -s -w: no symbol tables or DWARF, a shorter link (these tools are never debugged here).
+    cmd = ["go", "install", "-ldflags=-s -w", package]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise KindBuildError(f"go install {package} failed:\n{proc.stderr[-2000:]}")
     _say(f"{name} built in {time.monotonic() - started:.0f}s", out)
+
+
+def node_dir() -> Path:
+    """kubelet, kube-proxy and the pause archive (``k8s/<version>/node`` in the cache)."""
+    return build_mod.version_dir() / "node"
+
+
+def _node_group() -> build_mod._Group:
+    # Named "kubernetes" on purpose: ``build._build_group`` keys the staging-module replaces and
+    # the version ldflags on that name; its own src_root and out_dir keep it apart.
+    return build_mod._Group(
+        name="kubernetes",
+        module="k8s.io/kubernetes",
+        version=build_mod.K8S_VERSION,
+        packages=tuple(f"k8s.io/kubernetes/cmd/{c}" for c in NODE_COMMANDS),
+        binaries=NODE_COMMANDS,
+    )
+
+
+def pause_archive() -> Path:
+    return node_dir() / f"pause-{PAUSE_TAG}.oci.tar"
+
+
+def _build_pause(target: Path, *, wrapper: Path, progress: build_mod._Progress) -> None:
+    """Compile upstream's pause.c statically (``gcc -Os -static``, as upstream's Makefile does)
+    and write it as a ``FROM scratch`` OCI archive named as containerd pins it.
+
+    ``wrapper`` is the node commands' wrapper module, whose go.mod pins ``k8s.io/kubernetes``;
+    asking Go for that module's folder finds pause.c in the module cache without a download.
+    """
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise KindBuildError("gcc not found (apt-get install gcc libc6-dev)")
+    listed = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
+        capture_output=True, text=True, env=build_mod._go_env(None), check=False, cwd=wrapper,
+    )  # fmt: skip
+    source = Path(listed.stdout.strip()) / "build" / "pause" / "linux" / "pause.c"
+    if listed.returncode != 0 or not source.is_file():
+        raise KindBuildError(f"pause.c not found in k8s.io/kubernetes ({source}): {listed.stderr}")
+    with tempfile.TemporaryDirectory(prefix="sidecar-state-pause-") as tmp:
+        binary = Path(tmp) / "pause"
+        proc = subprocess.run(
+            [gcc, "-Os", "-Wall", "-Werror", "-static",
+             f"-DVERSION=v{PAUSE_TAG}-sidecar-state", "-o", str(binary), str(source)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise KindBuildError(f"compiling pause.c failed:\n{proc.stderr}")
+        subprocess.run(["strip", str(binary)], check=False, capture_output=True)
+        layer = write_layer_from_entries(
+            Path(tmp) / "layer.tar", [FileEntry(path="pause", data=binary.read_bytes(), mode=0o755)]
+        )
+        # 65535 is upstream's user for pause; it needs no privilege.
+        config = ImageConfig(entrypoint=("/pause",), user="65535:65535")
+        write_archive(target, name=SANDBOX_IMAGE, layers=[layer], config=config)
+    progress.say(f"pause image {SANDBOX_IMAGE} written to {target}")
+
+
+def build_node_binaries(*, out: TextIO) -> Path:
+    """kubelet, kube-proxy and the pause image into ``node_dir()``, unless cached.
+
+    Serialised with the control plane's build by the same per-version lock, so two ``go``
+    commands never run against one module cache at once.
+    """
+    directory, group = node_dir(), _node_group()
+    if build_mod._is_built(directory, group) and pause_archive().is_file():
+        return directory
+    progress = build_mod._Progress(out)
+    with build_mod._locked(build_mod.version_dir() / ".build.lock"):
+        directory.mkdir(parents=True, exist_ok=True)
+        if not build_mod._is_built(directory, group):
+            log = directory / "build.log"
+            progress.say(f"building kubelet and kube-proxy {build_mod.K8S_VERSION} (log: {log})")
+            build_mod._build_group(
+                group,
+                out_dir=directory,
+                src_root=directory / "src",
+                env=build_mod._go_env(None),
+                log=log,
+                progress=progress,
+            )
+        if not pause_archive().is_file():
+            _build_pause(
+                pause_archive(), wrapper=directory / "src" / "kubernetes", progress=progress
+            )
+    return directory
 
 
 def build_binaries(*, out: TextIO) -> Path:
@@ -167,7 +264,7 @@ def _build_components(*, binaries: dict[str, Path], out: TextIO) -> dict[str, st
 
 def _node_binaries() -> dict[str, Path]:
     control = build_mod.Binaries.in_dir(build_mod.bin_dir())
-    node = node_build.node_dir()
+    node = node_dir()
     tools = tools_dir()
     return {
         "kube-apiserver": control.kube_apiserver,
@@ -190,7 +287,7 @@ def node_image_key(*, binaries: dict[str, Path], component_ids: dict[str, str]) 
         digest.update(name.encode() + _file_digest(binaries[name]))
     for name, image_id in sorted(component_ids.items()):
         digest.update(f"{name}={image_id}".encode())
-    digest.update(node_build._pause_archive_path().read_bytes())
+    digest.update(pause_archive().read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -221,7 +318,7 @@ def _assemble_node(*, ref: str, binaries: dict[str, Path], images: list[str], ou
             if ready.returncode == 0:
                 break
             time.sleep(0.2)
-        archives = [node_build._pause_archive_path()]
+        archives = [pause_archive()]
         with tempfile.TemporaryDirectory(prefix="sstate-node-images-") as tmp:
             saved = Path(tmp) / "components.tar"
             docker.run(["save", "-o", str(saved), *images], capture=True)
@@ -236,7 +333,7 @@ def _assemble_node(*, ref: str, binaries: dict[str, Path], images: list[str], ou
         listed = docker.run(
             ["exec", container, "ctr", "--namespace=k8s.io", "images", "ls", "-q"], capture=True
         ).stdout.decode()
-        missing = [name for name in [*images, node_build.SANDBOX_IMAGE] if name not in listed]
+        missing = [name for name in [*images, SANDBOX_IMAGE] if name not in listed]
         if missing:
             raise KindBuildError(f"not imported into the node: {missing}")
         docker.run(["stop", "-t", "5", container], capture=True)
@@ -280,7 +377,7 @@ def build(*, out: TextIO | None = None) -> KindTools:
             node_image=given,
         )  # fmt: skip
     build_mod.build(out=out)
-    node_build.build(out=out)
+    build_node_binaries(out=out)
     directory = build_binaries(out=out)
     base.ensure_bases(out=out)
     binaries = _node_binaries()

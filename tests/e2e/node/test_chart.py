@@ -1,75 +1,30 @@
-"""Issue 6: ``helm install`` the chart for real on the node; the webhook serves through its Service.
+"""Issue 6: the chart's operator runs on the node and injects through its webhook Service.
 
 Why here and not in the control-plane suite: only with a kubelet do the operator's Pods run, and
 only with kube-proxy and Pod IPs can the apiserver reach the webhook through its Service. The
-session's host-process operator is stopped (and its webhook registration removed) for the length
-of this test, so exactly one webhook injects; it is restored afterwards.
+kind cluster (``tests/e2e/kind/cluster.py``) installed the chart from the Dockerfile images under
+the chart's default names; the session's fixture pointed it at the broker.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from demo.publish import publish
 from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.stack import IMAGES
 from tests.e2e.node.support import app_pod, flag_binding, wait_answer, wait_ready
 from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 
 RELEASE = "sidecar-state"
-DEPLOYMENTS = (f"{RELEASE}-webhook", f"{RELEASE}-controller")
-
-
-def _repo_tag(ref: str) -> tuple[str, str]:
-    repository, _, tag = ref.rpartition(":")
-    return repository, tag
 
 
 @pytest.fixture
-def chart_operator(node_cluster: NodeCluster) -> Iterator[None]:
-    cluster, operator = node_cluster.cluster, node_cluster.operator
-    if operator is None:
-        # kind: the chart is what runs the operator already, installed from the Dockerfile
-        # images under the chart's default names (tests/e2e/kind/cluster.py).
-        ChartOperator(cluster=cluster).wait_ready()
-        yield
-        return
-    operator.unregister_webhooks()
-    operator.stop()
-    values = []
-    for key, name in (("operator", "operator"), ("hydrator", "hydrator"), ("redis", "redis")):
-        repository, tag = _repo_tag(IMAGES[name])
-        values += [f"images.{key}.repository={repository}", f"images.{key}.tag={tag}"]
-    values += [
-        "images.operator.pullPolicy=Never",
-        "images.sidecarPullPolicy=Never",
-        f"kafka.bootstrapServers={{{node_cluster.broker.bootstrap_servers}}}",
-    ]
-    try:
-        cluster.helm_run(
-            "install", RELEASE, str(REPO / "charts" / "sidecar-state"),
-            "-n", OPERATOR_NAMESPACE, *(a for v in values for a in ("--set", v)),
-        )  # fmt: skip
-        rendered = cluster.kubectl_json(
-            "get", "deployment", DEPLOYMENTS[0], "-n", OPERATOR_NAMESPACE
-        )["spec"]["template"]["spec"]
-        # Service links would put SIDECAR_STATE_WEBHOOK_PORT=tcp://... into the operator's env.
-        assert rendered["enableServiceLinks"] is False
-        for deployment in DEPLOYMENTS:
-            cluster.kubectl_run(
-                "rollout", "status", f"deployment/{deployment}", "-n", OPERATOR_NAMESPACE,
-                "--timeout=180s", timeout=190,
-            )  # fmt: skip
-        yield
-    finally:
-        cluster.helm_run("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
-        operator.start()
-        operator.register_webhooks("Fail")
+def chart_operator(node_cluster: NodeCluster) -> None:
+    ChartOperator(cluster=node_cluster.cluster).wait_ready()
 
 
 def test_chart_operator_runs_and_injects_through_its_service(
@@ -81,6 +36,11 @@ def test_chart_operator_runs_and_injects_through_its_service(
     assert len(running) == 3, [p["metadata"]["name"] for p in running]
     webhook = cluster.kubectl_json("get", "mutatingwebhookconfiguration", RELEASE)
     assert "service" in webhook["webhooks"][0]["clientConfig"]
+    rendered = cluster.kubectl_json(
+        "get", "deployment", f"{RELEASE}-webhook", "-n", OPERATOR_NAMESPACE
+    )["spec"]["template"]["spec"]
+    # Service links would put SIDECAR_STATE_WEBHOOK_PORT=tcp://... into the operator's env.
+    assert rendered["enableServiceLinks"] is False
 
     topic = f"flags-{namespace}"
     broker.create_topic(topic)

@@ -1,16 +1,12 @@
-"""The pure parts of the image and kind tooling: capabilities, OCI archives, kind's config."""
+"""The pure parts of the image and kind tooling: capabilities, image tags, kind's config."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import yaml
 
-from images.build import oci_archive_from_docker_save, recipes
+from images.build import recipes
 from images.docker import DaemonLayout, daemon_config, missing_capabilities
 from images.runc_wrapper import (
     bundle_of,
@@ -66,38 +62,6 @@ def test_wrapper_finds_the_bundle_only_for_create_and_run(tmp_path: Path) -> Non
     assert bundle_of(["--root", "/r", "create", "--bundle", str(tmp_path), "id"]) == tmp_path
     assert bundle_of(["run", f"--bundle={tmp_path}", "id"]) == tmp_path
     assert bundle_of(["--root", "/r", "kill", "id", "9"]) is None
-
-
-def _docker_save(path: Path, *, name: str, layers: list[bytes], config: bytes) -> None:
-    with tarfile.open(path, "w") as tar:
-        entries = {"config.json": config} | {f"l{i}/layer.tar": x for i, x in enumerate(layers)}
-        manifest = [{"Config": "config.json", "RepoTags": [name],
-                     "Layers": [f"l{i}/layer.tar" for i in range(len(layers))]}]  # fmt: skip
-        entries["manifest.json"] = json.dumps(manifest).encode()
-        for member, data in entries.items():
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def test_oci_archive_keeps_layers_and_names_the_image(tmp_path: Path) -> None:
-    layers, config = [b"layer-one", b"layer-two"], b'{"architecture": "amd64"}'
-    _docker_save(tmp_path / "saved.tar", name="x/y:1", layers=layers, config=config)
-    digest = oci_archive_from_docker_save(tmp_path / "saved.tar", tmp_path / "a.tar", name="x/y:1")
-    with tarfile.open(tmp_path / "a.tar") as tar:
-        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
-        (entry,) = index["manifests"]
-        assert entry["annotations"]["io.containerd.image.name"] == "x/y:1"
-        assert entry["digest"] == digest
-        manifest = json.load(tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}"))  # type: ignore[arg-type]
-        for descriptor, data in zip(manifest["layers"], layers, strict=True):
-            assert descriptor["digest"] == f"sha256:{hashlib.sha256(data).hexdigest()}"
-            assert (
-                tar.extractfile(f"blobs/sha256/{hashlib.sha256(data).hexdigest()}").read() == data
-            )  # type: ignore[union-attr]
-    # The same content gives the same digest: the node skips re-imports of unchanged images.
-    again = oci_archive_from_docker_save(tmp_path / "saved.tar", tmp_path / "b.tar", name="x/y:1")
-    assert again == digest
 
 
 def test_store_image_tag_is_the_servers_version_not_ours() -> None:
