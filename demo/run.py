@@ -173,6 +173,9 @@ def up(*, keep_on_failure: bool = False, source: str = "kafka") -> int:
         cluster = ClusterAccess(
             kubeconfig=kubeconfig, kubectl=binaries.kubectl, helm=binaries.helm, existing=True
         )
+        # `make demo-session` and the printed commands reach this cluster through these.
+        state.update(kubeconfig=str(kubeconfig), kubectl=str(binaries.kubectl))
+        save()
         say("step 2/5: Kafka broker on the address Pods reach this host at")
         kafka_pid, bootstrap = _start_kafka(kind_cluster.gateway_address(), work / "kafka")
         state.update(kafka_pid=kafka_pid, bootstrap=bootstrap)
