@@ -2,7 +2,7 @@
 
 Why in Python rather than openssl/cfssl: ``cryptography`` is already a dependency of the operator,
 so the e2e suite needs no extra tool. (The operator's webhook certificates come from the
-operator's own :mod:`sidecar_operator.tls`, as in production.)
+operator's own :mod:`sidecar_operator.webhook_tls.x509`, as in production.)
 
 Leaf keys are ECDSA P-256 (cheap to generate, accepted by every Kubernetes component); the
 service-account key is RSA because token signing and verification by the apiserver default to
