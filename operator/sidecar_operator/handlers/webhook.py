@@ -133,11 +133,39 @@ def _warn_missing(
 
 
 def _json_patch(original: Mapping[str, Any], changed: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The JSON patch from ``original`` to ``changed``: the same diff kopf computed, over the
-    same whole objects, so the apiserver gets the same operations; ``changed`` shares the
-    parts it did not change with ``original`` (no deep copy)."""
-    ops: list[dict[str, Any]] = jsonpatch.JsonPatch.from_diff(dict(original), dict(changed)).patch
+    """The JSON patch from ``original`` to ``changed``: the operations kopf sent, which were
+    jsonpatch's diff of the whole objects, computed for less.
+
+    ``changed`` shares what it did not change with ``original`` (no deep copy), and members
+    that are the very same object produce no operation, so they are left out of both sides
+    before diffing (the order of the others, and so the operations, stay as they were).
+    """
+    src, dst = _without_shared(original, changed)
+    ops: list[dict[str, Any]] = jsonpatch.JsonPatch.from_diff(src, dst).patch
     return ops
+
+
+def _without_shared(
+    src: Mapping[str, Any], dst: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``src`` and ``dst`` without the members both have as the same object, at every level
+    where both are objects (lists are diffed by position and content, so kept whole)."""
+    kept_src: dict[str, Any] = {}
+    kept_dst: dict[str, Any] = {}
+    for key, value in src.items():
+        if key not in dst:
+            kept_src[key] = value
+            continue
+        other = dst[key]
+        if other is value:
+            continue
+        if isinstance(value, dict) and isinstance(other, dict):
+            value, other = _without_shared(value, other)
+        kept_src[key] = value
+        kept_dst[key] = other
+    # dst's own order: the members src lacks keep their places relative to the shared ones
+    ordered = {key: kept_dst.get(key, dst[key]) for key in dst if key in kept_dst or key not in src}
+    return kept_src, ordered
 
 
 def pod_mutate(
