@@ -76,8 +76,12 @@ def measure(pods: int, window: float) -> dict[str, Any]:
         cluster = ClusterAccess(kubeconfig=plane.kubeconfig, kubectl=plane.binaries.kubectl,
                                 helm=plane.binaries.helm, existing=False)  # fmt: skip
         cluster.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                            "crd/statebindings.sidecarstate.dev")  # fmt: skip
+        # Right after the apply the CRD may have no conditions yet, which kubectl wait
+        # refuses as an error rather than waiting: poll until it reports Established.
+        wait_for(lambda: cluster.kubectl_run(
+            "wait", "--for=condition=Established", "--timeout=30s",
+            "crd/statebindings.sidecarstate.dev", check=False).returncode == 0,
+            timeout=90, interval=0.5, what="the StateBinding CRD to be Established")  # fmt: skip
         cluster.kubectl_run("create", "namespace", OPERATOR_NAMESPACE)
         cluster.kubectl_run("create", "namespace", NAMESPACE)
         operator = LocalOperator(cluster=cluster, workdir=workdir / "operator")
