@@ -364,6 +364,53 @@ class Bench:
         return samples
 
 
+def direct_calls(
+    operator: LocalOperator, *, concurrency: int, calls: int, namespace: str
+) -> dict[str, Any]:
+    """AdmissionReviews posted straight to the webhook (no apiserver): ``concurrency`` kept-
+    alive connections, ``calls`` in all, dry-run Pods of the benchmark. What the webhook
+    server itself costs per call, wall time and the operator's CPU, with the apiserver and
+    etcd out of the picture."""
+    import ssl
+
+    trust = ssl.create_default_context(cafile=str(operator.certs.ca_file))
+    path = f"/{MUTATE_PODS}"
+    review = json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "bench", "operation": "CREATE", "namespace": namespace,
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "userInfo": {"username": "bench"}, "dryRun": True,
+                    "object": {**pod_body(), "metadata": {**pod_body()["metadata"],
+                                                          "namespace": namespace}}},
+    }).encode()  # fmt: skip
+    import http.client
+
+    def worker(count: int) -> list[int]:
+        conn = http.client.HTTPSConnection("127.0.0.1", operator.webhook_port, context=trust)
+        out = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            conn.request("POST", path, body=review, headers={"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            data = reply.read()
+            out.append(time.perf_counter_ns() - t0)
+            if reply.status != 200 or b'"patch"' not in data:
+                raise RuntimeError(f"direct call: {reply.status} {data[:200]!r}")
+        conn.close()
+        return out
+
+    assert operator.process is not None
+    worker(5)  # warm-up, and the connection's handshake
+    cpu_before = cpu_seconds(operator.process.pid)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        per = max(1, calls // concurrency)
+        samples = [ns for chunk in pool.map(worker, [per] * concurrency) for ns in chunk]
+    cpu = cpu_seconds(operator.process.pid) - cpu_before
+    return {"concurrency": concurrency, **summarize(samples),
+            "operator_cpu_ms_per_call": round(cpu / len(samples) * 1e3, 3)}  # fmt: skip
+
+
 def summarize(samples: Sequence[int]) -> dict[str, Any]:
     ordered = sorted(samples)
     return {
@@ -446,6 +493,16 @@ def measure(
             for name, pid in pids.items()
         }
         print(f"idle CPU ms/s: {results['idle_cpu_ms_per_s']}", flush=True)
+        # The webhook server alone, before the apiserver phases (the webhook is registered).
+        results["direct"] = [
+            direct_calls(operator, concurrency=c, calls=200 if c == 1 else 500,
+                         namespace=NAMESPACE)
+            for c in (1, 50)
+        ]  # fmt: skip
+        for row in results["direct"]:
+            cpu = row["operator_cpu_ms_per_call"]
+            print(f"direct to the webhook, c={row['concurrency']}: p50 {row['p50_ms']} p99 "
+                  f"{row['p99_ms']} ms, operator CPU {cpu} ms/call")  # fmt: skip
         with ThreadPoolExecutor(max_workers=max(levels)) as pool:
             for concurrency in levels:
                 for webhook in (False, True):

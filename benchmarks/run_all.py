@@ -401,18 +401,23 @@ def _admission_notes(adm: dict[str, Any]) -> list[str]:
     prof = adm.get("operator_profile_at_max_concurrency") or {}
     inclusive = {p["function"]: p["share"] for p in prof.get("top_inclusive", [])}
     handling = max((v for k, v in inclusive.items() if "_handle_request" in k), default=None)
-    client = max((v for k, v in inclusive.items() if "kubernetes/client" in k), default=None)
-    if handling is None or client is None:
+    if handling is None or "operator_handler" not in on:
         return [note("admission_unprofiled", top=top)]
     own = "; ".join(f"{p['function']} {p['share']:.0%}" for p in prof.get("top_own", [])[:6])
+    direct = "; ".join(
+        f"p50 / p99 {d['p50_ms']} / {d['p99_ms']} ms at {d['concurrency']} concurrent "
+        f"({d['operator_cpu_ms_per_call']} ms of CPU each)"
+        for d in adm.get("direct", [])
+    ) or "(not measured)"
     return [note(
         "admission", top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
+        connections=fmt(on.get("webhook_connections_per_pod")),
         handler_p50=on["operator_handler"]["p50_ms_interpolated"],
         handler_p99=on["operator_handler"]["p99_ms_interpolated"],
         operator_cpu=on["cpu_ms_per_pod"].get("operator"),
         apiserver_cpu=on["cpu_ms_per_pod"].get("kube-apiserver"),
         apiserver_cpu_off=off["cpu_ms_per_pod"].get("kube-apiserver"),
-        handling=f"{handling:.0%}", client=f"{client:.0%}", own=own,
+        handling=f"{handling:.0%}", own=own, direct=direct,
     )]  # fmt: skip
 
 
