@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -226,7 +227,8 @@ class Profiler:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Profiler:
-        exe = shutil.which("py-spy")
+        beside = str(Path(sys.executable).parent)  # a virtualenv's, when not on PATH
+        exe = shutil.which("py-spy") or shutil.which("py-spy", path=beside)
         if exe is not None:
             self.proc = subprocess.Popen(
                 [exe, "record", "--pid", str(self.pid), "--rate", "250", "--format", "raw",

@@ -404,13 +404,21 @@ def _admission_notes(adm: dict[str, Any]) -> list[str]:
     if handling is None or "operator_handler" not in on:
         return [note("admission_unprofiled", top=top)]
     own = "; ".join(f"{p['function']} {p['share']:.0%}" for p in prof.get("top_own", [])[:6])
-    direct = "; ".join(
-        f"p50 / p99 {d['p50_ms']} / {d['p99_ms']} ms at {d['concurrency']} concurrent "
-        f"({d['operator_cpu_ms_per_call']} ms of CPU each)"
-        for d in adm.get("direct", [])
-    ) or "(not measured)"
+    direct = (
+        "; ".join(
+            f"p50 / p99 {d['p50_ms']} / {d['p99_ms']} ms at {d['concurrency']} concurrent "
+            f"({d['operator_cpu_ms_per_call']} ms of CPU each)"
+            for d in adm.get("direct", [])
+        )
+        or "(not measured)"
+    )
+    one = next((r for r in adm["runs"] if r["concurrency"] == 1 and r["webhook"]), on)
+    one_off = next((r for r in adm["runs"] if r["concurrency"] == 1 and not r["webhook"]), off)
     return [note(
         "admission", top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
+        call1_p50=one["apiserver_webhook_call"]["p50_ms_interpolated"],
+        connections_1=fmt(one.get("webhook_connections_per_pod")),
+        added1_p50=fmt(round(one["create"]["p50_ms"] - one_off["create"]["p50_ms"], 2)),
         connections=fmt(on.get("webhook_connections_per_pod")),
         handler_p50=on["operator_handler"]["p50_ms_interpolated"],
         handler_p99=on["operator_handler"]["p99_ms_interpolated"],
