@@ -31,6 +31,7 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
     RecordFormat,
+    default,
 )
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.kafka_source import consumer_options
@@ -191,9 +192,7 @@ async def run(
             "repeat": repeat,
             "figures": "best of `repeat` runs (the machine is shared); all runs are listed",
             "value_bytes": len(next(records(1))[1]),
-            "bootstrap_batch_max_keys": HydratorConfig.model_fields[
-                "bootstrap_batch_max_keys"
-            ].default,
+            "bootstrap_batch_max_keys": default(HydratorConfig, "bootstrap_batch_max_keys"),
             "note": "broker, redis-server, and the hydrator share the same machine",
         },
         "runs": [],

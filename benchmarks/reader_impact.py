@@ -41,7 +41,7 @@ from benchmarks.footprint import (
 )
 from benchmarks.lib.processes import sidecar_redis
 from benchmarks.lib.stats import percentile
-from sidecar_hydrator.config import HydratorConfig
+from sidecar_hydrator.config import HydratorConfig, default, replace
 from tests.support.ports import free_port
 
 TARGET_P99_MS: Final = 1.0
@@ -210,8 +210,9 @@ def hydrating_run(
         client.config_resetstat()
     finally:
         client.close()
-    config = hydrator_config(server_socket, kafka_bootstrap, topic, free_port()).model_copy(
-        update={"bootstrap_batch_max_keys": batch}
+    config = replace(
+        hydrator_config(server_socket, kafka_bootstrap, topic, free_port()),
+        bootstrap_batch_max_keys=batch,
     )
     hydrator = HydratorProcess(config, workdir / f"hydrator-{i}.log")
     with Reader(server_socket, n, rate, max_s=120) as app, Window(server_socket, 1) as window:
@@ -248,7 +249,7 @@ def hydrating_run(
     }
 
 
-DEFAULT_BATCH: Final = int(HydratorConfig.model_fields["bootstrap_batch_max_keys"].default)
+DEFAULT_BATCH: Final = int(default(HydratorConfig, "bootstrap_batch_max_keys"))
 
 
 def measure(

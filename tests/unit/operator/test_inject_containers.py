@@ -80,7 +80,7 @@ def test_redis_memory_request_equals_its_limit(seed_injected):
 
 
 def test_hydrator_config_is_valid_json_for_the_hydrator(seed_injected):
-    config = HydratorConfig.model_validate_json(seed_injected.hydrator_config_json)
+    config = HydratorConfig.from_json(seed_injected.hydrator_config_json)
 
     assert config.redis_socket == SOCKET
 
@@ -229,9 +229,21 @@ def test_sidecars_set_requests_and_limits(seed_injected, name):
     resources = seed_injected.container(name)["resources"]
 
     for kind in ("cpu", "memory"):
+        if name == REDIS_CONTAINER and kind == "cpu":
+            continue  # requested, never limited by default: the next test
         request = parse_quantity(resources["requests"][kind])
         limit = parse_quantity(resources["limits"][kind])
         assert 0 < request <= limit, f"{name} {kind}: request {request}, limit {limit}"
+
+
+def test_redis_has_a_cpu_request_and_no_cpu_limit_by_default(seed_injected):
+    """A CFS quota would throttle Redis's one thread mid-burst while the hydrator writes at
+    full speed, and the app's reads would wait out the period behind it."""
+    resources = seed_injected.container(REDIS_CONTAINER)["resources"]
+
+    assert parse_quantity(resources["requests"]["cpu"]) >= parse_quantity("100m")
+    assert "cpu" not in resources["limits"]
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
 
 
 @pytest.mark.parametrize("name", [CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER])
