@@ -31,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 #: How long one fetch waits for data; bounds how late a stop request is noticed.
 POLL_TIMEOUT_MS = 200
+#: A live batch is one MULTI/EXEC on the served view, and Redis serves no read of the app while
+#: it runs: each is kept to about this long, whatever the size of its values. The keys of the
+#: next live batch follow the time the last one took per key (:func:`next_live_cap`), within
+#: ``live_batch_max_keys``.
+LIVE_WRITE_TARGET_SECONDS = 0.002
+#: ...but never fewer keys than this: a slow round trip must not starve a catching-up feed.
+LIVE_BATCH_MIN_KEYS = 16
 #: At most this many bad records are logged per second; all of them are counted.
 BAD_RECORD_LOG_RATE = 10
 #: Refused writes are retried after this long, doubling up to the maximum while Redis stays
@@ -87,6 +94,8 @@ class Feed:
         #: Records of batches with refused writes: counted as applied once those got in.
         self._refused_records = 0
         self._snapshot: dict[Partition, int] = {}
+        #: Keys of the next live batch, sized by time (see LIVE_WRITE_TARGET_SECONDS).
+        self._live_cap = config.live_batch_max_keys
         #: Per partition, where the current positioning started reading.
         self._starts: dict[Partition, int] = {}
         #: Per partition, the position written to the store (the next one to read).
@@ -265,12 +274,11 @@ class Feed:
         next starts after the previous finished), and freshness, lag and "caught up" follow
         the *written* positions only.
         """
-        live_cap = self._config.live_batch_max_keys
         bootstrap_cap = self._config.bootstrap_batch_max_keys
         writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                cap = live_cap if self.caught_up.is_set() else bootstrap_cap
+                cap = self._live_cap if self.caught_up.is_set() else bootstrap_cap
                 # With a write in flight, only take what is already buffered: when nothing
                 # is, finishing that write (and noticing we caught up) comes first.
                 timeout_ms = 0 if writing is not None else POLL_TIMEOUT_MS
@@ -365,7 +373,15 @@ class Feed:
             notify=notify,
             commands=commands,
         )
-        self._metrics.apply_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._metrics.apply_seconds.observe(elapsed)
+        if self.caught_up.is_set():
+            self._live_cap = next_live_cap(
+                keys=len(sets) + len(batch.deletes),
+                seconds=elapsed,
+                cap=self._live_cap,
+                most=self._config.live_batch_max_keys,
+            )
         if self.caught_up.is_set() and batch.last_event_ms is not None:
             self._metrics.event_to_visible.observe(
                 max(0.0, time.time() - batch.last_event_ms / 1000)
@@ -515,3 +531,16 @@ class Feed:
                     "kind": bad.kind,
                 },
             )
+
+
+def next_live_cap(*, keys: int, seconds: float, cap: int, most: int) -> int:
+    """How many keys the next live batch may take, after one of ``keys`` took ``seconds``.
+
+    As many as fit in :data:`LIVE_WRITE_TARGET_SECONDS` at the last batch's time per key,
+    between :data:`LIVE_BATCH_MIN_KEYS` and ``most``. The time includes the round trip, so it
+    errs small; a batch too small to tell (a few keys) leaves the cap as it is.
+    """
+    if keys < LIVE_BATCH_MIN_KEYS or seconds <= 0:
+        return cap
+    fit = int(keys * LIVE_WRITE_TARGET_SECONDS / seconds)
+    return max(min(LIVE_BATCH_MIN_KEYS, most), min(fit, most))
