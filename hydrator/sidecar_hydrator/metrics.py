@@ -107,7 +107,7 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-class _Metric:
+class Metric:
     """A metric with label names; its series are created on first use, as children."""
 
     type = ""
@@ -126,7 +126,7 @@ class _Metric:
             self.name = self.name.removesuffix("_total")
         self.documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], _Metric] = {}
+        self._children: dict[tuple[str, ...], Metric] = {}
         self._labelvalues: tuple[str, ...] = ()
         if registry is not None:
             registry.register(self)
@@ -143,7 +143,7 @@ class _Metric:
         self._children[key] = child
         return child
 
-    def _init_child(self, parent: _Metric, values: tuple[str, ...]) -> None:
+    def _init_child(self, parent: Metric, values: tuple[str, ...]) -> None:
         self.name = parent.name
         self._labelnames = parent._labelnames
         self._labelvalues = values
@@ -153,7 +153,7 @@ class _Metric:
     def _reset(self) -> None:
         raise NotImplementedError
 
-    def _series(self) -> Iterable[_Metric]:
+    def _series(self) -> Iterable[Metric]:
         if self._labelnames:
             return list(self._children.values())
         return [self]
@@ -168,8 +168,12 @@ class _Metric:
         samples = [s for series in self._series() for s in series._samples()]
         yield Family(self.name, self.documentation, self.type, samples)
 
+    def describe(self) -> Iterable[Family]:
+        """The family without its samples (what it exports, for tools that list metrics)."""
+        yield Family(self.name, self.documentation, self.type, [])
 
-class Counter(_Metric):
+
+class Counter(Metric):
     type = "counter"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -188,7 +192,7 @@ class Counter(_Metric):
         return [Sample(f"{self.name}_total", self._label_dict(), self._value)]
 
 
-class Gauge(_Metric):
+class Gauge(Metric):
     type = "gauge"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -210,7 +214,7 @@ class Gauge(_Metric):
         return [Sample(self.name, self._label_dict(), float(value))]
 
 
-class Histogram(_Metric):
+class Histogram(Metric):
     type = "histogram"
 
     def __init__(
@@ -227,7 +231,7 @@ class Histogram(_Metric):
         super().__init__(name, documentation, labelnames, namespace=namespace, registry=registry)
         self._reset()
 
-    def _init_child(self, parent: _Metric, values: tuple[str, ...]) -> None:
+    def _init_child(self, parent: Metric, values: tuple[str, ...]) -> None:
         assert isinstance(parent, Histogram)
         self._bounds = parent._bounds
         super()._init_child(parent, values)
