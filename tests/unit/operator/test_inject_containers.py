@@ -292,3 +292,15 @@ def test_no_pull_secrets_configured_leaves_the_pod_without(make_pod, make_bindin
     result = injected(make_pod(), make_binding())
 
     assert "imagePullSecrets" not in result.pod["spec"]
+
+
+@pytest.mark.parametrize(("env", "limit"), [(None, None), ("", None), ("500m", "500m")])
+def test_the_redis_cpu_limit_setting_is_unset_empty_or_a_quantity(monkeypatch, env, limit):
+    """The Helm chart renders an empty SIDECAR_STATE_REDIS_CPU_LIMIT when no limit is set."""
+    from sidecar_operator.settings import OperatorSettings
+
+    if env is None:
+        monkeypatch.delenv("SIDECAR_STATE_REDIS_CPU_LIMIT", raising=False)
+    else:
+        monkeypatch.setenv("SIDECAR_STATE_REDIS_CPU_LIMIT", env)
+    assert OperatorSettings().injection_defaults().redis_cpu_limit == limit
