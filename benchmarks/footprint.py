@@ -235,6 +235,9 @@ def rss():
     return int(re.search(r"VmRSS:\\s+(\\d+)", text).group(1)) / 1024
 steps = [("python " + sys.version.split()[0], rss())]
 for name in sys.argv[1:]:
+    if name == "aiokafka":  # as the hydrator does before a Kafka binding's client
+        from sidecar_hydrator import lazy_imports
+        lazy_imports.defer()
     importlib.import_module(name)
     steps.append((name, rss()))
 print(json.dumps(steps))

@@ -489,6 +489,9 @@ def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics)
         from sidecar_hydrator.nats_source import NatsSource
 
         return NatsSource(binding=binding, config=config, metrics=metrics)
+    from sidecar_hydrator import lazy_imports
+
+    lazy_imports.defer()  # before aiokafka is imported: its codecs load at the first use
     from sidecar_hydrator.kafka_source import KafkaSource
 
     return KafkaSource(binding=binding, config=config, metrics=metrics)
