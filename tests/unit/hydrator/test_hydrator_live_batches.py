@@ -1,40 +1,35 @@
-"""Live batches are sized by time as well as by keys: each is one MULTI/EXEC on the served
-view, during which Redis serves none of the app's reads."""
+"""Live batches are sized by bytes as well as by keys: each is one MULTI/EXEC on the served
+view, during which Redis serves none of the app's reads, and its time grows with its bytes."""
 
 from __future__ import annotations
 
-import pytest
-
-from sidecar_hydrator.consumer import (
-    LIVE_BATCH_MIN_KEYS,
-    LIVE_WRITE_TARGET_SECONDS,
-    next_live_cap,
-)
+from sidecar_hydrator.consumer import LIVE_BATCH_MAX_BYTES, LIVE_BATCH_MIN_KEYS, next_live_cap
 
 
-def test_small_fast_writes_keep_the_configured_cap() -> None:
-    assert next_live_cap(keys=500, seconds=0.0005, cap=500, most=500) == 500
+def test_small_values_keep_the_configured_cap() -> None:
+    assert next_live_cap(keys=500, written_bytes=500 * 80, cap=500, most=500) == 500
 
 
-def test_slow_writes_shrink_the_next_batch_to_the_target_time() -> None:
-    # 500 keys of large values took 50 ms: 100 µs a key, so 20 fit in the 2 ms target.
-    cap = next_live_cap(keys=500, seconds=0.05, cap=500, most=500)
-    assert cap == int(500 * LIVE_WRITE_TARGET_SECONDS / 0.05) == 20
+def test_large_values_shrink_the_next_batch_to_the_byte_budget() -> None:
+    # 64 KiB values: 16 of them fill the 1 MiB a live EXEC may write.
+    per_key = 64 * 1024
+    cap = next_live_cap(keys=500, written_bytes=500 * per_key, cap=500, most=500)
+    assert cap == LIVE_BATCH_MAX_BYTES // per_key == 16
 
 
-def test_the_cap_grows_back_when_writes_are_fast_again() -> None:
-    assert next_live_cap(keys=20, seconds=0.0001, cap=20, most=500) == 400
-    assert next_live_cap(keys=400, seconds=0.0001, cap=400, most=500) == 500
+def test_the_cap_grows_back_when_values_are_small_again() -> None:
+    assert next_live_cap(keys=3, written_bytes=3 * 10_000, cap=16, most=500) == 104
+    assert next_live_cap(keys=104, written_bytes=104 * 100, cap=104, most=500) == 500
 
 
-def test_a_slow_round_trip_never_starves_the_feed() -> None:
-    assert next_live_cap(keys=500, seconds=5.0, cap=500, most=500) == LIVE_BATCH_MIN_KEYS
+def test_huge_values_still_move_at_the_minimum() -> None:
+    big = 1024 * 1024
+    assert next_live_cap(keys=16, written_bytes=16 * big, cap=16, most=500) == LIVE_BATCH_MIN_KEYS
 
 
-@pytest.mark.parametrize("keys", [0, 1, LIVE_BATCH_MIN_KEYS - 1])
-def test_a_batch_too_small_to_tell_leaves_the_cap(keys: int) -> None:
-    assert next_live_cap(keys=keys, seconds=0.01, cap=123, most=500) == 123
+def test_an_empty_write_leaves_the_cap() -> None:
+    assert next_live_cap(keys=0, written_bytes=0, cap=123, most=500) == 123
 
 
 def test_a_configured_cap_below_the_minimum_is_kept() -> None:
-    assert next_live_cap(keys=100, seconds=5.0, cap=5, most=5) == 5
+    assert next_live_cap(keys=5, written_bytes=5 * 2**20, cap=5, most=5) == 5
