@@ -51,6 +51,7 @@ import redis
 
 from benchmarks._common import machine, write_results
 from benchmarks.lib.delay_proxy import run_proxy
+from benchmarks.lib.figures import figure, print_figures
 from benchmarks.lib.netns import NetnsLink, netem_available, remove_stale_namespaces
 from benchmarks.lib.processes import sigterm_as_exit
 from benchmarks.lib.stats import percentile, ratio, summarize_ns
@@ -602,25 +603,9 @@ def _p50_p99_ratios(a: dict[str, Any], b: dict[str, Any], kinds: Sequence[str]) 
     }
 
 
-def figure(
-    name: str,
-    value: float,
-    unit: str,
-    baseline: str,
-    ratio_value: float | None,
-    target: str,
-    met: bool | None,
-) -> dict[str, Any]:
-    """One row of the report: a figure, its baseline measured in the same run, the ratio."""
-    return {
-        "figure": name,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "ratio": ratio_value,
-        "target": target,
-        "met": met,
-    }
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of docs/benchmarks.md (the ratios they come from are in ``derive``)."""
+    return derive(results)[1]
 
 
 def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -658,7 +643,7 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         )
     lookup = ratios["get_p50_over_redis_benchmark_uds_p50"]["get"]
     lean = ratios["get_p50_over_redis_benchmark_uds_p50"].get("redis_py_connection_send_read")
-    figures = [
+    rows = [
         figure(
             "app look-up p50 over the socket (redis-py GET)",
             uds["get"]["p50_us"], "µs",
@@ -692,7 +677,7 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         mget = ratios[f"{name}_10_gets_over_uds_mget"]
         remote = py[name]["request_10_gets"]
         target = f">= {TARGET_LOCAL_VS_REMOTE}x" if gate else "(context)"
-        figures += [
+        rows += [
             figure(
                 f"10 GETs/request, local UDS vs remote {rtt} ms RTT, p50 (redis-py)",
                 uds["request_10_gets"]["p50_us"], "µs",
@@ -720,16 +705,7 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
             "value": ratios.get("remote-0.25ms_over_uds", {}).get("request_10_gets", {}).get("p50"),
         },
     }
-    return ratios, figures
-
-
-def print_figures(figures: list[dict[str, Any]]) -> None:
-    for row in figures:
-        verdict = {True: "MET", False: "SHORT", None: ""}[row["met"]]
-        print(
-            f"  {row['figure']}: {row['value']} {row['unit']} | {row['baseline']}"
-            f" | x{row['ratio']} | target {row['target']} {verdict}"
-        )
+    return ratios, rows
 
 
 def print_table(results: dict[str, Any]) -> None:

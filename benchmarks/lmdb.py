@@ -36,8 +36,8 @@ import redis
 from benchmarks import latency
 from benchmarks._common import broker, machine, produce_bulk, write_results
 from benchmarks.footprint import HydratorProcess, memory
-from benchmarks.latency import figure
 from benchmarks.lib import netns
+from benchmarks.lib.figures import figure, print_figures
 from benchmarks.lib.processes import sidecar_redis, sigterm_as_exit
 from benchmarks.lib.stats import percentile
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
@@ -212,7 +212,7 @@ def measure(n: int, rounds: int, samples: int) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(lmdb_dir, ignore_errors=True)
-    results["figures"] = derive(results)
+    results["figures"] = figures(results)
     return results
 
 
@@ -274,11 +274,11 @@ def lookups(
     return {"lookups": {name: summarize(v) for name, v in raw.items() if v}}
 
 
-def derive(results: dict[str, Any]) -> list[dict[str, Any]]:
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     look = results["lookups"]
     boot = results["bootstrap"]
     lm, rd = look["lmdb_get"], look["redis_uds_get"]
-    figures = [
+    rows = [
         figure(
             "LMDB look-up p50 (Python client, in process)", lm["p50_us"], "µs",
             f"Redis GET over the socket p50 {rd['p50_us']} / p99 {rd['p99_us']} µs "
@@ -294,7 +294,7 @@ def derive(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
     if "remote_10" in look:
         speedup = round(look["remote_10"]["p50_us"] / look["lmdb_10"]["p50_us"], 1)
-        figures.append(
+        rows.append(
             figure(
                 f"10 look-ups, local LMDB vs remote Redis {REMOTE_RTT_MS} ms RTT, p50",
                 look["lmdb_10"]["p50_us"], "µs",
@@ -303,7 +303,7 @@ def derive(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )  # fmt: skip
     keys = results["parameters"]["keys"]
-    figures += [
+    rows += [
         figure(
             f"bootstrap of {keys} keys, LMDB engine", boot["lmdb"]["records_per_second"],
             "records/s", f"Redis engine {boot['redis']['records_per_second']} records/s",
@@ -330,7 +330,7 @@ def derive(results: dict[str, Any]) -> list[dict[str, Any]]:
             "(context) LMDB/Redis", None,
         ),
     ]  # fmt: skip
-    return figures
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results["seconds"] = round(time.monotonic() - started, 1)
     for name, row in results["lookups"].items():
         print(f"  {name:<14} p50 {row['p50_us']:>9} µs  p99 {row['p99_us']:>9} µs  n={row['n']}")
-    latency.print_figures(results["figures"])
+    print_figures(results["figures"])
     path = write_results("lmdb", results)
     print(f"written {path} in {results['seconds']} s")
 

@@ -358,7 +358,10 @@ async def _create_bucket(url: str, bucket: str) -> None:
 # -- figures ---------------------------------------------------------------------------------------
 
 
-def figures(boot: dict[str, Any], fresh: dict[str, Any]) -> list[dict[str, Any]]:
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of docs/benchmarks.md: bootstrap rate and put -> visible, each against a bare
+    ordered consumer of the same run."""
+    boot, fresh = results["bootstrap"], results["freshness"]
     return [
         {
             "figure": f"bootstrap of {boot['keys']:,} keys from a KV bucket ({boot['format']})",
@@ -383,6 +386,44 @@ def figures(boot: dict[str, Any], fresh: dict[str, Any]) -> list[dict[str, Any]]
     ]
 
 
+def measure(
+    *, keys: int, repeat: int, fmt: RecordFormat, rate: int, seconds: float
+) -> dict[str, Any]:
+    """Bootstrap of ``keys`` from a KV bucket (best of ``repeat``) and put -> visible at
+    ``rate`` for ``seconds``, each beside a bare ordered consumer."""
+    tune_gc()  # as the sidecar process does
+    results: dict[str, Any] = {
+        "benchmark": "nats",
+        "machine": {
+            **machine(),
+            "nats_server": NATS_SERVER_VERSION,
+            "nats_py": metadata.version("nats-py"),
+        },
+        "parameters": {
+            "keys": keys,
+            "repeat": repeat,
+            "format": fmt,
+            "rate": rate,
+            "seconds": seconds,
+            "value_bytes": len(value_of(0)),
+            "baseline": "a bare nats-py ordered consumer (push, callback) in the same run",
+            "note": "nats-server, redis-server, the hydrator and the clients share the machine",
+        },
+    }
+    redis_server = RedisServer(config=sidecar_redis_config(max_memory_bytes=1024**3))
+    redis_server.start()
+    try:
+        with NatsServer() as server:
+            results["bootstrap"] = asyncio.run(
+                bootstrap(server.url, str(redis_server.socket_path), keys, repeat, fmt)
+            )
+            results["freshness"] = freshness(server.url, rate, seconds)
+    finally:
+        redis_server.close()
+    results["figures"] = figures(results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.nats",
@@ -396,38 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of puts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    tune_gc()  # as the sidecar process does
-    results: dict[str, Any] = {
-        "benchmark": "nats",
-        "machine": {
-            **machine(),
-            "nats_server": NATS_SERVER_VERSION,
-            "nats_py": metadata.version("nats-py"),
-        },
-        "parameters": {
-            "keys": args.keys,
-            "repeat": args.repeat,
-            "format": args.format,
-            "rate": args.rate,
-            "seconds": args.seconds,
-            "value_bytes": len(value_of(0)),
-            "baseline": "a bare nats-py ordered consumer (push, callback) in the same run",
-            "note": "nats-server, redis-server, the hydrator and the clients share the machine",
-        },
-    }
-    redis_server = RedisServer(config=sidecar_redis_config(max_memory_bytes=1024**3))
-    redis_server.start()
-    try:
-        with NatsServer() as server:
-            results["bootstrap"] = asyncio.run(
-                bootstrap(
-                    server.url, str(redis_server.socket_path), args.keys, args.repeat, args.format
-                )
-            )
-            results["freshness"] = freshness(server.url, args.rate, args.seconds)
-    finally:
-        redis_server.close()
-    results["figures"] = figures(results["bootstrap"], results["freshness"])
+    results = measure(keys=args.keys, repeat=args.repeat, fmt=args.format, rate=args.rate,
+                      seconds=args.seconds)  # fmt: skip
     path = write_results("nats", results)
     print(f"written {path}")
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import signal
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from benchmarks import freshness, hydration
 from benchmarks._common import RESULTS, machine, write_results
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -128,18 +128,13 @@ def load(name: str) -> dict[str, Any] | None:
     return data
 
 
-#: Benchmarks whose JSON has no ``figures``: their own ``figures()`` derives them.
-FIGURES: Final[dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]]] = {
-    "hydration": hydration.figures,
-    "freshness": freshness.figures,
-}
-
-
 def figures_of(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A benchmark's rows: those its run wrote, else its module's ``figures(results)``."""
     if isinstance(data.get("figures"), list):
         return list(data["figures"])
-    derive = FIGURES.get(name)
-    return derive(data) if derive is not None else []
+    module = importlib.import_module(f"benchmarks.{name}")
+    derive = getattr(module, "figures", None)
+    return list(derive(data)) if derive is not None else []
 
 
 def verdict(met: bool | None) -> str:
@@ -170,6 +165,136 @@ def print_table(rows: list[tuple[str, dict[str, Any]]]) -> None:
 # -- plots --------------------------------------------------------------------------------------
 
 
+def _plot_latency(lat: dict[str, Any], plt: Any) -> Any:
+    py = lat["python"]
+    names = list(py)
+    kinds = [("get", "GET"), ("request_10_gets", "10 GETs"), ("request_mget_10", "MGET 10")]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(kinds)
+    for i, (kind, label) in enumerate(kinds):
+        xs = [j + i * width for j in range(len(names))]
+        p50 = [py[n][kind]["p50_us"] for n in names]
+        p99 = [py[n][kind]["p99_us"] for n in names]
+        ax.bar(xs, p50, width, label=f"{label} p50")
+        ax.scatter(xs, p99, marker="_", s=200, color="black", zorder=3)
+    c = lat["redis_benchmark"]
+    centre = [j + width for j in range(len(names))]
+    bench_p50 = [c[n]["get"]["p50_us"] for n in names]
+    ax.scatter(centre, bench_p50, marker="*", s=80, color="red", zorder=4,
+               label="redis-benchmark GET p50")  # fmt: skip
+    ax.set_xticks([j + width for j in range(len(names))], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("µs per GET / per request (log); ticks = p99")
+    ax.set_title("Look-ups: Unix socket vs TCP vs remote (redis-py + hiredis)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_reader_impact(ri: dict[str, Any], plt: Any) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series = [("idle", ri["idle"])] + [
+        (f"hydrating, batch {b}", s) for b, s in ri.get("hydrating", {}).items()
+    ]
+    for label, summary in series:
+        quantiles = summary.get("quantiles_ms", {})
+        if quantiles:
+            ax.plot([float(q) * 100 for q in quantiles], list(quantiles.values()), marker="o",
+                    label=label)  # fmt: skip
+    ax.axhline(1.0, color="red", linestyle="--", label="target p99 1 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("app GET latency, ms (log)")
+    ax.set_title("App reads over the socket while the hydrator bootstraps")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_footprint(fp: dict[str, Any], plt: Any) -> Any:
+    runs = fp["runs"]
+    labels = [f"{r['keys']:,} keys" for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    redis_rss = [r["redis"]["rss_mib"] for r in runs]
+    hyd_rss = [r["hydrator"]["rss_mib"] for r in runs]
+    ax.bar(labels, redis_rss, label="Redis RSS")
+    ax.bar(labels, hyd_rss, bottom=redis_rss, label="hydrator RSS")
+    ax.scatter(labels, [r["together_pss_mib"] for r in runs], marker="D", color="black",
+               zorder=3, label="PSS together")  # fmt: skip
+    ax.axhline(40, color="red", linestyle="--", label="idle target 40 MiB")
+    ax.set_ylabel("MiB")
+    ax.set_title("Sidecars' memory")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_admission(adm: dict[str, Any], plt: Any) -> Any:
+    runs = adm["runs"]
+    levels = sorted({r["concurrency"] for r in runs})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for offset, webhook in ((-0.2, False), (0.2, True)):
+        got = {r["concurrency"]: r["create"] for r in runs if r["webhook"] == webhook}
+        xs = [i + offset for i, c in enumerate(levels) if c in got]
+        ys = [got[c]["p50_ms"] for c in levels if c in got]
+        label = "with webhook" if webhook else "without"
+        ax.bar(xs, ys, 0.4, label=f"{label} p50")
+        ax.scatter(xs, [got[c]["p99_ms"] for c in levels if c in got], marker="_", s=300,
+                   color="black", zorder=3)  # fmt: skip
+    ax.set_xticks(range(len(levels)), [f"{c} concurrent" for c in levels])
+    ax.set_yscale("log")
+    ax.set_ylabel("Pod create, ms (log); ticks = p99")
+    ax.set_title("Admission through the real apiserver")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_hydration(hy: dict[str, Any], plt: Any) -> Any:
+    if not hy.get("runs"):
+        return None
+    runs = hy["runs"]
+    labels = [f"{r['keys'] // 1000}k {r['format']}" for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    positions = list(range(len(runs)))
+    rates = [r["hydration_records_per_s"] / 1e3 for r in runs]
+    ax.bar([x - 0.2 for x in positions], rates, 0.4, label="hydrator")
+    ax.bar([x + 0.2 for x in positions], [r["mset_keys_per_s"] / 1e3 for r in runs], 0.4,
+           label="raw MSET (baseline)")  # fmt: skip
+    ax.axhline(200, color="red", linestyle="--", label="target 200k rec/s")
+    ax.set_xticks(positions, labels)
+    ax.set_ylabel("thousand records/s")
+    ax.set_title("Bootstrap from a compacted topic")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_freshness(fr: dict[str, Any], plt: Any) -> Any:
+    if not fr.get("runs"):
+        return None
+    runs = fr["runs"]
+    rates = [r["rate"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        ax.plot(rates, [r[key] for r in runs], marker="o", label=f"visible {label}")
+        ax.plot(rates, [r["kafka_floor_" + key] for r in runs], marker="x", linestyle=":",
+                label=f"Kafka floor {label}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("records/s")
+    ax.set_ylabel("produce -> visible, ms (log)")
+    ax.set_title("Freshness")
+    ax.legend(fontsize=8)
+    return fig
+
+
+#: One plot per benchmark that has one: its results -> a matplotlib figure (or None).
+PLOTS: Final[dict[str, Callable[[dict[str, Any], Any], Any]]] = {
+    "latency": _plot_latency,
+    "reader_impact": _plot_reader_impact,
+    "footprint": _plot_footprint,
+    "admission": _plot_admission,
+    "hydration": _plot_hydration,
+    "freshness": _plot_freshness,
+}
+
+
 def plots(results: dict[str, dict[str, Any]]) -> dict[str, str]:
     """PNG plots of whatever results exist; returns benchmark -> image path (docs-relative)."""
     import matplotlib
@@ -179,121 +304,15 @@ def plots(results: dict[str, dict[str, Any]]) -> dict[str, str]:
 
     IMG.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
-
-    def save(fig: Any, name: str) -> None:
+    for name, plot in PLOTS.items():
+        data = results.get(name)
+        fig = plot(data, plt) if data is not None else None
+        if fig is None:
+            continue
         fig.tight_layout()
         fig.savefig(IMG / f"{name}.png", dpi=110)
         plt.close(fig)
         made[name] = f"img/{name}.png"
-
-    if (lat := results.get("latency")) is not None:
-        py = lat["python"]
-        names = list(py)
-        kinds = [("get", "GET"), ("request_10_gets", "10 GETs"), ("request_mget_10", "MGET 10")]
-        fig, ax = plt.subplots(figsize=(9, 4.2))
-        width = 0.8 / len(kinds)
-        for i, (kind, label) in enumerate(kinds):
-            xs = [j + i * width for j in range(len(names))]
-            p50 = [py[n][kind]["p50_us"] for n in names]
-            p99 = [py[n][kind]["p99_us"] for n in names]
-            ax.bar(xs, p50, width, label=f"{label} p50")
-            ax.scatter(xs, p99, marker="_", s=200, color="black", zorder=3)
-        c = lat["redis_benchmark"]
-        centre = [j + width for j in range(len(names))]
-        bench_p50 = [c[n]["get"]["p50_us"] for n in names]
-        ax.scatter(centre, bench_p50, marker="*", s=80, color="red", zorder=4,
-                   label="redis-benchmark GET p50")  # fmt: skip
-        ax.set_xticks([j + width for j in range(len(names))], names)
-        ax.set_yscale("log")
-        ax.set_ylabel("µs per GET / per request (log); ticks = p99")
-        ax.set_title("Look-ups: Unix socket vs TCP vs remote (redis-py + hiredis)")
-        ax.legend(fontsize=8)
-        save(fig, "latency")
-
-    if (ri := results.get("reader_impact")) is not None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        series = [("idle", ri["idle"])] + [
-            (f"hydrating, batch {b}", s) for b, s in ri.get("hydrating", {}).items()
-        ]
-        for label, summary in series:
-            quantiles = summary.get("quantiles_ms", {})
-            if quantiles:
-                ax.plot([float(q) * 100 for q in quantiles], list(quantiles.values()), marker="o",
-                        label=label)  # fmt: skip
-        ax.axhline(1.0, color="red", linestyle="--", label="target p99 1 ms")
-        ax.set_yscale("log")
-        ax.set_xlabel("percentile")
-        ax.set_ylabel("app GET latency, ms (log)")
-        ax.set_title("App reads over the socket while the hydrator bootstraps")
-        ax.legend(fontsize=8)
-        save(fig, "reader_impact")
-
-    if (fp := results.get("footprint")) is not None:
-        runs = fp["runs"]
-        labels = [f"{r['keys']:,} keys" for r in runs]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        redis_rss = [r["redis"]["rss_mib"] for r in runs]
-        hyd_rss = [r["hydrator"]["rss_mib"] for r in runs]
-        ax.bar(labels, redis_rss, label="Redis RSS")
-        ax.bar(labels, hyd_rss, bottom=redis_rss, label="hydrator RSS")
-        ax.scatter(labels, [r["together_pss_mib"] for r in runs], marker="D", color="black",
-                   zorder=3, label="PSS together")  # fmt: skip
-        ax.axhline(40, color="red", linestyle="--", label="idle target 40 MiB")
-        ax.set_ylabel("MiB")
-        ax.set_title("Sidecars' memory")
-        ax.legend(fontsize=8)
-        save(fig, "footprint")
-
-    if (adm := results.get("admission")) is not None:
-        runs = adm["runs"]
-        levels = sorted({r["concurrency"] for r in runs})
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for offset, webhook in ((-0.2, False), (0.2, True)):
-            got = {r["concurrency"]: r["create"] for r in runs if r["webhook"] == webhook}
-            xs = [i + offset for i, c in enumerate(levels) if c in got]
-            ys = [got[c]["p50_ms"] for c in levels if c in got]
-            label = "with webhook" if webhook else "without"
-            ax.bar(xs, ys, 0.4, label=f"{label} p50")
-            ax.scatter(xs, [got[c]["p99_ms"] for c in levels if c in got], marker="_", s=300,
-                       color="black", zorder=3)  # fmt: skip
-        ax.set_xticks(range(len(levels)), [f"{c} concurrent" for c in levels])
-        ax.set_yscale("log")
-        ax.set_ylabel("Pod create, ms (log); ticks = p99")
-        ax.set_title("Admission through the real apiserver")
-        ax.legend(fontsize=8)
-        save(fig, "admission")
-
-    if (hy := results.get("hydration")) is not None and hy.get("runs"):
-        runs = hy["runs"]
-        labels = [f"{r['keys'] // 1000}k {r['format']}" for r in runs]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        positions = list(range(len(runs)))
-        rates = [r["hydration_records_per_s"] / 1e3 for r in runs]
-        ax.bar([x - 0.2 for x in positions], rates, 0.4, label="hydrator")
-        ax.bar([x + 0.2 for x in positions], [r["mset_keys_per_s"] / 1e3 for r in runs], 0.4,
-               label="raw MSET (baseline)")  # fmt: skip
-        ax.axhline(200, color="red", linestyle="--", label="target 200k rec/s")
-        ax.set_xticks(positions, labels)
-        ax.set_ylabel("thousand records/s")
-        ax.set_title("Bootstrap from a compacted topic")
-        ax.legend(fontsize=8)
-        save(fig, "hydration")
-
-    if (fr := results.get("freshness")) is not None and fr.get("runs"):
-        runs = fr["runs"]
-        rates = [r["rate"] for r in runs]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-            ax.plot(rates, [r[key] for r in runs], marker="o", label=f"visible {label}")
-            ax.plot(rates, [r["kafka_floor_" + key] for r in runs], marker="x", linestyle=":",
-                    label=f"Kafka floor {label}")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("records/s")
-        ax.set_ylabel("produce -> visible, ms (log)")
-        ax.set_title("Freshness")
-        ax.legend(fontsize=8)
-        save(fig, "freshness")
     return made
 
 
@@ -382,18 +401,31 @@ def _admission_notes(adm: dict[str, Any]) -> list[str]:
     prof = adm.get("operator_profile_at_max_concurrency") or {}
     inclusive = {p["function"]: p["share"] for p in prof.get("top_inclusive", [])}
     handling = max((v for k, v in inclusive.items() if "_handle_request" in k), default=None)
-    client = max((v for k, v in inclusive.items() if "kubernetes/client" in k), default=None)
-    if handling is None or client is None:
+    if handling is None or "operator_handler" not in on:
         return [note("admission_unprofiled", top=top)]
     own = "; ".join(f"{p['function']} {p['share']:.0%}" for p in prof.get("top_own", [])[:6])
+    direct = (
+        "; ".join(
+            f"p50 / p99 {d['p50_ms']} / {d['p99_ms']} ms at {d['concurrency']} concurrent "
+            f"({d['operator_cpu_ms_per_call']} ms of CPU each)"
+            for d in adm.get("direct", [])
+        )
+        or "(not measured)"
+    )
+    one = next((r for r in adm["runs"] if r["concurrency"] == 1 and r["webhook"]), on)
+    one_off = next((r for r in adm["runs"] if r["concurrency"] == 1 and not r["webhook"]), off)
     return [note(
         "admission", top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
+        call1_p50=one["apiserver_webhook_call"]["p50_ms_interpolated"],
+        connections_1=fmt(one.get("webhook_connections_per_pod")),
+        added1_p50=fmt(round(one["create"]["p50_ms"] - one_off["create"]["p50_ms"], 2)),
+        connections=fmt(on.get("webhook_connections_per_pod")),
         handler_p50=on["operator_handler"]["p50_ms_interpolated"],
         handler_p99=on["operator_handler"]["p99_ms_interpolated"],
         operator_cpu=on["cpu_ms_per_pod"].get("operator"),
         apiserver_cpu=on["cpu_ms_per_pod"].get("kube-apiserver"),
         apiserver_cpu_off=off["cpu_ms_per_pod"].get("kube-apiserver"),
-        handling=f"{handling:.0%}", client=f"{client:.0%}", own=own,
+        handling=f"{handling:.0%}", own=own, direct=direct,
     )]  # fmt: skip
 
 
@@ -539,7 +571,8 @@ def _admission_section(adm: dict[str, Any]) -> list[str]:
             f"| {r['concurrency']} | {'on' if r['webhook'] else 'off'} | "
             f"{r['create']['p50_ms']} / {r['create']['p99_ms']} | "
             f"{call.get('p50_ms_interpolated', '')} / {call.get('p99_ms_interpolated', '')} "
-            f"| {handler.get('p99_ms_interpolated', '')} | {cpu} |"
+            f"| {handler.get('p99_ms_interpolated', '')} "
+            f"| {fmt(r.get('webhook_connections_per_pod'))} | {cpu} |"
         )
     return out
 
@@ -565,6 +598,19 @@ def _nats_section(nats: dict[str, Any]) -> list[str]:
     )
 
 
+def _controller_pass_section(cp: dict[str, Any]) -> list[str]:
+    parameters = cp["parameters"]
+    out = template("controller_pass", pods=f"{parameters['pods']:,}",
+                   window=f"{parameters['window_seconds']:g}")  # fmt: skip
+    for pods, sample in ((0, cp.get("empty")), (parameters["pods"], cp.get("loaded"))):
+        if sample is not None:
+            cpu_ms = sample["cpu_seconds_per_pass"] * 1000
+            out.append(
+                f"| {pods:,} | {sample['passes']:.0f} | {cpu_ms:.0f} | {sample['rss_mib']} |"
+            )
+    return out
+
+
 #: The method sections, in the document's order: a benchmark with a section function gets its
 #: prose (a template) and its table; every one with a plot gets the plot.
 SECTIONS: Final[dict[str, Callable[[dict[str, Any]], list[str]] | None]] = {
@@ -575,6 +621,7 @@ SECTIONS: Final[dict[str, Callable[[dict[str, Any]], list[str]] | None]] = {
     "hydration": None,
     "freshness": None,
     "nats": _nats_section,
+    "controller_pass": _controller_pass_section,
 }
 
 

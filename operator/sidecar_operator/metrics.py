@@ -19,3 +19,8 @@ UNINJECTED_PODS = Gauge(
     "Pods a StateBinding selects that run without the sidecars",
     ["namespace", "binding"],
 )
+WEBHOOK_CONNECTIONS = Counter(
+    "sidecar_state_webhook_connections_total",
+    "TLS connections the admission webhook server accepted (each one handshake); rising with "
+    "every admission means the apiserver does not reuse its connections",
+)

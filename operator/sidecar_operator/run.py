@@ -1,8 +1,9 @@
 """``sidecar-state-operator``: run the operator, or prepare a development webhook.
 
-``run`` starts kopf with the handlers of one role: ``webhook`` (admission only; standalone,
-any number of replicas, each with its own index), ``controller`` (status, roll-outs,
-annotations, watchdog; one replica) or ``all`` (both, for development and the e2e suite).
+``run`` starts kopf with the handlers of one role: ``webhook`` (admission only, from its own
+server beside kopf's index; standalone, any number of replicas, each with its own index),
+``controller`` (status, roll-outs, annotations, watchdog; one replica) or ``all`` (both, for
+development and the e2e suite).
 ``dev-certs`` and ``register-webhooks`` let the operator run outside the cluster.
 """
 
@@ -29,11 +30,10 @@ from sidecar_operator.webhook_config import (
     build_mutating_configuration,
     build_validating_configuration,
 )
-from sidecar_operator.webhook_server import NamespacedWebhookServer
 from sidecar_operator.webhook_tls.x509 import write_webhook_certs
 
 ROLE_MODULES: dict[str, tuple[str, ...]] = {
-    "webhook": ("sidecar_operator.handlers.index", "sidecar_operator.handlers.webhook"),
+    "webhook": ("sidecar_operator.handlers.index",),
     "controller": ("sidecar_operator.handlers.index", "sidecar_operator.handlers.controller"),
 }
 ROLE_MODULES["all"] = tuple(dict.fromkeys(ROLE_MODULES["webhook"] + ROLE_MODULES["controller"]))
@@ -55,14 +55,8 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # A namespaced install may not list namespaces: kopf then takes the watched namespaces as
     # given and discovers the resources once at start (the chart installs the CRD first).
     config.scanning.disabled = bool(settings.watch_namespaces)
-    if settings.role in {"all", "webhook"}:
-        config.admission.server = NamespacedWebhookServer(
-            addr=settings.webhook_host,
-            port=settings.webhook_port,
-            certfile=settings.webhook_cert_file,
-            pkeyfile=settings.webhook_key_file,
-            file_check_interval=30,
-        )
+    # No kopf admission server: the webhook role serves admission from its own
+    # (sidecar_operator.webhook_server), started by the start-up handler.
     return config
 
 
@@ -82,7 +76,7 @@ def cmd_run(settings: OperatorSettings) -> None:
     if serves_webhooks and settings.tls_secret:
         from sidecar_operator import webhook_tls  # the Kubernetes client, only when it runs
 
-        # Before kopf starts: its webhook server loads the files once at start.
+        # Before kopf starts: the webhook server loads the files at start.
         tls = webhook_tls.WebhookTLS(
             secret=settings.tls_secret, namespace=settings.namespace,
             service=settings.webhook_service, configuration=settings.webhook_configuration,
@@ -109,7 +103,7 @@ def cmd_run(settings: OperatorSettings) -> None:
             now=time.monotonic(),
         ),
     )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per probe
     # A namespaced install (watch_namespaces) watches only those namespaces, with Roles there;
     # kopf still watches cluster-scoped kinds (CRDs, webhook configurations) cluster-wide.
     namespaces = list(settings.watch_namespaces)

@@ -1,8 +1,9 @@
 """The admission webhook configurations, as plain dicts.
 
-kopf serves each webhook handler at ``/<handler id>`` and silently *allows* a request to any
-other path, so the path in the configuration must equal the handler id: both come from the
-constants here (the chart is checked against them by a unit test).
+The admission server (:mod:`sidecar_operator.webhook_server`) serves ``/<MUTATE_PODS>`` and
+``/<VALIDATE_BINDINGS>`` and answers 404 on any other path, so the path in the configuration
+must be one of those: both come from the constants here (the chart is checked against them by
+a unit test).
 
 In the cluster the Helm chart owns these objects (with a ``service`` reference); out of the
 cluster — development and the e2e suite — ``sidecar-state-operator register-webhooks`` writes

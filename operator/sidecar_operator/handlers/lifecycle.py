@@ -1,9 +1,11 @@
-"""Start-up and clean-up: the health server, index readiness, the watchdog."""
+"""Start-up and clean-up: the health server, the admission server, index readiness, the
+watchdog."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -96,6 +98,15 @@ async def operator_startup(
             mark_ready_when_indexed(memo=memo, index=bindings_by_namespace, logger=logger)
         ),
     ]
+    if settings.role in {"all", "webhook"}:
+        from sidecar_operator.webhook_server import AdmissionServer
+
+        server = AdmissionServer(
+            memo=memo, index=bindings_by_namespace, host=settings.webhook_host,
+            port=settings.webhook_port, cert_file=Path(settings.webhook_cert_file or ""),
+            key_file=Path(settings.webhook_key_file or ""),
+        )  # fmt: skip
+        tasks.append(asyncio.create_task(server.serve()))
     if memo.webhook_tls is not None:
         # Renew the serving certificate before it expires; pick up another replica's renewal.
         tasks.append(asyncio.create_task(webhook_tls.keep_current(memo.webhook_tls, log=logger)))

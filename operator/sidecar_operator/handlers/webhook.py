@@ -1,34 +1,31 @@
 """Admission: inject Pods on CREATE, validate StateBindings.
 
-Both handlers are pure over their input and the in-memory index: no network I/O happens on
-the admission path (Events are queued and posted by kopf afterwards).
+Both handlers take the object of one AdmissionReview, parsed once by the webhook server
+(:mod:`sidecar_operator.webhook_server`), and return a :class:`Verdict`: whether it is allowed,
+the JSON patch, warnings. They are pure over their input and the in-memory index: no network
+I/O happens on the Pod admission path (Events are queued and posted afterwards). Neither goes
+through kopf: its admission machinery (Body wrappers, a deep copy and a diff of the whole
+object, handler bookkeeping) cost more than deciding and rendering the Pod.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
+import jsonpatch
 
 from sidecar_operator import kube, metrics
 from sidecar_operator.api import labels as ann
-from sidecar_operator.api.models import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    KafkaAuth,
-    NatsAuth,
-    StateBinding,
-    parse_binding,
-)
-from sidecar_operator.events import Event, EventRecorder, ObjectRef
+from sidecar_operator.api.models import KafkaAuth, NatsAuth, StateBinding, parse_binding
+from sidecar_operator.events import Event, ObjectRef
 from sidecar_operator.handlers.context import OperatorContext
-from sidecar_operator.handlers.index import binding_ref, bindings_in, bindings_index
+from sidecar_operator.handlers.index import binding_ref
 from sidecar_operator.injection import (
     InjectionConflict,
-    InjectionDefaults,
     InvalidPod,
     SkipReason,
     decide,
@@ -36,26 +33,45 @@ from sidecar_operator.injection import (
     render,
 )
 from sidecar_operator.injection.placement import reposition
-from sidecar_operator.settings import OperatorSettings
-from sidecar_operator.webhook_config import MUTATE_PODS, VALIDATE_BINDINGS
 
 # The index fills within moments of start; a Pod arriving before waits this long, not forever.
 INDEX_WAIT_SECONDS = 3.0
 
 
-def _pod_label(body: kopf.Body) -> str:
-    name = body.metadata.get("name") or f"{body.metadata.get('generateName', '')}<generated>"
+class AdmissionRefused(Exception):
+    """The object is refused; ``message`` reaches the user who created it, ``code`` is the
+    HTTP-like code of the AdmissionReview's ``status``."""
+
+    def __init__(self, message: str, *, code: int = 500) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(kw_only=True)
+class Verdict:
+    """What a handler answers: allowed (with a JSON patch, perhaps), and warnings for the
+    user. A refusal is raised as :class:`AdmissionRefused` instead."""
+
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _pod_label(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata") or {}
+    name = metadata.get("name") or f"{metadata.get('generateName', '')}<generated>"
     return f"Pod {name}"
 
 
-async def _wait_for_index(memo: OperatorContext) -> None:
+async def wait_for_index(memo: OperatorContext) -> None:
+    """Until every StateBinding that existed at start is indexed, for a few seconds at most:
+    deciding without them would admit Pods without the sidecars they should get."""
     ready: asyncio.Event = memo.index_ready
     if ready.is_set():
         return
     try:
         await asyncio.wait_for(ready.wait(), timeout=INDEX_WAIT_SECONDS)
     except TimeoutError:
-        raise kopf.AdmissionError(
+        raise AdmissionRefused(
             "sidecar-state is starting and has not loaded its StateBindings yet; "
             "the Pod's controller will retry",
             code=503,
@@ -63,32 +79,33 @@ async def _wait_for_index(memo: OperatorContext) -> None:
 
 
 def _explain(
-    memo: OperatorContext, bindings: list[StateBinding], *, reason: str, message: str, dryrun: bool
-) -> None:
+    memo: OperatorContext, bindings: Sequence[StateBinding], *, reason: str, message: str,
+    dryrun: bool,
+) -> None:  # fmt: skip
     if dryrun:
         return
-    recorder: EventRecorder = memo.events
     for binding in bindings:
-        recorder.record(
+        memo.events.record(
             Event(target=binding_ref(binding), type="Normal", reason=reason, message=message)
         )
 
 
-def _event_target(body: kopf.Body, namespace: str) -> ObjectRef:
+def _event_target(obj: Mapping[str, Any], namespace: str) -> ObjectRef:
     """What an Event about a Pod under admission points at: its controller, which has a uid
     (the Pod has none yet, often not even a name), or else the Pod by name."""
-    owners = body.metadata.get("ownerReferences") or []
+    metadata = obj.get("metadata") or {}
+    owners = metadata.get("ownerReferences") or []
     owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
     if owner:
         return ObjectRef(api_version=owner["apiVersion"], kind=owner["kind"],
                          name=owner["name"], namespace=namespace, uid=owner.get("uid"))  # fmt: skip
-    name = body.metadata.get("name") or body.metadata.get("generateName") or "<unnamed>"
+    name = metadata.get("name") or metadata.get("generateName") or "<unnamed>"
     return ObjectRef(api_version="v1", kind="Pod", name=name, namespace=namespace)
 
 
 def _warn_missing(
     memo: OperatorContext,
-    body: kopf.Body,
+    obj: Mapping[str, Any],
     *,
     namespace: str,
     missing: tuple[str, ...],
@@ -104,58 +121,90 @@ def _warn_missing(
     names = ", ".join(missing)
     effect = "without them" if injected else "without the sidecar-state sidecars"
     message = (
-        f"{_pod_label(body)} names StateBinding(s) {names} ({ann.BINDINGS}) that do not exist "
+        f"{_pod_label(obj)} names StateBinding(s) {names} ({ann.BINDINGS}) that do not exist "
         f"in namespace {namespace}; it was admitted {effect}. Create the binding(s) or fix the "
         "annotation, then roll the workload."
     )
     warnings.append(message)
     metrics.ADMISSIONS.labels("admitted", "missing binding").inc()
     if not dryrun:
-        recorder: EventRecorder = memo.events
-        recorder.record(Event(target=_event_target(body, namespace), type="Warning",
-                              reason="BindingMissing", message=message))  # fmt: skip
+        memo.events.record(Event(target=_event_target(obj, namespace), type="Warning",
+                                 reason="BindingMissing", message=message))  # fmt: skip
 
 
-@kopf.on.mutate("", "v1", "pods", id=MUTATE_PODS, operations=["CREATE"])
-async def pod_mutate(
-    body: kopf.Body,
-    patch: kopf.Patch,
+def _json_patch(original: Mapping[str, Any], changed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch from ``original`` to ``changed``: the operations kopf sent, which were
+    jsonpatch's diff of the whole objects, computed for less.
+
+    ``changed`` shares what it did not change with ``original`` (no deep copy), and members
+    that are the very same object produce no operation, so they are left out of both sides
+    before diffing (the order of the others, and so the operations, stay as they were).
+    """
+    src, dst = _without_shared(original, changed)
+    ops: list[dict[str, Any]] = jsonpatch.JsonPatch.from_diff(src, dst).patch
+    return ops
+
+
+def _without_shared(
+    src: Mapping[str, Any], dst: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``src`` and ``dst`` without the members both have as the same object, at every level
+    where both are objects (lists are diffed by position and content, so kept whole)."""
+    kept_src: dict[str, Any] = {}
+    kept_dst: dict[str, Any] = {}
+    for key, value in src.items():
+        if key not in dst:
+            kept_src[key] = value
+            continue
+        other = dst[key]
+        if other is value:
+            continue
+        if isinstance(value, dict) and isinstance(other, dict):
+            value, other = _without_shared(value, other)
+        kept_src[key] = value
+        kept_dst[key] = other
+    # dst's own order: the members src lacks keep their places relative to the shared ones
+    ordered = {key: kept_dst.get(key, dst[key]) for key in dst if key in kept_dst or key not in src}
+    return kept_src, ordered
+
+
+def pod_mutate(
+    obj: Mapping[str, Any],
+    *,
+    namespace: str,
     dryrun: bool,
-    warnings: list[str],
+    bindings: Sequence[StateBinding],
     memo: OperatorContext,
-    **kwargs: Any,
-) -> None:
+) -> Verdict:
+    """The sidecars for a Pod being created in ``namespace``, from its ``bindings`` (the
+    index's for that namespace); ``obj`` has ``metadata.namespace`` set."""
     started = time.perf_counter()
-    bindings_by_namespace = bindings_index(kwargs)
-    await _wait_for_index(memo)
-    defaults: InjectionDefaults = memo.injection_defaults
-    namespace = body.metadata.get("namespace") or ""
-    candidates = bindings_in(bindings_by_namespace, namespace)
-    pod = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
+    verdict = Verdict()
+    metadata: Mapping[str, Any] = obj.get("metadata") or {}
+    spec: Mapping[str, Any] = obj.get("spec") or {}
+    pod = {"metadata": metadata, "spec": spec}
     try:
         decision = decide(
-            pod, bindings=candidates, namespace=namespace, defaults=defaults, admit_missing=True
-        )
-        outcome = render(decision) if decision.skip is None else None
+            pod, bindings=bindings, namespace=namespace, defaults=memo.injection_defaults,
+            admit_missing=True,
+        )  # fmt: skip
+        outcome = render(decision, share=True) if decision.skip is None else None
     except (InjectionConflict, InvalidPod) as error:
         metrics.ADMISSIONS.labels("refused", type(error).__name__).inc()
-        raise kopf.AdmissionError(f"sidecar-state cannot inject this Pod: {error}") from None
+        raise AdmissionRefused(f"sidecar-state cannot inject this Pod: {error}") from None
     if decision.missing:
-        _warn_missing(memo, body, namespace=namespace, missing=decision.missing,
-                      injected=outcome is not None, warnings=warnings, dryrun=dryrun)  # fmt: skip
+        _warn_missing(memo, obj, namespace=namespace, missing=decision.missing,
+                      injected=outcome is not None, warnings=verdict.warnings,
+                      dryrun=dryrun)  # fmt: skip
 
     if decision.skip is SkipReason.ALREADY_INJECTED:
         # A re-invocation (reinvocationPolicy: IfNeeded) after a later webhook, perhaps a
         # mesh's, added init containers behind ours: move ours behind them.
-        moved = reposition(list(body.spec.get("initContainers") or []))
+        moved = reposition(list(spec.get("initContainers") or []))
         if moved is not None:
             metrics.ADMISSIONS.labels("repositioned", "").inc()
-
-            def move(target: kopf.RawBody) -> None:
-                target.setdefault("spec", {})["initContainers"] = moved
-
-            patch.fns.append(move)
-            return
+            verdict.patch = _json_patch(obj, {**obj, "spec": {**spec, "initContainers": moved}})
+            return verdict
 
     if outcome is None:
         skip = decision.skip
@@ -163,44 +212,44 @@ async def pod_mutate(
         metrics.ADMISSIONS.labels("skipped", skip.value).inc()
         if skip not in {SkipReason.NOT_SELECTED, SkipReason.ALREADY_INJECTED}:
             if decision.selected and skip is SkipReason.WINDOWS:
-                warnings.append(f"sidecar-state: {decision.reason}")
-            _explain(memo, list(decision.selected), reason="Skipped",
-                     message=f"{_pod_label(body)}: {decision.reason}", dryrun=dryrun)  # fmt: skip
-        return
+                verdict.warnings.append(f"sidecar-state: {decision.reason}")
+            _explain(memo, decision.selected, reason="Skipped",
+                     message=f"{_pod_label(obj)}: {decision.reason}", dryrun=dryrun)  # fmt: skip
+        return verdict
 
-    injected_spec = outcome.pod["spec"]
-    injected_annotations = outcome.pod["metadata"]["annotations"]
-    injected_labels = outcome.pod["metadata"]["labels"]
-
-    def apply(target: kopf.RawBody) -> None:
-        target["spec"] = injected_spec
-        target.setdefault("metadata", {})["annotations"] = injected_annotations
-        target["metadata"]["labels"] = injected_labels
-
-    patch.fns.append(apply)
+    injected = outcome.pod["metadata"]
+    changed = {
+        **obj,
+        "spec": outcome.pod["spec"],
+        "metadata": {**metadata, "annotations": injected["annotations"],
+                     "labels": injected["labels"]},
+    }  # fmt: skip
+    verdict.patch = _json_patch(obj, changed)
     metrics.ADMISSIONS.labels("injected", "").inc()
     metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
     names = {b.name for b in decision.selected}
-    _explain(memo, [b for b in candidates if b.name in names], reason="Injected",
-             message=f"{_pod_label(body)}: sidecars injected (config {outcome.config_hash})",
+    _explain(memo, [b for b in bindings if b.name in names], reason="Injected",
+             message=f"{_pod_label(obj)}: sidecars injected (config {outcome.config_hash})",
              dryrun=dryrun)  # fmt: skip
+    return verdict
 
 
-@kopf.on.validate(GROUP, VERSION, PLURAL, id=VALIDATE_BINDINGS, operations=["CREATE", "UPDATE"])
-async def statebinding_validate(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+async def statebinding_validate(
+    obj: Mapping[str, Any], *, namespace: str, memo: OperatorContext
+) -> Verdict:
     """Refuse invalid bindings, and bindings that would use what the platform does not allow:
     brokers outside the allow-list, Secrets that have not opted in (see injection.policy)."""
     try:
-        binding = parse_binding(dict(body))
+        binding = parse_binding(dict(obj))
     except ValueError as error:
-        raise kopf.AdmissionError(f"invalid StateBinding: {error}", code=422) from None
-    settings: OperatorSettings = memo.settings
+        raise AdmissionRefused(f"invalid StateBinding: {error}", code=422) from None
+    settings = memo.settings
     refusal = policy.intercept_refusal(
         binding, istio_provider=settings.istio_provider,
         network_policies=settings.network_policies,
     )  # fmt: skip
     if refusal:
-        raise kopf.AdmissionError(f"StateBinding not allowed: {refusal}", code=403)
+        raise AdmissionRefused(f"StateBinding not allowed: {refusal}", code=403)
     source = binding.spec.source
     kind = "kafka" if source.kafka is not None else "nats"
     allowed = (
@@ -209,17 +258,18 @@ async def statebinding_validate(body: kopf.Body, memo: OperatorContext, **_: Any
     disallowed = policy.disallowed_servers(binding, allowed=allowed)
     if disallowed:
         message = policy.servers_refusal(disallowed, allowed=allowed, source=kind)
-        raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
+        raise AdmissionRefused(f"StateBinding not allowed: {message}", code=403)
     # Kafka's and NATS's credentials alike come from a Secret that must have opted in.
     auth: KafkaAuth | NatsAuth | None = (
         source.kafka.auth if source.kafka is not None else source.nats.auth if source.nats else None
     )
     if auth is None:
-        return
-    namespace = binding.namespace or str(body.metadata.get("namespace") or "")
+        return Verdict()
+    namespace = binding.namespace or namespace
     secret = auth.secret_ref.name
     # The only API call on an admission path: bindings are few and rarely written.
     metadata = await asyncio.to_thread(kube.read_secret_metadata, secret, namespace)
     if metadata is None or not policy.secret_allows(metadata, binding=binding.name):
         message = policy.secret_refusal(binding, secret=secret, exists=metadata is not None)
-        raise kopf.AdmissionError(f"StateBinding not allowed: {message}", code=403)
+        raise AdmissionRefused(f"StateBinding not allowed: {message}", code=403)
+    return Verdict()

@@ -456,9 +456,15 @@ def decide(
                     missing=selection.missing, skip=None, plan=plan)  # fmt: skip
 
 
-def render(decision: Decision) -> Injected:
-    """The injected Pod of a decision that injects (``skip`` is ``None``); a deep copy: the
-    decision's Pod is left as it was."""
+def render(decision: Decision, *, share: bool = False) -> Injected:
+    """The injected Pod of a decision that injects (``skip`` is ``None``); the decision's Pod
+    is left as it was.
+
+    The result is a deep copy: it shares no mutable object with the decision's Pod. With
+    ``share`` only the levels that change (the Pod, its spec and metadata, the lists and
+    containers we add to) are new objects, and the rest is shared with the decision's Pod:
+    for the webhook, which renders once per Pod created and only serialises the result.
+    """
     if decision.plan is None:
         raise ValueError(f"a skipped Pod is not rendered: {decision.reason}")
     plan = decision.plan
@@ -466,8 +472,10 @@ def render(decision: Decision) -> Injected:
     ours = build_sidecars(plan=plan.sidecars, defaults=defaults, intercept=plan.intercept)
     digest = config_hash([*ours.setup, *ours.running], ours.volumes)
 
-    injected = copy.deepcopy(dict(decision.pod))
-    new_spec = injected.setdefault("spec", {})
+    original = decision.pod if share else copy.deepcopy(dict(decision.pod))
+    injected = {**original, "spec": dict(original.get("spec") or {}),
+                "metadata": dict(original.get("metadata") or {})}  # fmt: skip
+    new_spec = injected["spec"]
     lmdb = plan.sidecars.engine == "lmdb"
     if lmdb:
         new_spec["shareProcessNamespace"] = True  # refused in decide() when set false
@@ -494,7 +502,7 @@ def render(decision: Decision) -> Injected:
         _add_supplemental_group(new_spec, defaults.socket_group)
     _add_pull_secrets(new_spec, defaults.image_pull_secrets)
 
-    metadata = injected.setdefault("metadata", {})
+    metadata = injected["metadata"]
     annotations = {
         **(metadata.get("annotations") or {}),
         ann.INJECTED_BINDINGS: ",".join(plan.sidecars.binding_names),

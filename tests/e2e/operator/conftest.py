@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,17 @@ def crd_installed(cluster: ClusterAccess) -> None:
     if cluster.existing:
         return  # the chart installed it
     cluster.kubectl_run("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl_run(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/statebindings.sidecarstate.dev",
-    )  # fmt: skip
+    # Right after the apply the CRD may have no conditions yet, and kubectl wait then fails at
+    # once instead of waiting (seen on a loaded machine): try again until it is Established.
+    for _ in range(60):
+        waited = cluster.kubectl_run(
+            "wait", "--for=condition=Established", "--timeout=30s",
+            "crd/statebindings.sidecarstate.dev", check=False,
+        )  # fmt: skip
+        if waited.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the StateBinding CRD is not Established: {waited.stderr}")
 
 
 @pytest.fixture(scope="session")

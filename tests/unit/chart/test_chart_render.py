@@ -2,8 +2,8 @@
 
 Why render rather than read the templates: what the apiserver gets is the rendered YAML, and
 that is where a wrong path, selector or verb would hide. The most important check is the first
-one: kopf serves each webhook handler at ``/<handler id>`` and silently *allows* a request to
-any other path, so a chart whose path drifts from the code disables injection without an error.
+one: the admission server serves two paths and answers 404 on any other, so a chart whose path
+drifts from the code would refuse (or, with failurePolicy Ignore, skip) every Pod it selects.
 
 helm is found through ``$HELM``, then ``PATH``, then the project's cache
 (``${SIDECAR_STATE_CACHE:-~/.cache/sidecar-state}/k8s/<version>/bin/helm``, built by the e2e
@@ -22,11 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 import yaml
 
-import sidecar_operator.handlers.webhook  # noqa: F401  (registers the admission handlers)
 from sidecar_operator import __version__
 from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
@@ -38,6 +36,7 @@ from sidecar_operator.webhook_config import (
     build_mutating_configuration,
     build_validating_configuration,
 )
+from sidecar_operator.webhook_server import ROUTES
 from sidecar_operator.webhook_tls.x509 import service_hosts
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -188,38 +187,29 @@ def test_webhook_paths_equal_the_handler_ids(render: Callable[[str], Objects], v
     assert [w["clientConfig"]["service"]["path"] for w in validating] == [f"/{VALIDATE_BINDINGS}"]
 
 
-def test_kopf_handler_ids_are_the_path_constants() -> None:
-    """Needs no helm: the decorators register exactly the ids webhook_config builds paths of."""
-    registry = kopf.get_default_registry()
-    handlers = {h.id: h for h in registry._webhooks.get_all_handlers()}
-    assert set(handlers) == {MUTATE_PODS, VALIDATE_BINDINGS}
+def test_the_server_routes_are_the_path_constants() -> None:
+    """Needs no helm: the admission server serves exactly the paths webhook_config builds."""
+    assert set(ROUTES) == {f"/{MUTATE_PODS}", f"/{VALIDATE_BINDINGS}"}
     for config in (
         build_mutating_configuration(base_url="https://x", ca_bundle=b""),
         build_validating_configuration(base_url="https://x", ca_bundle=b""),
     ):
         (hook,) = config["webhooks"]
-        assert hook["clientConfig"]["url"].removeprefix("https://x/") in handlers
+        assert hook["clientConfig"]["url"].removeprefix("https://x") in ROUTES
 
 
-def test_kopf_registers_the_handlers_the_chart_calls(render: Callable[[str], Objects]) -> None:
-    """The ids, kinds, operations and resources of kopf's registered admission handlers equal
-    the chart's webhooks: a renamed handler or a changed rule fails here, not in production."""
-    registry = kopf.get_default_registry()
-    handlers = {h.id: h for h in registry._webhooks.get_all_handlers()}
-    assert set(handlers) == {MUTATE_PODS, VALIDATE_BINDINGS}
+def test_the_server_routes_what_the_chart_calls(render: Callable[[str], Objects]) -> None:
+    """The paths, operations and resources the admission server routes equal the chart's
+    webhooks: a renamed path or a changed rule fails here, not in production."""
     objects = render("default")
-    for kind, handler_type in (("MutatingWebhookConfiguration", "mutating"),
-                               ("ValidatingWebhookConfiguration", "validating")):  # fmt: skip
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         (webhook,) = one(objects, kind)["webhooks"]
-        handler_id = webhook["clientConfig"]["service"]["path"].lstrip("/")
-        handler = handlers[handler_id]
-        assert handler.reason is not None and handler.reason.value == handler_type
+        route = ROUTES[webhook["clientConfig"]["service"]["path"]]
         (rule,) = webhook["rules"]
-        assert rule["operations"] == list(handler.operations or [])
-        assert handler.selector is not None
-        assert rule["apiGroups"] == [handler.selector.group or ""]
-        assert rule["apiVersions"] == [handler.selector.version]
-        assert rule["resources"] == [handler.selector.any_name]
+        assert rule["operations"] == list(route.operations)
+        assert rule["apiGroups"] == [route.group]
+        assert rule["apiVersions"] == [route.version]
+        assert rule["resources"] == [route.resource]
 
 
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))

@@ -8,7 +8,7 @@ import kopf
 import pytest
 
 from sidecar_operator.api.models import StateBinding, parse_binding
-from sidecar_operator.handlers.webhook import statebinding_validate
+from sidecar_operator.handlers.webhook import AdmissionRefused, statebinding_validate
 from sidecar_operator.settings import OperatorSettings
 
 MISSING = ...  # binding_doc(patch={path: MISSING}) removes the field
@@ -308,9 +308,9 @@ def test_tls_without_sasl_uses_only_the_ca_and_is_accepted(binding_doc):
 
 async def test_the_validating_webhook_refuses_sasl_without_tls_naming_the_field(binding_doc):
     doc = binding_doc(auth={"secretRef": {"name": "c"}, "mechanism": "SCRAM-SHA-512"})
-    with pytest.raises(kopf.AdmissionError) as refused:
+    with pytest.raises(AdmissionRefused) as refused:
         await statebinding_validate(
-            body=kopf.Body(doc), memo=kopf.Memo(settings=OperatorSettings())
+            doc, namespace="shop", memo=kopf.Memo(settings=OperatorSettings())
         )
 
     assert refused.value.code == 422

@@ -4,6 +4,7 @@ the callers that read only the decision: roll-out hashes, status counts, admissi
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -57,9 +58,26 @@ def test_roll_out_hash_comes_from_the_plan_without_copying_the_template(
         raise AssertionError("the roll-out hash must not copy the Pod")
 
     template, binding = make_pod(), make_binding()
-    monkeypatch.setattr(engine.copy, "deepcopy", no_copy)
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
     assert bindings_hash(template, bindings=[binding], namespace="shop",
                          defaults=DEFAULTS) == expected.bindings_hash  # fmt: skip
+
+
+def test_rendering_for_the_webhook_copies_only_what_it_changes(make_pod, make_binding, monkeypatch):
+    """The webhook renders once per Pod created (``share``): no deep copy of the Pod, and
+    the Pod it was given is left as it was."""
+    pod = make_pod(init_containers=[{"name": "migrate", "image": "shop/migrate:1"}],
+                   volumes=[{"name": "cache", "emptyDir": {}}])  # fmt: skip
+    before = json.loads(json.dumps(pod))
+    expected = inject_pod(pod, bindings=[make_binding()], namespace="shop", defaults=DEFAULTS)
+
+    def no_copy(value: Any, memo: Any = None) -> Any:
+        raise AssertionError("rendering must not deep-copy the Pod")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    decision = decide(pod, bindings=[make_binding()], namespace="shop", defaults=DEFAULTS)
+    assert render(decision, share=True) == expected
+    assert pod == before
 
 
 def test_a_skipped_decision_is_not_rendered(make_pod):

@@ -1,0 +1,162 @@
+"""The webhook's JSON patches are the ones kopf's admission path answered, Pod for Pod.
+
+The reference below is what the handler did under kopf: it appended functions to a
+``kopf.Patch`` that set the injected spec, annotations and labels (or moved our init
+containers), and kopf's ``Patch.as_json_patch`` deep-copied the whole object, applied them
+and diffed. The server now diffs once, without kopf and without the deep copy; for every Pod
+of the corpus the operations must be equal, and applying them must give the engine's Pod.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jsonpatch
+import kopf
+import pytest
+
+from sidecar_operator.controller.rollout import RolloutThrottle
+from sidecar_operator.handlers.context import OperatorContext
+from sidecar_operator.handlers.webhook import pod_mutate
+from sidecar_operator.injection import Injected, InjectionDefaults, SkipReason, decide, inject_pod
+from sidecar_operator.injection import render as render_pod
+from sidecar_operator.injection.placement import reposition
+from sidecar_operator.settings import OperatorSettings
+
+NAMESPACE = "shop"
+
+
+def _context(defaults: InjectionDefaults) -> OperatorContext:
+    context = OperatorContext(
+        settings=OperatorSettings(), injection_defaults=defaults, webhook_tls=None,
+        rollout_throttle=RolloutThrottle(per_minute=6, per_namespace=1, now=time.monotonic()),
+    )  # fmt: skip
+    context.index_ready.set()
+    return context
+
+
+def kopf_reference(obj: dict[str, Any], bindings: list[Any], defaults: InjectionDefaults) -> Any:
+    """The operations kopf sent for this Pod (the handler as it was, through kopf.Patch)."""
+    body = kopf.Body(copy.deepcopy(obj))
+    patch = kopf.Patch(body=body)
+    pod = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
+    decision = decide(pod, bindings=bindings, namespace=NAMESPACE, defaults=defaults,
+                      admit_missing=True)  # fmt: skip
+    if decision.skip is SkipReason.ALREADY_INJECTED:
+        moved = reposition(list(body.spec.get("initContainers") or []))
+        if moved is not None:
+            patch.fns.append(
+                lambda t: t.setdefault("spec", {}).__setitem__("initContainers", moved)
+            )
+    elif decision.skip is None:
+        injected = copy.deepcopy(render_pod(decision).pod)
+
+        def apply(target: Any) -> None:
+            target["spec"] = injected["spec"]
+            target.setdefault("metadata", {})["annotations"] = injected["metadata"]["annotations"]
+            target["metadata"]["labels"] = injected["metadata"]["labels"]
+
+        patch.fns.append(apply)
+    return patch.as_json_patch()
+
+
+def _as_sent(pod: dict[str, Any]) -> dict[str, Any]:
+    """A Pod as the apiserver puts it in an AdmissionReview: with kind, namespace and status."""
+    obj = {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(pod)}
+    obj["metadata"]["namespace"] = NAMESPACE
+    obj["spec"].setdefault("restartPolicy", "Always")
+    obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+    return obj
+
+
+def _already_injected(make_pod: Callable[..., Any], binding: Any) -> dict[str, Any]:
+    """An injected Pod to which a later webhook (a mesh's) appended its init container."""
+    outcome = inject_pod(make_pod(), bindings=[binding], namespace=NAMESPACE,
+                         defaults=InjectionDefaults())  # fmt: skip
+    assert isinstance(outcome, Injected)
+    pod = copy.deepcopy(outcome.pod)
+    pod["spec"]["initContainers"].append({"name": "istio-init", "image": "istio/proxyv2:1"})
+    return pod
+
+
+CORPUS: dict[str, Callable[[Any, Any], tuple[dict[str, Any], list[Any], InjectionDefaults]]] = {
+    "seed": lambda pod, b: (pod(), [b()], InjectionDefaults()),
+    "sidecars as containers": lambda pod, b: (
+        pod(), [b()], InjectionDefaults(sidecar_mode="containers")
+    ),
+    "own init containers": lambda pod, b: (
+        pod(init_containers=[{"name": "migrate", "image": "shop/migrate:1"}]), [b()],
+        InjectionDefaults(),
+    ),
+    "behind a mesh": lambda pod, b: (
+        pod(init_containers=[{"name": "istio-init", "image": "istio/proxyv2:1"},
+                             {"name": "istio-proxy", "image": "istio/proxyv2:1",
+                              "restartPolicy": "Always"},
+                             {"name": "migrate", "image": "shop/migrate:1"}]),
+        [b()], InjectionDefaults(),
+    ),
+    "annotations, env, mounts, volumes": lambda pod, b: (
+        pod(annotations={"team": "shop", "prometheus.io/scrape": "true"},
+            labels={"app": "checkout", "tier": "web"},
+            containers=[{"name": "app", "image": "shop/checkout:1",
+                         "env": [{"name": "MODE", "value": "prod"}],
+                         "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
+                        {"name": "sidecar", "image": "shop/log:1"}],
+            volumes=[{"name": "cache", "emptyDir": {}}]),
+        [b()], InjectionDefaults(prometheus_annotations=True),
+    ),
+    "pull secrets and security context": lambda pod, b: (
+        pod(imagePullSecrets=[{"name": "shop-registry"}],
+            securityContext={"runAsNonRoot": True, "supplementalGroups": [5]}),
+        [b()], InjectionDefaults(image_pull_secrets=("ops-registry", "shop-registry")),
+    ),
+    "two bindings by annotation, one missing": lambda pod, b: (
+        pod(annotations={"sidecarstate.dev/bindings": "feature-flags,prices,gone"}),
+        [b(), b("prices", prefix="price:", topics=("prices",))], InjectionDefaults(),
+    ),
+    "lmdb": lambda pod, b: (
+        pod(), [b(patch={"spec.store.engine": "lmdb"})], InjectionDefaults(),
+    ),
+    "already injected, a mesh init container behind ours": lambda pod, b: (
+        _already_injected(pod, b()), [b()], InjectionDefaults(),
+    ),
+    "not selected": lambda pod, b: (pod(labels={"app": "other"}), [b()], InjectionDefaults()),
+    "opted out": lambda pod, b: (
+        pod(annotations={"sidecarstate.dev/inject": "false"}), [b()], InjectionDefaults(),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CORPUS))
+def test_the_patch_is_the_one_kopf_sent(case, make_pod, make_binding):
+    pod, bindings, defaults = CORPUS[case](make_pod, make_binding)
+    obj = _as_sent(pod)
+    sent = copy.deepcopy(obj)
+
+    verdict = pod_mutate(obj, namespace=NAMESPACE, dryrun=True, bindings=bindings,
+                         memo=_context(defaults))  # fmt: skip
+
+    assert verdict.patch == kopf_reference(obj, bindings, defaults)
+    assert obj == sent, "the request's object is not changed"
+    if case in {"not selected", "opted out"}:
+        assert verdict.patch == []
+    else:
+        assert verdict.patch, case
+
+
+@pytest.mark.parametrize(
+    "case", ["seed", "behind a mesh", "lmdb", "annotations, env, mounts, volumes"]
+)
+def test_applying_the_patch_gives_the_engines_pod(case, make_pod, make_binding):
+    pod, bindings, defaults = CORPUS[case](make_pod, make_binding)
+    obj = _as_sent(pod)
+
+    verdict = pod_mutate(obj, namespace=NAMESPACE, dryrun=True, bindings=bindings,
+                         memo=_context(defaults))  # fmt: skip
+
+    expected = inject_pod(obj, bindings=bindings, namespace=NAMESPACE, defaults=defaults)
+    assert isinstance(expected, Injected)
+    assert jsonpatch.apply_patch(obj, verdict.patch) == expected.pod
