@@ -128,6 +128,16 @@ async def running_hydrated(
         yield hydrator
 
 
+@contextlib.asynccontextmanager
+async def serving_hydrated(
+    config: HydratorConfig, *, within: float = 30.0
+) -> AsyncIterator[tuple[Hydrator, int]]:
+    """:func:`serving`, entered once the view is :func:`hydrated`."""
+    async with serving(config) as (hydrator, port):
+        await hydrated(hydrator, within=within)
+        yield hydrator, port
+
+
 async def hydrate_once(config: HydratorConfig) -> None:
     """Run a hydrator until its view is complete, then stop it (as at SIGTERM): the store a
     restarted hydrator finds."""

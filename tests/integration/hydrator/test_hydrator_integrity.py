@@ -21,7 +21,7 @@ from tests.integration.hydrator.support import (
     hydrated,
     running_hydrated,
     sample,
-    serving,
+    serving_hydrated,
     sidecar_redis_config,
     value_is,
     view,
@@ -69,8 +69,7 @@ async def test_an_apply_loop_that_keeps_failing_turns_readyz_503_logs_once_and_c
 ) -> None:
     topic = await pod.topic_with([(b"a", b"1")])
     config = pod.config(topic, format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    async with serving_hydrated(config) as (hydrator, port):
         assert await http_status(port, "/readyz") == 200
         caplog.set_level(logging.INFO, logger="sidecar_hydrator")
         # Every transaction writes the offsets hash: forbidding HSET makes every apply and
@@ -102,8 +101,7 @@ async def test_writes_refused_by_a_full_redis_are_retried_once_memory_is_freed(
     topic = await pod.topic_with([(b"small", b"1")])
     config = pod.config(topic, format="raw", live_batch_max_keys=5)
     big = [(f"big{i:02d}".encode(), bytes([65 + i]) * 100_000) for i in range(30)]
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    async with serving_hydrated(config) as (hydrator, port):
         await pod.produce(topic, big)  # ~3 MB: more than fits next to Redis itself
         await eventually(
             lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="refusals"
@@ -147,8 +145,7 @@ async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_hear
     data = {f"k{i:06d}".encode(): f"v{i}".encode() for i in range(50_000)}
     await pod.produce(topic, list(data.items()))
     config = pod.config(topic, format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator, within=60)
+    async with serving_hydrated(config, within=60) as (hydrator, port):
         await asyncio.sleep(1.2)  # a heartbeat of the intact view
         meta = await pod.app.hgetall(config.metadata_key)
         assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
@@ -197,8 +194,7 @@ async def test_a_redis_restarted_empty_while_kafka_is_down_claims_neither_comple
 ) -> None:
     topic = await pod.topic_with([(b"a", b"1"), (b"b", b"2")])
     config = pod.config(topic, format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    async with serving_hydrated(config) as (hydrator, port):
         pod.broker.kill()
         pod.redis.restart()  # empty, and nothing to rebuild from
         await asyncio.sleep(2.5)

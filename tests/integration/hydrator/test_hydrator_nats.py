@@ -42,6 +42,7 @@ from tests.integration.hydrator.support import (
     running_hydrated,
     sample,
     serving,
+    serving_hydrated,
     view,
 )
 from tests.support.nats_jwt import JwtChain
@@ -109,8 +110,7 @@ async def test_kv_bootstrap_live_update_and_delete(
     await bucket.delete("k1")
     await bucket.purge("k2")
     config = nats_config(server=nats_server, redis=redis_server, kv=NatsKv(bucket="flags"))
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    async with serving_hydrated(config) as (_, port):
         expected = {f"k{i}".encode(): f"v{i}".encode() for i in range(3, 50)}
         expected[b"k0"] = b"newest"
         assert await view(app_redis, b"k") == expected
@@ -223,8 +223,7 @@ async def test_server_killed_mid_stream_then_restarted_nothing_lost(
     for i in range(100):
         await kv.put(f"k{i}", b"before")
     config = nats_config(server=nats_server, redis=redis_server, kv=NatsKv(bucket="flags"))
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    async with serving_hydrated(config) as (_, port):
         await nc.close()
         nats_server.kill()
         # Fail static: the view is still served while the server is away, and the app is

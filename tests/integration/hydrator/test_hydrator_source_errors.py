@@ -25,9 +25,8 @@ from tests.integration.hydrator.support import (
     KafkaPod,
     eventually,
     http_status,
-    hydrated,
     sample,
-    serving,
+    serving_hydrated,
     view_is,
 )
 from tests.integration.hydrator.test_hydrator_nats import nats_config
@@ -67,8 +66,7 @@ async def test_a_kafka_error_out_of_the_source_is_a_source_error_never_a_rebuild
 ) -> None:
     topic = await pod.topic_with([(b"a", b"1"), (b"b", b"2")])
     config = pod.config(topic, format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    async with serving_hydrated(config) as (hydrator, port):
         rebuilds = _rebuilds(hydrator)
         assert rebuilds == 1  # the first start's, into the empty store
         source = hydrator.feeds[0]._source
@@ -112,8 +110,7 @@ async def test_a_nats_error_is_a_source_error_never_a_rebuild(
         bucket = await nc.jetstream().create_key_value(bucket="flags")
         await bucket.put("a", b"1")
         config = nats_config(server=nats_server, redis=redis_server, kv=NatsKv(bucket="flags"))
-        async with serving(config) as (hydrator, port):
-            await hydrated(hydrator)
+        async with serving_hydrated(config) as (hydrator, port):
             rebuilds = _rebuilds(hydrator)
             assert rebuilds == 1
             source = hydrator.feeds[0]._source
