@@ -459,13 +459,12 @@ def _eventually(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> A
 
 @pytest.fixture
 def app_namespace(release: Release) -> Iterator[str]:
-    """A namespace of the test's own for the app's objects, deleted after it."""
+    """A namespace of the test's own for the app's objects, deleted after it (pytest runs
+    the code after ``yield`` whatever the test's outcome)."""
     name = f"e2e-chart-app-{uuid.uuid4().hex[:6]}"
     release.cluster.kubectl_run("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        release.cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
+    yield name
+    release.cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
 
 
 @contextlib.contextmanager
