@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,8 +19,6 @@ from tests.integration.hydrator.support import (
     eventually,
     hydrate_once,
     hydrated,
-    make_config,
-    produce,
     rebuilt,
     running,
     running_hydrated,
@@ -31,9 +28,7 @@ from tests.integration.hydrator.support import (
     view,
 )
 from tests.support.console_scripts import console_script
-from tests.support.kafka_broker import KafkaBroker
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,29 +57,20 @@ async def test_restarted_hydrator_resumes_from_stored_offsets_without_rereading(
 
 
 async def test_redis_restarted_empty_is_rebuilt_and_readers_never_see_a_partial_table(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
+    pod: KafkaPod,
 ) -> None:
     n = 30_000
-    topic = make_topic(partitions=2)
     data = records(n)
-    await produce(kafka_broker, topic, data)
+    topic = await pod.topic_with(data, partitions=2)
     # Small bootstrap batches stretch the rebuild over many transactions: many chances for a
     # reader to catch a half-built table if the rebuild wrote into the served database.
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="raw",
-        bootstrap_batch_max_keys=500,
-    )
+    config = pod.config(topic, format="raw", bootstrap_batch_max_keys=500)
     keys = [k for k, _ in data]
     seen: list[int] = []
     stop_reading = asyncio.Event()
 
     async def reader() -> None:
-        client = aioredis.Redis(unix_socket_path=str(redis_server.socket_path))
+        client = aioredis.Redis(unix_socket_path=str(pod.redis.socket_path))
         try:
             while not stop_reading.is_set():
                 try:
@@ -103,7 +89,7 @@ async def test_redis_restarted_empty_is_rebuilt_and_readers_never_see_a_partial_
     async with running_hydrated(config) as hydrator:
         reading = asyncio.create_task(reader())
         await eventually(lambda: len(seen) > 3, what="reader running")
-        redis_server.restart()  # comes back empty, same socket
+        pod.redis.restart()  # comes back empty, same socket
         await eventually(lambda: not hydrator.hydrated, within=10, what="loss noticed")
         await hydrated(hydrator)
         await eventually(lambda: seen[-1] == n, what="reader sees the rebuilt table")
@@ -186,9 +172,7 @@ async def test_full_redis_refuses_writes_counted_and_hydrator_carries_on(pod: Ka
 async def test_sigterm_of_the_real_process_exits_promptly(pod: KafkaPod) -> None:
     topic = await pod.topic_with(records(200))
     port = free_port()
-    config = make_config(
-        broker=pod.broker, redis=pod.redis, topics=[topic], format="raw", http_port=port
-    )
+    config = pod.config(topic, format="raw", http_port=port)
     env = {**os.environ, CONFIG_ENV: config.to_env_value()}
     command = [str(console_script("sidecar-state-hydrator"))]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)  # noqa: ASYNC220

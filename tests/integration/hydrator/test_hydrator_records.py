@@ -19,7 +19,6 @@ from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
     eventually,
-    make_config,
     running,
     running_hydrated,
     sample,
@@ -72,9 +71,7 @@ async def test_json_tombstone_deletes_what_its_set_created_with_json_serialized_
             (js("u1"), None),  # bootstrap: the tombstone comes in the same read
         ],
     )
-    config = make_config(
-        broker=pod.broker, redis=pod.redis, topics=[topic], prefix="user:", key_field="id"
-    )
+    config = pod.config(topic, prefix="user:", key_field="id")
     async with running_hydrated(config) as hydrator:
         assert set(await view(pod.app, b"user:")) == {b"user:u2", b"user:u3"}
 
@@ -100,9 +97,7 @@ async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
             row_event("c", "orders", key={"id": 3}, row={"id": 3, "total": 30}),
         ],
     )
-    orders = make_config(
-        broker=pod.broker, redis=pod.redis, topics=[topic], format="debezium", prefix="o:"
-    )
+    orders = pod.config(topic, format="debezium", prefix="o:")
     other = orders.bindings[0].model_copy(
         update={
             "name": "mirror",
@@ -205,9 +200,7 @@ async def test_debezium_connect_logical_types_are_decoded_when_the_schema_is_sen
         "updated": 1_704_164_645_678_901,
     }
     await pod.produce(topic, [row_event("r", "p", key={"id": 1}, row=row, schema=schema)])
-    config = make_config(
-        broker=pod.broker, redis=pod.redis, topics=[topic], format="debezium", prefix="p:"
-    )
+    config = pod.config(topic, format="debezium", prefix="p:")
     async with running_hydrated(config):
         served = await pod.app.get(b"p:1")
         assert served is not None

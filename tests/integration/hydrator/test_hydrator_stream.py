@@ -13,7 +13,6 @@ from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
     eventually,
-    make_config,
     running_hydrated,
     sample,
     value_is,
@@ -123,9 +122,7 @@ async def test_malformed_records_are_skipped_counted_and_later_records_apply(pod
         ],
         max_request_size=8 * MIB,
     )
-    config = make_config(
-        broker=pod.broker, redis=pod.redis, topics=[topic], prefix="flag:", key_field="id"
-    )
+    config = pod.config(topic, prefix="flag:", key_field="id")
     async with running_hydrated(config) as hydrator:
         assert set(await view(pod.app, b"flag:")) == {b"flag:good-1", b"flag:good-2"}
         counts = {"not_json": 1, "missing_key": 1, "invalid_utf8": 2, "too_large": 1}
@@ -176,9 +173,7 @@ async def _missing(client: aioredis.Redis, key: bytes) -> bool:
 
 async def test_applied_batches_are_announced_on_the_bindings_channel(pod: KafkaPod) -> None:
     topic = await pod.topic_with([(b"old", flag("old", True))])
-    config = make_config(
-        broker=pod.broker, redis=pod.redis, topics=[topic], prefix="flag:", key_field="id"
-    )
+    config = pod.config(topic, prefix="flag:", key_field="id")
     async with running_hydrated(config):
         subscriber = pod.app.pubsub()
         await subscriber.subscribe("sidecar-state:changes:b")
