@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -236,14 +238,17 @@ def test_crd_is_installed_and_served(release: Release) -> None:
     assert listed["items"] == []
 
 
-def test_service_accounts_may_do_what_the_code_does_and_no_more(release: Release) -> None:
-    def can(account: str, *args: str) -> bool:
-        proc = release.cluster.kubectl_run(
-            "auth", "can-i", *args,
-            f"--as=system:serviceaccount:{release.namespace}:{account}", check=False,
-        )  # fmt: skip
-        return proc.stdout.strip() == "yes"
+def _may(release: Release, account: str, *args: str) -> bool:
+    """``kubectl auth can-i``, as the chart's ServiceAccount ``account``."""
+    proc = release.cluster.kubectl_run(
+        "auth", "can-i", *args,
+        f"--as=system:serviceaccount:{release.namespace}:{account}", check=False,
+    )  # fmt: skip
+    return proc.stdout.strip() == "yes"
 
+
+def test_service_accounts_may_do_what_the_code_does_and_no_more(release: Release) -> None:
+    can = functools.partial(_may, release)
     webhook, controller = release.webhook_account, release.controller_account
     secret = f"secrets/{FULLNAME}-webhook-tls"
     for args in (("list", f"{PLURAL}.{GROUP}", "-A"), ("watch", f"{PLURAL}.{GROUP}", "-A"),
@@ -452,36 +457,62 @@ def _eventually(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> A
     return wait_for(probe, timeout=timeout, interval=0.5, what=what)
 
 
-def test_both_roles_run_with_nothing_but_the_charts_rbac(release: Release) -> None:
-    app = f"e2e-chart-app-{uuid.uuid4().hex[:6]}"
-    release.cluster.kubectl_run("create", "namespace", app)
-    webhook = _run_role(release, "webhook", release.webhook_account)
-    controller = _run_role(release, "controller", release.controller_account)
+@pytest.fixture
+def app_namespace(release: Release) -> Iterator[str]:
+    """A namespace of the test's own for the app's objects, deleted after it (pytest runs
+    the code after ``yield`` whatever the test's outcome)."""
+    name = f"e2e-chart-app-{uuid.uuid4().hex[:6]}"
+    release.cluster.kubectl_run("create", "namespace", name)
+    yield name
+    release.cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def _both_roles(
+    release: Release, *, extra: dict[str, str] | None = None
+) -> Iterator[tuple[RoleProcess, RoleProcess]]:
+    """The webhook and the controller role, each a process as its chart ServiceAccount, once
+    both are ready; stopped after the block."""
+    webhook = _run_role(release, "webhook", release.webhook_account, extra=extra)
+    controller = _run_role(release, "controller", release.controller_account, extra=extra)
     try:
         _eventually("the webhook role to be ready", webhook.ready)
         _eventually("the controller role to be ready", controller.ready)
-        release.cluster.apply(binding("flags", app))
-        # The controller labels the namespace (namespaces get/patch), lists Pods and workloads
-        # and writes the status (statebindings/status patch) as its own ServiceAccount.
-        _eventually("the binding's status", lambda: release.cluster.kubectl_json(
-            "get", "statebinding", "flags", "-n", app).get("status", {}).get(
-            "observedGeneration"))  # fmt: skip
-        labels = release.cluster.kubectl_json("get", "namespace", app)["metadata"]["labels"]
-        assert labels.get(f"{GROUP}/injection") == "enabled"
-        time.sleep(3)  # let every watcher of both roles list and watch once
-        for role in (webhook, controller):
-            assert role.ready()
-            assert role.permission_errors() == [], "\n".join(role.permission_errors())
+        yield webhook, controller
+    finally:
+        webhook.stop()
+        controller.stop()
+
+
+def _assert_a_binding_is_reconciled_without_a_permission_error(
+    release: Release, roles: tuple[RoleProcess, RoleProcess], app: str
+) -> None:
+    """The controller labels the namespace (namespaces get/patch), lists Pods and workloads
+    and writes the status (statebindings/status patch) as its own ServiceAccount; and no
+    watcher of either role was refused."""
+    release.cluster.apply(binding("flags", app))
+    _eventually("the binding's status", lambda: release.cluster.kubectl_json(
+        "get", "statebinding", "flags", "-n", app).get("status", {}).get(
+        "observedGeneration"))  # fmt: skip
+    labels = release.cluster.kubectl_json("get", "namespace", app)["metadata"]["labels"]
+    assert labels.get(f"{GROUP}/injection") == "enabled"
+    time.sleep(3)  # let every watcher of both roles list and watch once
+    for role in roles:
+        assert role.ready()
+        assert role.permission_errors() == [], "\n".join(role.permission_errors())
+
+
+def test_both_roles_run_with_nothing_but_the_charts_rbac(
+    release: Release, app_namespace: str
+) -> None:
+    with _both_roles(release) as roles:
+        _assert_a_binding_is_reconciled_without_a_permission_error(release, roles, app_namespace)
         if "tls_secret" in OperatorSettings.model_fields:
             secret = release.get("secret", f"{FULLNAME}-webhook-tls")
             assert secret is not None
             bundle = webhook_tls.Bundle.from_secret_data(secret["data"])
             assert bundle is not None
             _assert_serves_with(bundle, release)
-    finally:
-        webhook.stop()
-        controller.stop()
-        release.cluster.kubectl_run("delete", "namespace", app, "--wait=false", check=False)
 
 
 def test_a_wiped_ca_bundle_is_repaired_within_seconds(release: Release) -> None:
@@ -535,22 +566,17 @@ def test_upgrade_applies_values_and_keeps_the_ca_bundle(release: Release) -> Non
     _assert_serves_with(bundle, release)
 
 
-def test_a_namespaced_install_serves_its_namespaces_with_roles_only(release: Release) -> None:
+def test_a_namespaced_install_serves_its_namespaces_with_roles_only(
+    release: Release, app_namespace: str
+) -> None:
     """watchNamespaces: Roles in those namespaces, nothing namespaced cluster-wide; both roles
     run as their ServiceAccounts and do their work there without a permission error."""
-    app = f"e2e-chart-ns-{uuid.uuid4().hex[:6]}"
-    release.cluster.kubectl_run("create", "namespace", app)
+    app = app_namespace
     release.helm(
         "upgrade", RELEASE, str(CHART), values={**INSTALL_VALUES, "watchNamespaces": [app]}
     )
 
-    def can(account: str, *args: str) -> bool:
-        proc = release.cluster.kubectl_run(
-            "auth", "can-i", *args,
-            f"--as=system:serviceaccount:{release.namespace}:{account}", check=False,
-        )  # fmt: skip
-        return proc.stdout.strip() == "yes"
-
+    can = functools.partial(_may, release)
     webhook_account, controller_account = release.webhook_account, release.controller_account
     assert can(controller_account, "list", "pods", "-n", app)
     assert can(controller_account, "patch", f"namespaces/{app}")
@@ -563,26 +589,8 @@ def test_a_namespaced_install_serves_its_namespaces_with_roles_only(release: Rel
                           (webhook_account, ("get", "secrets/x", "-n", "default"))):  # fmt: skip
         assert not can(account, *args), f"{account} may {args}"
 
-    scoped = {"SIDECAR_STATE_WATCH_NAMESPACES": app}
-    webhook = _run_role(release, "webhook", webhook_account, extra=scoped)
-    controller = _run_role(release, "controller", controller_account, extra=scoped)
-    try:
-        _eventually("the webhook role to be ready", webhook.ready)
-        _eventually("the controller role to be ready", controller.ready)
-        release.cluster.apply(binding("flags", app))
-        _eventually("the binding's status", lambda: release.cluster.kubectl_json(
-            "get", "statebinding", "flags", "-n", app).get("status", {}).get(
-            "observedGeneration"))  # fmt: skip
-        labels = release.cluster.kubectl_json("get", "namespace", app)["metadata"]["labels"]
-        assert labels.get(f"{GROUP}/injection") == "enabled"
-        time.sleep(3)  # let every watcher of both roles list and watch once
-        for role in (webhook, controller):
-            assert role.ready()
-            assert role.permission_errors() == [], "\n".join(role.permission_errors())
-    finally:
-        webhook.stop()
-        controller.stop()
-        release.cluster.kubectl_run("delete", "namespace", app, "--wait=false", check=False)
+    with _both_roles(release, extra={"SIDECAR_STATE_WATCH_NAMESPACES": app}) as roles:
+        _assert_a_binding_is_reconciled_without_a_permission_error(release, roles, app)
 
 
 def test_uninstall_removes_what_it_installed_and_keeps_the_crd(release: Release) -> None:

@@ -8,9 +8,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from demo.publish import publish
 from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import wait_for, wait_reconciled
 from tests.e2e.node.stack import IMAGES
+from tests.support.kafka_broker import KafkaBroker
 
 APP_PORT = 8080
 HYDRATOR_PORT = 9464
@@ -32,6 +34,32 @@ def flag_binding(
             "store": {"maxMemory": max_memory},
         },
     }
+
+
+def flag_topic(
+    broker: KafkaBroker, namespace: str, *, enabled: bool = True, prefix: str = "flags"
+) -> str:
+    """A topic of this namespace's own (``<prefix>-<namespace>``) holding the demo's one flag,
+    ``new-ui-layout``, so the app answers "Showing New Layout" (or Old, not ``enabled``)."""
+    topic = f"{prefix}-{namespace}"
+    broker.create_topic(topic)
+    publish(broker.bootstrap_servers, "new-ui-layout", enabled, topic=topic)
+    return topic
+
+
+def big_flags(count: int = 6000) -> list[tuple[str, bytes]]:
+    """``count`` flags of 1 KiB each (6 MB by default: more than a 4Mi store holds)."""
+    filler = "x" * 1024
+    return [
+        (f"k{i}", json.dumps({"id": f"k{i}", "enabled": filler}).encode()) for i in range(count)
+    ]
+
+
+def bind(cluster: ClusterAccess, binding: dict[str, Any]) -> None:
+    """Apply a StateBinding and wait until the operator has reconciled it, so Pods created
+    after this are injected with it."""
+    cluster.apply(binding)
+    wait_reconciled(cluster, binding["metadata"]["name"], binding["metadata"]["namespace"])
 
 
 def app_container(command: list[str] | None = None) -> dict[str, Any]:
@@ -63,6 +91,45 @@ def app_pod(name: str, namespace: str, *, app: str) -> dict[str, Any]:
             "dnsPolicy": "Default",
         },
     }
+
+
+def start_app_pod(
+    cluster: ClusterAccess, name: str, namespace: str, *, app: str, timeout: float = 120.0
+) -> dict[str, Any]:
+    """The demo app's Pod ``name`` (label ``app``), once Ready: its view is complete."""
+    cluster.apply(app_pod(name, namespace, app=app))
+    return wait_ready(cluster, name, namespace, timeout=timeout)
+
+
+def app_job(name: str, namespace: str, script: str) -> dict[str, Any]:
+    """A Job (label ``app: <name>``) running ``python3 -c script`` in the demo app's image."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "dnsPolicy": "Default",
+                    "containers": [app_container(["python3", "-c", script])],
+                },
+            },
+        },
+    }
+
+
+def run_job(cluster: ClusterAccess, name: str, namespace: str, script: str) -> str:
+    """Run :func:`app_job` to completion; the app container's log."""
+    cluster.apply(app_job(name, namespace, script))
+    cluster.kubectl_run(
+        "wait", "--for=condition=Complete", f"job/{name}", "-n", namespace, "--timeout=120s",
+        timeout=130,
+    )  # fmt: skip
+    logs: str = cluster.kubectl_run("logs", f"job/{name}", "-n", namespace, "-c", "app").stdout
+    return logs
 
 
 def get_pod(cluster: ClusterAccess, name: str, namespace: str) -> dict[str, Any]:
@@ -135,3 +202,19 @@ def wait_answer(pod_ip: str, want: str, *, timeout: float = 10.0) -> float:
             return time.time()
         time.sleep(0.005)
     raise AssertionError(f"the app never answered {want!r} (last: {last!r})")
+
+
+def wait_oom_rejections(cluster: ClusterAccess, name: str, namespace: str) -> str:
+    """Until the hydrator of Pod ``name`` reports Redis refusing writes; the Pod's IP."""
+
+    def refusing() -> str | None:
+        ip = get_pod(cluster, name, namespace)["status"].get("podIP")
+        if not ip:
+            return None
+        try:
+            return ip if metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total") else None
+        except OSError:
+            return None
+
+    ip: str = wait_for(refusing, timeout=90, interval=1, what="OOM rejections in the metrics")
+    return ip

@@ -13,10 +13,9 @@ import sys
 
 import pytest
 
-from demo.publish import publish
-from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
+from tests.e2e.helpers import get_binding, wait_for
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.support import app_pod, flag_binding, wait_answer, wait_ready
+from tests.e2e.node.support import bind, flag_binding, flag_topic, start_app_pod, wait_answer
 from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 
 RELEASE = "sidecar-state"
@@ -42,13 +41,8 @@ def test_chart_operator_runs_and_injects_through_its_service(
     # Service links would put SIDECAR_STATE_WEBHOOK_PORT=tcp://... into the operator's env.
     assert rendered["enableServiceLinks"] is False
 
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
-    cluster.apply(flag_binding("shop", namespace, topic=topic))
-    wait_reconciled(cluster, "shop", namespace)
-    cluster.apply(app_pod("shop-1", namespace, app="shop"))
-    pod = wait_ready(cluster, "shop-1", namespace, timeout=180)
+    bind(cluster, flag_binding("shop", namespace, topic=flag_topic(broker, namespace)))
+    pod = start_app_pod(cluster, "shop-1", namespace, app="shop", timeout=180)
     inits = [c["name"] for c in pod["spec"]["initContainers"]]
     assert inits == ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
     assert wait_answer(pod["status"]["podIP"], "Showing New Layout", timeout=10)

@@ -24,18 +24,20 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from demo.publish import publish
-from tests.e2e.helpers import wait_for, wait_reconciled
+from tests.e2e.helpers import wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import (
     APP_PORT,
     app_json,
     app_pod,
+    bind,
     container_status,
     flag_binding,
+    flag_topic,
     get_pod,
     http_get,
     metric,
+    start_app_pod,
     wait_ready,
 )
 from tests.support.kafka_broker import KafkaBroker
@@ -88,8 +90,7 @@ def test_a_hydrator_killed_mid_bootstrap_resumes_and_the_app_starts_on_the_whole
     # Enough records to take several seconds at the sidecar's CPU limit (200m).
     total = 150_000
     asyncio.run(_publish_bulk(broker.bootstrap_servers, [_flag(i) for i in range(total)], topic))
-    cluster.apply(flag_binding("boot", namespace, topic=topic, max_memory="64Mi"))
-    wait_reconciled(cluster, "boot", namespace)
+    bind(cluster, flag_binding("boot", namespace, topic=topic, max_memory="64Mi"))
     cluster.apply(app_pod("boot-1", namespace, app="boot"))
 
     def running() -> tuple[str, str] | None:
@@ -200,13 +201,9 @@ def test_a_broker_restart_under_200_records_a_second_loses_nothing(
     node_cluster: NodeCluster, namespace: str
 ) -> None:
     cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"steady-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
-    cluster.apply(flag_binding("steady", namespace, topic=topic))
-    wait_reconciled(cluster, "steady", namespace)
-    cluster.apply(app_pod("steady-1", namespace, app="steady"))
-    ip: str = wait_ready(cluster, "steady-1", namespace)["status"]["podIP"]
+    topic = flag_topic(broker, namespace, prefix="steady")
+    bind(cluster, flag_binding("steady", namespace, topic=topic))
+    ip: str = start_app_pod(cluster, "steady-1", namespace, app="steady")["status"]["podIP"]
 
     producer = _SteadyProducer(broker, topic, rate=200)
     thread = threading.Thread(target=asyncio.run, args=(producer.run(),), daemon=True)

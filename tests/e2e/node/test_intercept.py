@@ -14,10 +14,10 @@ import urllib.request
 from typing import Any
 
 from demo.publish import publish_many
-from tests.e2e.helpers import wait_for, wait_reconciled
+from tests.e2e.helpers import wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.stack import IMAGES
-from tests.e2e.node.support import container_status, wait_ready
+from tests.e2e.node.support import bind, container_status, flag_binding, wait_ready
 
 LISTEN_PORT = 15080
 APP_PORT = 8080
@@ -41,40 +41,34 @@ ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
 
 
 def session_binding(name: str, namespace: str, *, topic: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "sidecarstate.dev/v1alpha1",
-        "kind": "StateBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "source": {"kafka": {"topics": [topic], "format": "json"}},
-            "keys": {"prefix": "session:", "keyField": "id"},
-            "store": {"maxMemory": "16Mi"},
-            "intercept": {
-                "port": "http",
-                "listenPort": LISTEN_PORT,
-                "timeout": "250ms",
-                "bypass": [{"path": "/healthz"}],
-                "rules": [
-                    {
-                        "name": "session",
-                        "credential": {"header": "authorization", "prefix": "Bearer "},
-                        "key": "{credential}",
-                        "onMissingCredential": {
-                            "status": 401,
-                            "headers": {"www-authenticate": "Bearer"},
-                        },
-                        "onMissingKey": {"action": "deny", "status": 401},
-                        "inject": [
-                            {"header": "x-user-name", "from": "json:/name"},
-                            {"header": "x-user-plan", "from": "json:/plan"},
-                        ],
-                        "stripUpstream": ["authorization"],
-                    }
+    """Sessions (JSON ``{"id", "name", "plan"}`` -> ``session:<id>``), and Envoy in front of
+    the app's ``http`` port enriching each request with its session."""
+    binding = flag_binding(name, namespace, topic=topic)
+    binding["spec"]["keys"] = {"prefix": "session:", "keyField": "id"}
+    binding["spec"]["intercept"] = {
+        "port": "http",
+        "listenPort": LISTEN_PORT,
+        "timeout": "250ms",
+        "bypass": [{"path": "/healthz"}],
+        "rules": [
+            {
+                "name": "session",
+                "credential": {"header": "authorization", "prefix": "Bearer "},
+                "key": "{credential}",
+                "onMissingCredential": {
+                    "status": 401,
+                    "headers": {"www-authenticate": "Bearer"},
+                },
+                "onMissingKey": {"action": "deny", "status": 401},
+                "inject": [
+                    {"header": "x-user-name", "from": "json:/name"},
+                    {"header": "x-user-plan", "from": "json:/plan"},
                 ],
-            },
-        },
+                "stripUpstream": ["authorization"],
+            }
+        ],
     }
+    return binding
 
 
 def echo_pod(name: str, namespace: str) -> dict[str, Any]:
@@ -133,8 +127,7 @@ def test_requests_through_envoy_are_enriched_refused_and_follow_kafka(
     topic = f"sessions-{namespace}"
     broker.create_topic(topic)
     publish_sessions(broker.bootstrap_servers, topic, {"tok-ada": {"name": "Ada", "plan": "pro"}})
-    cluster.apply(session_binding("sessions", namespace, topic=topic))
-    wait_reconciled(cluster, "sessions", namespace)
+    bind(cluster, session_binding("sessions", namespace, topic=topic))
     cluster.apply(echo_pod("sessions-1", namespace))
 
     pod = wait_ready(cluster, "sessions-1", namespace)

@@ -8,10 +8,17 @@ import sys
 from typing import Any
 
 from demo.publish import publish
-from tests.e2e.helpers import wait_for, wait_reconciled
+from tests.e2e.helpers import wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.stack import IMAGES
-from tests.e2e.node.support import container_status, flag_binding, get_pod, wait_ready
+from tests.e2e.node.support import (
+    bind,
+    container_status,
+    flag_binding,
+    flag_topic,
+    get_pod,
+    wait_ready,
+)
 
 #: A UID of its own (not the hydrator's 65532): it may write lock.mdb (the Pod's group), not
 #: data.mdb.
@@ -85,13 +92,10 @@ def test_an_lmdb_pod_is_ready_and_its_app_reads_the_flags_in_process(
     node_cluster: NodeCluster, namespace: str
 ) -> None:
     cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
+    topic = flag_topic(broker, namespace)
     binding = flag_binding("lmdb", namespace, topic=topic)
     binding["spec"]["store"]["engine"] = "lmdb"
-    cluster.apply(binding)
-    wait_reconciled(cluster, "lmdb", namespace)
+    bind(cluster, binding)
     cluster.apply(lmdb_pod("lmdb-1", namespace, app="lmdb"))
 
     pod = wait_ready(cluster, "lmdb-1", namespace, timeout=180)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import nats
 
-from tests.e2e.helpers import wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.support import app_pod, wait_answer, wait_ready
+from tests.e2e.node.support import bind, flag_binding, start_app_pod, wait_answer
 from tests.support.nats_jwt import JwtChain
 from tests.support.nats_server import NatsServer
 
@@ -28,32 +28,27 @@ def _put(server: NatsServer, bucket: str, flag: str, enabled: bool, **auth: str)
     asyncio.run(put())
 
 
+def kv_binding(
+    name: str, namespace: str, *, server: NatsServer, bucket: str, auth: Any = None
+) -> dict[str, Any]:
+    """The demo's flags binding (``flag:<id>`` from JSON ``{"id", "enabled"}``), read from
+    the KV bucket ``bucket`` of ``server``; ``auth`` is the source's auth block."""
+    source: dict[str, Any] = {"servers": [server.url], "kv": {"bucket": bucket}, "format": "json"}
+    if auth is not None:
+        source["auth"] = auth
+    binding = flag_binding(name, namespace)
+    binding["spec"]["source"] = {"nats": source}
+    return binding
+
+
 def test_pod_bound_to_a_kv_bucket_is_ready_with_its_state_and_sees_a_put(
     node_cluster: NodeCluster, node_nats: NatsServer, namespace: str
 ) -> None:
     cluster = node_cluster.cluster
     bucket = f"flags-{namespace}"
     _put(node_nats, bucket, "new-ui-layout", True)
-    cluster.apply(
-        {
-            "apiVersion": "sidecarstate.dev/v1alpha1",
-            "kind": "StateBinding",
-            "metadata": {"name": "shop", "namespace": namespace},
-            "spec": {
-                "selector": {"matchLabels": {"app": "shop"}},
-                "source": {
-                    "nats": {"servers": [node_nats.url], "kv": {"bucket": bucket}, "format": "json"}
-                },
-                "keys": {"prefix": "flag:", "keyField": "id", "valueField": "enabled"},
-                "store": {"maxMemory": "16Mi"},
-            },
-        }
-    )
-    wait_reconciled(cluster, "shop", namespace)
-    cluster.apply(app_pod("shop-1", namespace, app="shop"))
-
-    pod = wait_ready(cluster, "shop-1", namespace)
-    ip: str = pod["status"]["podIP"]
+    bind(cluster, kv_binding("shop", namespace, server=node_nats, bucket=bucket))
+    ip: str = start_app_pod(cluster, "shop-1", namespace, app="shop")["status"]["podIP"]
     assert wait_answer(ip, "Showing New Layout", timeout=5)
 
     _put(node_nats, bucket, "new-ui-layout", False)
@@ -84,28 +79,6 @@ def test_the_hydrator_image_signs_in_with_a_creds_file(
             }
         )
         auth = {"secretRef": {"name": "nats-creds"}, "method": "creds", "allowPlaintext": True}
-        cluster.apply(
-            {
-                "apiVersion": "sidecarstate.dev/v1alpha1",
-                "kind": "StateBinding",
-                "metadata": {"name": "signed", "namespace": namespace},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "signed"}},
-                    "source": {
-                        "nats": {
-                            "servers": [server.url],
-                            "kv": {"bucket": "flags"},
-                            "format": "json",
-                            "auth": auth,
-                        }
-                    },
-                    "keys": {"prefix": "flag:", "keyField": "id", "valueField": "enabled"},
-                    "store": {"maxMemory": "16Mi"},
-                },
-            }
-        )
-        wait_reconciled(cluster, "signed", namespace)
-        cluster.apply(app_pod("signed-1", namespace, app="signed"))
-
-        pod = wait_ready(cluster, "signed-1", namespace)
+        bind(cluster, kv_binding("signed", namespace, server=server, bucket="flags", auth=auth))
+        pod = start_app_pod(cluster, "signed-1", namespace, app="signed")
         assert wait_answer(pod["status"]["podIP"], "Showing New Layout", timeout=5)

@@ -12,18 +12,23 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from demo.publish import publish, publish_many
-from tests.e2e.helpers import get_binding, wait_for, wait_reconciled
+from tests.e2e.helpers import get_binding, wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import (
-    app_container,
     app_json,
     app_pod,
+    big_flags,
+    bind,
     container_status,
     flag_binding,
+    flag_topic,
     get_pod,
     http_get,
     metric,
+    run_job,
+    start_app_pod,
     wait_answer,
+    wait_oom_rejections,
     wait_ready,
 )
 
@@ -35,15 +40,10 @@ def _ts(value: str) -> float:
 def test_injected_pod_is_ready_and_app_started_after_hydration(
     node_cluster: NodeCluster, namespace: str
 ) -> None:
-    cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
-    cluster.apply(flag_binding("shop", namespace, topic=topic))
-    wait_reconciled(cluster, "shop", namespace)
-    cluster.apply(app_pod("shop-1", namespace, app="shop"))
-
-    pod = wait_ready(cluster, "shop-1", namespace)
+    cluster = node_cluster.cluster
+    topic = flag_topic(node_cluster.broker, namespace)
+    bind(cluster, flag_binding("shop", namespace, topic=topic))
+    pod = start_app_pod(cluster, "shop-1", namespace, app="shop")
     ip = pod["status"]["podIP"]
     status = app_json(ip, "/status")
     meta_at_start = status["meta"]
@@ -91,15 +91,10 @@ def test_injected_pod_is_ready_and_app_started_after_hydration(
 
 def _shop(node_cluster: NodeCluster, namespace: str, *, enabled: bool = False) -> tuple[str, str]:
     """A binding + one injected Pod answering from topic ``flags-<ns>``; returns (Pod IP, topic)."""
-    cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", enabled, topic=topic)
-    cluster.apply(flag_binding("shop", namespace, topic=topic))
-    wait_reconciled(cluster, "shop", namespace)
-    cluster.apply(app_pod("shop-1", namespace, app="shop"))
-    pod = wait_ready(cluster, "shop-1", namespace)
-    ip: str = pod["status"]["podIP"]
+    cluster = node_cluster.cluster
+    topic = flag_topic(node_cluster.broker, namespace, enabled=enabled)
+    bind(cluster, flag_binding("shop", namespace, topic=topic))
+    ip: str = start_app_pod(cluster, "shop-1", namespace, app="shop")["status"]["podIP"]
     wait_answer(ip, "Showing New Layout" if enabled else "Showing Old Layout", timeout=5)
     return ip, topic
 
@@ -120,40 +115,17 @@ def test_flag_change_is_visible_in_the_app_within_one_second(
 
 
 def test_job_with_the_sidecars_completes(node_cluster: NodeCluster, namespace: str) -> None:
-    cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
-    cluster.apply(flag_binding("batch", namespace, topic=topic))
-    wait_reconciled(cluster, "batch", namespace)
+    cluster = node_cluster.cluster
+    bind(
+        cluster, flag_binding("batch", namespace, topic=flag_topic(node_cluster.broker, namespace))
+    )
     script = (
         "import os, sys; sys.path.insert(0, '/opt/demo'); from app import Redis; "
         "r = Redis(os.environ['SIDECAR_STATE_REDIS_URL']); "
         "assert r.meta()['hydrated'] == '1'; "
         "print('new-ui-layout=' + r.command('GET', 'flag:new-ui-layout'))"
     )
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "batch", "namespace": namespace},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": {"app": "batch"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "dnsPolicy": "Default",
-                    "containers": [app_container(["python3", "-c", script])],
-                },
-            },
-        },
-    }
-    cluster.apply(job)
-    cluster.kubectl_run(
-        "wait", "--for=condition=Complete", "job/batch", "-n", namespace, "--timeout=120s",
-        timeout=130,
-    )  # fmt: skip
-    logs = cluster.kubectl_run("logs", "job/batch", "-n", namespace, "-c", "app").stdout
+    logs = run_job(cluster, "batch", namespace, script)
     assert "new-ui-layout=true" in logs, logs
     done = cluster.kubectl_json("get", "job", "batch", "-n", namespace)
     assert done["status"]["succeeded"] == 1
@@ -203,32 +175,23 @@ def test_app_keeps_answering_while_kafka_is_down(node_cluster: NodeCluster, name
         broker.start()
 
 
+def _overfilled(node_cluster: NodeCluster, namespace: str, name: str) -> tuple[str, str]:
+    """Binding ``name`` (a 4Mi store) on a topic of 6 MB, and its Pod ``<name>-1``, once Redis
+    refuses the hydrator's writes; returns (Pod IP, topic)."""
+    cluster, broker = node_cluster.cluster, node_cluster.broker
+    topic = f"{name}-{namespace}"
+    broker.create_topic(topic)
+    asyncio.run(publish_many(broker.bootstrap_servers, big_flags(), topic=topic))
+    bind(cluster, flag_binding(name, namespace, topic=topic, max_memory="4Mi"))
+    cluster.apply(app_pod(f"{name}-1", namespace, app=name))
+    return wait_oom_rejections(cluster, f"{name}-1", namespace), topic
+
+
 def test_topic_bigger_than_max_memory_is_reported(
     node_cluster: NodeCluster, namespace: str
 ) -> None:
-    cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"big-{namespace}"
-    broker.create_topic(topic)
-    filler = "x" * 1024
-    records = [
-        (f"k{i}", json.dumps({"id": f"k{i}", "enabled": filler}).encode()) for i in range(6000)
-    ]
-    asyncio.run(publish_many(broker.bootstrap_servers, records, topic=topic))
-    cluster.apply(flag_binding("big", namespace, topic=topic, max_memory="4Mi"))
-    wait_reconciled(cluster, "big", namespace)
-    cluster.apply(app_pod("big-1", namespace, app="big"))
-
-    def hydrator_ip() -> str | None:
-        got = get_pod(cluster, "big-1", namespace)
-        ip = got["status"].get("podIP")
-        if not ip:
-            return None
-        try:
-            return ip if metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total") else None
-        except OSError:
-            return None
-
-    ip = wait_for(hydrator_ip, timeout=90, interval=1, what="OOM rejections in the metrics")
+    cluster = node_cluster.cluster
+    ip, _ = _overfilled(node_cluster, namespace, "big")
     oom = metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total")
     status = wait_for(
         lambda: (
@@ -259,29 +222,7 @@ def test_a_full_store_freed_by_tombstones_turns_ready_with_the_whole_view(
     node_cluster: NodeCluster, namespace: str
 ) -> None:
     cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"full-{namespace}"
-    broker.create_topic(topic)
-    filler = "x" * 1024
-    records = [
-        (f"k{i}", json.dumps({"id": f"k{i}", "enabled": filler}).encode()) for i in range(6000)
-    ]
-    asyncio.run(publish_many(broker.bootstrap_servers, records, topic=topic))
-    cluster.apply(flag_binding("full", namespace, topic=topic, max_memory="4Mi"))
-    wait_reconciled(cluster, "full", namespace)
-    cluster.apply(app_pod("full-1", namespace, app="full"))
-
-    def oom_ip() -> str | None:
-        ip = get_pod(cluster, "full-1", namespace)["status"].get("podIP")
-        try:
-            return (
-                ip
-                if ip and metric(ip, "sidecar_state_hydrator_redis_oom_rejections_total")
-                else None
-            )
-        except OSError:
-            return None
-
-    ip = wait_for(oom_ip, timeout=90, interval=1, what="OOM rejections in the metrics")
+    ip, topic = _overfilled(node_cluster, namespace, "full")
     assert metric(ip, "sidecar_state_hydrator_hydrated") == 0
 
     async def tombstones() -> None:

@@ -17,9 +17,17 @@ from typing import Any
 
 from demo.publish import publish, publish_many
 from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import get_binding, pods_of, wait_for, wait_reconciled
+from tests.e2e.helpers import get_binding, pods_of, wait_for
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.support import app_container, flag_binding, is_ready, wait_answer
+from tests.e2e.node.support import (
+    app_pod,
+    big_flags,
+    bind,
+    flag_binding,
+    flag_topic,
+    is_ready,
+    wait_answer,
+)
 from tests.support.kafka_broker import SASL_USERS
 
 #: The issue's promise: the cause is on the binding this soon after the workload is created.
@@ -38,11 +46,7 @@ def shop_deployment(name: str, namespace: str) -> dict[str, Any]:
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [app_container()],
-                    "terminationGracePeriodSeconds": 2,
-                    "dnsPolicy": "Default",
-                },
+                "spec": app_pod(name, namespace, app=name)["spec"],  # the demo app's
             },
         },
     }
@@ -113,8 +117,7 @@ def test_a_missing_topic_is_named_and_creating_it_starts_the_pod(
 ) -> None:
     cluster, broker = node_cluster.cluster, node_cluster.broker
     topic = f"flagz-{namespace}"
-    cluster.apply(flag_binding("shop", namespace, topic=topic))
-    wait_reconciled(cluster, "shop", namespace)
+    bind(cluster, flag_binding("shop", namespace, topic=topic))
     since = time.monotonic()
     cluster.apply(shop_deployment("shop", namespace))
 
@@ -149,14 +152,10 @@ def test_a_wrong_bootstrap_address_is_named_and_correcting_the_binding_starts_th
     node_cluster: NodeCluster, namespace: str
 ) -> None:
     cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
     wrong = f"{broker.host}:1"  # the broker's host; nothing listens on port 1
-    binding = flag_binding("shop", namespace, topic=topic)
+    binding = flag_binding("shop", namespace, topic=flag_topic(broker, namespace))
     binding["spec"]["source"]["kafka"]["bootstrapServers"] = [wrong]
-    cluster.apply(binding)
-    wait_reconciled(cluster, "shop", namespace)
+    bind(cluster, binding)
     since = time.monotonic()
     cluster.apply(shop_deployment("shop", namespace))
 
@@ -173,9 +172,7 @@ def test_refused_sasl_credentials_are_named_and_correcting_the_secret_starts_the
     node_cluster: NodeCluster, namespace: str
 ) -> None:
     cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
+    topic = flag_topic(broker, namespace)
     ((user, password),) = SASL_USERS.items()
 
     def secret(value: str) -> dict[str, Any]:
@@ -194,8 +191,7 @@ def test_refused_sasl_credentials_are_named_and_correcting_the_secret_starts_the
     binding["spec"]["source"]["kafka"]["auth"] = {
         "secretRef": {"name": "kafka-creds"}, "mechanism": "PLAIN", "allowPlaintext": True,
     }  # fmt: skip
-    cluster.apply(binding)
-    wait_reconciled(cluster, "shop", namespace)
+    bind(cluster, binding)
     since = time.monotonic()
     cluster.apply(shop_deployment("shop", namespace))
 
@@ -214,15 +210,11 @@ def test_a_store_too_small_is_named_and_raising_max_memory_starts_the_pod(
     cluster, broker = node_cluster.cluster, node_cluster.broker
     topic = f"big-{namespace}"
     broker.create_topic(topic)
-    filler = "x" * 1024
-    records = [
-        (f"k{i}", json.dumps({"id": f"k{i}", "enabled": filler}).encode()) for i in range(6000)
-    ]
+    records = big_flags()
     records.append(("new-ui-layout", json.dumps({"id": "new-ui-layout", "enabled": True}).encode()))
     asyncio.run(publish_many(broker.bootstrap_servers, records, topic=topic))
     binding = flag_binding("shop", namespace, topic=topic, max_memory="4Mi")
-    cluster.apply(binding)
-    wait_reconciled(cluster, "shop", namespace)
+    bind(cluster, binding)
     since = time.monotonic()
     cluster.apply(shop_deployment("shop", namespace))
 

@@ -11,10 +11,8 @@ import json
 import sys
 from typing import Any
 
-from demo.publish import publish
-from tests.e2e.helpers import wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.support import app_container, flag_binding
+from tests.e2e.node.support import bind, flag_binding, flag_topic, run_job
 
 #: The demo image's user (images/build.py APP_USER), the socket's group (InjectionDefaults).
 APP_UID = 65532
@@ -51,29 +49,7 @@ print('RESULT ' + json.dumps(out))
 
 
 def _run_as_the_app(node_cluster: NodeCluster, namespace: str) -> dict[str, Any]:
-    cluster = node_cluster.cluster
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "poke", "namespace": namespace},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": {"app": "poke"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "dnsPolicy": "Default",
-                    "containers": [app_container(["python3", "-c", ATTEMPTS])],
-                },
-            },
-        },
-    }
-    cluster.apply(job)
-    cluster.kubectl_run(
-        "wait", "--for=condition=Complete", "job/poke", "-n", namespace, "--timeout=120s",
-        timeout=130,
-    )  # fmt: skip
-    logs = cluster.kubectl_run("logs", "job/poke", "-n", namespace, "-c", "app").stdout
+    logs = run_job(node_cluster.cluster, "poke", namespace, ATTEMPTS)
     line = next((x for x in logs.splitlines() if x.startswith("RESULT ")), None)
     assert line is not None, logs
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
@@ -83,12 +59,8 @@ def _run_as_the_app(node_cluster: NodeCluster, namespace: str) -> dict[str, Any]
 def test_the_app_can_read_its_store_but_not_write_or_flush_it(
     node_cluster: NodeCluster, namespace: str
 ) -> None:
-    cluster, broker = node_cluster.cluster, node_cluster.broker
-    topic = f"flags-{namespace}"
-    broker.create_topic(topic)
-    publish(broker.bootstrap_servers, "new-ui-layout", True, topic=topic)
-    cluster.apply(flag_binding("poke", namespace, topic=topic))
-    wait_reconciled(cluster, "poke", namespace)
+    topic = flag_topic(node_cluster.broker, namespace)
+    bind(node_cluster.cluster, flag_binding("poke", namespace, topic=topic))
 
     result = _run_as_the_app(node_cluster, namespace)
     print(f"\n[node] as the app: {json.dumps(result)}", file=sys.stderr)

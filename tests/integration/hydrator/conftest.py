@@ -5,12 +5,13 @@ with the operator's own command line, and gives tests the app's view of it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.hydrator.support import sidecar_redis_config
+from tests.integration.hydrator.support import KafkaPod, sidecar_redis_config
+from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
 
 
@@ -27,3 +28,14 @@ async def app_redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def pod(
+    kafka_broker: KafkaBroker,
+    make_topic: Callable[..., str],
+    redis_server: RedisServer,
+    app_redis: aioredis.Redis,
+) -> KafkaPod:
+    """A Pod fed from the session's Kafka: its Redis, the app's client, and new topics."""
+    return KafkaPod(broker=kafka_broker, redis=redis_server, app=app_redis, new_topic=make_topic)

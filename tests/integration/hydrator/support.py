@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shlex
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from sidecar_hydrator.config import (
     BindingSource,
@@ -67,14 +69,17 @@ def make_config(
     key_field: str | None = None,
     value_field: str | None = None,
     name: str = "b",
+    kafka: KafkaConnection | None = None,
     **overrides: Any,
 ) -> HydratorConfig:
+    """One binding ``name`` reading ``topics`` into ``redis``; ``kafka`` replaces the plain
+    connection to ``broker`` (TLS, SASL, a wrong address)."""
     return HydratorConfig(
         redis_socket=str(redis.socket_path),
         bindings=(
             BindingSource(
                 name=name,
-                kafka=KafkaConnection(bootstrap_servers=(broker.bootstrap_servers,)),
+                kafka=kafka or KafkaConnection(bootstrap_servers=(broker.bootstrap_servers,)),
                 topics=tuple(topics),
                 format=format,
                 keys=KeyMapping(prefix=prefix, key_field=key_field, value_field=value_field),
@@ -110,6 +115,55 @@ async def serving(config: HydratorConfig) -> AsyncIterator[tuple[Hydrator, int]]
             yield hydrator, server.port
         finally:
             await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_hydrated(
+    config: HydratorConfig, *, within: float = 30.0
+) -> AsyncIterator[Hydrator]:
+    """:func:`running`, entered once the view is :func:`hydrated`: most tests act on a Pod
+    that has its complete view."""
+    async with running(config) as hydrator:
+        await hydrated(hydrator, within=within)
+        yield hydrator
+
+
+@contextlib.asynccontextmanager
+async def serving_hydrated(
+    config: HydratorConfig, *, within: float = 30.0
+) -> AsyncIterator[tuple[Hydrator, int]]:
+    """:func:`serving`, entered once the view is :func:`hydrated`."""
+    async with serving(config) as (hydrator, port):
+        await hydrated(hydrator, within=within)
+        yield hydrator, port
+
+
+async def hydrate_once(config: HydratorConfig) -> None:
+    """Run a hydrator until its view is complete, then stop it (as at SIGTERM): the store a
+    restarted hydrator finds."""
+    async with running_hydrated(config):
+        pass
+
+
+async def rebuilt(hydrator: Hydrator, *, reason: str, count: int = 1, within: float = 20.0) -> None:
+    """Wait until the hydrator has counted ``count`` rebuilds for ``reason``."""
+    await eventually(
+        lambda: sample(hydrator, "rebuilds_total", reason=reason) == count,
+        within=within,
+        what=f"rebuild {count} ({reason})",
+    )
+
+
+async def delete_records_before(broker: KafkaBroker, topic: str, offset: int) -> None:
+    """Retention, on demand: the records of partition 0 before ``offset`` are gone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(topic, 0): RecordsToDelete(before_offset=offset)}, timeout_ms=10_000
+        )
+    finally:
+        await admin.close()
 
 
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -226,3 +280,35 @@ def sample(hydrator: Hydrator, name: str, **labels: str) -> float:
         for s in metric.samples
         if s.name == full and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaPod:
+    """What most hydrator tests arrange: the session's broker, topics of their own on it, this
+    test's Redis (run as the operator runs it) and the app's client on its socket."""
+
+    broker: KafkaBroker
+    redis: RedisServer
+    app: aioredis.Redis
+    new_topic: Callable[..., str]
+
+    async def topic_with(
+        self, records: Iterable[Record], *, max_request_size: int = MIB, **topic: Any
+    ) -> str:
+        """A new topic (``make_topic``'s options: partitions, compacted, config, suffix)
+        already holding ``records``."""
+        name = self.new_topic(**topic)
+        await produce(self.broker, name, records, max_request_size=max_request_size)
+        return name
+
+    async def produce(self, topic: str, records: Iterable[Record], **options: Any) -> None:
+        """:func:`produce` to this Pod's broker."""
+        await produce(self.broker, topic, records, **options)
+
+    async def delete_before(self, topic: str, offset: int) -> None:
+        """:func:`delete_records_before` on this Pod's broker (partition 0)."""
+        await delete_records_before(self.broker, topic, offset)
+
+    def config(self, *topics: str, **options: Any) -> HydratorConfig:
+        """:func:`make_config` of one binding ``b`` reading ``topics`` into this Pod's Redis."""
+        return make_config(broker=self.broker, redis=self.redis, topics=topics, **options)

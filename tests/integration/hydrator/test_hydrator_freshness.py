@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.hydrator.support import hydrated, make_config, produce, running
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
+from tests.integration.hydrator.support import KafkaPod, running_hydrated
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_staleness_stays_low_under_sustained_traffic_with_no_lag(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(partitions=2)
-    await produce(kafka_broker, topic, [(b"k", b"0")])
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, linger_ms=0)
+async def test_staleness_stays_low_under_sustained_traffic_with_no_lag(pod: KafkaPod) -> None:
+    topic = await pod.topic_with([(b"k", b"0")], partitions=2)
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as hydrator:
+        producer = AIOKafkaProducer(bootstrap_servers=pod.broker.bootstrap_servers, linger_ms=0)
         await producer.start()
         samples: list[float] = []
         try:
@@ -41,6 +30,6 @@ async def test_staleness_stays_low_under_sustained_traffic_with_no_lag(
             await producer.flush()
         finally:
             await producer.stop()
-        meta = await app_redis.hgetall(config.metadata_key)
+        meta = await pod.app.hgetall(config.metadata_key)
     assert max(samples) < 1.0, f"staleness up to {max(samples):.2f} s with records applied live"
     assert int(meta[b"staleness_ms"]) < 1500

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,34 +15,27 @@ import redis.asyncio as aioredis
 from sidecar_hydrator.hydrator import Hydrator
 from tests.integration.hydrator.support import (
     MIB,
+    KafkaPod,
     eventually,
     http_status,
     hydrated,
-    make_config,
-    produce,
-    running,
+    running_hydrated,
     sample,
-    serving,
+    serving_hydrated,
     sidecar_redis_config,
     value_is,
     view,
     view_is,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def test_records_keyed_like_the_bookkeeping_are_bad_records_and_change_nothing(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic()
-    await produce(
-        kafka_broker,
+    topic = pod.new_topic()
+    await pod.produce(
         topic,
         [
             (b"a", b"1"),
@@ -53,44 +45,37 @@ async def test_records_keyed_like_the_bookkeeping_are_bad_records_and_change_not
         ],
     )
     # The default prefix "" lets record keys reach the hydrator's namespace.
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await app_redis.type(config.offsets_key) == b"hash"
-        assert await app_redis.type(config.metadata_key) == b"hash"
-        assert (await app_redis.hgetall(config.metadata_key))[b"hydrated"] == b"1"
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as hydrator:
+        assert await pod.app.type(config.offsets_key) == b"hash"
+        assert await pod.app.type(config.metadata_key) == b"hash"
+        assert (await pod.app.hgetall(config.metadata_key))[b"hydrated"] == b"1"
         assert sample(hydrator, "bad_records_total", binding="b", kind="reserved_key") == 2
         # A tombstone in the namespace must not delete the bookkeeping either.
-        await produce(kafka_broker, topic, [(b"sidecar-state:meta", None), (b"c", b"3")])
-        await eventually(lambda: value_is(app_redis, b"c", b"3"), what="record after")
-        assert await app_redis.exists(config.metadata_key) == 1
+        await pod.produce(topic, [(b"sidecar-state:meta", None), (b"c", b"3")])
+        await eventually(lambda: value_is(pod.app, b"c", b"3"), what="record after")
+        assert await pod.app.exists(config.metadata_key) == 1
         # The batch's bad records are counted once its transaction is answered, which the
         # app's read of "c" can overtake.
         await eventually(
             lambda: _counted(hydrator, kind="reserved_key", count=3), what="the bad tombstone"
         )
         assert hydrator.ready()
-    assert await view(app_redis, b"") == {b"a": b"1", b"b": b"2", b"c": b"3"}
+    assert await view(pod.app, b"") == {b"a": b"1", b"b": b"2", b"c": b"3"}
 
 
 async def test_an_apply_loop_that_keeps_failing_turns_readyz_503_logs_once_and_counts(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-    caplog: pytest.LogCaptureFixture,
+    pod: KafkaPod, caplog: pytest.LogCaptureFixture
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"a", b"1")])
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    topic = await pod.topic_with([(b"a", b"1")])
+    config = pod.config(topic, format="raw")
+    async with serving_hydrated(config) as (hydrator, port):
         assert await http_status(port, "/readyz") == 200
         caplog.set_level(logging.INFO, logger="sidecar_hydrator")
         # Every transaction writes the offsets hash: forbidding HSET makes every apply and
         # every heartbeat fail, persistently, while Redis itself answers.
-        await app_redis.execute_command("ACL", "SETUSER", "default", "-hset")
-        await produce(kafka_broker, topic, [(b"a", b"2")])
+        await pod.app.execute_command("ACL", "SETUSER", "default", "-hset")
+        await pod.produce(topic, [(b"a", b"2")])
         failing_at = asyncio.get_running_loop().time()
         await eventually(lambda: _status_is(port, "/readyz", 503), within=10, what="/readyz 503")
         assert asyncio.get_running_loop().time() - failing_at < 5.0
@@ -98,10 +83,10 @@ async def test_an_apply_loop_that_keeps_failing_turns_readyz_503_logs_once_and_c
         assert sample(hydrator, "store_failures_total", kind="NoPermissionError") >= 3
         said = [r for r in caplog.records if "NoPermissionError" in r.getMessage()]
         assert len(said) == 1, [r.getMessage() for r in said]
-        assert await app_redis.get(b"a") == b"1"
+        assert await pod.app.get(b"a") == b"1"
 
-        await app_redis.execute_command("ACL", "SETUSER", "default", "+hset")
-        await eventually(lambda: value_is(app_redis, b"a", b"2"), within=10, what="recovery")
+        await pod.app.execute_command("ACL", "SETUSER", "default", "+hset")
+        await eventually(lambda: value_is(pod.app, b"a", b"2"), within=10, what="recovery")
         await eventually(lambda: _status_is(port, "/readyz", 200), within=10, what="ready")
 
 
@@ -111,29 +96,18 @@ async def _status_is(port: int, path: str, status: int) -> bool:
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
 async def test_writes_refused_by_a_full_redis_are_retried_once_memory_is_freed(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"small", b"1")])
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="raw",
-        live_batch_max_keys=5,
-    )
+    topic = await pod.topic_with([(b"small", b"1")])
+    config = pod.config(topic, format="raw", live_batch_max_keys=5)
     big = [(f"big{i:02d}".encode(), bytes([65 + i]) * 100_000) for i in range(30)]
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
-        await produce(kafka_broker, topic, big)  # ~3 MB: more than fits next to Redis itself
+    async with serving_hydrated(config) as (hydrator, port):
+        await pod.produce(topic, big)  # ~3 MB: more than fits next to Redis itself
         await eventually(
             lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="refusals"
         )
         await eventually(lambda: _status_is(port, "/readyz", 503), within=5, what="unready")
-        assert (await app_redis.hgetall(config.metadata_key)).get(b"hydrated") != b"1"
+        assert (await pod.app.hgetall(config.metadata_key)).get(b"hydrated") != b"1"
         await asyncio.sleep(2.0)
         # The refused records are not fresh in the view, and not counted as applied.
         assert sample(hydrator, "staleness_seconds") >= 1.5
@@ -142,14 +116,14 @@ async def test_writes_refused_by_a_full_redis_are_retried_once_memory_is_freed(
         )
 
         # Tombstones free memory; the writes refused before them must get in after all.
-        await produce(kafka_broker, topic, [(key, None) for key, _ in big[:20]])
+        await pod.produce(topic, [(key, None) for key, _ in big[:20]])
         expected = {b"small": b"1"} | dict(big[20:])
         await eventually(
-            lambda: view_is(app_redis, expected), within=15, what="refused writes retried"
+            lambda: view_is(pod.app, expected), within=15, what="refused writes retried"
         )
         await eventually(lambda: _status_is(port, "/readyz", 200), within=5, what="ready")
         await eventually(
-            lambda: _meta_says(app_redis, config.metadata_key, hydrated=b"1", complete=b"1"),
+            lambda: _meta_says(pod.app, config.metadata_key, hydrated=b"1", complete=b"1"),
             within=5,
             what="metadata complete",
         )
@@ -165,20 +139,15 @@ async def _meta_says(client: aioredis.Redis, key: str, **fields: bytes) -> bool:
 
 @pytest.mark.parametrize("damage", ["FLUSHALL", "FLUSHDB", "DEL sidecar-state:offsets"])
 async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_heartbeat_and_rebuilt(
-    damage: str,
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    damage: str, pod: KafkaPod
 ) -> None:
-    topic = make_topic(partitions=2)
+    topic = pod.new_topic(partitions=2)
     data = {f"k{i:06d}".encode(): f"v{i}".encode() for i in range(50_000)}
-    await produce(kafka_broker, topic, list(data.items()))
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator, within=60)
+    await pod.produce(topic, list(data.items()))
+    config = pod.config(topic, format="raw")
+    async with serving_hydrated(config, within=60) as (hydrator, port):
         await asyncio.sleep(1.2)  # a heartbeat of the intact view
-        meta = await app_redis.hgetall(config.metadata_key)
+        meta = await pod.app.hgetall(config.metadata_key)
         assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
 
         seen: list[tuple[float, bytes | None, int]] = []
@@ -186,7 +155,7 @@ async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_hear
 
         async def watch() -> None:
             while not watching.is_set():
-                meta = await app_redis.hgetall(config.metadata_key)
+                meta = await pod.app.hgetall(config.metadata_key)
                 seen.append(
                     (time.monotonic(), meta.get(b"hydrated"), await http_status(port, "/readyz"))
                 )
@@ -194,14 +163,14 @@ async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_hear
 
         watcher = asyncio.create_task(watch())
         damaged_at = time.monotonic()
-        await app_redis.execute_command(*damage.split())
+        await pod.app.execute_command(*damage.split())
         await eventually(
             lambda: sample(hydrator, "rebuilds_total", reason="damaged") == 1,
             within=3,
             what="the damage counted",
         )
         await hydrated(hydrator, within=60)
-        await eventually(lambda: view_is(app_redis, data), within=30, what="the full view")
+        await eventually(lambda: view_is(pod.app, data), within=30, what="the full view")
         await asyncio.sleep(1.2)  # a heartbeat of the rebuilt view
         watching.set()
         await watcher
@@ -215,34 +184,29 @@ async def test_a_view_damaged_under_a_running_hydrator_is_reported_within_a_hear
             first_report = damaged_at + reported[0]
             claimed = [t for t, flag, _ in seen if flag == b"1" and damaged_at < t < first_report]
             assert not claimed
-        meta = await app_redis.hgetall(config.metadata_key)
+        meta = await pod.app.hgetall(config.metadata_key)
         assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
         assert await http_status(port, "/readyz") == 200
 
 
 async def test_a_redis_restarted_empty_while_kafka_is_down_claims_neither_complete_nor_fresh(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"a", b"1"), (b"b", b"2")])
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
-        kafka_broker.kill()
-        redis_server.restart()  # empty, and nothing to rebuild from
+    topic = await pod.topic_with([(b"a", b"1"), (b"b", b"2")])
+    config = pod.config(topic, format="raw")
+    async with serving_hydrated(config) as (hydrator, port):
+        pod.broker.kill()
+        pod.redis.restart()  # empty, and nothing to rebuild from
         await asyncio.sleep(2.5)
-        meta = await app_redis.hgetall(config.metadata_key)
+        meta = await pod.app.hgetall(config.metadata_key)
         assert meta.get(b"hydrated") == b"0" and meta.get(b"complete") == b"0", meta
         assert b"fresh_as_of_ms" not in meta and b"staleness_ms" not in meta, meta
         assert await http_status(port, "/readyz") == 503
-        kafka_broker.start()
+        pod.broker.start()
         await hydrated(hydrator, within=60)
-        assert await view(app_redis, b"") == {b"a": b"1", b"b": b"2"}
+        assert await view(pod.app, b"") == {b"a": b"1", b"b": b"2"}
         await asyncio.sleep(1.2)
-        meta = await app_redis.hgetall(config.metadata_key)
+        meta = await pod.app.hgetall(config.metadata_key)
         assert (meta[b"hydrated"], meta[b"complete"]) == (b"1", b"1")
 
 

@@ -10,13 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
-from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from sidecar_hydrator.config import KafkaConnection
 from tests.integration.hydrator.support import (
+    KafkaPod,
     http_get,
     make_config,
-    produce,
     running,
     sample,
     serving,
@@ -27,43 +26,22 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.timeout(60)
 
 
-def tls_config(broker: KafkaBroker, redis: RedisServer, topic: str, ca: str) -> HydratorConfig:
-    return HydratorConfig(
-        redis_socket=str(redis.socket_path),
-        bindings=(
-            BindingSource(
-                name="b",
-                kafka=KafkaConnection(
-                    bootstrap_servers=(broker.bootstrap_servers,),
-                    security_protocol="SSL",
-                    ca_file=ca,
-                ),
-                topics=(topic,),
-                format="raw",
-                keys=KeyMapping(),
-            ),
-        ),
-    )
-
-
 @pytest.mark.parametrize("ca", ["absent", "garbage"])
 async def test_tls_settings_that_do_not_work_are_kafka_errors_and_never_rebuilds(
-    ca: str,
-    tmp_path: Path,
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-    caplog: pytest.LogCaptureFixture,
+    ca: str, tmp_path: Path, pod: KafkaPod, caplog: pytest.LogCaptureFixture
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"a", b"1")])
+    topic = await pod.topic_with([(b"a", b"1")])
     ca_file = tmp_path / "ca.crt"
     if ca == "garbage":
         ca_file.write_text("not a certificate\n")
     # The broker speaks plaintext: with the system's CAs (no ca.crt in the Secret) the TLS
     # handshake fails, which is the broker being unreachable over TLS, nothing else.
-    config = tls_config(kafka_broker, redis_server, topic, str(ca_file))
+    tls = KafkaConnection(
+        bootstrap_servers=(pod.broker.bootstrap_servers,),
+        security_protocol="SSL",
+        ca_file=str(ca_file),
+    )
+    config = pod.config(topic, format="raw", kafka=tls)
     caplog.set_level(logging.INFO, logger="sidecar_hydrator")
     async with running(config) as hydrator:
         await asyncio.sleep(4.0)
@@ -78,7 +56,7 @@ async def test_tls_settings_that_do_not_work_are_kafka_errors_and_never_rebuilds
             said = [r for r in caplog.records if "cannot be set up" in r.getMessage()]
             assert len(said) == 1 and "TLS settings" in said[0].getMessage()
         assert not hydrator.hydrated
-    meta = await app_redis.hgetall("sidecar-state:meta")
+    meta = await pod.app.hgetall("sidecar-state:meta")
     assert meta.get(b"hydrated") == b"0"
 
 

@@ -9,29 +9,26 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from sidecar_hydrator.config import CONFIG_ENV
 from tests.integration.hydrator.support import (
+    KafkaPod,
     eventually,
+    hydrate_once,
     hydrated,
-    make_config,
-    produce,
+    rebuilt,
     running,
+    running_hydrated,
     sample,
     sidecar_redis_config,
     value_is,
     view,
 )
 from tests.support.console_scripts import console_script
-from tests.support.kafka_broker import KafkaBroker
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,54 +38,39 @@ def records(n: int, *, tag: str = "v", start: int = 0) -> list[tuple[bytes, byte
 
 
 async def test_restarted_hydrator_resumes_from_stored_offsets_without_rereading(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic(partitions=2)
-    await produce(kafka_broker, topic, records(3000))
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as first:
-        await hydrated(first)
+    topic = await pod.topic_with(records(3000), partitions=2)
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as first:
         assert sample(first, "records_read_total", binding="b") == 3000
 
-    await produce(kafka_broker, topic, [(b"k000001", b"changed"), (b"new", b"1")])
-    async with running(config) as second:
-        await hydrated(second)
-        await eventually(lambda: value_is(app_redis, b"new", b"1"), what="record after restart")
+    await pod.produce(topic, [(b"k000001", b"changed"), (b"new", b"1")])
+    async with running_hydrated(config) as second:
+        await eventually(lambda: value_is(pod.app, b"new", b"1"), what="record after restart")
         # Only the two records produced while it was down were read: no re-read of the topic.
         assert sample(second, "records_read_total", binding="b") == 2
         assert sample(second, "rebuilds_total", reason="empty") == 0
         assert second.started and second.hydrated
     expected = dict(records(3000)) | {b"k000001": b"changed", b"new": b"1"}
-    assert await view(app_redis, b"") == expected
+    assert await view(pod.app, b"") == expected
 
 
 async def test_redis_restarted_empty_is_rebuilt_and_readers_never_see_a_partial_table(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
+    pod: KafkaPod,
 ) -> None:
     n = 30_000
-    topic = make_topic(partitions=2)
     data = records(n)
-    await produce(kafka_broker, topic, data)
+    topic = await pod.topic_with(data, partitions=2)
     # Small bootstrap batches stretch the rebuild over many transactions: many chances for a
     # reader to catch a half-built table if the rebuild wrote into the served database.
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="raw",
-        bootstrap_batch_max_keys=500,
-    )
+    config = pod.config(topic, format="raw", bootstrap_batch_max_keys=500)
     keys = [k for k, _ in data]
     seen: list[int] = []
     stop_reading = asyncio.Event()
 
     async def reader() -> None:
-        client = aioredis.Redis(unix_socket_path=str(redis_server.socket_path))
+        client = aioredis.Redis(unix_socket_path=str(pod.redis.socket_path))
         try:
             while not stop_reading.is_set():
                 try:
@@ -104,11 +86,10 @@ async def test_redis_restarted_empty_is_rebuilt_and_readers_never_see_a_partial_
         finally:
             await client.aclose()
 
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
+    async with running_hydrated(config) as hydrator:
         reading = asyncio.create_task(reader())
         await eventually(lambda: len(seen) > 3, what="reader running")
-        redis_server.restart()  # comes back empty, same socket
+        pod.redis.restart()  # comes back empty, same socket
         await eventually(lambda: not hydrator.hydrated, within=10, what="loss noticed")
         await hydrated(hydrator)
         await eventually(lambda: seen[-1] == n, what="reader sees the rebuilt table")
@@ -121,34 +102,29 @@ async def test_redis_restarted_empty_is_rebuilt_and_readers_never_see_a_partial_
 
 
 async def test_broker_outage_keeps_serving_staleness_grows_and_nothing_is_lost(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic(partitions=2)
-    await produce(kafka_broker, topic, records(1000))
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        await produce(kafka_broker, topic, [(b"before-kill", b"1")])
-        await eventually(lambda: value_is(app_redis, b"before-kill", b"1"), what="last record")
+    topic = await pod.topic_with(records(1000), partitions=2)
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as hydrator:
+        await pod.produce(topic, [(b"before-kill", b"1")])
+        await eventually(lambda: value_is(pod.app, b"before-kill", b"1"), what="last record")
         assert (hydrator.staleness_seconds() or 99) < 1.0
 
-        kafka_broker.kill()
+        pod.broker.kill()
         await asyncio.sleep(2.5)
         # Fail static: the app still reads everything, and can see how old it is.
-        assert await app_redis.get(b"k000999") == b"v999"
+        assert await pod.app.get(b"k000999") == b"v999"
         assert hydrator.hydrated
         staleness = hydrator.staleness_seconds()
         assert staleness is not None and staleness >= 2.0
         assert sample(hydrator, "staleness_seconds") >= 2.0
-        meta = await app_redis.hgetall(config.metadata_key)
+        meta = await pod.app.hgetall(config.metadata_key)
         assert int(meta[b"staleness_ms"]) >= 1000
 
-        kafka_broker.start()  # same ports, same data
-        await produce(kafka_broker, topic, [(b"after-restart", b"1"), (b"k000000", b"new")])
-        await eventually(lambda: value_is(app_redis, b"after-restart", b"1"), what="catch-up")
+        pod.broker.start()  # same ports, same data
+        await pod.produce(topic, [(b"after-restart", b"1"), (b"k000000", b"new")])
+        await eventually(lambda: value_is(pod.app, b"after-restart", b"1"), what="catch-up")
         await eventually(
             lambda: (hydrator.staleness_seconds() or 99) < 1.0, what="staleness back to ~0"
         )
@@ -157,83 +133,46 @@ async def test_broker_outage_keeps_serving_staleness_grows_and_nothing_is_lost(
         b"after-restart": b"1",
         b"k000000": b"new",
     }
-    assert await view(app_redis, b"") == expected
+    assert await view(pod.app, b"") == expected
 
 
-async def test_stored_offset_gone_from_the_broker_triggers_a_rebuild(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(compacted=False)
-    await produce(kafka_broker, topic, records(100))
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as first:
-        await hydrated(first)
+async def test_stored_offset_gone_from_the_broker_triggers_a_rebuild(pod: KafkaPod) -> None:
+    topic = await pod.topic_with(records(100), compacted=False)
+    config = pod.config(topic, format="raw")
+    await hydrate_once(config)
     # While the hydrator is away, new records arrive and retention deletes the old ones,
     # including some it never read.
-    await produce(kafka_broker, topic, records(50, tag="w", start=100))
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.delete_records(
-            {TopicPartition(topic, 0): RecordsToDelete(before_offset=120)}, timeout_ms=10_000
-        )
-    finally:
-        await admin.close()
+    await pod.produce(topic, records(50, tag="w", start=100))
+    await pod.delete_before(topic, 120)
     async with running(config) as second:
-        await eventually(
-            lambda: sample(second, "rebuilds_total", reason="offset_out_of_range") == 1,
-            what="rebuild",
-        )
+        await rebuilt(second, reason="offset_out_of_range")
         await hydrated(second)
         # The rebuilt view is what the topic holds now: records 120..149 only.
-        assert await view(app_redis, b"k") == dict(records(30, tag="w", start=120))
+        assert await view(pod.app, b"k") == dict(records(30, tag="w", start=120))
 
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * 2**20)])
-async def test_full_redis_refuses_writes_counted_and_hydrator_carries_on(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
+async def test_full_redis_refuses_writes_counted_and_hydrator_carries_on(pod: KafkaPod) -> None:
+    topic = pod.new_topic()
     big = [(f"big{i}".encode(), b"x" * 100_000) for i in range(60)]  # ~6 MB > 3 MB maxmemory
-    await produce(kafka_broker, topic, big)
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="raw",
-        bootstrap_batch_max_keys=5,
-        live_batch_max_keys=5,
-    )
+    await pod.produce(topic, big)
+    config = pod.config(topic, format="raw", bootstrap_batch_max_keys=5, live_batch_max_keys=5)
     async with running(config) as hydrator:
         await eventually(
             lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="OOM counted"
         )
         # Deletes still work under OOM; they free memory and later writes get in again.
-        await produce(kafka_broker, topic, [(k, None) for k, _ in big])
-        await eventually(lambda: _gone(app_redis, b"big*"), what="deletes applied")
-        await produce(kafka_broker, topic, [(b"small", b"fits")])
-        await eventually(lambda: value_is(app_redis, b"small", b"fits"), what="write after OOM")
+        await pod.produce(topic, [(k, None) for k, _ in big])
+        await eventually(lambda: _gone(pod.app, b"big*"), what="deletes applied")
+        await pod.produce(topic, [(b"small", b"fits")])
+        await eventually(lambda: value_is(pod.app, b"small", b"fits"), what="write after OOM")
 
 
 @pytest.mark.timeout(60)
-async def test_sigterm_of_the_real_process_exits_promptly(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, records(200))
+async def test_sigterm_of_the_real_process_exits_promptly(pod: KafkaPod) -> None:
+    topic = await pod.topic_with(records(200))
     port = free_port()
-    config = make_config(
-        broker=kafka_broker, redis=redis_server, topics=[topic], format="raw", http_port=port
-    )
+    config = pod.config(topic, format="raw", http_port=port)
     env = {**os.environ, CONFIG_ENV: config.to_env_value()}
     command = [str(console_script("sidecar-state-hydrator"))]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)  # noqa: ASYNC220
@@ -241,9 +180,9 @@ async def test_sigterm_of_the_real_process_exits_promptly(
         await eventually(lambda: _http(port, "/startupz") == 200, what="startupz", within=30)
         assert _http(port, "/readyz") == 200
         assert _http(port, "/livez") == 200
-        assert await app_redis.get(b"k000199") == b"v199"
+        assert await pod.app.get(b"k000199") == b"v199"
         # Keep it busy so SIGTERM lands while batches are flowing.
-        writer = asyncio.create_task(produce(kafka_broker, topic, records(2000, tag="z")))
+        writer = asyncio.create_task(pod.produce(topic, records(2000, tag="z")))
         await asyncio.sleep(0.3)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -17,13 +17,22 @@ from typing import Any
 
 import lmdb
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 import sidecar_state_client
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
 from sidecar_hydrator.store_lmdb import LmdbStore
-from tests.integration.hydrator.support import MIB, eventually, hydrated, produce, running, sample
+from tests.integration.hydrator.support import (
+    MIB,
+    delete_records_before,
+    eventually,
+    hydrate_once,
+    hydrated,
+    produce,
+    rebuilt,
+    running,
+    running_hydrated,
+    sample,
+)
 from tests.support.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.timeout(120)
@@ -127,22 +136,23 @@ async def test_bootstrap_live_updates_and_tombstones_reach_the_app_process(
 ) -> None:
     topic = make_topic(partitions=2)
     await produce(kafka_broker, topic, records(2000, tag="v"))
-    async with running(lmdb_config(kafka_broker, tmp_path, [topic])) as hydrator:
-        await hydrated(hydrator)
-        async with app_process(tmp_path) as app:
-            assert await app.get_many(keys(2000)) == [f"v{i}" for i in range(2000)]
-            meta = await app.meta()
-            assert meta["hydrated"] == "1" and meta["complete"] == "1"
-            assert "generation" in meta
-            await eventually(lambda: _has(app, "staleness_ms"), what="freshness in meta", within=10)
+    async with (
+        running_hydrated(lmdb_config(kafka_broker, tmp_path, [topic])),
+        app_process(tmp_path) as app,
+    ):
+        assert await app.get_many(keys(2000)) == [f"v{i}" for i in range(2000)]
+        meta = await app.meta()
+        assert meta["hydrated"] == "1" and meta["complete"] == "1"
+        assert "generation" in meta
+        await eventually(lambda: _has(app, "staleness_ms"), what="freshness in meta", within=10)
 
-            await produce(kafka_broker, topic, [(b"k00001", b"changed"), (b"k00002", None)])
-            await eventually(
-                lambda: _values(app, ["flag:k00001", "flag:k00002"], ["changed", None]),
-                what="live update and tombstone",
-            )
-            # Neither the app's keys nor the metadata show the hydrator's bookkeeping.
-            assert not [k for k in await app.meta() if "/" in k or k == "sentinel"]
+        await produce(kafka_broker, topic, [(b"k00001", b"changed"), (b"k00002", None)])
+        await eventually(
+            lambda: _values(app, ["flag:k00001", "flag:k00002"], ["changed", None]),
+            what="live update and tombstone",
+        )
+        # Neither the app's keys nor the metadata show the hydrator's bookkeeping.
+        assert not [k for k in await app.meta() if "/" in k or k == "sentinel"]
 
 
 async def _has(app: App, field: str) -> bool:
@@ -159,39 +169,25 @@ async def test_a_restarted_hydrator_resumes_the_environment_without_rereading(
     topic = make_topic(partitions=2)
     await produce(kafka_broker, topic, records(3000, tag="v"))
     config = lmdb_config(kafka_broker, tmp_path, [topic])
-    async with running(config) as first:
-        await hydrated(first)
+    async with running_hydrated(config) as first:
         generation = first._generation
 
     await produce(kafka_broker, topic, [(b"k00001", b"changed"), (b"new", b"1")])
-    async with running(config) as second:
-        await hydrated(second)
-        async with app_process(tmp_path) as app:
-            await eventually(
-                lambda: _values(app, ["flag:new", "flag:k00001"], ["1", "changed"]),
-                what="records produced while it was down",
-            )
-            assert sample(second, "records_read_total", binding="b") == 2
-            assert sample(second, "rebuilds_total", reason="empty") == 0
-            assert second._generation == generation
-            assert (await app.get_many(["flag:k02999"])) == ["v2999"]
+    async with running_hydrated(config) as second, app_process(tmp_path) as app:
+        await eventually(
+            lambda: _values(app, ["flag:new", "flag:k00001"], ["1", "changed"]),
+            what="records produced while it was down",
+        )
+        assert sample(second, "records_read_total", binding="b") == 2
+        assert sample(second, "rebuilds_total", reason="empty") == 0
+        assert second._generation == generation
+        assert (await app.get_many(["flag:k02999"])) == ["v2999"]
     assert view_dirs(tmp_path) == [os.readlink(tmp_path / "current")]
 
 
 def view_dirs(root: Path) -> list[str]:
     """The environments under ``root``: the served one only, once nothing is being built."""
     return [p.name for p in root.iterdir() if p.name.startswith("view-")]
-
-
-async def delete_before(broker: KafkaBroker, topic: str, offset: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.delete_records(
-            {TopicPartition(topic, 0): RecordsToDelete(before_offset=offset)}, timeout_ms=10_000
-        )
-    finally:
-        await admin.close()
 
 
 async def test_a_rebuild_read_continuously_by_the_app_only_ever_shows_complete_views(
@@ -203,24 +199,19 @@ async def test_a_rebuild_read_continuously_by_the_app_only_ever_shows_complete_v
     # Small batches stretch the rebuild over many write transactions: many chances for the
     # app to catch a half-built view, were it written into the served environment.
     config = lmdb_config(kafka_broker, tmp_path, [topic], bootstrap_batch_max_keys=20)
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
+    await hydrate_once(config)
     old = [f"a{i}" for i in range(n)]
     # While it is down: every key rewritten, then the topic's head (offsets 0..1499) deleted,
     # so the stored offset (1000) is gone from the log and the view must be rebuilt.
     await produce(kafka_broker, topic, records(n, tag="b"))
-    await delete_before(kafka_broker, topic, n + n // 2)
+    await delete_records_before(kafka_broker, topic, n + n // 2)
     new: list[str | None] = [None] * (n // 2) + [f"b{i}" for i in range(n // 2, n)]
 
     async with app_process(tmp_path) as app:
         assert await app.get_many(keys(n)) == old
         await app.start_watch(keys(n))
         async with running(config) as hydrator:
-            await eventually(
-                lambda: sample(hydrator, "rebuilds_total", reason="offset_out_of_range") == 1,
-                what="a rebuild",
-                within=30,
-            )
+            await rebuilt(hydrator, reason="offset_out_of_range", within=30)
             await hydrated(hydrator, within=60)
             watched = await app.end_watch()
             assert await app.get_many(keys(n)) == new
@@ -283,21 +274,22 @@ async def test_a_reader_of_another_uid_with_only_the_lock_file_writable_reads_li
             "/usr/bin/python3.11", "-s", "-m", "tests.support.lmdb_reader", str(root),
         ]  # fmt: skip
         env = {"PYTHONPATH": f"{site}:{Path(sidecar_state_client.__file__).parents[1]}:{REPO}"}
-        async with running(lmdb_config(kafka_broker, root, [topic])) as hydrator:
-            await hydrated(hydrator)
-            async with app_process(root, command=command, env=env) as app:
-                probe = await app.ask({"op": "probe_files"})
-                assert probe["uid"] == app_uid and pod_group in probe["groups"]
-                assert probe["data.mdb"] == "read-only"
-                assert probe["lock.mdb"] == "writable"
-                await app.start_watch(keys(100))
-                for round_ in range(20):
-                    await produce(kafka_broker, topic, records(100, tag=f"r{round_}-"))
-                watched = await app.end_watch()
-                await eventually(
-                    lambda: _values(app, keys(100), [f"r19-{i}" for i in range(100)]),
-                    what="live updates read as another UID",
-                )
+        async with (
+            running_hydrated(lmdb_config(kafka_broker, root, [topic])),
+            app_process(root, command=command, env=env) as app,
+        ):
+            probe = await app.ask({"op": "probe_files"})
+            assert probe["uid"] == app_uid and pod_group in probe["groups"]
+            assert probe["data.mdb"] == "read-only"
+            assert probe["lock.mdb"] == "writable"
+            await app.start_watch(keys(100))
+            for round_ in range(20):
+                await produce(kafka_broker, topic, records(100, tag=f"r{round_}-"))
+            watched = await app.end_watch()
+            await eventually(
+                lambda: _values(app, keys(100), [f"r19-{i}" for i in range(100)]),
+                what="live updates read as another UID",
+            )
         assert watched["snapshots"] > 10
         assert len(watched["distinct"]) > 1  # it saw the updates arrive, not one snapshot
         # No key ever missing: every snapshot is a committed view, never one being written.
@@ -317,8 +309,7 @@ async def test_an_environment_left_mostly_empty_by_deletes_is_compacted_and_read
     topic = make_topic(partitions=1)
     value = b"x" * 1000
     await produce(kafka_broker, topic, [(f"k{i:05d}".encode(), value) for i in range(12_000)])
-    async with running(lmdb_config(kafka_broker, tmp_path, [topic])) as hydrator:
-        await hydrated(hydrator)
+    async with running_hydrated(lmdb_config(kafka_broker, tmp_path, [topic])) as hydrator:
         store = hydrator.store
         assert isinstance(store, LmdbStore)
         before = (tmp_path / "current" / "data.mdb").stat().st_size
@@ -368,8 +359,7 @@ async def test_the_go_snippet_reads_the_environment_the_hydrator_writes(
         result: dict[str, Any] = json.loads(out)
         return result
 
-    async with running(lmdb_config(kafka_broker, tmp_path, [topic])) as hydrator:
-        await hydrated(hydrator)
+    async with running_hydrated(lmdb_config(kafka_broker, tmp_path, [topic])):
         first = await go_read()
         assert first["values"] == {
             "flag:new-ui-layout": "true", "flag:dark-mode": "false", "flag:absent": None,
@@ -432,8 +422,7 @@ async def test_the_node_snippet_reads_the_environment_the_hydrator_writes(
 ) -> None:
     topic = make_topic(partitions=1)
     await produce(kafka_broker, topic, [(b"new-ui-layout", b"true")])
-    async with running(lmdb_config(kafka_broker, tmp_path / "lmdb", [topic])) as hydrator:
-        await hydrated(hydrator)
+    async with running_hydrated(lmdb_config(kafka_broker, tmp_path / "lmdb", [topic])):
         proc = await asyncio.create_subprocess_exec(
             "node", str(node_reader), "flag:new-ui-layout", "flag:absent",
             env={**os.environ, "SIDECAR_STATE_LMDB_PATH": str(tmp_path / "lmdb")},

@@ -13,20 +13,12 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-from sidecar_hydrator.config import (
-    BindingSource,
-    HydratorConfig,
-    KafkaConnection,
-    KeyMapping,
-    NatsConnection,
-    NatsKv,
-    NatsSourceConfig,
-    replace,
-)
+from sidecar_hydrator.config import HydratorConfig, KafkaConnection, NatsConnection, NatsKv
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.reasons import Reason
 from tests.integration.hydrator.support import (
     MIB,
+    KafkaPod,
     eventually,
     http_get,
     hydrated,
@@ -35,6 +27,7 @@ from tests.integration.hydrator.support import (
     serving,
     sidecar_redis_config,
 )
+from tests.integration.hydrator.test_hydrator_nats import nats_config
 from tests.support.kafka_broker import SASL_USERS, KafkaBroker
 from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
@@ -111,22 +104,13 @@ async def test_a_missing_topic_is_named_everywhere_once_and_its_creation_hydrate
         assert meta[b"hydration_read_records"] == meta[b"hydration_target_records"]
 
 
-async def test_a_wrong_bootstrap_address_is_unreachable(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
+async def test_a_wrong_bootstrap_address_is_unreachable(pod: KafkaPod) -> None:
+    topic = pod.new_topic()
     closed = "127.0.0.1:1"  # nothing listens on port 1
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic])
-    wrong = replace(
-        config,
-        bindings=(replace(config.bindings[0], kafka=KafkaConnection(bootstrap_servers=(closed,))),),
-    )
+    wrong = pod.config(topic, kafka=KafkaConnection(bootstrap_servers=(closed,)))
     async with serving(wrong) as (hydrator, port):
         await says(
-            hydrator, port, app_redis, Reason.UNREACHABLE, f"no Kafka broker answers at {closed}"
+            hydrator, port, pod.app, Reason.UNREACHABLE, f"no Kafka broker answers at {closed}"
         )
 
 
@@ -135,62 +119,41 @@ def sasl_config(
 ) -> HydratorConfig:
     """A binding on the broker's SASL/PLAIN listener, its credentials in files as a mounted
     Secret holds them."""
-    return HydratorConfig(
-        redis_socket=str(redis.socket_path),
-        bindings=(
-            BindingSource(
-                name="b",
-                kafka=KafkaConnection(
-                    bootstrap_servers=(broker.sasl_bootstrap_servers,),
-                    security_protocol="SASL_PLAINTEXT",
-                    sasl_mechanism="PLAIN",
-                    username_env="UNSET_SASL_USER",
-                    password_env="UNSET_SASL_PASSWORD",
-                    username_file=str(secret / "username"),
-                    password_file=str(secret / "password"),
-                ),
-                topics=(topic,),
-                format="raw",
-                keys=KeyMapping(),
-            ),
-        ),
+    sasl = KafkaConnection(
+        bootstrap_servers=(broker.sasl_bootstrap_servers,),
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        username_env="UNSET_SASL_USER",
+        password_env="UNSET_SASL_PASSWORD",
+        username_file=str(secret / "username"),
+        password_file=str(secret / "password"),
     )
+    return make_config(broker=broker, redis=redis, topics=[topic], format="raw", kafka=sasl)
 
 
 async def test_refused_sasl_credentials_are_named_and_a_corrected_secret_hydrates(
-    tmp_path: Path,
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    tmp_path: Path, pod: KafkaPod
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"a", b"1")])
+    topic = await pod.topic_with([(b"a", b"1")])
     ((user, password),) = SASL_USERS.items()
     (tmp_path / "username").write_text(user)
     (tmp_path / "password").write_text("wrong")
-    config = sasl_config(kafka_broker, redis_server, topic, tmp_path)
+    config = sasl_config(pod.broker, pod.redis, topic, tmp_path)
     async with serving(config) as (hydrator, port):
         await says(
-            hydrator, port, app_redis, Reason.AUTHENTICATION_FAILED,
-            f"{kafka_broker.sasl_bootstrap_servers} refused the credentials",
+            hydrator, port, pod.app, Reason.AUTHENTICATION_FAILED,
+            f"{pod.broker.sasl_bootstrap_servers} refused the credentials",
         )  # fmt: skip
         (tmp_path / "password").write_text(password)  # the kubelet updates the Secret's file
         await hydrated(hydrator, within=30)
-        assert await app_redis.get(b"a") == b"1"
+        assert await pod.app.get(b"a") == b"1"
         assert reason_of(hydrator) is Reason.HYDRATED
 
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
-async def test_a_store_too_small_is_store_full(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(f"k{i}".encode(), b"x" * 100_000) for i in range(40)])
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
+async def test_a_store_too_small_is_store_full(pod: KafkaPod) -> None:
+    topic = await pod.topic_with([(f"k{i}".encode(), b"x" * 100_000) for i in range(40)])
+    config = pod.config(topic, format="raw")
     async with serving(config) as (hydrator, port):
         await eventually(lambda: reason_of(hydrator) is Reason.STORE_FULL, within=20)
         status, body = await http_get(port, "/startupz")
@@ -218,28 +181,19 @@ async def test_a_topic_the_user_may_not_read_is_authorization_failed(
             )  # fmt: skip
 
 
-def nats_kv_config(server: NatsServer, redis: RedisServer, **auth: str) -> HydratorConfig:
-    return HydratorConfig(
-        redis_socket=str(redis.socket_path),
-        bindings=(
-            BindingSource(
-                name="flags",
-                nats=NatsSourceConfig(
-                    connection=NatsConnection(servers=(server.url,), **auth),
-                    kv=NatsKv(bucket="flags"),
-                ),
-                format="raw",
-            ),
-        ),
-    )
-
-
 async def test_nats_speaks_the_same_reasons_a_missing_bucket_then_refused_credentials(
     redis_server: RedisServer, app_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with NatsServer(config='authorization { token: "s3cret" }') as server:
         monkeypatch.setenv("NATS_TOKEN", "s3cret")
-        config = nats_kv_config(server, redis_server, auth_method="token", token_env="NATS_TOKEN")
+        config = nats_config(
+            server=server,
+            redis=redis_server,
+            kv=NatsKv(bucket="flags"),
+            connection=NatsConnection(
+                servers=(server.url,), auth_method="token", token_env="NATS_TOKEN"
+            ),
+        )
         async with serving(config) as (hydrator, port):
             await says(
                 hydrator, port, app_redis, Reason.TOPIC_MISSING,

@@ -4,7 +4,6 @@ tombstones, Debezium truncates, keys, envelopes and logical types, and oversized
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,17 +17,15 @@ from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
 from tests.integration.hydrator.support import (
     MIB,
+    KafkaPod,
     eventually,
-    hydrated,
-    make_config,
-    produce,
     running,
+    running_hydrated,
     sample,
     sidecar_redis_config,
     view,
     view_is,
 )
-from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,15 +58,11 @@ def truncate_event(table: str) -> tuple[None, bytes]:
 
 
 async def test_json_tombstone_deletes_what_its_set_created_with_json_serialized_keys(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic()
+    topic = pod.new_topic()
     # A producer with a JSON key serializer: the key of id "u1" is the 4 bytes "u1" quoted.
-    await produce(
-        kafka_broker,
+    await pod.produce(
         topic,
         [
             (js("u1"), js({"id": "u1", "name": "Ann"})),
@@ -78,30 +71,23 @@ async def test_json_tombstone_deletes_what_its_set_created_with_json_serialized_
             (js("u1"), None),  # bootstrap: the tombstone comes in the same read
         ],
     )
-    config = make_config(
-        broker=kafka_broker, redis=redis_server, topics=[topic], prefix="user:", key_field="id"
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert set(await view(app_redis, b"user:")) == {b"user:u2", b"user:u3"}
+    config = pod.config(topic, prefix="user:", key_field="id")
+    async with running_hydrated(config) as hydrator:
+        assert set(await view(pod.app, b"user:")) == {b"user:u2", b"user:u3"}
 
-        await produce(kafka_broker, topic, [(js("u2"), None), (js({"id": "u3"}), None)])
+        await pod.produce(topic, [(js("u2"), None), (js({"id": "u3"}), None)])
         await eventually(
-            lambda: view_is(app_redis, {}, prefix=b"user:"), what="live tombstones delete the sets"
+            lambda: view_is(pod.app, {}, prefix=b"user:"), what="live tombstones delete the sets"
         )
         assert sample(hydrator, "bad_records_total", binding="b", kind="missing_key") == 0
 
 
 async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
     # Truncates have no key, so they only arrive on a topic that is not compacted.
-    topic = make_topic(compacted=False)
-    await produce(
-        kafka_broker,
+    topic = pod.new_topic(compacted=False)
+    await pod.produce(
         topic,
         [
             row_event("r", "orders", key={"id": 1}, row={"id": 1, "total": 10}),
@@ -111,19 +97,15 @@ async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
             row_event("c", "orders", key={"id": 3}, row={"id": 3, "total": 30}),
         ],
     )
-    orders = make_config(
-        broker=kafka_broker, redis=redis_server, topics=[topic], format="debezium", prefix="o:"
-    )
+    orders = pod.config(topic, format="debezium", prefix="o:")
     other = replace(orders.bindings[0], name="mirror", keys=KeyMapping(prefix="m:"))
     config = replace(orders, bindings=(*orders.bindings, other))
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await view(app_redis, b"o:") == {
+    async with running_hydrated(config):
+        assert await view(pod.app, b"o:") == {
             b"o:7": b'{"id":7,"name":"Ann"}',
             b"o:3": b'{"id":3,"total":30}',
         }
-        await produce(
-            kafka_broker,
+        await pod.produce(
             topic,
             [
                 row_event("c", "orders", key={"id": 4}, row={"id": 4, "total": 40}),
@@ -132,25 +114,19 @@ async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
             ],
         )
         expected = {b"o:7": b'{"id":7,"name":"Ann"}', b"o:5": b'{"id":5,"total":50}'}
-        await eventually(lambda: view_is(app_redis, expected, prefix=b"o:"), what="live truncate")
+        await eventually(lambda: view_is(pod.app, expected, prefix=b"o:"), what="live truncate")
         # The other binding reads the same table under its own prefix: it truncated its own
         # copy, in step, and nothing of one binding's truncate reached the other's keys.
-        assert await view(app_redis, b"m:") == {
+        assert await view(pod.app, b"m:") == {
             b"m:7": b'{"id":7,"name":"Ann"}',
             b"m:5": b'{"id":5,"total":50}',
         }
 
 
-async def test_debezium_keys_string_converter_composite_and_mongodb_after(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
+async def test_debezium_keys_string_converter_composite_and_mongodb_after(pod: KafkaPod) -> None:
+    topic = pod.new_topic()
     mongo_doc = {"_id": {"$oid": "65f0"}, "sku": "lamp"}
-    await produce(
-        kafka_broker,
+    await pod.produce(
         topic,
         [
             # StringConverter keys are not JSON: the row's key field names the entry.
@@ -161,34 +137,25 @@ async def test_debezium_keys_string_converter_composite_and_mongodb_after(
             (js({"sku": "msg"}), js({"op": "m", "message": {"prefix": "p"}, "source": {}})),
         ],
     )
-    composite = make_topic(suffix="composite")
-    await produce(
-        kafka_broker,
+    composite = pod.new_topic(suffix="composite")
+    await pod.produce(
         composite,
         [  # two composite keys that a plain ':' join made into the same Redis key
             row_event("c", "lines", key={"a": "x:y", "b": "z"}, row={"n": 1}),
             row_event("c", "lines", key={"a": "x", "b": "y:z"}, row={"n": 2}),
         ],
     )
-    by_sku = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="debezium",
-        prefix="i:",
-        key_field="sku",
-    )
+    by_sku = pod.config(topic, format="debezium", prefix="i:", key_field="sku")
     by_key = replace(
         by_sku.bindings[0], name="lines", topics=(composite,), keys=KeyMapping(prefix="l:")
     )
     config = replace(by_sku, bindings=(*by_sku.bindings, by_key))
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await view(app_redis, b"i:") == {
+    async with running_hydrated(config) as hydrator:
+        assert await view(pod.app, b"i:") == {
             b"i:desk": b'{"sku":"desk"}',
             b"i:lamp": b'{"_id":{"$oid":"65f0"},"sku":"lamp"}',
         }
-        assert await view(app_redis, b"l:") == {
+        assert await view(pod.app, b"l:") == {
             b"l:x\\:y:z": b'{"n":1}',
             b"l:x:y\\:z": b'{"n":2}',
         }
@@ -198,12 +165,9 @@ async def test_debezium_keys_string_converter_composite_and_mongodb_after(
 
 
 async def test_debezium_connect_logical_types_are_decoded_when_the_schema_is_sent(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic()
+    topic = pod.new_topic()
     columns = [
         {"field": "id", "type": "int32"},
         # numeric(10, 2) with decimal.handling.mode=precise (Debezium's default)
@@ -230,13 +194,10 @@ async def test_debezium_connect_logical_types_are_decoded_when_the_schema_is_sen
         "since": 19_723,
         "updated": 1_704_164_645_678_901,
     }
-    await produce(kafka_broker, topic, [row_event("r", "p", key={"id": 1}, row=row, schema=schema)])
-    config = make_config(
-        broker=kafka_broker, redis=redis_server, topics=[topic], format="debezium", prefix="p:"
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        served = await app_redis.get(b"p:1")
+    await pod.produce(topic, [row_event("r", "p", key={"id": 1}, row=row, schema=schema)])
+    config = pod.config(topic, format="debezium", prefix="p:")
+    async with running_hydrated(config):
+        served = await pod.app.get(b"p:1")
         assert served is not None
         assert json.loads(served) == {
             "id": 1,
@@ -247,68 +208,50 @@ async def test_debezium_connect_logical_types_are_decoded_when_the_schema_is_sen
         }
 
 
-async def test_a_key_over_the_limit_is_a_bad_record_and_later_records_apply(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(config={"max.message.bytes": str(8 * MIB)})
+async def test_a_key_over_the_limit_is_a_bad_record_and_later_records_apply(pod: KafkaPod) -> None:
+    topic = pod.new_topic(config={"max.message.bytes": str(8 * MIB)})
     huge = b"k" * (5 * MIB)
-    await produce(
-        kafka_broker,
+    await pod.produce(
         topic,
         [(b"small", b"1"), (huge, b"2"), (b"after", b"3")],
         max_request_size=8 * MIB,
     )
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await app_redis.exists(huge) == 0
-        assert await app_redis.mget([b"small", b"after"]) == [b"1", b"3"]
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as hydrator:
+        assert await pod.app.exists(huge) == 0
+        assert await pod.app.mget([b"small", b"after"]) == [b"1", b"3"]
         assert sample(hydrator, "bad_records_total", binding="b", kind="key_too_large") == 1
 
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
-async def test_a_truncate_frees_a_full_store(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(compacted=False)
+async def test_a_truncate_frees_a_full_store(pod: KafkaPod) -> None:
+    topic = pod.new_topic(compacted=False)
     blobs = [
         row_event("c", "blobs", key={"id": i}, row={"id": i, "data": "x" * 100_000})
         for i in range(60)  # ~6 MB > 3 MB maxmemory: Redis refuses some of them
     ]
-    await produce(kafka_broker, topic, blobs)
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="debezium",
-        prefix="b:",
-        bootstrap_batch_max_keys=5,
-        live_batch_max_keys=5,
+    await pod.produce(topic, blobs)
+    config = pod.config(
+        topic, format="debezium", prefix="b:", bootstrap_batch_max_keys=5, live_batch_max_keys=5
     )
     async with running(config) as hydrator:
         await eventually(
             lambda: sample(hydrator, "redis_oom_rejections_total") > 0, what="store full"
         )
-        await eventually(lambda: _has_keys(app_redis, b"b:"), what="some rows served")
+        await eventually(lambda: _has_keys(pod.app, b"b:"), what="some rows served")
         # A truncate reaching a full store frees it, with more big rows on its heels (whether
         # they share its transaction depends on the fetch; the next test pins that case).
         others = [
             row_event("c", "others", key={"id": 100 + i}, row={"data": "y" * 500_000})
             for i in range(4)
         ]
-        await produce(kafka_broker, topic, [truncate_event("blobs"), *others])
+        await pod.produce(topic, [truncate_event("blobs"), *others])
         blob_keys = {f"b:{i}".encode() for i in range(60)}
         await eventually(
-            lambda: _none_of(app_redis, b"b:", blob_keys), what="truncate on a full store"
+            lambda: _none_of(pod.app, b"b:", blob_keys), what="truncate on a full store"
         )
-        await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": 1}, row={"n": 1})])
-        await eventually(lambda: _has_keys(app_redis, b"b:1"), what="a write after it")
+        await pod.produce(topic, [row_event("c", "notes", key={"id": 1}, row={"n": 1})])
+        await eventually(lambda: _has_keys(pod.app, b"b:1"), what="a write after it")
 
 
 async def _none_of(client: aioredis.Redis, prefix: bytes, keys: set[bytes]) -> bool:
@@ -366,19 +309,16 @@ _ORDERS = {
 }
 
 
-async def _fill_then_refuse_orders(
-    kafka_broker: KafkaBroker, topic: str, hydrator: Hydrator, app_redis: aioredis.Redis
-) -> None:
+async def _fill_then_refuse_orders(pod: KafkaPod, topic: str, hydrator: Hydrator) -> None:
     """Fill the store (something else's key, grown until Redis refuses it: less than 64 KiB
     left), then produce orders rows and see them refused."""
     while True:
         try:
-            await app_redis.append(b"ballast", b"x" * 65536)
+            await pod.app.append(b"ballast", b"x" * 65536)
         except OutOfMemoryError:
             break
     refused = sample(hydrator, "redis_oom_rejections_total")
-    await produce(
-        kafka_broker,
+    await pod.produce(
         topic,
         [row_event("c", "orders", key={"id": row["id"]}, row=row) for row in _ORDER_ROWS],
     )
@@ -387,7 +327,7 @@ async def _fill_then_refuse_orders(
         what="the orders rows refused",
     )
     await _settled(hydrator)
-    assert not set(await view(app_redis, b"b:")) & _ORDERS.keys()
+    assert not set(await view(pod.app, b"b:")) & _ORDERS.keys()
     assert not hydrator.hydrated
 
 
@@ -401,70 +341,50 @@ async def _free_memory(app_redis: aioredis.Redis) -> None:
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
 async def test_debezium_rows_a_full_store_refused_are_truncated_after_their_retry(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
     """Refused rows get in on a retry once memory is freed, with their table index entries
     (refused with them): a truncate after that removes every one of them."""
-    topic = make_topic(compacted=False)
-    await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": "n"}, row={"n": 1})])
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="debezium",
-        prefix="b:",
-        live_batch_max_keys=5,
+    topic = await pod.topic_with(
+        [row_event("c", "notes", key={"id": "n"}, row={"n": 1})], compacted=False
     )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        await _fill_then_refuse_orders(kafka_broker, topic, hydrator, app_redis)
+    config = pod.config(topic, format="debezium", prefix="b:", live_batch_max_keys=5)
+    async with running_hydrated(config) as hydrator:
+        await _fill_then_refuse_orders(pod, topic, hydrator)
 
-        await _free_memory(app_redis)
+        await _free_memory(pod.app)
         expected = {b"b:n": b'{"n":1}', **_ORDERS}
         await eventually(
-            lambda: view_is(app_redis, expected, prefix=b"b:"), within=15, what="orders retried"
+            lambda: view_is(pod.app, expected, prefix=b"b:"), within=15, what="orders retried"
         )
         await eventually(lambda: hydrator.hydrated, within=5, what="complete again")
 
-        await produce(kafka_broker, topic, [truncate_event("orders")])
+        await pod.produce(topic, [truncate_event("orders")])
         await eventually(
-            lambda: view_is(app_redis, {b"b:n": b'{"n":1}'}, prefix=b"b:"),
+            lambda: view_is(pod.app, {b"b:n": b'{"n":1}'}, prefix=b"b:"),
             what="the truncate removed the retried rows",
         )
 
 
 @pytest.mark.parametrize("redis_config", [sidecar_redis_config(max_memory_bytes=3 * MIB)])
 async def test_a_truncate_while_its_rows_are_refused_keeps_them_from_coming_back(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
     """A truncate that arrives while rows of its table wait for a retry removes them from
     the retry too: retried after the truncate, they would be rows the table no longer has."""
-    topic = make_topic(compacted=False)
-    await produce(kafka_broker, topic, [row_event("c", "notes", key={"id": "n"}, row={"n": 1})])
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="debezium",
-        prefix="b:",
-        live_batch_max_keys=5,
+    topic = await pod.topic_with(
+        [row_event("c", "notes", key={"id": "n"}, row={"n": 1})], compacted=False
     )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        await _fill_then_refuse_orders(kafka_broker, topic, hydrator, app_redis)
-        await produce(kafka_broker, topic, [truncate_event("orders")])
+    config = pod.config(topic, format="debezium", prefix="b:", live_batch_max_keys=5)
+    async with running_hydrated(config) as hydrator:
+        await _fill_then_refuse_orders(pod, topic, hydrator)
+        await pod.produce(topic, [truncate_event("orders")])
         await _settled(hydrator)
 
-        await _free_memory(app_redis)
+        await _free_memory(pod.app)
         await eventually(lambda: hydrator.hydrated, within=15, what="complete again")
         await _settled(hydrator)
-        assert await view(app_redis, b"b:") == {b"b:n": b'{"n":1}'}
+        assert await view(pod.app, b"b:") == {b"b:n": b'{"n":1}'}
         assert sample(hydrator, "records_applied_total", binding="b") == sample(
             hydrator, "records_read_total", binding="b"
         )

@@ -22,17 +22,14 @@ from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.nats_source import NatsSource
 from tests.integration.hydrator.support import (
+    KafkaPod,
     eventually,
     http_status,
-    hydrated,
-    make_config,
-    produce,
     sample,
-    serving,
+    serving_hydrated,
     view_is,
 )
 from tests.integration.hydrator.test_hydrator_nats import nats_config
-from tests.support.kafka_broker import KafkaBroker
 from tests.support.nats_server import NatsServer
 from tests.support.redis_server import RedisServer
 
@@ -65,16 +62,11 @@ def _rebuilds(hydrator: Hydrator) -> float:
 
 
 async def test_a_kafka_error_out_of_the_source_is_a_source_error_never_a_rebuild(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
+    pod: KafkaPod,
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"a", b"1"), (b"b", b"2")])
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with serving(config) as (hydrator, port):
-        await hydrated(hydrator)
+    topic = await pod.topic_with([(b"a", b"1"), (b"b", b"2")])
+    config = pod.config(topic, format="raw")
+    async with serving_hydrated(config) as (hydrator, port):
         rebuilds = _rebuilds(hydrator)
         assert rebuilds == 1  # the first start's, into the empty store
         source = hydrator.feeds[0]._source
@@ -100,9 +92,9 @@ async def test_a_kafka_error_out_of_the_source_is_a_source_error_never_a_rebuild
             ),
             what="a source error counted",
         )
-        await produce(kafka_broker, topic, [(b"c", b"3")])
+        await pod.produce(topic, [(b"c", b"3")])
         await eventually(
-            lambda: view_is(app_redis, {b"a": b"1", b"b": b"2", b"c": b"3"}),
+            lambda: view_is(pod.app, {b"a": b"1", b"b": b"2", b"c": b"3"}),
             what="the binding positioned again and reading",
         )
         assert _rebuilds(hydrator) == rebuilds
@@ -118,8 +110,7 @@ async def test_a_nats_error_is_a_source_error_never_a_rebuild(
         bucket = await nc.jetstream().create_key_value(bucket="flags")
         await bucket.put("a", b"1")
         config = nats_config(server=nats_server, redis=redis_server, kv=NatsKv(bucket="flags"))
-        async with serving(config) as (hydrator, port):
-            await hydrated(hydrator)
+        async with serving_hydrated(config) as (hydrator, port):
             rebuilds = _rebuilds(hydrator)
             assert rebuilds == 1
             source = hydrator.feeds[0]._source

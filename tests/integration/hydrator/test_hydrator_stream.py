@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.integration.hydrator.support import (
     MIB,
+    KafkaPod,
     eventually,
-    hydrated,
-    make_config,
-    produce,
-    running,
+    running_hydrated,
     sample,
     value_is,
     view,
 )
-from tests.support.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
-from tests.support.redis_server import RedisServer
+from tests.support.kafka_broker import FAST_COMPACTION_CONFIG
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,13 +27,8 @@ def flag(key: str, enabled: object) -> bytes:
     return json.dumps({"id": key, "enabled": enabled}).encode()
 
 
-async def test_bootstrap_equals_the_compacted_state(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(partitions=3, config=FAST_COMPACTION_CONFIG)
+async def test_bootstrap_equals_the_compacted_state(pod: KafkaPod) -> None:
+    topic = pod.new_topic(partitions=3, config=FAST_COMPACTION_CONFIG)
     rng = random.Random(7)
     expected: dict[bytes, bytes] = {}
     records: list[tuple[bytes | None, bytes | None]] = []
@@ -53,58 +44,38 @@ async def test_bootstrap_equals_the_compacted_state(
                 expected[f"flag:{key}".encode()] = json.dumps(value).encode()
                 if isinstance(value, str):
                     expected[f"flag:{key}".encode()] = value.encode()
-    await produce(kafka_broker, topic, records)
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        prefix="flag:",
-        key_field="id",
-        value_field="enabled",
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await view(app_redis, b"flag:") == expected
-        meta = await app_redis.hgetall(config.metadata_key)
+    await pod.produce(topic, records)
+    config = pod.config(topic, prefix="flag:", key_field="id", value_field="enabled")
+    async with running_hydrated(config) as hydrator:
+        assert await view(pod.app, b"flag:") == expected
+        meta = await pod.app.hgetall(config.metadata_key)
         assert meta[b"hydrated"] == b"1"
-        offsets = await app_redis.hgetall(config.offsets_key)
+        offsets = await pod.app.hgetall(config.offsets_key)
         assert sum(int(v) for v in offsets.values()) == len(records)
         # The cleaner may have compacted some of the history away: fewer reads, same view.
         assert 2000 <= sample(hydrator, "records_read_total", binding="b") <= len(records)
         assert sample(hydrator, "rebuilds_total", reason="empty") == 1
 
 
-async def test_live_update_tombstone_and_empty_value(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"a", b"1"), (b"b", b"2")])
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await app_redis.get(b"a") == b"1"
+async def test_live_update_tombstone_and_empty_value(pod: KafkaPod) -> None:
+    topic = await pod.topic_with([(b"a", b"1"), (b"b", b"2")])
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config):
+        assert await pod.app.get(b"a") == b"1"
 
-        await produce(kafka_broker, topic, [(b"a", b"10")])
-        await eventually(lambda: value_is(app_redis, b"a", b"10"), what="live update")
+        await pod.produce(topic, [(b"a", b"10")])
+        await eventually(lambda: value_is(pod.app, b"a", b"10"), what="live update")
 
-        await produce(kafka_broker, topic, [(b"b", None), (b"c", b"")])
-        await eventually(lambda: value_is(app_redis, b"c", b""), what="empty value")
-        assert await app_redis.get(b"b") is None
-        assert await app_redis.exists(b"b") == 0
-        meta = await app_redis.hgetall(config.metadata_key)
+        await pod.produce(topic, [(b"b", None), (b"c", b"")])
+        await eventually(lambda: value_is(pod.app, b"c", b""), what="empty value")
+        assert await pod.app.get(b"b") is None
+        assert await pod.app.exists(b"b") == 0
+        meta = await pod.app.hgetall(config.metadata_key)
         assert int(meta[b"last_event_ms"]) > 0
 
 
-async def test_debezium_create_update_delete_snapshot(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
+async def test_debezium_create_update_delete_snapshot(pod: KafkaPod) -> None:
+    topic = pod.new_topic()
 
     def event(op: str, pk: int, before: object, after: object) -> tuple[bytes, bytes]:
         key = json.dumps({"schema": {"type": "struct"}, "payload": {"id": pk}}).encode()
@@ -112,8 +83,7 @@ async def test_debezium_create_update_delete_snapshot(
         value = {"schema": {"type": "struct"}, "payload": payload}
         return key, json.dumps(value).encode()
 
-    await produce(
-        kafka_broker,
+    await pod.produce(
         topic,
         [
             event("r", 1, None, {"id": 1, "name": "lamp"}),  # snapshot read
@@ -124,33 +94,20 @@ async def test_debezium_create_update_delete_snapshot(
             (json.dumps({"id": 2}).encode(), None),  # Debezium's tombstone after a delete
         ],
     )
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="debezium",
-        prefix="product:",
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await view(app_redis, b"product:") == {
+    config = pod.config(topic, format="debezium", prefix="product:")
+    async with running_hydrated(config) as hydrator:
+        assert await view(pod.app, b"product:") == {
             b"product:1": b'{"id":1,"name":"LAMP"}',
             b"product:3": b'{"id":3,"name":"chair"}',
         }
-        await produce(kafka_broker, topic, [event("d", 3, {"id": 3}, None)])
-        await eventually(lambda: _missing(app_redis, b"product:3"), what="live delete")
+        await pod.produce(topic, [event("d", 3, {"id": 3}, None)])
+        await eventually(lambda: _missing(pod.app, b"product:3"), what="live delete")
         assert sample(hydrator, "bad_records_total", binding="b", kind="bad_envelope") == 0
 
 
-async def test_malformed_records_are_skipped_counted_and_later_records_apply(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(config={"max.message.bytes": str(8 * MIB)})
-    await produce(
-        kafka_broker,
+async def test_malformed_records_are_skipped_counted_and_later_records_apply(pod: KafkaPod) -> None:
+    topic = pod.new_topic(config={"max.message.bytes": str(8 * MIB)})
+    await pod.produce(
         topic,
         [
             # Compacted topics only take keyed records; the key field inside the value wins.
@@ -165,67 +122,44 @@ async def test_malformed_records_are_skipped_counted_and_later_records_apply(
         ],
         max_request_size=8 * MIB,
     )
-    config = make_config(
-        broker=kafka_broker, redis=redis_server, topics=[topic], prefix="flag:", key_field="id"
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert set(await view(app_redis, b"flag:")) == {b"flag:good-1", b"flag:good-2"}
+    config = pod.config(topic, prefix="flag:", key_field="id")
+    async with running_hydrated(config) as hydrator:
+        assert set(await view(pod.app, b"flag:")) == {b"flag:good-1", b"flag:good-2"}
         counts = {"not_json": 1, "missing_key": 1, "invalid_utf8": 2, "too_large": 1}
         for kind, count in counts.items():
             assert sample(hydrator, "bad_records_total", binding="b", kind=kind) == count, kind
         # Consumed past the bad ones: a live record after them still applies.
-        await produce(kafka_broker, topic, [(b"7", flag("good-3", True))])
-        await eventually(lambda: _exists(app_redis, b"flag:good-3"), what="record after bad")
+        await pod.produce(topic, [(b"7", flag("good-3", True))])
+        await eventually(lambda: _exists(pod.app, b"flag:good-3"), what="record after bad")
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
-async def test_compressed_batches(
-    codec: str,
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic(suffix=codec)
+async def test_compressed_batches(codec: str, pod: KafkaPod) -> None:
+    topic = pod.new_topic(suffix=codec)
     records = [(f"k{i}".encode(), f"value {i} ".encode() * 20) for i in range(500)]
-    await produce(kafka_broker, topic, records, compression=codec)
-    config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic], format="raw")
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        assert await view(app_redis, b"k") == dict(records)
+    await pod.produce(topic, records, compression=codec)
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as hydrator:
+        assert await view(pod.app, b"k") == dict(records)
         assert sample(hydrator, "bad_records_total", binding="b", kind="not_json") == 0
 
 
-async def test_partitions_added_later_are_picked_up(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
+async def test_partitions_added_later_are_picked_up(pod: KafkaPod) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-    topic = make_topic(partitions=1)
-    await produce(kafka_broker, topic, [(b"p0", b"0")])
-    config = make_config(
-        broker=kafka_broker,
-        redis=redis_server,
-        topics=[topic],
-        format="raw",
-        metadata_refresh_ms=300,
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    topic = await pod.topic_with([(b"p0", b"0")], partitions=1)
+    config = pod.config(topic, format="raw", metadata_refresh_ms=300)
+    async with running_hydrated(config):
+        admin = AIOKafkaAdminClient(bootstrap_servers=pod.broker.bootstrap_servers)
         await admin.start()
         try:
             await admin.create_partitions({topic: NewPartitions(total_count=3)})
         finally:
             await admin.close()
         await asyncio.sleep(0.5)  # let the partition leaders settle before producing to them
-        await produce(kafka_broker, topic, [(b"p2", b"2")], partition=2)
-        await eventually(lambda: value_is(app_redis, b"p2", b"2"), what="new partition's record")
-        offsets = await app_redis.hgetall(config.offsets_key)
+        await pod.produce(topic, [(b"p2", b"2")], partition=2)
+        await eventually(lambda: value_is(pod.app, b"p2", b"2"), what="new partition's record")
+        offsets = await pod.app.hgetall(config.offsets_key)
         assert offsets[f"b/{topic}/2".encode()] == b"1"
 
 
@@ -237,23 +171,14 @@ async def _missing(client: aioredis.Redis, key: bytes) -> bool:
     return not await client.exists(key)
 
 
-async def test_applied_batches_are_announced_on_the_bindings_channel(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    redis_server: RedisServer,
-    app_redis: aioredis.Redis,
-) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, [(b"old", flag("old", True))])
-    config = make_config(
-        broker=kafka_broker, redis=redis_server, topics=[topic], prefix="flag:", key_field="id"
-    )
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        subscriber = app_redis.pubsub()
+async def test_applied_batches_are_announced_on_the_bindings_channel(pod: KafkaPod) -> None:
+    topic = await pod.topic_with([(b"old", flag("old", True))])
+    config = pod.config(topic, prefix="flag:", key_field="id")
+    async with running_hydrated(config):
+        subscriber = pod.app.pubsub()
         await subscriber.subscribe("sidecar-state:changes:b")
         assert (await subscriber.get_message(timeout=5))["type"] == "subscribe"
-        await produce(kafka_broker, topic, [(b"new", flag("new", False)), (b"old", None)])
+        await pod.produce(topic, [(b"new", flag("new", False)), (b"old", None)])
         announced: dict[str, set[str]] = {"set": set(), "deleted": set()}
         for _ in range(100):
             message = await subscriber.get_message(ignore_subscribe_messages=True, timeout=0.2)
@@ -265,9 +190,9 @@ async def test_applied_batches_are_announced_on_the_bindings_channel(
             assert body["binding"] == "b"
             # Published with its batch: when it arrives, the app already reads that view.
             for key in body["set"]:
-                assert await app_redis.get(key) is not None, key
+                assert await pod.app.get(key) is not None, key
             for key in body["deleted"]:
-                assert await app_redis.get(key) is None, key
+                assert await pod.app.get(key) is None, key
             announced["set"].update(body["set"])
             announced["deleted"].update(body["deleted"])
         assert announced == {"set": {"flag:new"}, "deleted": {"flag:old"}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,14 @@ from sidecar_hydrator.credentials import (
     write_credentials,
 )
 from tests.integration.hydrator.support import (
+    KafkaPod,
     eventually,
     hydrated,
-    make_config,
-    produce,
-    running,
+    running_hydrated,
     sample,
     sidecar_redis_config,
     view,
 )
-from tests.support.kafka_broker import KafkaBroker
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -104,28 +102,16 @@ def credentials_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def acl_redis(make_redis_server: Callable[..., RedisServer], credentials_dir: Path) -> RedisServer:
-    """redis-server with the injected container's full command line, ACL file included."""
-    return make_redis_server(config=sidecar_redis_config(acl_file=str(credentials_dir / ACL_FILE)))
+def redis_config(credentials_dir: Path) -> list[str]:
+    """The injected container's full command line, ACL file included; the app's client
+    (``pod.app``) gets what any process in an app container gets: the socket, no credentials."""
+    return sidecar_redis_config(acl_file=str(credentials_dir / ACL_FILE))
 
 
-@pytest.fixture
-async def app(acl_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """What any process in an app container gets: the socket, no credentials."""
-    client = aioredis.Redis(unix_socket_path=str(acl_redis.socket_path))
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-def hydrator_config(
-    broker: KafkaBroker, redis: RedisServer, credentials_dir: Path, topic: str
-) -> HydratorConfig:
-    return make_config(
-        broker=broker,
-        redis=redis,
-        topics=[topic],
+def hydrator_config(pod: KafkaPod, credentials_dir: Path, topic: str) -> HydratorConfig:
+    """The hydrator as injected: its own Redis user, its password from the credentials."""
+    return pod.config(
+        topic,
         format="raw",
         redis_user=HYDRATOR_REDIS_USER,
         redis_password_file=str(credentials_dir / PASSWORD_FILE),
@@ -133,67 +119,55 @@ def hydrator_config(
 
 
 async def test_an_app_may_read_its_store_but_never_change_it(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    acl_redis: RedisServer,
-    credentials_dir: Path,
-    app: aioredis.Redis,
+    pod: KafkaPod, credentials_dir: Path
 ) -> None:
-    topic = make_topic()
-    await produce(kafka_broker, topic, RECORDS)
-    config = hydrator_config(kafka_broker, acl_redis, credentials_dir, topic)
-    async with running(config) as hydrator:
-        await hydrated(hydrator)
-        meta_before = await app.hgetall(META)
+    topic = await pod.topic_with(RECORDS)
+    config = hydrator_config(pod, credentials_dir, topic)
+    async with running_hydrated(config) as hydrator:
+        meta_before = await pod.app.hgetall(META)
 
         # What an app does: reads, in one round trip or several.
-        assert await app.get(b"k0001") == b"v1"
-        assert await app.mget([b"k0001", b"k0199", b"absent"]) == [b"v1", b"v199", None]
+        assert await pod.app.get(b"k0001") == b"v1"
+        assert await pod.app.mget([b"k0001", b"k0199", b"absent"]) == [b"v1", b"v199", None]
         assert meta_before[b"hydrated"] == b"1"
-        async with app.pipeline(transaction=True) as reads:
+        async with pod.app.pipeline(transaction=True) as reads:
             reads.get(b"k0002").hgetall(META)
             value, meta = await reads.execute()
         assert (value, meta[b"hydrated"]) == (b"v2", b"1")
-        assert await view(app, b"k") == dict(RECORDS)
+        assert await view(pod.app, b"k") == dict(RECORDS)
 
         for command in FORBIDDEN:
             with pytest.raises((NoPermissionError, ResponseError)) as refused:
-                await app.execute_command(*command)
+                await pod.app.execute_command(*command)
             # NOPERM from the ACL; DEBUG is refused even earlier (enable-debug-command no).
             assert any(m in str(refused.value) for m in REFUSALS), (command, refused.value)
         # A write queued in a transaction is refused, and the whole EXEC with it.
-        async with app.pipeline(transaction=True) as mixed:
+        async with pod.app.pipeline(transaction=True) as mixed:
             mixed.get(b"k0001").set(b"k0001", b"changed")
             with pytest.raises((NoPermissionError, ResponseError)):
                 await mixed.execute()
         # Knowing the hydrator's user name is not enough.
         with pytest.raises(AuthenticationError):
-            await app.execute_command("AUTH", HYDRATOR_REDIS_USER, "guessed")
+            await pod.app.execute_command("AUTH", HYDRATOR_REDIS_USER, "guessed")
 
         # Nothing changed, and the hydrator still writes.
-        assert await view(app, b"k") == dict(RECORDS)
-        await produce(kafka_broker, topic, [(b"k0001", b"updated")])
-        await eventually(lambda: _reads(app, b"k0001", b"updated"), what="the update")
-        meta_after = await app.hgetall(META)
+        assert await view(pod.app, b"k") == dict(RECORDS)
+        await pod.produce(topic, [(b"k0001", b"updated")])
+        await eventually(lambda: _reads(pod.app, b"k0001", b"updated"), what="the update")
+        meta_after = await pod.app.hgetall(META)
         assert meta_after[b"hydrated"] == b"1"
         assert int(meta_after[b"last_apply_ms"]) > int(meta_before[b"last_apply_ms"])
         assert hydrator.hydrated
 
 
 async def test_an_app_gets_change_notifications_of_the_hydrators_writes(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    acl_redis: RedisServer,
-    credentials_dir: Path,
-    app: aioredis.Redis,
+    pod: KafkaPod, credentials_dir: Path
 ) -> None:
     """SUBSCRIBE works, and client-side caching delivers invalidations (RESP2: redirected to a
     subscribed connection) when the hydrator writes a key the app has read."""
-    topic = make_topic()
-    await produce(kafka_broker, topic, RECORDS[:10])
-    async with running(hydrator_config(kafka_broker, acl_redis, credentials_dir, topic)) as h:
-        await hydrated(h)
-        listener = await RawConnection.open(acl_redis.socket_path)
+    topic = await pod.topic_with(RECORDS[:10])
+    async with running_hydrated(hydrator_config(pod, credentials_dir, topic)):
+        listener = await RawConnection.open(pod.redis.socket_path)
         try:
             listener_id = await listener.call("CLIENT", "ID")
             assert await listener.call("SUBSCRIBE", "__redis__:invalidate") == [
@@ -201,11 +175,11 @@ async def test_an_app_gets_change_notifications_of_the_hydrators_writes(
                 b"__redis__:invalidate",
                 1,
             ]
-            async with app.client() as reader:
+            async with pod.app.client() as reader:
                 await reader.execute_command("CLIENT", "TRACKING", "ON", "REDIRECT", listener_id)
                 assert await reader.get(b"k0003") == b"v3"
 
-                await produce(kafka_broker, topic, [(b"k0003", b"new")])
+                await pod.produce(topic, [(b"k0003", b"new")])
 
                 message = await asyncio.wait_for(listener.reply(), timeout=10)
                 assert message == [b"message", b"__redis__:invalidate", [b"k0003"]]
@@ -215,19 +189,13 @@ async def test_an_app_gets_change_notifications_of_the_hydrators_writes(
 
 
 async def test_the_hydrator_rebuilds_a_restarted_redis_with_its_own_user(
-    kafka_broker: KafkaBroker,
-    make_topic: Callable[..., str],
-    acl_redis: RedisServer,
-    credentials_dir: Path,
-    app: aioredis.Redis,
+    pod: KafkaPod, credentials_dir: Path
 ) -> None:
     """A rebuild needs INFO, FLUSHDB of the spare database and SWAPDB: all still allowed to
     the hydrator's user after Redis restarts from the same ACL file."""
-    topic = make_topic(partitions=2)
-    await produce(kafka_broker, topic, RECORDS)
-    async with running(hydrator_config(kafka_broker, acl_redis, credentials_dir, topic)) as h:
-        await hydrated(h)
-        acl_redis.restart()  # comes back empty, same socket, same ACL file
+    topic = await pod.topic_with(RECORDS, partitions=2)
+    async with running_hydrated(hydrator_config(pod, credentials_dir, topic)) as h:
+        pod.redis.restart()  # comes back empty, same socket, same ACL file
         # The first start counts as one rebuild from empty; the restart is the second.
         await eventually(
             lambda: sample(h, "rebuilds_total", reason="empty") == 2, what="the rebuild"
@@ -235,12 +203,12 @@ async def test_the_hydrator_rebuilds_a_restarted_redis_with_its_own_user(
         await hydrated(h)
 
         async def rebuilt() -> bool:
-            return await view(app, b"k") == dict(RECORDS)
+            return await view(pod.app, b"k") == dict(RECORDS)
 
         await eventually(rebuilt, what="the rebuilt view")
-        assert (await app.hgetall(META))[b"hydrated"] == b"1"
+        assert (await pod.app.hgetall(META))[b"hydrated"] == b"1"
         with pytest.raises(NoPermissionError):
-            await app.set(b"k0001", b"changed")
+            await pod.app.set(b"k0001", b"changed")
 
 
 async def test_no_command_an_app_may_run_writes_or_administers(

@@ -8,6 +8,7 @@ webhook renders (``build_envoy_bootstrap``), the authorizer's the one it renders
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -304,54 +305,53 @@ def test_keep_alive_connection_serves_many_checks(stack: Stack) -> None:
     assert statuses == [200, 403] * 25
 
 
-def test_health_port_answers_probes_and_never_a_check() -> None:
+@contextlib.contextmanager
+def authorizer_on_a_port(
+    which: Literal["health", "loopback"],
+) -> Iterator[tuple[RedisServer, str]]:
+    """The authorizer alone on a hydrated store holding Ada's session, with one TCP port: its
+    health port or its loopback listener (``which``; the other is off). Yields the store's
+    server and ``http://127.0.0.1:<port>``."""
+    port = free_port()
     with RedisServer() as server:
         store = redis.Redis(unix_socket_path=str(server.socket_path))
         hydrate(store)
         store.set("shop:session:tok-ada", json.dumps(PROFILE))
-        port = free_port()
         config = AuthorizerConfig(
             redis_socket=str(server.socket_path),
             listen_socket=str(server.workdir / "authz.sock"),
-            health_port=port,
+            health_port=port if which == "health" else None,
+            loopback_port=port if which == "loopback" else None,
             rules=(SESSION_RULE,),
         )
-        with AuthorizerProcess(config=config):
-            url = f"http://127.0.0.1:{port}"
-            assert call(url, "/livez").status == 200
-            assert call(url, "/readyz").status == 200
-            # The Pod's data is never served on a port the network can reach.
-            leaked = call(url, "/orders", authorization="Bearer tok-ada")
-            assert leaked.status == 404 and b"Ada" not in leaked.body
-            server.kill()
-            assert call(url, "/readyz").status == 503
-            assert call(url, "/livez").status == 200
-        store.close()
+        try:
+            with AuthorizerProcess(config=config):
+                yield server, f"http://127.0.0.1:{port}"
+        finally:
+            store.close()
+
+
+def test_health_port_answers_probes_and_never_a_check() -> None:
+    with authorizer_on_a_port("health") as (server, url):
+        assert call(url, "/livez").status == 200
+        assert call(url, "/readyz").status == 200
+        # The Pod's data is never served on a port the network can reach.
+        leaked = call(url, "/orders", authorization="Bearer tok-ada")
+        assert leaked.status == 404 and b"Ada" not in leaked.body
+        server.kill()
+        assert call(url, "/readyz").status == 503
+        assert call(url, "/livez").status == 200
 
 
 def test_loopback_listener_answers_checks_for_a_mesh_sidecar() -> None:
     """``loopback_port``: where a mesh's own Envoy calls it (``mode: istio``, Istio's CUSTOM
     action; test_istio_mode.py runs it behind an Envoy configured as Istio's)."""
-    with RedisServer() as server:
-        store = redis.Redis(unix_socket_path=str(server.socket_path))
-        hydrate(store)
-        store.set("shop:session:tok-ada", json.dumps(PROFILE))
-        port = free_port()
-        config = AuthorizerConfig(
-            redis_socket=str(server.socket_path),
-            listen_socket=str(server.workdir / "authz.sock"),
-            loopback_port=port,
-            health_port=None,
-            rules=(SESSION_RULE,),
-        )
-        with AuthorizerProcess(config=config):
-            url = f"http://127.0.0.1:{port}"
-            allowed = call(url, "/orders", authorization="Bearer tok-ada")
-            assert allowed.status == 200
-            assert allowed.headers["x-user-plan"] == "pro"
-            assert allowed.headers["x-envoy-auth-headers-to-remove"] == "authorization"
-            assert call(url, "/orders", authorization="Bearer tok-x").status == 403
-        store.close()
+    with authorizer_on_a_port("loopback") as (_, url):
+        allowed = call(url, "/orders", authorization="Bearer tok-ada")
+        assert allowed.status == 200
+        assert allowed.headers["x-user-plan"] == "pro"
+        assert allowed.headers["x-envoy-auth-headers-to-remove"] == "authorization"
+        assert call(url, "/orders", authorization="Bearer tok-x").status == 403
 
 
 def test_authorizer_answers_pipelined_checks_in_order_and_refuses_bad_requests(
