@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 
 from benchmarks._common import broker, machine, write_results
 from benchmarks.lib.stats import percentile
+from localkube.ports import free_port
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -41,9 +42,8 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
 )
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import sidecar_redis_config
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0

@@ -41,8 +41,8 @@ from benchmarks.footprint import (
 )
 from benchmarks.lib.processes import sidecar_redis
 from benchmarks.lib.stats import percentile
+from localkube.ports import free_port
 from sidecar_hydrator.config import HydratorConfig
-from tests.support.ports import free_port
 
 TARGET_P99_MS: Final = 1.0
 READS_PER_S: Final = 4000

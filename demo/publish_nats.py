@@ -30,7 +30,7 @@ BUCKET = "feature-flags"
 def start_server(host: str, directory: Path) -> tuple[int, str]:
     """A nats-server with JetStream (on disk in ``directory``) on ``host``, in its own session
     so it outlives ``demo.run up``; returns (pid, URL)."""
-    from tests.support.nats_server import install_nats_server
+    from sidecar_state_stack.nats_server import install_nats_server
 
     binary = install_nats_server()
     directory.mkdir(parents=True, exist_ok=True)

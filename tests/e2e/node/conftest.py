@@ -1,12 +1,13 @@
 """Fixtures for the node scenarios: Pods with our sidecars really run (issue 6), on kind.
 
 Why kind and ``E2E_CLUSTER=existing`` only: these scenarios need a kubelet with containerd, our
-images on the node and the chart's operator; ``tests/e2e/kind/cluster.py`` (``make test-kind``,
-``make test-node``, and the ``e2e-kind`` job on GitHub) creates that cluster, installs the chart
-from the Dockerfile-built images and runs the suite against it. The broker runs on this host at
-``E2E_KAFKA_HOST`` (an address Pods reach), the chart is pointed at it, and a container is
-killed through the node container ``E2E_KIND_NODE``'s containerd. Against the suite's own
-control plane (no kubelet) the scenarios are skipped with the command that runs them.
+images on the node and the chart's operator; ``tools/localkube/kind/cluster.py``
+(``make test-kind``, ``make test-node``, and the ``e2e-kind`` job on GitHub) creates that
+cluster, installs the chart from the Dockerfile-built images and runs the suite against it. The
+broker runs on this host at ``E2E_KAFKA_HOST`` (an address Pods reach), the chart is pointed at
+it, and a container is killed through the node container ``E2E_KIND_NODE``'s containerd.
+Against the suite's own control plane (no kubelet) the scenarios are skipped with the command
+that runs them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.nats_server import NatsServer
+from localkube.access import ClusterAccess
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 
 KAFKA_HOST_ENV = "E2E_KAFKA_HOST"
 NODE_CONTAINER_ENV = "E2E_KIND_NODE"
@@ -48,7 +49,8 @@ def _required_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         pytest.fail(
-            f"E2E_CLUSTER=existing node scenarios need {name} (set by tests/e2e/kind/cluster.py)"
+            f"E2E_CLUSTER=existing node scenarios need {name} "
+            "(set by tools/localkube/kind/cluster.py)"
         )
     return value
 
@@ -60,7 +62,7 @@ def node_cluster(
     if _mode() != "existing":
         pytest.skip(
             "the node scenarios run on kind: `make test-node` "
-            "(python -m tests.e2e.kind.cluster test -- tests/e2e/node)"
+            "(python -m localkube.kind.cluster test -- tests/e2e/node)"
         )
     # Asked for only here: against the suite's own control plane the skip above starts nothing.
     cluster: ClusterAccess = request.getfixturevalue("cluster")

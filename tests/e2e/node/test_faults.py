@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from demo.publish import publish
-from tests.e2e.helpers import wait_for, wait_reconciled
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.objects import wait_for, wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import (
     APP_PORT,
@@ -38,7 +39,6 @@ from tests.e2e.node.support import (
     metric,
     wait_ready,
 )
-from tests.support.kafka_broker import KafkaBroker
 
 HYDRATOR = "sidecar-state-hydrator"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import nats
 
-from tests.e2e.helpers import wait_reconciled
+from sidecar_state_stack.nats_jwt import JwtChain
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.objects import wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import app_pod, wait_answer, wait_ready
-from tests.support.nats_jwt import JwtChain
-from tests.support.nats_server import NatsServer
 
 
 def _put(server: NatsServer, bucket: str, flag: str, enabled: bool, **auth: str) -> None:

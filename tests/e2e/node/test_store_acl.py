@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from demo.publish import publish
-from tests.e2e.helpers import wait_reconciled
+from sidecar_state_stack.objects import wait_reconciled
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import app_container, flag_binding
 

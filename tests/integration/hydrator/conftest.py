@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import sidecar_redis_config
-from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

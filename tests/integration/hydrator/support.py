@@ -24,8 +24,8 @@ from sidecar_hydrator.health import HealthServer
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.main import probes_of
 from sidecar_operator.injection.redis_container import redis_server_args
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 
 MIB = 2**20
 Record = tuple[bytes | None, bytes | None]

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import hydrated, make_config, produce, running
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar_hydrator.hydrator import Hydrator
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -29,8 +31,6 @@ from tests.integration.hydrator.support import (
     view,
     view_is,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,6 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     http_get,
     make_config,
@@ -21,8 +23,6 @@ from tests.integration.hydrator.support import (
     sample,
     serving,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

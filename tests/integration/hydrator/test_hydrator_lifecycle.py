@@ -16,7 +16,11 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from localkube.ports import free_port
 from sidecar_hydrator.config import CONFIG_ENV
+from sidecar_state_stack.console_scripts import console_script
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     eventually,
     hydrated,
@@ -28,10 +32,6 @@ from tests.integration.hydrator.support import (
     value_is,
     view,
 )
-from tests.support.console_scripts import console_script
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,6 +24,9 @@ from sidecar_hydrator.config import (
 )
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.reasons import Reason
+from sidecar_state_stack.kafka_broker import SASL_USERS, KafkaBroker
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -34,9 +37,6 @@ from tests.integration.hydrator.support import (
     serving,
     sidecar_redis_config,
 )
-from tests.support.kafka_broker import SASL_USERS, KafkaBroker
-from tests.support.nats_server import NatsServer
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,6 +18,8 @@ from sidecar_hydrator.config import (
     KeyMapping,
     RecordFormat,
 )
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -33,8 +35,6 @@ from tests.integration.hydrator.support import (
     view_is,
 )
 from tests.integration.hydrator.test_hydrator_records import row_event, truncate_event
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,6 +16,8 @@ from sidecar_hydrator.config import KeyMapping
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -28,8 +30,6 @@ from tests.integration.hydrator.support import (
     view,
     view_is,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

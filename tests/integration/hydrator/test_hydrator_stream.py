@@ -10,6 +10,8 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar_state_stack.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -21,8 +23,6 @@ from tests.integration.hydrator.support import (
     value_is,
     view,
 )
-from tests.support.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

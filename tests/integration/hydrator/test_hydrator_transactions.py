@@ -11,6 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     Record,
     eventually,
@@ -21,8 +23,6 @@ from tests.integration.hydrator.support import (
     value_is,
     view,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

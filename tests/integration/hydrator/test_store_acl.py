@@ -26,6 +26,8 @@ from sidecar_hydrator.credentials import (
     PASSWORD_FILE,
     write_credentials,
 )
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     eventually,
     hydrated,
@@ -36,8 +38,6 @@ from tests.integration.hydrator.support import (
     sidecar_redis_config,
     view,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -106,7 +106,7 @@ def helm() -> Path:
     if found is None:
         pytest.skip(
             "no helm: set $HELM, put helm on PATH, or build it with "
-            "`python -m tests.e2e.cluster build` (into ~/.cache/sidecar-state/k8s/*/bin/)"
+            "`python -m localkube build` (into ~/.cache/sidecar-state/k8s/*/bin/)"
         )
     return found
 

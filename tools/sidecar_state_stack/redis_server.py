@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from tests.support.processes import ChildService
+from localkube.processes import ChildService
 
 #: The Unix-domain socket path limit (sun_path) is 108 bytes including the NUL.
 _MAX_SOCKET_PATH: Final = 107
