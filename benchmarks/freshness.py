@@ -42,8 +42,7 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
 )
-from sidecar_state_stack.redis_server import RedisServer
-from tests.integration.hydrator.support import sidecar_redis_config
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0

@@ -57,8 +57,7 @@ from sidecar_hydrator.config import (
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.main import tune_gc
 from sidecar_state_stack.nats_server import NATS_SERVER_VERSION, NatsServer
-from sidecar_state_stack.redis_server import RedisServer
-from tests.integration.hydrator.support import sidecar_redis_config
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 TARGET_BOOTSTRAP_RATIO = 0.6
 TARGET_P99_RATIO = 1.5

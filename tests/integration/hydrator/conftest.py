@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from sidecar_state_stack.redis_server import RedisServer
-from tests.integration.hydrator.support import sidecar_redis_config
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 
 @pytest.fixture

@@ -40,12 +40,11 @@ from sidecar_state_stack.monitoring import (
     rendered_rules,
     run_promtool,
 )
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     eventually,
     make_config,
     produce,
-    sidecar_redis_config,
 )
 
 #: What the PodMonitor's scrape adds to every series of an injected Pod.

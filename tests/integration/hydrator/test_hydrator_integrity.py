@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_state_stack.kafka_broker import KafkaBroker
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -26,7 +26,6 @@ from tests.integration.hydrator.support import (
     running,
     sample,
     serving,
-    sidecar_redis_config,
     value_is,
     view,
     view_is,

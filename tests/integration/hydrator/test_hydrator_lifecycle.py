@@ -20,7 +20,7 @@ from localkube.ports import free_port
 from sidecar_hydrator.config import CONFIG_ENV
 from sidecar_state_stack.console_scripts import console_script
 from sidecar_state_stack.kafka_broker import KafkaBroker
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     eventually,
     hydrated,
@@ -28,7 +28,6 @@ from tests.integration.hydrator.support import (
     produce,
     running,
     sample,
-    sidecar_redis_config,
     value_is,
     view,
 )

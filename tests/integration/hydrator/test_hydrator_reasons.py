@@ -26,7 +26,7 @@ from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.reasons import Reason
 from sidecar_state_stack.kafka_broker import SASL_USERS, KafkaBroker
 from sidecar_state_stack.nats_server import NatsServer
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -35,7 +35,6 @@ from tests.integration.hydrator.support import (
     make_config,
     produce,
     serving,
-    sidecar_redis_config,
 )
 
 pytestmark = pytest.mark.timeout(90)

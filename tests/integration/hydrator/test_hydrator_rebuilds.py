@@ -19,7 +19,7 @@ from sidecar_hydrator.config import (
     RecordFormat,
 )
 from sidecar_state_stack.kafka_broker import KafkaBroker
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -29,7 +29,6 @@ from tests.integration.hydrator.support import (
     produce,
     running,
     sample,
-    sidecar_redis_config,
     value_is,
     view,
     view_is,

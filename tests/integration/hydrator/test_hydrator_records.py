@@ -17,7 +17,7 @@ from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
 from sidecar_state_stack.kafka_broker import KafkaBroker
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     eventually,
@@ -26,7 +26,6 @@ from tests.integration.hydrator.support import (
     produce,
     running,
     sample,
-    sidecar_redis_config,
     view,
     view_is,
 )

@@ -27,7 +27,7 @@ from sidecar_hydrator.credentials import (
     write_credentials,
 )
 from sidecar_state_stack.kafka_broker import KafkaBroker
-from sidecar_state_stack.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     eventually,
     hydrated,
@@ -35,7 +35,6 @@ from tests.integration.hydrator.support import (
     produce,
     running,
     sample,
-    sidecar_redis_config,
     view,
 )
 
