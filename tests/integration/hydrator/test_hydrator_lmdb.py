@@ -283,7 +283,8 @@ async def test_a_reader_of_another_uid_with_only_the_lock_file_writable_reads_li
             "--groups", str(pod_group), "--",
             "/usr/bin/python3.11", "-s", "-m", "sidecar_state_stack.lmdb_reader", str(root),
         ]  # fmt: skip
-        env = {"PYTHONPATH": f"{site}:{Path(sidecar_state_client.__file__).parents[1]}:{REPO}"}
+        client = Path(sidecar_state_client.__file__).parents[1]
+        env = {"PYTHONPATH": f"{site}:{client}:{REPO / 'tools'}"}
         async with running(lmdb_config(kafka_broker, root, [topic])) as hydrator:
             await hydrated(hydrator)
             async with app_process(root, command=command, env=env) as app:
