@@ -19,14 +19,40 @@ stacks are ``sidecar_state_stack``.
 
 from __future__ import annotations
 
-from localkube.access import ClusterAccess
-from localkube.build import Binaries, bin_dir, is_built
-from localkube.cache import cache_root
-from localkube.controlplane import LocalControlPlane
-from localkube.errors import BuildError, ControlPlaneError, KindBuildError, LocalkubeError
-from localkube.gobuild import Progress, go_env, go_install
-from localkube.pki import ControlPlanePKI
-from localkube.ports import free_port, free_ports
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from localkube.access import ClusterAccess
+    from localkube.build import Binaries, bin_dir, is_built
+    from localkube.cache import cache_root
+    from localkube.controlplane import LocalControlPlane
+    from localkube.errors import BuildError, ControlPlaneError, KindBuildError, LocalkubeError
+    from localkube.gobuild import Progress, go_env, go_install
+    from localkube.pki import ControlPlanePKI
+    from localkube.ports import free_port, free_ports
+
+#: Public name -> the module that defines it. Loaded on first use: ``localkube.ports`` or
+#: ``localkube.cache`` alone (a bare interpreter installing Kafka's jars, the pytest plugin at
+#: every start) must not pay for the control plane's certificates (cryptography, the operator).
+_EXPORTS = {
+    "Binaries": "localkube.build",
+    "BuildError": "localkube.errors",
+    "ClusterAccess": "localkube.access",
+    "ControlPlaneError": "localkube.errors",
+    "ControlPlanePKI": "localkube.pki",
+    "KindBuildError": "localkube.errors",
+    "LocalControlPlane": "localkube.controlplane",
+    "LocalkubeError": "localkube.errors",
+    "Progress": "localkube.gobuild",
+    "bin_dir": "localkube.build",
+    "cache_root": "localkube.cache",
+    "free_port": "localkube.ports",
+    "free_ports": "localkube.ports",
+    "go_env": "localkube.gobuild",
+    "go_install": "localkube.gobuild",
+    "is_built": "localkube.build",
+}
 
 __all__ = [
     "Binaries",
@@ -46,3 +72,10 @@ __all__ = [
     "go_install",
     "is_built",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'localkube' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -22,7 +22,6 @@ import pytest
 
 from . import build as cluster_build
 from .access import ClusterAccess
-from .controlplane import LocalControlPlane
 from .errors import BuildError
 
 #: Chooses the cluster: ``local`` (default) or ``existing``.
@@ -80,6 +79,9 @@ def cluster() -> Iterator[ClusterAccess]:
     if cluster_mode() == "existing":
         yield existing_access()
         return
+    # Imported here: the plugin loads in every pytest run, the control plane only when used.
+    from .controlplane import LocalControlPlane
+
     with LocalControlPlane() as plane:
         yield ClusterAccess(
             kubeconfig=plane.kubeconfig,

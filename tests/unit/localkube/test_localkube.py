@@ -159,5 +159,8 @@ def test_the_public_api_names_what_callers_use() -> None:
         "ClusterAccess", "LocalControlPlane", "Binaries", "cache_root", "free_port", "go_install",
         "LocalkubeError", "BuildError", "ControlPlaneError",
     }  # fmt: skip
+    assert sorted(localkube.__all__) == sorted(localkube._EXPORTS)
     for name in localkube.__all__:
         assert getattr(localkube, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        localkube.nothing  # noqa: B018
