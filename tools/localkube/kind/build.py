@@ -349,7 +349,8 @@ def external_node_image() -> str | None:
     return os.environ.get(NODE_IMAGE_ENV) or None
 
 
-def _on_path(name: str) -> Path:
+def on_path(name: str) -> Path:
+    """A tool from PATH: with a node image from elsewhere, kind, kubectl and helm are too."""
     found = shutil.which(name)
     if found is None:
         raise KindBuildError(f"{NODE_IMAGE_ENV} is set, so {name} must be on PATH")
@@ -363,7 +364,7 @@ def build(*, out: TextIO | None = None) -> KindTools:
     given = external_node_image()
     if given is not None:
         return KindTools(
-            kind=_on_path("kind"), kubectl=_on_path("kubectl"), helm=_on_path("helm"),
+            kind=on_path("kind"), kubectl=on_path("kubectl"), helm=on_path("helm"),
             node_image=given,
         )  # fmt: skip
     build_mod.build(out=out)

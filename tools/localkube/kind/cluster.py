@@ -210,7 +210,7 @@ def down(*, kind_cluster: KindCluster = SUITE, out: TextIO | None = None) -> Non
     k = kind_cluster
     kind = kind_build.tools_dir() / "kind"
     if kind_build.external_node_image() is not None:
-        kind = kind_build._on_path("kind")
+        kind = kind_build.on_path("kind")
     if kind.exists():
         _run([kind, "delete", "cluster", "--name", k.name], what="kind delete cluster", kind=k)
     sudo = [] if os.geteuid() == 0 else ["sudo"]
