@@ -11,7 +11,6 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import kopf
 import pytest
 from cryptography import x509
 
+from localkube.ports import free_port
 from sidecar_operator import webhook_tls as certs
 from sidecar_operator.webhook_tls import Action, Bundle
 from sidecar_operator.webhook_tls.x509 import (
@@ -300,9 +300,7 @@ async def test_kopf_serves_renewed_files_without_a_restart(bundle: Bundle, tmp_p
     listener with the new pair: the symlink swap is what it sees."""
     files = files_in(tmp_path / "tls")
     certs.write_files(bundle, **files)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     server = kopf.WebhookServer(
         addr="127.0.0.1", port=port, certfile=str(files["cert_file"]),
         pkeyfile=str(files["key_file"]), file_check_interval=0.1,
