@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from localkube.access import ClusterAccess
+from localkube.pytest_plugin import cluster_mode
 from sidecar_state_stack.kafka_broker import KafkaBroker
 from sidecar_state_stack.nats_server import NatsServer
 from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
@@ -29,10 +30,6 @@ from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, Chart
 KAFKA_HOST_ENV = "E2E_KAFKA_HOST"
 NODE_CONTAINER_ENV = "E2E_KIND_NODE"
 RELEASE = "sidecar-state"
-
-
-def _mode() -> str:
-    return os.environ.get("E2E_CLUSTER", "local") or "local"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,7 +56,7 @@ def _required_env(name: str) -> str:
 def node_cluster(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[NodeCluster]:
-    if _mode() != "existing":
+    if cluster_mode() != "existing":
         pytest.skip(
             "the node scenarios run on kind: `make test-node` "
             "(python -m localkube.kind.cluster test -- tests/e2e/node)"
