@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,42 @@ def test_the_public_api_names_what_callers_use() -> None:
         assert getattr(localkube, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         localkube.nothing  # noqa: B018
+
+
+def _run_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_uses_cluster.py").write_text(
+        "def test_cluster(cluster):\n"
+        "    assert cluster.existing\n"
+        "    print('ACCESS', cluster.kubeconfig, cluster.kubectl.name, cluster.helm.name)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_plugin_gives_any_suite_the_existing_cluster(tmp_path: Path) -> None:
+    """Installed as a pytest11 entry point: a suite with no conftest gets ``cluster``."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("kubectl", "helm"):
+        (tools / name).write_text("#!/bin/sh\nexit 0\n")
+        (tools / name).chmod(0o755)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    env = {
+        **os.environ, "E2E_CLUSTER": "existing", "KUBECONFIG": str(kubeconfig),
+        "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+    }  # fmt: skip
+    proc = _run_pytest(suite, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ACCESS {kubeconfig} kubectl helm" in proc.stdout
+
+
+def test_the_plugin_says_what_an_existing_cluster_lacks(tmp_path: Path) -> None:
+    env = {**os.environ, "E2E_CLUSTER": "existing", "KUBECONFIG": str(tmp_path / "missing")}
+    proc = _run_pytest(tmp_path, env)
+    assert proc.returncode == 1
+    assert "E2E_CLUSTER=existing needs KUBECONFIG" in proc.stdout
