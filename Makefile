@@ -63,28 +63,28 @@ lock:
 # (the operator scenarios run in test-e2e; `... cluster test -- tests/e2e` runs them on kind too).
 test-kind:
 	scripts/setup.sh kind
-	$(TIMED) kind $(PYTHON) -m tests.e2e.kind.cluster test
+	$(TIMED) kind $(PYTHON) -m localkube.kind.cluster test
 
 # Pods that really run: the node scenarios alone, on the same kind cluster.
 test-node:
 	scripts/setup.sh kind
-	$(TIMED) node $(PYTHON) -m tests.e2e.kind.cluster test -- tests/e2e/node
+	$(TIMED) node $(PYTHON) -m localkube.kind.cluster test -- tests/e2e/node
 
 kind-up:
 	scripts/setup.sh kind
-	$(PYTHON) -m tests.e2e.kind.cluster up
+	$(PYTHON) -m localkube.kind.cluster up
 
 kind-down:
-	$(PYTHON) -m tests.e2e.kind.cluster down
+	$(PYTHON) -m localkube.kind.cluster down
 
 cluster-build:
 	scripts/setup.sh cluster
 
 cluster-up: cluster-build
-	$(PYTHON) -m tests.e2e.cluster up
+	$(PYTHON) -m localkube up
 
 cluster-down:
-	$(PYTHON) -m tests.e2e.cluster down
+	$(PYTHON) -m localkube down
 
 bench:
 	scripts/setup.sh all

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from tests.support.kafka_broker import KAFKA_VERSION, KafkaBroker
+from sidecar_state_stack.kafka_broker import KAFKA_VERSION, KafkaBroker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -3,7 +3,7 @@
     python -m benchmarks.admission [--quick]
 
 A local control plane (etcd, kube-apiserver, controller-manager, scheduler; binaries from
-``tests/e2e/cluster``), the StateBinding CRD, and the operator as two processes, as the chart
+``tools/localkube``), the StateBinding CRD, and the operator as two processes, as the chart
 deploys it (``LocalOperator``): the webhook role (admission server and index) and the
 controller role (status, namespace labels). One namespace holds a StateBinding selecting
 ``app=bench``, so every Pod created there is injected once the webhook is registered.
@@ -50,11 +50,11 @@ from kubernetes import config as k8s_config
 from benchmarks._common import machine, write_results
 from benchmarks.lib.processes import sigterm_as_exit
 from benchmarks.lib.stats import percentile
+from localkube.access import ClusterAccess
+from localkube.controlplane import LocalControlPlane
 from sidecar_operator.webhook_config import MUTATE_PODS
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.cluster.controlplane import LocalControlPlane
-from tests.e2e.helpers import binding, wait_for, wait_reconciled
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
+from sidecar_state_stack.objects import binding, wait_for, wait_reconciled
+from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
 
 TARGET_P99_MS: Final = 5.0
 TARGET_ADDED_P50_MS: Final = 3.0

@@ -33,10 +33,10 @@ from kubernetes import config as k8s_config
 from benchmarks._common import machine, write_results
 from benchmarks.lib.figures import figure, print_figures
 from benchmarks.lib.processes import sigterm_as_exit
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.cluster.controlplane import LocalControlPlane
-from tests.e2e.helpers import binding, pod, wait_for, wait_reconciled
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
+from localkube.access import ClusterAccess
+from localkube.controlplane import LocalControlPlane
+from sidecar_state_stack.objects import binding, pod, wait_for, wait_reconciled
+from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator
 
 NAMESPACE: Final = "bench-controller"
 CLOCK_TICKS: Final = 100  # USER_HZ on Linux

@@ -38,6 +38,7 @@ import redis
 
 from benchmarks._common import broker, machine, produce_bulk, write_results
 from benchmarks.lib.processes import sidecar_redis
+from localkube.ports import free_port
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -45,8 +46,7 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.ports import free_port
+from sidecar_state_stack.kafka_broker import KafkaBroker
 
 MIB: Final = 2**20
 TARGET_IDLE_MIB: Final = 40.0

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 
 from benchmarks._common import broker, machine, write_results
 from benchmarks.lib.stats import percentile
+from localkube.ports import free_port
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -41,9 +42,7 @@ from sidecar_hydrator.config import (
     KafkaConnection,
     KeyMapping,
 )
-from tests.integration.hydrator.support import sidecar_redis_config
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 #: The issue's target: the hydrator adds at most 30% to a bare consumer's receive latency, at
 #: p50 and at p99 (both measured in the same run). DESIGN.md's absolute targets are context.

@@ -40,11 +40,11 @@ import redis
 
 from benchmarks._common import machine, write_results
 from benchmarks.lib.stats import percentile
+from localkube.ports import free_port
 from sidecar_authz.config import AuthorizerConfig, Credential, Injection, Rule
 from sidecar_operator.injection.envoy_bootstrap import build_envoy_bootstrap
-from tests.support.interceptor import AuthorizerProcess, EnvoyProxy
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.interceptor import AuthorizerProcess, EnvoyProxy
+from sidecar_state_stack.redis_server import RedisServer
 
 TARGET_ADDED_P50_MS: Final = 0.3
 TOKEN: Final = "tok-bench"

@@ -55,9 +55,8 @@ from benchmarks.lib.figures import figure, print_figures
 from benchmarks.lib.netns import NetnsLink, netem_available, remove_stale_namespaces
 from benchmarks.lib.processes import sigterm_as_exit
 from benchmarks.lib.stats import percentile, ratio, summarize_ns
-from tests.integration.hydrator.support import sidecar_redis_config
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from localkube.ports import free_port
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 REPO: Final = Path(__file__).resolve().parents[1]
 TARGET_LOOKUP_RATIO: Final = 1.5

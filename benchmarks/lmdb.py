@@ -40,10 +40,10 @@ from benchmarks.lib import netns
 from benchmarks.lib.figures import figure, print_figures
 from benchmarks.lib.processes import sidecar_redis, sigterm_as_exit
 from benchmarks.lib.stats import percentile
+from localkube.ports import free_port
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
 from sidecar_state_client import LmdbReader, RedisReader
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.ports import free_port
+from sidecar_state_stack.kafka_broker import KafkaBroker
 
 MIB: Final = 2**20
 PARTITIONS: Final = 4

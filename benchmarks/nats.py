@@ -43,6 +43,7 @@ from nats.js.api import DeliverPolicy
 
 from benchmarks._common import machine, write_results
 from benchmarks.freshness import STOP_CHANNEL, subscriber, summary, wait_ready
+from localkube.ports import free_port
 from sidecar_hydrator.config import (
     CONFIG_ENV,
     BindingSource,
@@ -55,10 +56,8 @@ from sidecar_hydrator.config import (
 )
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.main import tune_gc
-from tests.integration.hydrator.support import sidecar_redis_config
-from tests.support.nats_server import NATS_SERVER_VERSION, NatsServer
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.nats_server import NATS_SERVER_VERSION, NatsServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 TARGET_BOOTSTRAP_RATIO = 0.6
 TARGET_P99_RATIO = 1.5

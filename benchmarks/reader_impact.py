@@ -42,8 +42,8 @@ from benchmarks.footprint import (
 )
 from benchmarks.lib.processes import sidecar_redis
 from benchmarks.lib.stats import percentile
+from localkube.ports import free_port
 from sidecar_hydrator.config import HydratorConfig, default, replace
-from tests.support.ports import free_port
 
 #: The issue's target: reads while hydrating at full speed stay within 1.3x of idle reads' p99
 #: (the same app, Redis and view, in the same run). DESIGN.md's absolute 1 ms is kept as context.

@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     if not args.docs_only:
         with contextlib.suppress(Exception):  # fetch the jars now, not inside a timed run
-            from tests.support.kafka_broker import install_kafka
+            from sidecar_state_stack.kafka_broker import install_kafka
 
             install_kafka()
         for spec in BENCHMARKS:

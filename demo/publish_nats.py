@@ -30,13 +30,12 @@ BUCKET = "feature-flags"
 def start_server(host: str, directory: Path) -> tuple[int, str]:
     """A nats-server with JetStream (on disk in ``directory``) on ``host``, in its own session
     so it outlives ``demo.run up``; returns (pid, URL)."""
-    from tests.support.nats_server import install_nats_server
+    from localkube.ports import free_port
+    from sidecar_state_stack.nats_server import install_nats_server
 
     binary = install_nats_server()
     directory.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port = int(sock.getsockname()[1])
+    port = free_port(host)
     conf = directory / "nats.conf"
     conf.write_text(
         f"listen: {host}:{port}\njetstream {{ store_dir: {str(directory / 'js')!r} }}\n"

@@ -3,7 +3,7 @@
 Why a Python runner rather than Makefile recipes: ``up`` starts a cluster and a Kafka broker that
 must outlive it, records them, and cleans up what it started if a later step fails; ``down``
 must stop exactly those. The cluster is made the way the node scenarios' is
-(``tests/e2e/kind/cluster.py``: the Dockerfile images loaded, the chart installed with its
+(``tools/localkube/kind/cluster.py``: the Dockerfile images loaded, the chart installed with its
 default image names), under a name of its own, so the demo runs what the scenarios prove.
 
     python -m demo.run up     # build (cached), start everything, deploy, flip a flag, measure
@@ -31,11 +31,12 @@ import yaml
 
 from demo.publish import TOPIC, ensure_topic, publish
 from images.build import image_refs
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.cluster.build import Binaries, bin_dir, cache_root
-from tests.e2e.helpers import wait_reconciled
-from tests.e2e.kind import cluster as kind_cluster
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, ChartOperator
+from localkube.access import ClusterAccess
+from localkube.build import Binaries, bin_dir
+from localkube.cache import cache_root
+from localkube.kind import cluster as kind_cluster
+from sidecar_state_stack.objects import wait_reconciled
+from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, ChartOperator
 
 REPO = Path(__file__).resolve().parents[1]
 BINDING = REPO / "demo" / "binding.yaml"
@@ -65,7 +66,7 @@ def _start_kafka(node_ip: str, directory: Path) -> tuple[int, str]:
     log = directory / "kafka-run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.kafka_broker", "run", "--host", node_ip],
+            [sys.executable, "-m", "sidecar_state_stack.kafka_broker", "run", "--host", node_ip],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 120

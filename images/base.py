@@ -28,6 +28,7 @@ from typing import TextIO
 
 from images import docker
 from images.docker import DockerError
+from localkube.cache import cache_root
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "bookworm"
@@ -166,7 +167,7 @@ def ensure_bases(*, out: TextIO | None = None) -> None:
         for name in (DEBIAN_IMAGE, PYTHON_IMAGE):
             docker.run(["pull", "--quiet", name], capture=True)
         return
-    cache = docker.cache_root() / "images/base"
+    cache = cache_root() / "images/base"
     cache.mkdir(parents=True, exist_ok=True)
     ensure_debian(cache=cache, out=out)
     ensure_python(out=out)

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from localkube.cache import cache_root
+
 #: Linux capability numbers (include/uapi/linux/capability.h), as OCI specs name them.
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -56,11 +58,6 @@ SYSTEM_DOCKER_ENV = "SIDECAR_STATE_SYSTEM_DOCKER"
 def system_docker() -> bool:
     """True where a Docker daemon is provided (GitHub's runners): use it, start nothing."""
     return os.environ.get(SYSTEM_DOCKER_ENV) == "1"
-
-
-def cache_root() -> Path:
-    configured = os.environ.get("SIDECAR_STATE_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache/sidecar-state"
 
 
 def missing_capabilities(bounding_set_hex: str) -> list[str]:

@@ -44,15 +44,20 @@ python_deps() {
     step "python3 -m venv $VENV"
     python3 -m venv "$VENV"
   fi
-  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-    step "pip install -e .[dev] into $VENV"
+  # tools/ is a distribution of its own (localkube, sidecar_state_stack: the repo's tooling,
+  # not shipped in the sidecar-state wheel), installed editable beside the product.
+  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] ||
+    [ tools/pyproject.toml -nt "$VENV/.installed" ]; then
+    step "pip install -e .[dev] -e tools into $VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' -e tools
     touch "$VENV/.installed"
   fi
 }
 
 ACTIONLINT_VERSION=v1.7.12
+# The cache root: mirrors localkube.cache.cache_root() (tools/localkube/cache.py), its one
+# definition in Python; change both together.
 ACTIONLINT=${SIDECAR_STATE_CACHE:-$HOME/.cache/sidecar-state}/tools/actionlint-$ACTIONLINT_VERSION
 # promtool checks and unit-tests the chart's alerting rules (tests/unit/chart, tests/integration).
 # Prometheus' Go module is versioned v0.<major*100+minor>: v0.316.0 is Prometheus 3.16.0.
@@ -78,19 +83,19 @@ tools() {
 
 kafka() {
   step "Kafka broker jars (Maven Central, cached by version)"
-  "$PYTHON" -m tests.support.kafka_broker install
+  "$PYTHON" -m sidecar_state_stack.kafka_broker install
 }
 
 nats() {
   step "nats-server (Go module, cached by version)"
-  "$PYTHON" -m tests.support.nats_server install >/dev/null
+  "$PYTHON" -m sidecar_state_stack.nats_server install >/dev/null
 }
 
 cluster() {
   step "Kubernetes control plane binaries (Go modules, cached by version)"
-  "$PYTHON" -m tests.e2e.cluster build
+  "$PYTHON" -m localkube build
   step "Istio's AuthorizationPolicy and ServiceEntry CRDs (istio.io/api Go module, pinned)"
-  "$PYTHON" -m tests.support.istio_crds install >/dev/null
+  "$PYTHON" -m sidecar_state_stack.istio_crds install >/dev/null
 }
 
 docker_daemon() {
@@ -110,7 +115,7 @@ kind() {
   # Kubernetes release), and the kind node image (assembled, cached by content hash).
   apt_install gcc libc6-dev  # pause.c, compiled statically
   step "kind, kubeadm, crictl, kubelet, kube-proxy, pause and the kind node image (cached)"
-  "$PYTHON" -m tests.e2e.kind.build >/dev/null
+  "$PYTHON" -m localkube.kind.build >/dev/null
 }
 
 timed() {

@@ -7,8 +7,7 @@ import signal
 import subprocess
 from typing import Any, Final
 
-from tests.integration.hydrator.support import sidecar_redis_config
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 
 _PR_SET_PDEATHSIG: Final = 1
 

@@ -37,13 +37,13 @@ import pytest
 import yaml
 from cryptography import x509
 
+from localkube.access import ClusterAccess
+from localkube.ports import free_port
 from sidecar_operator import webhook_tls
 from sidecar_operator.api.models import GROUP, PLURAL
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_tls.x509 import make_serving_cert, service_hosts, write_webhook_certs
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, wait_for
-from tests.support.ports import free_port
+from sidecar_state_stack.objects import binding, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sidecar-state"

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.cluster.build import K8S_VERSION
+from localkube.access import ClusterAccess
+from localkube.build import K8S_VERSION
 
 T = TypeVar("T")
 

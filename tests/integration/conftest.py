@@ -11,28 +11,20 @@
   defaults. ``make_redis_server`` builds more (e.g. several sidecars, or custom configs).
 
 The broker jars come from Maven Central on first use (about 20-40 s, cached afterwards); CI
-should fetch them up front with ``python3 -m tests.support.kafka_broker install``.
+should fetch them up front with ``python3 -m sidecar_state_stack.kafka_broker install``.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 import pytest
 
-# `python3 -m pytest` puts the repository root on sys.path but plain `pytest` does not, and
-# tests/integration has no __init__.py; make `tests.support` importable either way.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.support.kafka_broker import KafkaBroker, install_kafka  # noqa: E402
-from tests.support.nats_server import NatsServer  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from sidecar_state_stack.kafka_broker import KafkaBroker, install_kafka
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.redis_server import RedisServer
 
 _SESSION_BROKERS: list[KafkaBroker] = []
 

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.support.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.kafka_broker import FAST_COMPACTION_CONFIG, KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 
 RECORDS = [(b"k1", b"v1"), (b"k2", b"v2"), (b"k3", None)]  # the last one is a tombstone
 

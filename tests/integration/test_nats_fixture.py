@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nats
 
-from tests.support.nats_server import NatsServer
+from sidecar_state_stack.nats_server import NatsServer
 
 
 async def test_kv_survives_a_server_restart(nats_server: NatsServer) -> None:

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.support.console_scripts import CONSOLE_SCRIPTS, console_script
+from sidecar_state_stack.console_scripts import CONSOLE_SCRIPTS, console_script
 
 
 @pytest.mark.parametrize("name", CONSOLE_SCRIPTS)

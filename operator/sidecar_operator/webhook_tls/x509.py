@@ -3,7 +3,9 @@
 The apiserver only calls webhooks over TLS and checks the server against the ``caBundle`` of
 the webhook configuration. Without cert-manager the operator is its own CA: it makes a CA and a
 serving certificate, stores both in a Secret, and renews the serving certificate well before it
-expires. Out of the cluster (development, tests) the same functions write files.
+expires. Out of the cluster (development, tests) the same functions write files, and the local
+control plane's certificates (``tools/localkube/pki.py``) come from this builder too:
+``make_serving_cert`` for the apiserver, ``make_client_cert`` for its clients.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "CertFiles",
     "KeyPair",
     "make_ca",
+    "make_client_cert",
     "make_serving_cert",
     "service_hosts",
     "write_webhook_certs",
@@ -94,37 +97,85 @@ def make_ca(*, common_name: str = "sidecar-state-webhook-ca") -> KeyPair:
     return KeyPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_pem(key))
 
 
+def _ca_key(ca: KeyPair) -> ec.EllipticCurvePrivateKey:
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the CA key must be an EC key made by make_ca()")
+    return ca_key
+
+
+def _issue(
+    *,
+    ca: KeyPair,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    validity: dt.timedelta,
+    sans: Sequence[x509.GeneralName] = (),
+) -> KeyPair:
+    """A leaf certificate for a fresh key, signed by ``ca``: one extended key usage, and the
+    subject alternative names ``sans`` when there are any."""
+    ca_key = _ca_key(ca)
+    key = _key()
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_pem(key))
+
+
 def make_serving_cert(
     *, ca: KeyPair, hosts: Sequence[str], validity: dt.timedelta = SERVING_VALIDITY
 ) -> KeyPair:
     """A server certificate for ``hosts`` (DNS names or IP addresses), signed by ``ca``."""
     if not hosts:
         raise ValueError("a serving certificate needs at least one host name or address")
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TypeError("the CA key must be an EC key made by make_ca()")
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + validity)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    return _issue(
+        ca=ca,
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        validity=validity,
+        sans=names,
     )
-    return KeyPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_pem(key))
+
+
+def make_client_cert(
+    *,
+    ca: KeyPair,
+    common_name: str,
+    organizations: Sequence[str] = (),
+    validity: dt.timedelta = SERVING_VALIDITY,
+) -> KeyPair:
+    """A client certificate signed by ``ca``. Kubernetes reads the subject as the identity:
+    the common name is the user, each organization a group (``system:masters``...)."""
+    if not common_name:
+        raise ValueError("a client certificate needs a common name (the user it authenticates)")
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return _issue(
+        ca=ca,
+        subject=x509.Name(attributes),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        validity=validity,
+    )
 
 
 def service_hosts(*, service: str, namespace: str) -> list[str]:

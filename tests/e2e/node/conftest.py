@@ -1,12 +1,13 @@
 """Fixtures for the node scenarios: Pods with our sidecars really run (issue 6), on kind.
 
 Why kind and ``E2E_CLUSTER=existing`` only: these scenarios need a kubelet with containerd, our
-images on the node and the chart's operator; ``tests/e2e/kind/cluster.py`` (``make test-kind``,
-``make test-node``, and the ``e2e-kind`` job on GitHub) creates that cluster, installs the chart
-from the Dockerfile-built images and runs the suite against it. The broker runs on this host at
-``E2E_KAFKA_HOST`` (an address Pods reach), the chart is pointed at it, and a container is
-killed through the node container ``E2E_KIND_NODE``'s containerd. Against the suite's own
-control plane (no kubelet) the scenarios are skipped with the command that runs them.
+images on the node and the chart's operator; ``tools/localkube/kind/cluster.py``
+(``make test-kind``, ``make test-node``, and the ``e2e-kind`` job on GitHub) creates that
+cluster, installs the chart from the Dockerfile-built images and runs the suite against it. The
+broker runs on this host at ``E2E_KAFKA_HOST`` (an address Pods reach), the chart is pointed at
+it, and a container is killed through the node container ``E2E_KIND_NODE``'s containerd.
+Against the suite's own control plane (no kubelet) the scenarios are skipped with the command
+that runs them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.nats_server import NatsServer
+from localkube.access import ClusterAccess
+from localkube.pytest_plugin import cluster_mode
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 
 KAFKA_HOST_ENV = "E2E_KAFKA_HOST"
 NODE_CONTAINER_ENV = "E2E_KIND_NODE"
 RELEASE = "sidecar-state"
-
-
-def _mode() -> str:
-    return os.environ.get("E2E_CLUSTER", "local") or "local"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,7 +46,8 @@ def _required_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         pytest.fail(
-            f"E2E_CLUSTER=existing node scenarios need {name} (set by tests/e2e/kind/cluster.py)"
+            f"E2E_CLUSTER=existing node scenarios need {name} "
+            "(set by tools/localkube/kind/cluster.py)"
         )
     return value
 
@@ -57,10 +56,10 @@ def _required_env(name: str) -> str:
 def node_cluster(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[NodeCluster]:
-    if _mode() != "existing":
+    if cluster_mode() != "existing":
         pytest.skip(
             "the node scenarios run on kind: `make test-node` "
-            "(python -m tests.e2e.kind.cluster test -- tests/e2e/node)"
+            "(python -m localkube.kind.cluster test -- tests/e2e/node)"
         )
     # Asked for only here: against the suite's own control plane the skip above starts nothing.
     cluster: ClusterAccess = request.getfixturevalue("cluster")

@@ -9,10 +9,11 @@ import urllib.request
 from typing import Any
 
 from demo.publish import publish
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import wait_for, wait_reconciled
+from localkube.access import ClusterAccess
+from sidecar_state_stack.bindings import binding_doc
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.objects import wait_for, wait_reconciled
 from tests.e2e.node.stack import IMAGES
-from tests.support.kafka_broker import KafkaBroker
 
 APP_PORT = 8080
 HYDRATOR_PORT = 9464
@@ -22,18 +23,11 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def flag_binding(
     name: str, namespace: str, *, topic: str = "feature-flags", max_memory: str = "16Mi"
 ) -> dict[str, Any]:
-    """The demo's binding: JSON records ``{"id", "enabled"}`` -> ``flag:<id>``."""
-    return {
-        "apiVersion": "sidecarstate.dev/v1alpha1",
-        "kind": "StateBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "source": {"kafka": {"topics": [topic], "format": "json"}},
-            "keys": {"prefix": "flag:", "keyField": "id", "valueField": "enabled"},
-            "store": {"maxMemory": max_memory},
-        },
-    }
+    """The demo's binding: JSON records ``{"id", "enabled"}`` -> ``flag:<id>``, from the
+    operator's default brokers."""
+    return binding_doc(
+        name, namespace=namespace, topics=[topic], record_format="json", max_memory=max_memory
+    )
 
 
 def flag_topic(

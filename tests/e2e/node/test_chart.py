@@ -2,8 +2,8 @@
 
 Why here and not in the control-plane suite: only with a kubelet do the operator's Pods run, and
 only with kube-proxy and Pod IPs can the apiserver reach the webhook through its Service. The
-kind cluster (``tests/e2e/kind/cluster.py``) installed the chart from the Dockerfile images under
-the chart's default names; the session's fixture pointed it at the broker.
+kind cluster (``tools/localkube/kind/cluster.py``) installed the chart from the Dockerfile images
+under the chart's default names; the session's fixture pointed it at the broker.
 """
 
 from __future__ import annotations
@@ -13,10 +13,16 @@ import sys
 
 import pytest
 
-from tests.e2e.helpers import get_binding, wait_for
+from sidecar_state_stack.objects import get_binding, wait_for
+from sidecar_state_stack.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.support import bind, flag_binding, flag_topic, start_app_pod, wait_answer
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, ChartOperator
+from tests.e2e.node.support import (
+    bind,
+    flag_binding,
+    flag_topic,
+    start_app_pod,
+    wait_answer,
+)
 
 RELEASE = "sidecar-state"
 

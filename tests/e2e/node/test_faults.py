@@ -24,7 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from tests.e2e.helpers import wait_for
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.objects import wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import (
     APP_PORT,
@@ -40,7 +41,6 @@ from tests.e2e.node.support import (
     start_app_pod,
     wait_ready,
 )
-from tests.support.kafka_broker import KafkaBroker
 
 HYDRATOR = "sidecar-state-hydrator"
 

@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any
 
 from demo.publish import publish_many
-from tests.e2e.helpers import wait_for
+from sidecar_state_stack.objects import wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.stack import IMAGES
 from tests.e2e.node.support import bind, container_status, flag_binding, wait_ready

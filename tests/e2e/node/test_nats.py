@@ -10,10 +10,15 @@ from typing import Any
 
 import nats
 
+from sidecar_state_stack.nats_jwt import JwtChain
+from sidecar_state_stack.nats_server import NatsServer
 from tests.e2e.node.conftest import NodeCluster
-from tests.e2e.node.support import bind, flag_binding, start_app_pod, wait_answer
-from tests.support.nats_jwt import JwtChain
-from tests.support.nats_server import NatsServer
+from tests.e2e.node.support import (
+    bind,
+    flag_binding,
+    start_app_pod,
+    wait_answer,
+)
 
 
 def _put(server: NatsServer, bucket: str, flag: str, enabled: bool, **auth: str) -> None:

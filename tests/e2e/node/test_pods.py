@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from demo.publish import publish, publish_many
-from tests.e2e.helpers import get_binding, wait_for
+from sidecar_state_stack.objects import get_binding, wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import (
     app_json,

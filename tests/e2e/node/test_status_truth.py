@@ -16,8 +16,9 @@ import time
 from typing import Any
 
 from demo.publish import publish, publish_many
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import get_binding, pods_of, wait_for
+from localkube.access import ClusterAccess
+from sidecar_state_stack.kafka_broker import SASL_USERS
+from sidecar_state_stack.objects import get_binding, pods_of, wait_for
 from tests.e2e.node.conftest import NodeCluster
 from tests.e2e.node.support import (
     app_pod,
@@ -28,7 +29,6 @@ from tests.e2e.node.support import (
     is_ready,
     wait_answer,
 )
-from tests.support.kafka_broker import SASL_USERS
 
 #: The issue's promise: the cause is on the binding this soon after the workload is created.
 NAMED_WITHIN_SECONDS = 30

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.operator_process import (
+from localkube.access import ClusterAccess
+from sidecar_state_stack.operator_process import (
     OPERATOR_NAMESPACE,
     REPO,
     ChartOperator,

@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from localkube.access import ClusterAccess
 from sidecar_operator.webhook_tls.x509 import write_webhook_certs
-from tests.e2e.cluster.access import ClusterAccess
 
 NAME = "zz-e2e-mesh"
 PROXY = {"name": "linkerd-proxy", "image": "registry.invalid/proxy:1", "restartPolicy": "Always"}

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, wait_for
+from localkube.access import ClusterAccess
+from sidecar_state_stack.objects import binding, wait_for
 
 
 def test_kubectl_explain_describes_the_spec(cluster: ClusterAccess, crd_installed: None) -> None:

@@ -28,12 +28,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from localkube.access import ClusterAccess
 from sidecar_operator.check import FAILED, OK
 from sidecar_operator.webhook_config import DEFAULT_NAME
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, get_binding, pod, wait_for
-from tests.e2e.operator_process import REPO, ChartOperator, LocalOperator, OperatorHandle
-from tests.support.monitoring import find_helm, find_promtool, rendered_rules, run_promtool
+from sidecar_state_stack.monitoring import find_helm, find_promtool, rendered_rules, run_promtool
+from sidecar_state_stack.objects import binding, get_binding, pod, wait_for
+from sidecar_state_stack.operator_process import REPO, ChartOperator, LocalOperator, OperatorHandle
 
 LABEL = "sidecarstate.dev/injection"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+from localkube.access import ClusterAccess
 from sidecar_operator.api.models import parse_binding
 from sidecar_operator.injection import Injected, inject_pod
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import (
+from sidecar_state_stack.objects import (
     binding,
     container_names,
     deployment,
@@ -18,7 +18,7 @@ from tests.e2e.helpers import (
     wait_for,
     wait_reconciled,
 )
-from tests.e2e.operator_process import OperatorHandle
+from sidecar_state_stack.operator_process import OperatorHandle
 
 SIDECARS = ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]
 

@@ -1,7 +1,7 @@
 """The objects ``spec.intercept`` makes the controller keep, against the real apiserver.
 
 - ``mode: istio``: an AuthorizationPolicy that Istio's own CRD schema (installed from Istio's
-  published API module, tests.support.istio_crds) accepts, owned by the binding, kept in line
+  published API module, sidecar_state_stack.istio_crds) accepts, owned by the binding, kept in line
   with it, restored when deleted, removed when the binding stops asking, and garbage-collected
   with the binding. The README's ServiceEntry of the mesh recipe passes Istio's schema too.
 - ``networkPolicy: true``: a NetworkPolicy admitting ingress to Envoy's listenPort only.
@@ -21,10 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, wait_for
-from tests.e2e.operator_process import OPERATOR_NAMESPACE, REPO, LocalOperator, OperatorHandle
-from tests.support.istio_crds import CRD_NAMES, crd_file
+from localkube.access import ClusterAccess
+from sidecar_state_stack.istio_crds import CRD_NAMES, crd_file
+from sidecar_state_stack.objects import binding, wait_for
+from sidecar_state_stack.operator_process import (
+    OPERATOR_NAMESPACE,
+    REPO,
+    LocalOperator,
+    OperatorHandle,
+)
 
 PROVIDER = "sidecar-state-authz"
 POLICY = ("authorizationpolicies.security.istio.io",)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import (
+from localkube.access import ClusterAccess
+from sidecar_state_stack.objects import (
     binding,
     container_names,
     deployment,
@@ -27,8 +27,8 @@ from tests.e2e.helpers import (
     wait_for,
     wait_reconciled,
 )
+from sidecar_state_stack.operator_process import OperatorHandle
 from tests.e2e.operator.mesh_webhook import mesh_webhook
-from tests.e2e.operator_process import OperatorHandle
 
 Pod = dict[str, Any]
 SIDECARS = ["sidecar-state-credentials", "sidecar-state-redis", "sidecar-state-hydrator"]

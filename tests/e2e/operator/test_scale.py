@@ -16,9 +16,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, pod, wait_for, wait_reconciled
-from tests.e2e.operator_process import LocalOperator, OperatorHandle
+from localkube.access import ClusterAccess
+from sidecar_state_stack.objects import binding, pod, wait_for, wait_reconciled
+from sidecar_state_stack.operator_process import LocalOperator, OperatorHandle
 
 PODS = 2000
 CLOCK_TICKS = 100  # USER_HZ on Linux

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import binding, deployment, get_binding, is_injected, pod, wait_for
-from tests.e2e.operator_process import OperatorHandle
+from localkube.access import ClusterAccess
+from sidecar_state_stack.objects import binding, deployment, get_binding, is_injected, pod, wait_for
+from sidecar_state_stack.operator_process import OperatorHandle
 
 
 def _condition(found: dict, kind: str) -> dict:  # type: ignore[type-arg]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.e2e.cluster.access import ClusterAccess
-from tests.e2e.helpers import (
+from localkube.access import ClusterAccess
+from sidecar_state_stack.objects import (
     binding,
     deployment,
     get_binding,

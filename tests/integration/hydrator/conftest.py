@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.hydrator.support import KafkaPod, sidecar_redis_config
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
+from tests.integration.hydrator.support import KafkaPod
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import shlex
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -25,38 +24,11 @@ from sidecar_hydrator.config import (
 from sidecar_hydrator.health import HealthServer
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.main import probes_of
-from sidecar_operator.injection.redis_container import redis_server_args
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 
 MIB = 2**20
 Record = tuple[bytes | None, bytes | None]
-
-
-def sidecar_redis_config(
-    *, max_memory_bytes: int = 256 * MIB, acl_file: str | None = None
-) -> list[str]:
-    """The injected Redis's command line (the engine's rendering) as redis.conf lines.
-
-    ``unixsocket`` and ``dir`` are left to :class:`RedisServer`, which puts them in a short
-    temporary directory. ``aclfile`` only when ``acl_file`` is given (one written by
-    ``sidecar_hydrator.credentials``): without it the test itself may write as the app's
-    ``default`` user, to play a damaged store.
-    """
-    args = redis_server_args(
-        socket_path="/unused",
-        data_dir="/unused",
-        acl_file=acl_file or "/unused",
-        max_memory_bytes=max_memory_bytes,
-        eviction_policy="noeviction",
-    )[1:]
-    pairs = zip(args[::2], args[1::2], strict=True)
-    left_out = ("--unixsocket", "--dir") if acl_file else ("--unixsocket", "--dir", "--aclfile")
-    return [
-        f"{name[2:]} {shlex.quote(value) if value else chr(34) * 2}"
-        for name, value in pairs
-        if name not in left_out
-    ]
 
 
 def make_config(

@@ -29,24 +29,23 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from localkube.ports import free_port
 from sidecar_hydrator.config import HydratorConfig, replace
 from sidecar_hydrator.main import serve
-from tests.integration.hydrator.support import (
-    eventually,
-    make_config,
-    produce,
-    sidecar_redis_config,
-)
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.monitoring import (
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.monitoring import (
     DASHBOARD,
     find_helm,
     find_promtool,
     rendered_rules,
     run_promtool,
 )
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
+from tests.integration.hydrator.support import (
+    eventually,
+    make_config,
+    produce,
+)
 
 #: What the PodMonitor's scrape adds to every series of an injected Pod.
 TARGET = {

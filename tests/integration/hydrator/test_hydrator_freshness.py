@@ -7,7 +7,10 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.hydrator.support import KafkaPod, running_hydrated
+from tests.integration.hydrator.support import (
+    KafkaPod,
+    running_hydrated,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar_hydrator.hydrator import Hydrator
+from sidecar_state_stack.redis_server import sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
@@ -22,7 +23,6 @@ from tests.integration.hydrator.support import (
     running_hydrated,
     sample,
     serving_hydrated,
-    sidecar_redis_config,
     value_is,
     view,
     view_is,

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from sidecar_hydrator.config import KafkaConnection
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     KafkaPod,
     http_get,
@@ -20,8 +22,6 @@ from tests.integration.hydrator.support import (
     sample,
     serving,
 )
-from tests.support.kafka_broker import KafkaBroker
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,10 @@ import urllib.request
 import pytest
 import redis.asyncio as aioredis
 
+from localkube.ports import free_port
 from sidecar_hydrator.config import CONFIG_ENV
+from sidecar_state_stack.console_scripts import console_script
+from sidecar_state_stack.redis_server import sidecar_redis_config
 from tests.integration.hydrator.support import (
     KafkaPod,
     eventually,
@@ -23,12 +26,9 @@ from tests.integration.hydrator.support import (
     running,
     running_hydrated,
     sample,
-    sidecar_redis_config,
     value_is,
     view,
 )
-from tests.support.console_scripts import console_script
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(90)
 

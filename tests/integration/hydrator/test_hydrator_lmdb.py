@@ -19,8 +19,10 @@ import lmdb
 import pytest
 
 import sidecar_state_client
+from localkube.cache import cache_root
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection, KeyMapping
 from sidecar_hydrator.store_lmdb import LmdbStore
+from sidecar_state_stack.kafka_broker import KafkaBroker
 from tests.integration.hydrator.support import (
     MIB,
     delete_records_before,
@@ -33,7 +35,6 @@ from tests.integration.hydrator.support import (
     running_hydrated,
     sample,
 )
-from tests.support.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,7 +70,7 @@ def keys(n: int) -> list[str]:
 
 
 class App:
-    """The app's process (``tests.support.lmdb_reader``), one request at a time."""
+    """The app's process (``sidecar_state_stack.lmdb_reader``), one request at a time."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -105,7 +106,7 @@ class App:
 def reader_command(path: Path) -> list[str]:
     """A bare interpreter that sees only ``lmdb`` and the client (it may run as another
     UID, which cannot read this test's virtualenv interpreter under /root)."""
-    return [sys.executable, "-s", "-m", "tests.support.lmdb_reader", str(path)]
+    return [sys.executable, "-s", "-m", "sidecar_state_stack.lmdb_reader", str(path)]
 
 
 @contextlib.asynccontextmanager
@@ -271,9 +272,10 @@ async def test_a_reader_of_another_uid_with_only_the_lock_file_writable_reads_li
         command = [
             "setpriv", "--reuid", str(app_uid), "--regid", str(app_uid),
             "--groups", str(pod_group), "--",
-            "/usr/bin/python3.11", "-s", "-m", "tests.support.lmdb_reader", str(root),
+            "/usr/bin/python3.11", "-s", "-m", "sidecar_state_stack.lmdb_reader", str(root),
         ]  # fmt: skip
-        env = {"PYTHONPATH": f"{site}:{Path(sidecar_state_client.__file__).parents[1]}:{REPO}"}
+        client = Path(sidecar_state_client.__file__).parents[1]
+        env = {"PYTHONPATH": f"{site}:{client}:{REPO / 'tools'}"}
         async with (
             running_hydrated(lmdb_config(kafka_broker, root, [topic])),
             app_process(root, command=command, env=env) as app,
@@ -393,7 +395,7 @@ def node_reader() -> Path:
     version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
     manifest = (NODE_SNIPPET / "package.json").read_bytes()
     digest = hashlib.sha256(manifest + version.encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("SIDECAR_STATE_CACHE") or Path.home() / ".cache/sidecar-state")
+    cache = cache_root()
     work = cache / "clients" / f"node-lmdb-v1-{digest}"
     if not (work / "node_modules" / "lmdb" / "build" / "Release" / "lmdb.node").is_file():
         building = work.with_name(work.name + f".{os.getpid()}")

@@ -32,6 +32,9 @@ from sidecar_hydrator.config import (
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.nats_auth import PREFIX_ACCOUNT, Nkey
 from sidecar_hydrator.nats_source import NatsSource
+from sidecar_state_stack.nats_jwt import JwtChain
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     eventually,
     http_status,
@@ -45,9 +48,6 @@ from tests.integration.hydrator.support import (
     serving_hydrated,
     view,
 )
-from tests.support.nats_jwt import JwtChain
-from tests.support.nats_server import NatsServer
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

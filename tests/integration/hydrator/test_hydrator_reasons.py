@@ -16,6 +16,9 @@ import redis.asyncio as aioredis
 from sidecar_hydrator.config import HydratorConfig, KafkaConnection, NatsConnection, NatsKv
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.reasons import Reason
+from sidecar_state_stack.kafka_broker import SASL_USERS, KafkaBroker
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
@@ -25,12 +28,8 @@ from tests.integration.hydrator.support import (
     make_config,
     produce,
     serving,
-    sidecar_redis_config,
 )
 from tests.integration.hydrator.test_hydrator_nats import nats_config
-from tests.support.kafka_broker import SASL_USERS, KafkaBroker
-from tests.support.nats_server import NatsServer
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

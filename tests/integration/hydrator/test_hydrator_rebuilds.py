@@ -16,6 +16,8 @@ from sidecar_hydrator.config import (
     KeyMapping,
     RecordFormat,
 )
+from sidecar_state_stack.kafka_broker import KafkaBroker
+from sidecar_state_stack.redis_server import sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
@@ -27,13 +29,11 @@ from tests.integration.hydrator.support import (
     running,
     running_hydrated,
     sample,
-    sidecar_redis_config,
     value_is,
     view,
     view_is,
 )
 from tests.integration.hydrator.test_hydrator_records import row_event, truncate_event
-from tests.support.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.timeout(90)
 

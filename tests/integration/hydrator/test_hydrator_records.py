@@ -15,6 +15,7 @@ from sidecar_hydrator.config import KeyMapping, replace
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
@@ -22,11 +23,9 @@ from tests.integration.hydrator.support import (
     running,
     running_hydrated,
     sample,
-    sidecar_redis_config,
     view,
     view_is,
 )
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

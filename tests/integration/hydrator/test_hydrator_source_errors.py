@@ -21,6 +21,8 @@ from sidecar_hydrator.config import NatsKv
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.nats_source import NatsSource
+from sidecar_state_stack.nats_server import NatsServer
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import (
     KafkaPod,
     eventually,
@@ -30,8 +32,6 @@ from tests.integration.hydrator.support import (
     view_is,
 )
 from tests.integration.hydrator.test_hydrator_nats import nats_config
-from tests.support.nats_server import NatsServer
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnecti
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import RecordLike
 from sidecar_hydrator.source import Partition, Snapshot
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.hydrator.support import eventually, view
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
 

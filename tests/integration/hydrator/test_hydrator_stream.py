@@ -9,6 +9,7 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar_state_stack.kafka_broker import FAST_COMPACTION_CONFIG
 from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
@@ -18,7 +19,6 @@ from tests.integration.hydrator.support import (
     value_is,
     view,
 )
-from tests.support.kafka_broker import FAST_COMPACTION_CONFIG
 
 pytestmark = pytest.mark.timeout(60)
 

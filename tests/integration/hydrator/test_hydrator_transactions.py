@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from sidecar_state_stack.kafka_broker import KafkaBroker
 from tests.integration.hydrator.support import (
     KafkaPod,
     Record,
@@ -19,7 +20,6 @@ from tests.integration.hydrator.support import (
     value_is,
     view,
 )
-from tests.support.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,16 +26,15 @@ from sidecar_hydrator.credentials import (
     PASSWORD_FILE,
     write_credentials,
 )
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     KafkaPod,
     eventually,
     hydrated,
     running_hydrated,
     sample,
-    sidecar_redis_config,
     view,
 )
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import pytest
 import redis
 
+from localkube.ports import free_port
 from sidecar_authz.config import (
     FAILURE_OPEN_HEADER,
     OMITTED_HEADER,
@@ -35,9 +36,8 @@ from sidecar_authz.config import (
     Rule,
 )
 from sidecar_operator.injection.envoy_bootstrap import build_envoy_bootstrap
-from tests.support.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from sidecar_state_stack.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy
+from sidecar_state_stack.redis_server import RedisServer
 
 SESSION_RULE = Rule(
     name="session",

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import redis
 
+from localkube.ports import free_port
 from sidecar_authz.config import STALENESS_HEADER, AuthorizerConfig
 from sidecar_operator.api.models import parse_binding
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.envoy_bootstrap import AUTHZ_CLUSTER, build_envoy_bootstrap
 from sidecar_operator.injection.intercept_plan import plan_intercept
+from sidecar_state_stack.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy
+from sidecar_state_stack.redis_server import RedisServer
 from tests.integration.interceptor.test_envoy_interceptor import PROFILE, call, hydrate
-from tests.support.interceptor import AuthorizerProcess, EchoApp, EnvoyProxy
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 #: The README's extension provider: what Istio turns into its sidecar's ext_authz filter.
 HEADERS_TO_UPSTREAM_ON_ALLOW = ("x-user-*", "x-flag-*", "x-sidecar-state-*")

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+import sidecar_operator.handlers.webhook  # noqa: F401  (registers the admission handlers)
+from localkube.cache import cache_root
 from sidecar_operator import __version__
 from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import GROUP, PLURAL, VERSION
@@ -92,10 +94,7 @@ def find_helm() -> Path | None:
     on_path = shutil.which("helm")
     if on_path:
         return Path(on_path)
-    cache = Path(
-        os.environ.get("SIDECAR_STATE_CACHE") or Path.home() / ".cache" / "sidecar-state"
-    ).expanduser()
-    built = sorted(cache.glob("k8s/*/bin/helm"), reverse=True)
+    built = sorted(cache_root().glob("k8s/*/bin/helm"), reverse=True)
     return next((path for path in built if os.access(path, os.X_OK)), None)
 
 
@@ -105,7 +104,7 @@ def helm() -> Path:
     if found is None:
         pytest.skip(
             "no helm: set $HELM, put helm on PATH, or build it with "
-            "`python -m tests.e2e.cluster build` (into ~/.cache/sidecar-state/k8s/*/bin/)"
+            "`python -m localkube build` (into ~/.cache/sidecar-state/k8s/*/bin/)"
         )
     return found
 

@@ -2,9 +2,10 @@
 
 Alerts and dashboards are text naming metrics and labels; a renamed metric silently turns an
 alert into one that never fires and a panel into an empty one. So every query here is checked
-against the series the code really exports (``tests/support/monitoring.py``), every rule and
-query is parsed by ``promtool`` (built from its Go module by ``scripts/setup.sh tools``), and the
-scrape objects are checked against what the webhook writes on injected Pods.
+against the series the code really exports (``tools/sidecar_state_stack/monitoring.py``), every
+rule and query is parsed by ``promtool`` (built from its Go module by
+``scripts/setup.sh tools``), and the scrape objects are checked against what the webhook writes
+on injected Pods.
 ``tests/integration/hydrator/test_alert_rules.py`` fires the alerts on a real hydrator's series.
 """
 
@@ -25,7 +26,7 @@ from sidecar_operator.injection import Injected, inject_pod
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER
 from sidecar_operator.settings import OperatorSettings
-from tests.support.monitoring import (
+from sidecar_state_stack.monitoring import (
     APISERVER_SERIES,
     DASHBOARD,
     ROOT,
@@ -57,7 +58,7 @@ ALL_ON = {
 def helm() -> Path:
     found = find_helm()
     if found is None:
-        pytest.skip("no helm: set $HELM, or build it with `python -m tests.e2e.cluster build`")
+        pytest.skip("no helm: set $HELM, or build it with `python -m localkube build`")
     return found
 
 

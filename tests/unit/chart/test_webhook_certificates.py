@@ -11,7 +11,6 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,14 @@ import kopf
 import pytest
 from cryptography import x509
 
+from localkube.ports import free_port
 from sidecar_operator import webhook_tls as certs
 from sidecar_operator.webhook_tls import Action, Bundle
 from sidecar_operator.webhook_tls.x509 import (
     RENEW_BEFORE,
     KeyPair,
     make_ca,
+    make_client_cert,
     make_serving_cert,
     service_hosts,
 )
@@ -299,9 +300,7 @@ async def test_kopf_serves_renewed_files_without_a_restart(bundle: Bundle, tmp_p
     listener with the new pair: the symlink swap is what it sees."""
     files = files_in(tmp_path / "tls")
     certs.write_files(bundle, **files)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     server = kopf.WebhookServer(
         addr="127.0.0.1", port=port, certfile=str(files["cert_file"]),
         pkeyfile=str(files["key_file"]), file_check_interval=0.1,
@@ -329,3 +328,24 @@ async def test_kopf_serves_renewed_files_without_a_restart(bundle: Bundle, tmp_p
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_a_client_cert_names_its_user_and_groups_and_serves_no_one() -> None:
+    """The builder's client certificates (the local control plane's admin and components):
+    Kubernetes reads CN as the user and each O as a group; only client auth is allowed."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = make_ca()
+    pair = make_client_cert(ca=ca, common_name="admin", organizations=("system:masters",))
+    cert = pair.certificate
+    cert.verify_directly_issued_by(ca.certificate)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "admin"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == (
+        "system:masters"
+    )
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    with pytest.raises(ValueError, match="common name"):
+        make_client_cert(ca=ca, common_name="")

@@ -14,8 +14,8 @@ from images.runc_wrapper import (
     strip_capabilities,
     strip_process_capabilities,
 )
+from localkube.kind.cluster import POD_SUBNET, kind_config
 from sidecar_operator.injection.defaults import ENVOY_VERSION
-from tests.e2e.kind.cluster import POD_SUBNET, kind_config
 
 #: CapBnd of a VM whose bounding set lacks CAP_SYS_RESOURCE (bit 24), 41 capabilities known.
 WITHOUT_SYS_RESOURCE = "000001fffeffffff"

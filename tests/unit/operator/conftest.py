@@ -28,7 +28,7 @@ from sidecar_operator.api.models import StateBinding, parse_binding
 from sidecar_operator.cli import run
 from sidecar_operator.injection import Injected, InjectionDefaults, Outcome, inject_pod
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER, REDIS_CONTAINER
-from tests.support import bindings
+from sidecar_state_stack import bindings
 
 # libyaml when present: the CLI tests read and write a lot of YAML.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -15,7 +15,7 @@ from sidecar_operator.injection.names import (
     HYDRATOR_CONTAINER,
     REDIS_CONTAINER,
 )
-from tests.support.console_scripts import console_script
+from sidecar_state_stack.console_scripts import console_script
 
 
 def dump(document):

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
+from localkube.ports import free_port
 from sidecar_operator.controller.rollout import RolloutThrottle
 from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.injection import InjectionDefaults
@@ -24,7 +25,6 @@ from sidecar_operator.injection.names import SOCKET_VOLUME
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_server import AdmissionServer
 from sidecar_operator.webhook_tls.x509 import write_webhook_certs
-from tests.support.ports import free_port
 
 
 def _review(obj: dict[str, Any], *, uid: str = "u-1", operation: str = "CREATE") -> bytes:

@@ -11,8 +11,8 @@ request per line on stdin, one JSON answer per line on stdout:
   distinct snapshots seen (each a list of values), at most ``MAX_DISTINCT`` of them.
 - ``{"op": "probe_files"}`` -> what this process may do with the served environment's files.
 
-Values travel as latin-1 text. Run: ``python -m tests.support.lmdb_reader PATH``; it depends on
-nothing but the client and ``lmdb``, so it also runs under another UID with a bare
+Values travel as latin-1 text. Run: ``python -m sidecar_state_stack.lmdb_reader PATH``; it depends
+on nothing but the client and ``lmdb``, so it also runs under another UID with a bare
 interpreter (see :func:`reader_command`).
 """
 

@@ -23,9 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from localkube.processes import ChildService, kill_process, spawn_logged, stop_process
 from sidecar_authz.config import CONFIG_ENV, AuthorizerConfig
-from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
-from tests.support.redis_server import _short_tempdir
+from sidecar_state_stack.redis_server import _short_tempdir
 
 REPO = Path(__file__).resolve().parents[2]
 

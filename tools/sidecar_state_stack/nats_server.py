@@ -11,26 +11,25 @@ into ``${SIDECAR_STATE_CACHE:-~/.cache/sidecar-state}/tools/nats-server-<version
 
 Command line (run from the repository root)::
 
-    python3 -m tests.support.nats_server install   # build the binary (no-op when cached)
+    python3 -m sidecar_state_stack.nats_server install   # build the binary (no-op when cached)
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Final
 
-from tests.support.kafka_broker import cache_dir
-from tests.support.ports import free_port
-from tests.support.processes import ChildService
+from localkube.cache import cache_root
+from localkube.errors import BuildError
+from localkube.gobuild import go_install
+from localkube.ports import free_port
+from localkube.processes import ChildService
 
 NATS_SERVER_VERSION: Final = os.environ.get("SIDECAR_STATE_NATS_VERSION", "v2.15.2")
 _MODULE: Final = "github.com/nats-io/nats-server/v2"
@@ -41,43 +40,22 @@ class NatsServerError(RuntimeError):
 
 
 def nats_server_binary(version: str = NATS_SERVER_VERSION) -> Path:
-    return cache_dir() / "tools" / f"nats-server-{version}" / "nats-server"
+    return cache_root() / "tools" / f"nats-server-{version}" / "nats-server"
 
 
 def install_nats_server(version: str = NATS_SERVER_VERSION) -> Path:
-    """Build ``nats-server`` ``version`` from its Go module unless cached; return the binary.
-
-    A file lock serialises concurrent installers, and ``go install`` writes into a scratch
-    directory that is renamed into place, so a half-built binary is never taken for a cached
-    one.
-    """
+    """Build ``nats-server`` ``version`` from its Go module unless cached; return the binary
+    (:func:`localkube.gobuild.go_install`: locked, and moved into place only once complete)."""
     binary = nats_server_binary(version)
     if binary.is_file():
         return binary
-    go = shutil.which("go")
-    if go is None:
-        raise NatsServerError("Go is needed to build nats-server (see scripts/setup.sh system)")
-    binary.parent.parent.mkdir(parents=True, exist_ok=True)
-    with open(binary.parent.parent / f".nats-server-{version}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if binary.is_file():
-            return binary
-        scratch = Path(tempfile.mkdtemp(prefix="nats-server-", dir=binary.parent.parent))
-        started = time.monotonic()
-        print(f"[nats] building nats-server {version} (Go module)", file=sys.stderr, flush=True)
-        subprocess.run(
-            [go, "install", f"{_MODULE}@{version}"],
-            check=True,
-            env={**os.environ, "GOBIN": str(scratch), "GOFLAGS": "-trimpath", "CGO_ENABLED": "0"},
+    try:
+        # No -ldflags: the binary stays as upstream's module builds it.
+        return go_install(
+            f"{_MODULE}@{version}", target=binary.parent, out=sys.stderr, ldflags=None, label="nats"
         )
-        shutil.rmtree(binary.parent, ignore_errors=True)
-        scratch.rename(binary.parent)
-        print(
-            f"[nats] nats-server {version} built in {time.monotonic() - started:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-    return binary
+    except BuildError as error:
+        raise NatsServerError(f"building nats-server {version} failed: {error}") from error
 
 
 class NatsServer(ChildService):
@@ -151,7 +129,7 @@ class NatsServer(ChildService):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.support.nats_server")
+    parser = argparse.ArgumentParser(prog="python3 -m sidecar_state_stack.nats_server")
     parser.add_argument("command", choices=["install"])
     parser.parse_args(argv)
     print(install_nats_server())

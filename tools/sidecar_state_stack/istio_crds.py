@@ -11,7 +11,7 @@ Istio's is committed here.
 
 Command line (run from the repository root)::
 
-    python3 -m tests.support.istio_crds install   # prints the CRD file (no-op when cached)
+    python3 -m sidecar_state_stack.istio_crds install   # prints the CRD file (no-op when cached)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Final
 
 import yaml
 
-from tests.support.kafka_broker import cache_dir
+from localkube.cache import cache_root
 
 ISTIO_API_VERSION: Final = "v1.32.0"
 #: SHA-256 of https://proxy.golang.org/istio.io/api/@v/v1.32.0.zip (Go's h1: sum is
@@ -48,7 +48,7 @@ class IstioCrdError(RuntimeError):
 
 
 def crd_file(version: str = ISTIO_API_VERSION) -> Path:
-    return cache_dir() / "istio" / version / "crds.yaml"
+    return cache_root() / "istio" / version / "crds.yaml"
 
 
 def _proxy() -> str:
@@ -96,7 +96,7 @@ def install_istio_crds(version: str = ISTIO_API_VERSION) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.istio_crds",
+        prog="python -m sidecar_state_stack.istio_crds",
         description="Istio's AuthorizationPolicy and ServiceEntry CRDs for the e2e tests.",
     )
     parser.add_argument("command", choices=["install", "path"])

@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from localkube.cache import cache_root
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "sidecar-state"
 DASHBOARD = CHART / "dashboards" / "sidecar-state.json"
@@ -110,12 +112,6 @@ def label_names(expr: str) -> set[str]:
     return names
 
 
-def _cache() -> Path:
-    return Path(
-        os.environ.get("SIDECAR_STATE_CACHE") or Path.home() / ".cache" / "sidecar-state"
-    ).expanduser()
-
-
 def _find(name: str, *, env: str, cache_glob: str) -> Path | None:
     configured = os.environ.get(env)
     if configured:
@@ -123,7 +119,7 @@ def _find(name: str, *, env: str, cache_glob: str) -> Path | None:
     on_path = shutil.which(name)
     if on_path:
         return Path(on_path)
-    built = sorted(_cache().glob(cache_glob), reverse=True)
+    built = sorted(cache_root().glob(cache_glob), reverse=True)
     return next((path for path in built if os.access(path, os.X_OK)), None)
 
 

@@ -20,7 +20,7 @@ and the images kubeadm will run already in containerd's ``k8s.io`` namespace. So
 The node image is tagged by a hash of everything it is made of (Dockerfiles, files, binaries,
 component image IDs): a warm call only inspects one tag.
 
-    python -m tests.e2e.kind.build
+    python -m localkube.kind.build
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from typing import TextIO
 from images import base, docker
 from images.docker import DockerError
 from images.oci import FileEntry, ImageConfig, write_archive, write_layer_from_entries
-from tests.e2e.cluster import build as build_mod
+from localkube import build as build_mod
+from localkube.errors import BuildError, KindBuildError
+from localkube.gobuild import Progress, go_env, go_install, locked
 
 KIND_VERSION = "v0.33.0"
 CRICTL_VERSION = "v1.34.0"
@@ -57,10 +59,6 @@ NODE_COMMANDS = ("kubelet", "kube-proxy")
 #: the node's containerd config pins as its sandbox image.
 PAUSE_TAG = "3.10.1"
 SANDBOX_IMAGE = f"{REGISTRY}/pause:{PAUSE_TAG}"
-
-
-class KindBuildError(RuntimeError):
-    """A step of the kind build failed; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,30 +94,15 @@ def _say(message: str, out: TextIO) -> None:
     print(f"[kind-build] {message}", file=out, flush=True)
 
 
-def _go_install(package: str, *, target: Path, out: TextIO) -> None:
-    name = package.split("@")[0].rsplit("/", 1)[-1]
-    if (target / name).exists():
-        return
-    started = time.monotonic()
-    _say(f"go install {package}", out)
-    env = {**build_mod._go_env(None), "GOBIN": str(target)}
-    # -s -w: no symbol tables or DWARF, a shorter link (these tools are never debugged here).
-    cmd = ["go", "install", "-ldflags=-s -w", package]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KindBuildError(f"go install {package} failed:\n{proc.stderr[-2000:]}")
-    _say(f"{name} built in {time.monotonic() - started:.0f}s", out)
-
-
 def node_dir() -> Path:
     """kubelet, kube-proxy and the pause archive (``k8s/<version>/node`` in the cache)."""
     return build_mod.version_dir() / "node"
 
 
-def _node_group() -> build_mod._Group:
+def _node_group() -> build_mod.WrapperModule:
     # Named "kubernetes" on purpose: ``build._build_group`` keys the staging-module replaces and
     # the version ldflags on that name; its own src_root and out_dir keep it apart.
-    return build_mod._Group(
+    return build_mod.WrapperModule(
         name="kubernetes",
         module="k8s.io/kubernetes",
         version=build_mod.K8S_VERSION,
@@ -132,7 +115,7 @@ def pause_archive() -> Path:
     return node_dir() / f"pause-{PAUSE_TAG}.oci.tar"
 
 
-def _build_pause(target: Path, *, wrapper: Path, progress: build_mod._Progress) -> None:
+def _build_pause(target: Path, *, wrapper: Path, progress: Progress) -> None:
     """Compile upstream's pause.c statically (``gcc -Os -static``, as upstream's Makefile does)
     and write it as a ``FROM scratch`` OCI archive named as containerd pins it.
 
@@ -144,7 +127,7 @@ def _build_pause(target: Path, *, wrapper: Path, progress: build_mod._Progress) 
         raise KindBuildError("gcc not found (apt-get install gcc libc6-dev)")
     listed = subprocess.run(
         ["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
-        capture_output=True, text=True, env=build_mod._go_env(None), check=False, cwd=wrapper,
+        capture_output=True, text=True, env=go_env(None), check=False, cwd=wrapper,
     )  # fmt: skip
     source = Path(listed.stdout.strip()) / "build" / "pause" / "linux" / "pause.c"
     if listed.returncode != 0 or not source.is_file():
@@ -175,19 +158,19 @@ def build_node_binaries(*, out: TextIO) -> Path:
     commands never run against one module cache at once.
     """
     directory, group = node_dir(), _node_group()
-    if build_mod._is_built(directory, group) and pause_archive().is_file():
+    if build_mod.wrapper_built(directory, group) and pause_archive().is_file():
         return directory
-    progress = build_mod._Progress(out)
-    with build_mod._locked(build_mod.version_dir() / ".build.lock"):
+    progress = Progress(out)
+    with locked(build_mod.version_dir() / ".build.lock"):
         directory.mkdir(parents=True, exist_ok=True)
-        if not build_mod._is_built(directory, group):
+        if not build_mod.wrapper_built(directory, group):
             log = directory / "build.log"
             progress.say(f"building kubelet and kube-proxy {build_mod.K8S_VERSION} (log: {log})")
-            build_mod._build_group(
+            build_mod.build_wrapper(
                 group,
                 out_dir=directory,
                 src_root=directory / "src",
-                env=build_mod._go_env(None),
+                env=go_env(None),
                 log=log,
                 progress=progress,
             )
@@ -201,28 +184,35 @@ def build_node_binaries(*, out: TextIO) -> Path:
 def build_binaries(*, out: TextIO) -> Path:
     """kubeadm, crictl and kind into ``tools_dir()`` (serialised with the other Go builds)."""
     directory = tools_dir()
-    group = build_mod._Group(
+    group = build_mod.WrapperModule(
         name="kubernetes",
         module="k8s.io/kubernetes",
         version=build_mod.K8S_VERSION,
         packages=("k8s.io/kubernetes/cmd/kubeadm",),
         binaries=("kubeadm",),
     )
-    with build_mod._locked(build_mod.version_dir() / ".build.lock"):
+    with locked(build_mod.version_dir() / ".build.lock"):
         directory.mkdir(parents=True, exist_ok=True)
-        if not build_mod._is_built(directory, group):
+        if not build_mod.wrapper_built(directory, group):
             log = directory / "build.log"
             _say(f"building kubeadm {build_mod.K8S_VERSION} (log: {log})", out)
-            build_mod._build_group(
+            build_mod.build_wrapper(
                 group,
                 out_dir=directory,
                 src_root=directory / "src",
-                env=build_mod._go_env(None),
+                env=go_env(None),
                 log=log,
-                progress=build_mod._Progress(out),
+                progress=Progress(out),
             )
-        _go_install(f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}", target=directory, out=out)
-        _go_install(f"sigs.k8s.io/kind@{KIND_VERSION}", target=directory, out=out)
+        go_install(
+            f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}",
+            target=directory,
+            out=out,
+            label="kind-build",
+        )
+        go_install(
+            f"sigs.k8s.io/kind@{KIND_VERSION}", target=directory, out=out, label="kind-build"
+        )
     return directory
 
 
@@ -359,7 +349,8 @@ def external_node_image() -> str | None:
     return os.environ.get(NODE_IMAGE_ENV) or None
 
 
-def _on_path(name: str) -> Path:
+def on_path(name: str) -> Path:
+    """A tool from PATH: with a node image from elsewhere, kind, kubectl and helm are too."""
     found = shutil.which(name)
     if found is None:
         raise KindBuildError(f"{NODE_IMAGE_ENV} is set, so {name} must be on PATH")
@@ -373,7 +364,7 @@ def build(*, out: TextIO | None = None) -> KindTools:
     given = external_node_image()
     if given is not None:
         return KindTools(
-            kind=_on_path("kind"), kubectl=_on_path("kubectl"), helm=_on_path("helm"),
+            kind=on_path("kind"), kubectl=on_path("kubectl"), helm=on_path("helm"),
             node_image=given,
         )  # fmt: skip
     build_mod.build(out=out)
@@ -398,7 +389,7 @@ def build(*, out: TextIO | None = None) -> KindTools:
 def main() -> int:
     try:
         tools = build()
-    except (DockerError, KindBuildError, build_mod.BuildError) as error:
+    except (DockerError, KindBuildError, BuildError) as error:
         print(f"[kind-build] error: {error}", file=sys.stderr)
         return 1
     print(tools.node_image)

@@ -6,13 +6,14 @@ offsets after a broker restart, and what aiokafka does while the broker is down.
 
 Why jars from Maven Central: the machines reach package registries only, and the Kafka
 distribution tarball is not on one; but ``org.apache.kafka:kafka_2.13`` and its runtime
-dependencies are. :func:`install_kafka` resolves them with Maven (``tests/support/kafka/pom.xml``)
-into ``${SIDECAR_STATE_CACHE:-~/.cache/sidecar-state}/kafka/<version>/libs/`` once per version.
+dependencies are. :func:`install_kafka` resolves them with Maven
+(``tools/sidecar_state_stack/kafka/pom.xml``) into
+``${SIDECAR_STATE_CACHE:-~/.cache/sidecar-state}/kafka/<version>/libs/`` once per version.
 
 Command line (run from the repository root)::
 
-    python3 -m tests.support.kafka_broker install   # fetch the jars (no-op when cached)
-    python3 -m tests.support.kafka_broker run       # a broker in the foreground until Ctrl-C
+    python3 -m sidecar_state_stack.kafka_broker install   # fetch the jars (no-op when cached)
+    python3 -m sidecar_state_stack.kafka_broker run       # a broker in the foreground until Ctrl-C
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from tests.support.ports import free_ports
-from tests.support.processes import ChildService, kill_process, spawn_logged, stop_process
+from localkube.cache import cache_root
+from localkube.ports import free_ports
+from localkube.processes import ChildService, kill_process, spawn_logged, stop_process
 
 #: Kafka 4.x brokers need Java 17+, which is what the machines have; 4.x is KRaft-only.
 KAFKA_VERSION: Final = os.environ.get("SIDECAR_STATE_KAFKA_VERSION", "4.4.0")
@@ -65,15 +67,9 @@ _CODECS: Final = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 _MARKER = ".complete"
 
 
-def cache_dir() -> Path:
-    """Root of the per-user cache shared by the test tooling (overridable for CI)."""
-    env = os.environ.get("SIDECAR_STATE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "sidecar-state"
-
-
 def kafka_home(version: str = KAFKA_VERSION) -> Path:
     """Directory holding one Kafka version; its jars are in ``libs/``."""
-    return cache_dir() / "kafka" / version
+    return cache_root() / "kafka" / version
 
 
 def _say(message: str) -> None:
@@ -153,7 +149,7 @@ def _fetch_jars(version: str, log: Callable[[str], None]) -> None:
         )
     home.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="libs-", dir=home))
-    repo = cache_dir() / "m2"
+    repo = cache_root() / "m2"
     log(f"fetching Kafka {version} jars from Maven Central into {libs} (once per version)")
     started = time.monotonic()
     cmd = [
@@ -477,7 +473,7 @@ class KafkaBroker(ChildService):
                 return  # jars are there; only the optional start-up archives are missing
             raise KafkaBrokerError(
                 f"Kafka {self.version} jars are not in {self.libs}; fetch them with "
-                f"`python3 -m tests.support.kafka_broker install --version {self.version}`"
+                f"`python3 -m sidecar_state_stack.kafka_broker install --version {self.version}`"
             )
         install_kafka(self.version)
 
@@ -592,7 +588,7 @@ class KafkaBroker(ChildService):
             f"--- first errors in {self.log_path} ---\n" + "\n".join(errors) + "\n"
             f"--- {self.log_path} (tail) ---\n{tail(self.log_path, 30)}\n"
             "Checks: `java -version` must be 17+; the jars come from "
-            "`python3 -m tests.support.kafka_broker install` (delete "
+            "`python3 -m sidecar_state_stack.kafka_broker install` (delete "
             f"{kafka_home(self.version)} to re-fetch); a port clash shows as "
             "'Address already in use' above; set SIDECAR_STATE_KEEP_TEST_DIRS=1 to keep "
             f"{self.workdir}."
@@ -694,7 +690,7 @@ def running_broker(**kwargs: Any) -> Iterator[KafkaBroker]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.support.kafka_broker")
+    parser = argparse.ArgumentParser(prog="python3 -m sidecar_state_stack.kafka_broker")
     sub = parser.add_subparsers(dest="command", required=True)
     install = sub.add_parser("install", help="fetch the broker jars into the cache")
     install.add_argument("--version", default=KAFKA_VERSION)

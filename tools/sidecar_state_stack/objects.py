@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from localkube.access import ClusterAccess
 from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
-from tests.e2e.cluster.access import ClusterAccess
-from tests.support.bindings import binding_doc
+from sidecar_state_stack.bindings import binding_doc
 
 T = TypeVar("T")
 
@@ -19,7 +19,7 @@ def wait_for(
 ) -> T:
     """Poll until ``probe`` returns something truthy; fail naming what never happened."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = probe()
         if last:

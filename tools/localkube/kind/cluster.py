@@ -10,8 +10,8 @@ the tests (on the host) reach Pods directly. The suite's cluster and the demo's
 (``demo/run.py``) have their own names and kubeconfigs; the node image's CNI config hands out
 ``POD_SUBNET`` in both, so only one of them is up at a time.
 
-    python -m tests.e2e.kind.cluster up|down        (up prints the kubeconfig path)
-    python -m tests.e2e.kind.cluster test -- ARGS   (up, pytest ARGS (default tests/e2e), down)
+    python -m localkube.kind.cluster up|down        (up prints the kubeconfig path)
+    python -m localkube.kind.cluster test -- ARGS   (up, pytest ARGS (default tests/e2e), down)
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from typing import TextIO
 from images import build as images_build
 from images import docker
 from images.docker import DockerError
-from tests.e2e.cluster import build as cluster_build
-from tests.e2e.kind import build as kind_build
+from localkube import build as cluster_build
+from localkube.cache import cache_root
+from localkube.errors import KindBuildError
+from localkube.kind import build as kind_build
 
 CLUSTER = "sidecar-state"
 POD_SUBNET = "10.245.0.0/16"
@@ -54,7 +56,7 @@ class KindCluster:
 
     @property
     def kubeconfig(self) -> Path:
-        folder = docker.cache_root() / "kind"
+        folder = cache_root() / "kind"
         return folder / ("kubeconfig" if self.name == CLUSTER else f"{self.name}.kubeconfig")
 
     @property
@@ -208,7 +210,7 @@ def down(*, kind_cluster: KindCluster = SUITE, out: TextIO | None = None) -> Non
     k = kind_cluster
     kind = kind_build.tools_dir() / "kind"
     if kind_build.external_node_image() is not None:
-        kind = kind_build._on_path("kind")
+        kind = kind_build.on_path("kind")
     if kind.exists():
         _run([kind, "delete", "cluster", "--name", k.name], what="kind delete cluster", kind=k)
     sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -256,7 +258,7 @@ def test(pytest_args: Sequence[str], *, keep: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.e2e.kind.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localkube.kind.cluster", description=__doc__)
     parser.add_argument("action", choices=["up", "down", "test"])
     parser.add_argument("--keep", action="store_true", help="test: leave the cluster running")
     parser.add_argument("pytest_args", nargs="*", help="test: arguments for pytest (after --)")
@@ -268,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             down()
         else:
             return test(args.pytest_args, keep=args.keep)
-    except (DockerError, kind_build.KindBuildError) as error:
+    except (DockerError, KindBuildError) as error:
         print(f"[kind] error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from tests.support.processes import ChildService
+from localkube.processes import ChildService
+from sidecar_operator.injection.redis_container import redis_server_args
 
 #: The Unix-domain socket path limit (sun_path) is 108 bytes including the NUL.
 _MAX_SOCKET_PATH: Final = 107
@@ -164,3 +165,29 @@ def _short_tempdir(prefix: str) -> Path:
     if len(root) > 60:
         root = "/tmp"
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def sidecar_redis_config(
+    *, max_memory_bytes: int = 256 * 2**20, acl_file: str | None = None
+) -> list[str]:
+    """The injected Redis's command line (the engine's rendering) as redis.conf lines.
+
+    ``unixsocket`` and ``dir`` are left to :class:`RedisServer`, which puts them in a short
+    temporary directory. ``aclfile`` only when ``acl_file`` is given (one written by
+    ``sidecar_hydrator.credentials``): without it the test itself may write as the app's
+    ``default`` user, to play a damaged store.
+    """
+    args = redis_server_args(
+        socket_path="/unused",
+        data_dir="/unused",
+        acl_file=acl_file or "/unused",
+        max_memory_bytes=max_memory_bytes,
+        eviction_policy="noeviction",
+    )[1:]
+    pairs = zip(args[::2], args[1::2], strict=True)
+    left_out = ("--unixsocket", "--dir") if acl_file else ("--unixsocket", "--dir", "--aclfile")
+    return [
+        f"{name[2:]} {shlex.quote(value) if value else chr(34) * 2}"
+        for name, value in pairs
+        if name not in left_out
+    ]

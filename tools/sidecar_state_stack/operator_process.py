@@ -18,13 +18,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from localkube.access import ClusterAccess
+from localkube.ports import free_port
 from sidecar_operator.injection import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_config import DEFAULT_NAME, FailurePolicy
 from sidecar_operator.webhook_tls.x509 import write_webhook_certs
-from tests.e2e.cluster.access import ClusterAccess
-from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "sidecar-state-system"
@@ -140,7 +141,8 @@ class LocalOperator:
             return "(no log)"
 
     def injection_defaults(self) -> InjectionDefaults:
-        return OperatorSettings(**_settings_from_env(self.env())).injection_defaults()
+        settings: dict[str, Any] = _settings_from_env(self.env())
+        return OperatorSettings(**settings).injection_defaults()
 
 
 def _settings_from_env(env: dict[str, str]) -> dict[str, str]:
@@ -237,7 +239,8 @@ class ChartOperator:
         )
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-        return OperatorSettings(**_settings_from_env(env)).injection_defaults()
+        settings: dict[str, Any] = _settings_from_env(env)
+        return OperatorSettings(**settings).injection_defaults()
 
 
 OperatorHandle = LocalOperator | ChartOperator

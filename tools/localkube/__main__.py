@@ -1,4 +1,4 @@
-"""``python -m tests.e2e.cluster up|down|build|status [--workdir DIR]``.
+"""``python -m localkube up|down|build|status [--workdir DIR]``.
 
 Why a CLI next to the pytest fixture: a developer wants one long-lived cluster to poke at with
 kubectl, helm or a locally running operator, without paying the start-up on every pytest run.
@@ -20,18 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from . import build as build_mod
+from .cache import cache_root
 from .controlplane import (
-    ControlPlaneError,
     LocalControlPlane,
     ProcessRecord,
     process_alive,
     terminate_process_groups,
 )
+from .errors import BuildError, ControlPlaneError
 
 
 def default_workdir() -> Path:
     """Where ``up`` keeps its certificates, etcd data, logs, kubeconfig and state."""
-    return build_mod.cache_root() / "cluster"
+    return cache_root() / "cluster"
 
 
 def _state_path(workdir: Path) -> Path:
@@ -51,11 +52,11 @@ def _records(state: dict[str, Any]) -> list[ProcessRecord]:
 
 
 def _print_access(state: dict[str, Any]) -> None:
-    """Shell-evaluable lines: ``eval "$(python -m tests.e2e.cluster up)"`` sets KUBECONFIG."""
+    """Shell-evaluable lines: ``eval "$(python -m localkube up)"`` sets KUBECONFIG."""
     print(f"export KUBECONFIG={state['kubeconfig']}")
     print(f"# server: {state['server']}")
     print(f"# kubectl: {state['bin_dir']}/kubectl   helm: {state['bin_dir']}/helm")
-    print(f"# logs: {state['workdir']}/logs   stop: python -m tests.e2e.cluster down")
+    print(f"# logs: {state['workdir']}/logs   stop: python -m localkube down")
 
 
 def cmd_up(workdir: Path, *, timeout: float) -> int:
@@ -71,7 +72,7 @@ def cmd_up(workdir: Path, *, timeout: float) -> int:
         _state_path(workdir).unlink(missing_ok=True)
     try:
         binaries = build_mod.build()
-    except build_mod.BuildError as error:
+    except BuildError as error:
         print(f"cluster build failed: {error}", file=sys.stderr)
         return 1
     plane = LocalControlPlane(
@@ -130,7 +131,7 @@ def cmd_status(workdir: Path) -> int:
 def cmd_build(*, force: bool, jobs: int | None) -> int:
     try:
         binaries = build_mod.build(force=force, jobs=jobs)
-    except build_mod.BuildError as error:
+    except BuildError as error:
         print(f"cluster build failed: {error}", file=sys.stderr)
         return 1
     for path in binaries.all():
@@ -140,7 +141,7 @@ def cmd_build(*, force: bool, jobs: int | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.e2e.cluster",
+        prog="python -m localkube",
         description="Build and run a local Kubernetes control plane for the e2e tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

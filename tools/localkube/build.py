@@ -20,19 +20,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
+
+from .cache import cache_root
+from .errors import BuildError
+from .gobuild import Progress, go_env, locked, run_go
 
 #: Kubernetes release built from ``k8s.io/kubernetes`` (latest 1.34 patch on the proxy).
 K8S_VERSION = "v1.34.4"
@@ -46,16 +46,6 @@ K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "
 
 #: Bump when the way binaries are built changes (flags, ldflags), so caches rebuild themselves.
 RECIPE = 2
-
-HEARTBEAT_SECONDS = 30.0
-
-
-def cache_root() -> Path:
-    """Return the project's cache root; kept outside the repo so clean checkouts stay cheap."""
-    configured = os.environ.get("SIDECAR_STATE_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "sidecar-state"
 
 
 def version_dir(k8s_version: str = K8S_VERSION) -> Path:
@@ -104,7 +94,7 @@ class Binaries:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Group:
+class WrapperModule:
     """One wrapper module: what it requires, which packages it builds, with which ldflags."""
 
     name: str
@@ -114,9 +104,9 @@ class _Group:
     binaries: tuple[str, ...]
 
 
-def _groups() -> tuple[_Group, ...]:
+def _groups() -> tuple[WrapperModule, ...]:
     return (
-        _Group(
+        WrapperModule(
             name="etcd",
             module="go.etcd.io/etcd/server/v3",
             version=ETCD_VERSION,
@@ -124,14 +114,14 @@ def _groups() -> tuple[_Group, ...]:
             packages=("go.etcd.io/etcd/server/v3",),
             binaries=("etcd",),
         ),
-        _Group(
+        WrapperModule(
             name="kubernetes",
             module="k8s.io/kubernetes",
             version=K8S_VERSION,
             packages=tuple(f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS),
             binaries=K8S_COMMANDS,
         ),
-        _Group(
+        WrapperModule(
             name="helm",
             module="helm.sh/helm/v3",
             version=HELM_VERSION,
@@ -141,96 +131,11 @@ def _groups() -> tuple[_Group, ...]:
     )
 
 
-class BuildError(RuntimeError):
-    """A build step failed; the message names the step and the log to read."""
-
-
-class _Progress:
-    """Print each step with the time since the build started, so a slow build is visibly alive."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._start = time.monotonic()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self._start
-
-    def say(self, message: str) -> None:
-        elapsed = self.elapsed()
-        print(
-            f"[cluster-build {elapsed // 60:02.0f}:{elapsed % 60:04.1f}] {message}",
-            file=self._out,
-            flush=True,
-        )
-
-
-def _go_env(jobs: int | None) -> dict[str, str]:
-    """Environment for every go command: static, reproducible, never fetching a toolchain."""
-    env = dict(os.environ)
-    flags = env.get("GOFLAGS", "").split()
-    for flag in ("-trimpath", "-buildvcs=false", "-mod=mod"):
-        if flag not in flags:
-            flags.append(flag)
-    if jobs is not None:
-        flags.append(f"-p={jobs}")
-    env["GOFLAGS"] = " ".join(flags)
-    env["CGO_ENABLED"] = "0"
-    # The proxy serves toolchains too, but the installed Go (>= every module's go line) suffices.
-    env["GOTOOLCHAIN"] = "local"
-    env.setdefault("GOPROXY", "https://proxy.golang.org,direct")
-    return env
-
-
-def _run(
-    args: Sequence[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    log: Path,
-    progress: _Progress,
-    what: str,
-) -> str:
-    """Run a go command, logging to ``log``; print a heartbeat while it runs; return stdout."""
-    started = time.monotonic()
-    done = threading.Event()
-
-    def heartbeat() -> None:
-        while not done.wait(HEARTBEAT_SECONDS):
-            progress.say(f"  ... still {what} ({time.monotonic() - started:.0f}s)")
-
-    ticker = threading.Thread(target=heartbeat, daemon=True)
-    ticker.start()
-    try:
-        with log.open("a") as log_file:
-            log_file.write(f"\n$ (cd {cwd} && {' '.join(args)})\n")
-            log_file.flush()
-            proc = subprocess.run(
-                args,
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                check=False,
-            )
-            log_file.write(proc.stdout)
-    finally:
-        done.set()
-        ticker.join()
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-        raise BuildError(
-            f"{what} failed (exit {proc.returncode}); full log: {log}\n--- log tail ---\n{tail}"
-        )
-    progress.say(f"  {what}: done in {time.monotonic() - started:.0f}s")
-    return proc.stdout
-
-
 def _module_info(
-    module: str, version: str, *, cwd: Path, env: dict[str, str], log: Path, progress: _Progress
+    module: str, version: str, *, cwd: Path, env: dict[str, str], log: Path, progress: Progress
 ) -> dict[str, str]:
     """Download a module and return ``go mod download -json`` (Dir, GoMod, Time...)."""
-    out = _run(
+    out = run_go(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
         cwd=cwd,
         env=env,
@@ -274,7 +179,7 @@ def _k8s_minor(version: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def _ldflags(group: _Group, info: dict[str, str], wrapper_go_mod: str) -> str:
+def _ldflags(group: WrapperModule, info: dict[str, str], wrapper_go_mod: str) -> str:
     """Version stamps so ``kubectl version``, ``etcd --version`` and ``helm version`` are honest."""
     flags = ["-s", "-w"]
     if group.module == "k8s.io/kubernetes":
@@ -307,15 +212,15 @@ def _ldflags(group: _Group, info: dict[str, str], wrapper_go_mod: str) -> str:
     return " ".join(flags)
 
 
-def _stamp(directory: Path, group: _Group) -> Path:
+def _stamp(directory: Path, group: WrapperModule) -> Path:
     return directory / f".{group.name}.version"
 
 
-def _stamp_text(group: _Group) -> str:
+def _stamp_text(group: WrapperModule) -> str:
     return f"{group.version} recipe={RECIPE}"
 
 
-def _is_built(directory: Path, group: _Group) -> bool:
+def wrapper_built(directory: Path, group: WrapperModule) -> bool:
     stamp = _stamp(directory, group)
     return (
         stamp.is_file()
@@ -327,29 +232,17 @@ def _is_built(directory: Path, group: _Group) -> bool:
 def is_built(k8s_version: str = K8S_VERSION) -> bool:
     """Tell, without running Go, whether every binary of this version set is in the cache."""
     directory = bin_dir(k8s_version)
-    return all(_is_built(directory, g) for g in _groups())
+    return all(wrapper_built(directory, g) for g in _groups())
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds of one version (pytest and ``make cluster-up`` may race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _build_group(
-    group: _Group,
+def build_wrapper(
+    group: WrapperModule,
     *,
     out_dir: Path,
     src_root: Path,
     env: dict[str, str],
     log: Path,
-    progress: _Progress,
+    progress: Progress,
 ) -> None:
     src = src_root / group.name
     if src.exists():
@@ -360,7 +253,7 @@ def _build_group(
     (src / "go.mod").write_text("module sidecarstate.local/wrapper\n\ngo 1.24\n")
     info = _module_info(group.module, group.version, cwd=src, env=env, log=log, progress=progress)
     lines = [
-        f"// Generated by tests/e2e/cluster/build.py: builds {group.module} {group.version}.",
+        f"// Generated by tools/localkube/build.py: builds {group.module} {group.version}.",
         f"module sidecarstate.local/build/{group.name}",
         "",
         "go 1.24",
@@ -375,7 +268,7 @@ def _build_group(
     # resolves every dependency they need (the usual tools.go pattern).
     imports = "\n".join(f'\t_ "{p}"' for p in group.packages)
     (src / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
-    _run(
+    run_go(
         ["go", "mod", "tidy"],
         cwd=src,
         env=env,
@@ -391,7 +284,7 @@ def _build_group(
             build_args = ["go", "build", "-ldflags", ldflags, "-o", str(target), *group.packages]
         else:
             build_args = ["go", "build", "-ldflags", ldflags, "-o", f"{staging}/", *group.packages]
-        _run(
+        run_go(
             build_args,
             cwd=src,
             env=env,
@@ -418,20 +311,20 @@ def build(*, force: bool = False, jobs: int | None = None, out: TextIO | None = 
     if not force and is_built():
         return binaries
     root = version_dir()
-    progress = _Progress(stream)
-    with _locked(root / ".build.lock"):
+    progress = Progress(stream)
+    with locked(root / ".build.lock"):
         directory.mkdir(parents=True, exist_ok=True)
         log = root / "build.log"
-        env = _go_env(jobs)
+        env = go_env(jobs)
         progress.say(
             f"building Kubernetes {K8S_VERSION}, etcd {ETCD_VERSION}, helm {HELM_VERSION} "
             f"into {directory} (log: {log}); a cold build takes many minutes"
         )
         for group in _groups():
-            if not force and _is_built(directory, group):
+            if not force and wrapper_built(directory, group):
                 progress.say(f"{group.name} {group.version}: cached")
                 continue
-            _build_group(
+            build_wrapper(
                 group, out_dir=directory, src_root=root / "src", env=env, log=log, progress=progress
             )
         progress.say(f"all binaries ready in {directory}")
@@ -439,7 +332,7 @@ def build(*, force: bool = False, jobs: int | None = None, out: TextIO | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tests.e2e.cluster.build [--force] [--jobs N]``."""
+    """``python -m localkube.build [--force] [--jobs N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("--jobs", type=int, default=None, help="go build -p (default: #cores)")

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,10 +31,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self, TextIO
 
-from tests.support.processes import StartStopContext, spawn_logged
-
 from . import build as build_mod
+from .errors import ControlPlaneError
 from .pki import ControlPlanePKI, write_control_plane_pki
+from .ports import free_port, free_ports
+from .processes import StartStopContext, spawn_logged
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -44,32 +44,6 @@ LOG_TAIL_LINES = 25
 
 #: Start order; ``stop()`` goes in reverse so clients die before the servers they talk to.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-
-
-class ControlPlaneError(RuntimeError):
-    """The control plane failed to start or to become ready."""
-
-
-def free_port() -> int:
-    """Ask the kernel for an unused loopback TCP port.
-
-    There is a window between closing this socket and the component binding the port; on a
-    test machine that race is rare, and a failed bind shows up as a component exiting early,
-    which ``start()`` reports with its log.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _distinct_free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 def write_kubeconfig(
@@ -218,7 +192,7 @@ class LocalControlPlane(StartStopContext):
 
     Use as a context manager (``with LocalControlPlane() as cp: ... cp.kubeconfig``) or call
     ``start()``/``stop()``. With ``detach=True`` the components outlive this Python process
-    (for ``python -m tests.e2e.cluster up``); ``records`` then says what to stop later.
+    (for ``python -m localkube up``); ``records`` then says what to stop later.
     """
 
     def __init__(
@@ -277,9 +251,7 @@ class LocalControlPlane(StartStopContext):
         binaries = self.binaries
         missing = [str(p) for p in binaries.all() if not os.access(p, os.X_OK)]
         if missing:
-            raise ControlPlaneError(
-                f"missing binaries {missing}; run `python -m tests.e2e.cluster build`"
-            )
+            raise ControlPlaneError(f"missing binaries {missing}; run `python -m localkube build`")
         started = time.monotonic()
         try:
             self._prepare_workdir()
@@ -400,7 +372,7 @@ class LocalControlPlane(StartStopContext):
         return status
 
     def _start_etcd(self) -> None:
-        client_port, peer_port = _distinct_free_ports(2)
+        client_port, peer_port = free_ports(2)
         self._etcd_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         self._say(f"starting etcd on {self._etcd_url}")
@@ -513,7 +485,7 @@ class LocalControlPlane(StartStopContext):
         scheduler_config = self._component_kubeconfig(
             "scheduler", pki.scheduler_cert, pki.scheduler_key, "system:kube-scheduler"
         )
-        kcm_port, scheduler_port = _distinct_free_ports(2)
+        kcm_port, scheduler_port = free_ports(2)
         self._say("starting kube-controller-manager and kube-scheduler")
         self._spawn(
             "kube-controller-manager",
@@ -555,6 +527,6 @@ class LocalControlPlane(StartStopContext):
         parts.append(
             "hints: a component exiting at once usually means a bad flag or a busy port (retry); "
             "a timeout can mean the machine is short of memory or CPU; if a binary is corrupt, "
-            "rebuild with `python -m tests.e2e.cluster build --force`."
+            "rebuild with `python -m localkube build --force`."
         )
         return "\n".join(parts)

@@ -1,8 +1,0 @@
-#!/usr/bin/env bash
-# Fetch the Kafka broker jars for the integration tests (cached; a no-op when already there).
-# Usage: bash tests/support/install_kafka.sh [--version X.Y.Z]
-# Same as: python3 -m tests.support.kafka_broker install [--version X.Y.Z]
-# Needs java (17+) and mvn on PATH; honours SIDECAR_STATE_CACHE (default ~/.cache/sidecar-state).
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-exec python3 -m tests.support.kafka_broker install "$@"
