@@ -45,6 +45,9 @@ from tests.integration.hydrator.support import sidecar_redis_config
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
+#: The issue's target: the hydrator adds at most 30% to a bare consumer's receive latency, at
+#: p50 and at p99 (both measured in the same run). DESIGN.md's absolute targets are context.
+TARGET_RATIO = 1.3
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0
 STOP_CHANNEL = "bench:stop"
@@ -227,7 +230,11 @@ def measure(rates: list[int], seconds: float) -> dict[str, Any]:
     results["targets"] = {
         "p50_ms": TARGET_P50_MS,
         "p99_ms": TARGET_P99_MS,
+        "ratio_to_floor": TARGET_RATIO,
         "met_at_1k": bool(at_1k)
+        and at_1k[0]["p50_ms"] <= TARGET_RATIO * at_1k[0]["kafka_floor_p50_ms"]
+        and at_1k[0]["p99_ms"] <= TARGET_RATIO * at_1k[0]["kafka_floor_p99_ms"],
+        "absolute_met_at_1k": bool(at_1k)
         and at_1k[0]["p50_ms"] <= TARGET_P50_MS
         and at_1k[0]["p99_ms"] <= TARGET_P99_MS,
     }
@@ -296,18 +303,21 @@ def figures(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for run in data.get("runs", []):
         gate = run["rate"] == 1000
+        floor50, floor99 = run["kafka_floor_p50_ms"], run["kafka_floor_p99_ms"]
+        r50 = round(run["p50_ms"] / floor50, 2) if floor50 else None
+        r99 = round(run["p99_ms"] / floor99, 2) if floor99 else None
+        worst = max(r50, r99) if r50 is not None and r99 is not None else None
         rows.append(
             {
                 "figure": f"produce -> visible at {run['rate']:,} rec/s, p50 / p99",
                 "value": f"{run['p50_ms']} / {run['p99_ms']}",
                 "unit": "ms",
-                "baseline": f"Kafka floor (bare consumer) {run['kafka_floor_p50_ms']} / "
-                f"{run['kafka_floor_p99_ms']} ms",
-                "ratio": round(run["p50_ms"] / run["kafka_floor_p50_ms"], 2)
-                if run["kafka_floor_p50_ms"]
-                else None,
-                "target": "p50 <= 5, p99 <= 20 ms" if gate else "(context)",
-                "met": (run["p50_ms"] <= 5 and run["p99_ms"] <= 20) if gate else None,
+                "baseline": f"Kafka floor (bare consumer, same run) {floor50} / {floor99} ms;"
+                f" p50 x{r50}, p99 x{r99}; absolute target p50 <= {TARGET_P50_MS},"
+                f" p99 <= {TARGET_P99_MS} ms",
+                "ratio": worst,
+                "target": f"p50 and p99 <= x{TARGET_RATIO} of the floor" if gate else "(context)",
+                "met": (worst is not None and worst <= TARGET_RATIO) if gate else None,
             }
         )
     return rows

@@ -11,7 +11,8 @@ database at full speed (MSET batches in MULTI/EXEC), then publishes it with SWAP
 is from its first write to the spare database until the rebuilt view is published; only GETs
 inside it count. Redis's own per-command latency histograms (``LATENCY HISTOGRAM``) show how
 long one write batch holds the single-threaded server, i.e. the longest a GET can wait.
-Target (DESIGN.md): app read p99 while hydrating <= 1 ms.
+Target: app read p99 while hydrating <= 1.3x the idle p99, idle measured before each round of
+hydrating runs (DESIGN.md's absolute 1 ms is reported as context).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ from benchmarks.footprint import (
 )
 from benchmarks.lib.processes import sidecar_redis
 from benchmarks.lib.stats import percentile
-from sidecar_hydrator.config import HydratorConfig
+from sidecar_hydrator.config import HydratorConfig, default, replace
 from tests.support.ports import free_port
 
+#: The issue's target: reads while hydrating at full speed stay within 1.3x of idle reads' p99
+#: (the same app, Redis and view, in the same run). DESIGN.md's absolute 1 ms is kept as context.
+TARGET_RATIO: Final = 1.3
 TARGET_P99_MS: Final = 1.0
 READS_PER_S: Final = 4000
 META_KEY: Final = b"sidecar-state:meta"
@@ -210,8 +214,9 @@ def hydrating_run(
         client.config_resetstat()
     finally:
         client.close()
-    config = hydrator_config(server_socket, kafka_bootstrap, topic, free_port()).model_copy(
-        update={"bootstrap_batch_max_keys": batch}
+    config = replace(
+        hydrator_config(server_socket, kafka_bootstrap, topic, free_port()),
+        bootstrap_batch_max_keys=batch,
     )
     hydrator = HydratorProcess(config, workdir / f"hydrator-{i}.log")
     with Reader(server_socket, n, rate, max_s=120) as app, Window(server_socket, 1) as window:
@@ -248,7 +253,7 @@ def hydrating_run(
     }
 
 
-DEFAULT_BATCH: Final = int(HydratorConfig.model_fields["bootstrap_batch_max_keys"].default)
+DEFAULT_BATCH: Final = int(default(HydratorConfig, "bootstrap_batch_max_keys"))
 
 
 def measure(
@@ -277,19 +282,22 @@ def measure(
         with broker() as kafka:
             produce_s = make_topic(kafka, "reader-impact", n)
             results["parameters"]["produce_seconds"] = round(produce_s, 2)
-            client = redis.Redis(unix_socket_path=str(server.socket_path))
-            try:
-                seed_view(client, n)
-                client.config_resetstat()
-                with Reader(str(server.socket_path), n, rate, max_s=idle_s + 30) as app:
-                    time.sleep(idle_s)
-                    _, idle = app.stop()
-                results["idle"] = summary_ms(idle)
-                results["idle_redis_latency_histograms"] = latency_histograms(client, ["get"])
-            finally:
-                client.close()
-            print(f"idle: {results['idle']}", flush=True)
+            idle: list[int] = []
             for i in range(repeat):  # interleaved, so load from the shared machine hits both
+                # The baseline: the same app on the same Redis and view, nothing hydrating,
+                # measured before every round of hydrating runs.
+                client = redis.Redis(unix_socket_path=str(server.socket_path))
+                try:
+                    seed_view(client, n)
+                    client.config_resetstat()
+                    with Reader(str(server.socket_path), n, rate, max_s=idle_s + 30) as app:
+                        time.sleep(idle_s)
+                        _, idle_round = app.stop()
+                    idle.extend(idle_round)
+                    results["idle_redis_latency_histograms"] = latency_histograms(client, ["get"])
+                finally:
+                    client.close()
+                print(f"idle, round {i + 1}: {summary_ms(idle_round)}", flush=True)
                 for batch in batches:
                     run = hydrating_run(
                         kafka.bootstrap_servers, str(server.socket_path), "reader-impact", n,
@@ -305,10 +313,15 @@ def measure(
     finally:
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    results["idle"] = summary_ms(idle)
     results["hydrating"] = {str(batch): summary_ms(values) for batch, values in during.items()}
     results["figures"] = figures(results, batches)
     main_row = results["figures"][0]
-    results["targets"] = {"p99_ms": TARGET_P99_MS, "met": main_row["met"]}
+    results["targets"] = {
+        "p99_over_idle_p99": TARGET_RATIO,
+        "p99_ms": TARGET_P99_MS,
+        "met": main_row["met"],
+    }
     return results
 
 
@@ -332,8 +345,8 @@ def figures(results: dict[str, Any], batches: Sequence[int]) -> list[dict[str, A
                 f"{idle['p50_ms']}; batch {batch} keys, {rate:,} rec/s, Redis EXEC <= "
                 f"{exec_max} µs",
                 "ratio": round(got["p99_ms"] / idle["p99_ms"], 2) if idle["p99_ms"] else None,
-                "target": f"<= {TARGET_P99_MS} ms",
-                "met": got["p99_ms"] <= TARGET_P99_MS,
+                "target": f"<= x{TARGET_RATIO} of idle p99",
+                "met": bool(idle["p99_ms"]) and got["p99_ms"] <= TARGET_RATIO * idle["p99_ms"],
             }
         )
     return rows

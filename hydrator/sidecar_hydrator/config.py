@@ -8,16 +8,28 @@ breaks the type checker and the unit tests, not a running Pod.
 
 Secrets never appear in the rendered JSON: the config names the *environment variables* (filled
 by the kubelet from ``secretKeyRef``) and the *files* (a mounted Secret) that hold them.
+
+The contract is defined once, here, as frozen standard-library dataclasses: their annotations
+are the types, their ``__post_init__`` the constraints. The sidecar parses the rendered JSON
+with :func:`parse` (the standard library only: pydantic and its compiled schemas cost the
+sidecar about 13 MiB of resident memory, a third of its idle footprint); the operator
+validates the same classes with pydantic before it renders them
+(:mod:`sidecar_hydrator.config_pydantic`). ``tests/unit/hydrator/test_hydrator_config_parity.py``
+proves both accept and refuse the same documents and yield equal values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import os
+import re
+import sys
+import types
+import typing
 from collections.abc import Mapping
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any, ClassVar, Literal, TypeVar
 
 CONFIG_ENV = "SIDECAR_STATE_HYDRATOR_CONFIG"
 
@@ -39,14 +51,47 @@ LMDB_MAX_KEY_BYTES = 511
 SourceKind = Literal["kafka", "nats"]
 
 
-class _Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class ConfigError(ValueError):
+    """The rendered config does not fit the contract; the message names the field."""
 
 
-class KafkaConnection(_Contract):
+#: What pydantic makes of these dataclasses when the operator validates them: unknown fields
+#: refused, and no coercion (``"5"`` is not an int), which is what :func:`parse` does.
+_PYDANTIC_CONFIG: dict[str, Any] = {"extra": "forbid", "strict": True}
+
+_C = TypeVar("_C")
+
+
+@typing.dataclass_transform(frozen_default=True, kw_only_default=True)
+def _contract(cls: type[_C]) -> type[_C]:
+    """A frozen dataclass of the contract (hashable, immutable like the view it configures)."""
+    cls.__pydantic_config__ = _PYDANTIC_CONFIG  # type: ignore[attr-defined]
+    return dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
+def _at_least(owner: object, name: str, low: int, high: int | None = None) -> None:
+    value = getattr(owner, name)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name}: {value} must be {bound}")
+
+
+def _not_empty(owner: object, name: str) -> None:
+    if len(getattr(owner, name)) < 1:
+        raise ConfigError(f"{name}: needs at least 1 item")
+
+
+def _matches(owner: object, name: str, pattern: str) -> None:
+    value = getattr(owner, name)
+    if not re.search(pattern, value):
+        raise ConfigError(f"{name}: {value!r} does not match {pattern}")
+
+
+@_contract
+class KafkaConnection:
     """How to reach one Kafka cluster; credentials are referenced, never inlined."""
 
-    bootstrap_servers: tuple[str, ...] = Field(min_length=1)
+    bootstrap_servers: tuple[str, ...]
     security_protocol: SecurityProtocol = "PLAINTEXT"
     sasl_mechanism: SaslMechanism | None = None
     username_env: str | None = None
@@ -60,24 +105,23 @@ class KafkaConnection(_Contract):
     cert_file: str | None = None
     key_file: str | None = None
 
-    @model_validator(mode="after")
-    def _credentials_go_where_they_are_used(self) -> KafkaConnection:
+    def __post_init__(self) -> None:
         """Credentials are used exactly when SASL is on: never silently dropped, never made
         up (a SASL protocol without a mechanism would otherwise fall back to PLAIN)."""
+        _not_empty(self, "bootstrap_servers")
         sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
         given = [n for n in ("sasl_mechanism", "username_env", "password_env") if getattr(self, n)]
         files = [n for n in ("username_file", "password_file") if getattr(self, n)]
         if sasl and len(given) < 3:
-            raise ValueError(
+            raise ConfigError(
                 f"security_protocol {self.security_protocol} needs sasl_mechanism, "
                 "username_env and password_env"
             )
         if not sasl and (given or files):
-            raise ValueError(
+            raise ConfigError(
                 f"{', '.join(given + files)} given with security_protocol "
                 f"{self.security_protocol}, which sends no credentials"
             )
-        return self
 
     def username(self) -> str | None:
         return _read_secret(self.username_file) or (
@@ -101,14 +145,15 @@ def _read_secret(path: str | None) -> str | None:
         return None
 
 
-class NatsConnection(_Contract):
+@_contract
+class NatsConnection:
     """How to reach one NATS system; like Kafka's, credentials are referenced, never inlined.
 
     ``creds`` and ``nkey`` read files of a mounted Secret (a ``.creds`` file, an nkey seed);
     ``token`` and ``userPassword`` read environment variables the kubelet fills from it.
     """
 
-    servers: tuple[str, ...] = Field(min_length=1)
+    servers: tuple[str, ...]
     auth_method: NatsAuthMethod | None = None
     creds_file: str | None = None
     nkey_seed_file: str | None = None
@@ -120,8 +165,8 @@ class NatsConnection(_Contract):
     cert_file: str | None = None
     key_file: str | None = None
 
-    @model_validator(mode="after")
-    def _auth_complete(self) -> NatsConnection:
+    def __post_init__(self) -> None:
+        _not_empty(self, "servers")
         needs = {
             "creds": ("creds_file",),
             "nkey": ("nkey_seed_file",),
@@ -130,43 +175,50 @@ class NatsConnection(_Contract):
         }
         for field in needs.get(self.auth_method or "", ()):
             if not getattr(self, field):
-                raise ValueError(f"auth_method {self.auth_method!r} needs {field}")
-        return self
+                raise ConfigError(f"auth_method {self.auth_method!r} needs {field}")
 
     def env(self, name: str | None) -> str | None:
         return os.environ.get(name) if name else None
 
 
-class NatsKv(_Contract):
+@_contract
+class NatsKv:
     """A KV bucket: its keys are the Redis keys (before the prefix), deletes remove them."""
 
-    bucket: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    bucket: str
     #: Key filters in NATS subject syntax (``*`` one token, ``>`` the rest).
-    keys: tuple[str, ...] = Field(default=(">",), min_length=1)
+    keys: tuple[str, ...] = (">",)
+
+    def __post_init__(self) -> None:
+        _matches(self, "bucket", r"^[A-Za-z0-9_-]+$")
+        _not_empty(self, "keys")
 
 
-class NatsStream(_Contract):
+@_contract
+class NatsStream:
     """A stream: the message subject is the key; ``lastPerSubject`` reads only each
     subject's newest message at bootstrap, ``all`` replays every one."""
 
-    name: str = Field(min_length=1, pattern=r"^[^.*> ]+$")
+    name: str
     #: Subject filters; empty reads every subject of the stream.
     subjects: tuple[str, ...] = ()
     deliver: NatsDeliver = "all"
 
+    def __post_init__(self) -> None:
+        _matches(self, "name", r"^[^.*> ]+$")
 
-class NatsSourceConfig(_Contract):
+
+@_contract
+class NatsSourceConfig:
     """One binding's NATS JetStream source: exactly one of ``kv`` and ``stream``."""
 
     connection: NatsConnection
     kv: NatsKv | None = None
     stream: NatsStream | None = None
 
-    @model_validator(mode="after")
-    def _one_of_kv_or_stream(self) -> NatsSourceConfig:
+    def __post_init__(self) -> None:
         if (self.kv is None) == (self.stream is None):
-            raise ValueError("a NATS source reads exactly one of kv (a bucket) or stream")
-        return self
+            raise ConfigError("a NATS source reads exactly one of kv (a bucket) or stream")
 
     @property
     def stream_name(self) -> str:
@@ -196,7 +248,8 @@ class NatsSourceConfig(_Contract):
         )
 
 
-class KeyMapping(_Contract):
+@_contract
+class KeyMapping:
     """How a record becomes a Redis key and value.
 
     ``raw``: the record key is the Redis key, the value bytes are stored as they are.
@@ -210,7 +263,8 @@ class KeyMapping(_Contract):
     value_field: str | None = None
 
 
-class BindingSource(_Contract):
+@_contract
+class BindingSource:
     """One StateBinding as the hydrator sees it: what to read and how to map its records.
 
     Exactly one source: ``kafka`` with its ``topics``, or ``nats``.
@@ -224,15 +278,13 @@ class BindingSource(_Contract):
     format: RecordFormat = "json"
     keys: KeyMapping = KeyMapping()
 
-    @model_validator(mode="after")
-    def _one_source(self) -> BindingSource:
+    def __post_init__(self) -> None:
         if (self.kafka is None) == (self.nats is None):
-            raise ValueError(f"binding {self.name}: exactly one of kafka and nats is needed")
+            raise ConfigError(f"binding {self.name}: exactly one of kafka and nats is needed")
         if self.kafka is not None and not self.topics:
-            raise ValueError(f"binding {self.name}: a Kafka source needs at least one topic")
+            raise ConfigError(f"binding {self.name}: a Kafka source needs at least one topic")
         if self.nats is not None and self.topics:
-            raise ValueError(f"binding {self.name}: topics are for Kafka; NATS names its stream")
-        return self
+            raise ConfigError(f"binding {self.name}: topics are for Kafka; NATS names its stream")
 
     @property
     def source_kind(self) -> SourceKind:
@@ -270,7 +322,8 @@ HYDRATION_READ_METRIC = f"{METRICS_NAMESPACE}_hydration_read_records"
 HYDRATION_TARGET_METRIC = f"{METRICS_NAMESPACE}_hydration_target_records"
 
 
-class HydratorConfig(_Contract):
+@_contract
+class HydratorConfig:
     """Everything one hydrator needs; the operator renders it, the sidecar parses it."""
 
     redis_socket: str = "/var/run/sidecar-state/redis.sock"
@@ -279,44 +332,71 @@ class HydratorConfig(_Contract):
     #: ``default`` user, which on an injected Redis may only read.
     redis_user: str | None = None
     redis_password_file: str | None = None
-    http_port: int = Field(default=9464, ge=1, le=65535)
-    bindings: tuple[BindingSource, ...] = Field(min_length=1)
-    live_batch_max_keys: int = Field(default=500, ge=1)
-    bootstrap_batch_max_keys: int = Field(default=5000, ge=1)
+    http_port: int = 9464
+    bindings: tuple[BindingSource, ...]
+    live_batch_max_keys: int = 500
+    bootstrap_batch_max_keys: int = 5000
     metadata_key: str = "sidecar-state:meta"
     offsets_key: str = "sidecar-state:offsets"
     #: Larger values are skipped as bad records: one oversized record must not push a small
     #: ``noeviction`` Redis into OOM rejections for every later write.
-    max_value_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_value_bytes: int = 1024 * 1024
     #: Larger keys (prefix included) are skipped as bad records (``key_too_large``): Redis
     #: would take keys up to 512 MB, and each one is also read by every ``SCAN`` of the app.
-    max_key_bytes: int = Field(default=16 * 1024, ge=1)
+    max_key_bytes: int = 16 * 1024
     #: The database a rebuild is written into before ``SWAPDB`` makes it the served one (0).
-    spare_db: int = Field(default=1, ge=1, le=15)
+    spare_db: int = 1
     #: ``lmdb``: no Redis; the view is an LMDB environment under ``lmdb_path`` (see
     #: :mod:`sidecar_hydrator.store_lmdb`), which the app reads in its own process.
     store_engine: StoreEngine = "redis"
     lmdb_path: str = "/var/run/sidecar-state-lmdb"
     #: The map size of one environment: stays below the volume's ``sizeLimit``, which holds
     #: two of them during a rebuild. A write beyond it is refused like a full Redis's.
-    lmdb_map_size: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    lmdb_map_size: int = 64 * 1024 * 1024
     #: Reader slots in the lock file; the hydrator opens first, so its value is the one used.
-    lmdb_max_readers: int = Field(default=126, ge=1, le=65536)
+    lmdb_max_readers: int = 126
     #: Bounds both the wait after a seek and how long a shutdown waits for a parked fetch.
-    fetch_max_wait_ms: int = Field(default=100, ge=1, le=5000)
+    fetch_max_wait_ms: int = 100
     #: Per-partition fetch size while catching up; live fetches fall back to 1 MiB.
-    catchup_fetch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    catchup_fetch_bytes: int = 8 * 1024 * 1024
     #: How often topic metadata is refreshed, i.e. how soon added partitions are picked up.
-    metadata_refresh_ms: int = Field(default=30_000, ge=100)
+    metadata_refresh_ms: int = 30_000
 
-    @model_validator(mode="after")
-    def _keyspaces_disjoint(self) -> HydratorConfig:
+    #: The numeric fields' bounds: (low, high or None).
+    _BOUNDS: ClassVar[dict[str, tuple[int, int | None]]] = {
+        "http_port": (1, 65535),
+        "live_batch_max_keys": (1, None),
+        "bootstrap_batch_max_keys": (1, None),
+        "max_value_bytes": (1, None),
+        "max_key_bytes": (1, None),
+        "spare_db": (1, 15),
+        "lmdb_map_size": (1024 * 1024, None),
+        "lmdb_max_readers": (1, 65536),
+        "fetch_max_wait_ms": (1, 5000),
+        "catchup_fetch_bytes": (1024, None),
+        "metadata_refresh_ms": (100, None),
+    }
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self._BOUNDS.items():
+            _at_least(self, name, low, high)
+        _not_empty(self, "bindings")
+        self._keyspaces_disjoint()
+        if self.store_engine == "lmdb" and self.max_key_bytes > LMDB_MAX_KEY_BYTES:
+            raise ConfigError(
+                f"max_key_bytes {self.max_key_bytes}: LMDB keys are at most "
+                f"{LMDB_MAX_KEY_BYTES} bytes; set it to {LMDB_MAX_KEY_BYTES} or less"
+            )
+        if (self.redis_user is None) != (self.redis_password_file is None):
+            raise ConfigError("redis_user and redis_password_file: set both or neither")
+
+    def _keyspaces_disjoint(self) -> None:
         for key_name in ("metadata_key", "offsets_key"):
             if not getattr(self, key_name).startswith(RESERVED_PREFIX):
-                raise ValueError(f"{key_name} must start with {RESERVED_PREFIX!r}")
+                raise ConfigError(f"{key_name} must start with {RESERVED_PREFIX!r}")
         for binding in self.bindings:
             if binding.keys.prefix.startswith(RESERVED_PREFIX):
-                raise ValueError(
+                raise ConfigError(
                     f"binding {binding.name}: key prefix {binding.keys.prefix!r} is inside the "
                     f"hydrator's reserved namespace {RESERVED_PREFIX!r}"
                 )
@@ -324,16 +404,31 @@ class HydratorConfig(_Contract):
         overlap = prefix_overlaps(prefixes)
         if overlap is not None:
             first, second = overlap
-            raise ValueError(
+            raise ConfigError(
                 f"bindings {first} and {second}: key prefixes {prefixes[first]!r} and "
                 f"{prefixes[second]!r} overlap (each binding needs a prefix of its own)"
             )
-        return self
 
     def to_env_value(self) -> str:
-        # Every field, defaults included: an operator and a hydrator of different versions
-        # must not silently disagree about a default.
-        return self.model_dump_json()
+        """The rendered JSON: every field, defaults included (an operator and a hydrator of
+        different versions must not silently disagree about a default), in field order and
+        compact, byte for byte what pydantic's ``dump_json`` writes (a Pod's rendered env must
+        not change, and roll it, because the renderer did)."""
+        return json.dumps(_plain(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def parse(cls, data: object) -> HydratorConfig:
+        """A config from its JSON-shaped document (:func:`parse`)."""
+        return parse(cls, data)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> HydratorConfig:
+        """A config from its rendered JSON; :class:`ConfigError` names what does not fit."""
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError(f"not JSON: {exc}") from None
+        return parse(cls, data)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> HydratorConfig:
@@ -345,22 +440,7 @@ class HydratorConfig(_Contract):
                 f"{CONFIG_ENV} is not set: the hydrator is configured by the sidecar-state "
                 "operator; run it through the webhook or `sidecar-state inject`."
             ) from None
-        return cls.model_validate_json(raw)
-
-    @model_validator(mode="after")
-    def _lmdb_keys_fit(self) -> HydratorConfig:
-        if self.store_engine == "lmdb" and self.max_key_bytes > LMDB_MAX_KEY_BYTES:
-            raise ValueError(
-                f"max_key_bytes {self.max_key_bytes}: LMDB keys are at most "
-                f"{LMDB_MAX_KEY_BYTES} bytes; set it to {LMDB_MAX_KEY_BYTES} or less"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _user_with_password(self) -> HydratorConfig:
-        if (self.redis_user is None) != (self.redis_password_file is None):
-            raise ValueError("redis_user and redis_password_file: set both or neither")
-        return self
+        return cls.from_json(raw)
 
     def redis_password(self) -> str | None:
         """The hydrator's Redis password, read from ``redis_password_file``."""
@@ -374,3 +454,104 @@ class HydratorConfig(_Contract):
                 f"redis_password_file {self.redis_password_file}: {error.strerror}; it is "
                 "written by the sidecar-state-credentials init container before Redis starts"
             ) from None
+
+
+# -- the standard-library parser --------------------------------------------------------------
+
+
+def _plain(value: object) -> object:
+    """A contract value as JSON-shaped data, fields in declaration order."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of a contract class (what an unset field becomes)."""
+    (field,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return field.default
+
+
+def replace(config: _C, **changes: Any) -> _C:
+    """A copy of a contract value with ``changes``; checked like a new one."""
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        module = sys.modules[cls.__module__]
+        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(module))
+    return hints
+
+
+def parse(cls: type[_C], data: object, *, at: str = "") -> _C:
+    """``data`` (as ``json.loads`` returns it) as a ``cls`` of the contract, strictly.
+
+    What pydantic's strict mode would accept, no more: JSON arrays for tuples, exact types
+    (``true`` is not an int, ``"5"`` not a number), Literal values, ``null`` only where a field
+    is optional, no unknown fields; then the class's own checks (``__post_init__``). Every
+    error names the field's path, e.g. ``bindings[0].kafka.bootstrap_servers``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{at or 'config'}: expected an object, got {_kind(data)}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(at, unknown[0])}: unknown field")
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name in data:
+            values[name] = _value(hints[name], data[name], at=_join(at, name))
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(at, name)}: field required")
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{at}: {exc}" if at else str(exc)) from None
+
+
+def _value(hint: Any, data: object, *, at: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is types.UnionType or origin is typing.Union:
+        options = typing.get_args(hint)
+        if data is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _value(inner, data, at=at)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(data, str) and data in allowed:
+            return data
+        raise ConfigError(f"{at}: expected one of {', '.join(map(repr, allowed))}, got {data!r}")
+    if origin is tuple:
+        if not isinstance(data, list):
+            raise ConfigError(f"{at}: expected an array, got {_kind(data)}")
+        item = typing.get_args(hint)[0]
+        return tuple(_value(item, element, at=f"{at}[{i}]") for i, element in enumerate(data))
+    if dataclasses.is_dataclass(hint):
+        return parse(hint, data, at=at)  # type: ignore[arg-type]
+    if hint is bool or hint is str or hint is int:
+        if type(data) is hint:
+            return data
+        raise ConfigError(f"{at}: expected {_JSON_NAMES[hint]}, got {_kind(data)}")
+    raise TypeError(f"{at}: the contract has a type the parser does not know: {hint!r}")
+
+
+_JSON_NAMES: dict[object, str] = {bool: "a boolean", str: "a string", int: "an integer"}
+
+
+def _kind(data: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    names |= {int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(data), type(data).__name__)
+
+
+def _join(at: str, name: str) -> str:
+    return f"{at}.{name}" if at else name

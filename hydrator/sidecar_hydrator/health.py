@@ -23,11 +23,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
-
 from sidecar_hydrator.config import (
     HYDRATED_METRIC,
     HYDRATION_READ_METRIC,
@@ -36,6 +31,15 @@ from sidecar_hydrator.config import (
     OOM_REJECTIONS_METRIC,
     STALENESS_METRIC,
     STATE_METRIC,
+)
+from sidecar_hydrator.metrics import (
+    CONTENT_TYPE,
+    Counter,
+    Family,
+    Gauge,
+    Histogram,
+    Registry,
+    Sample,
 )
 from sidecar_hydrator.reasons import Reason, State
 
@@ -49,8 +53,8 @@ _BINDING = ["binding", "source"]
 class Metrics:
     """Every metric the hydrator exports, in a registry of its own (one per hydrator)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry if registry is not None else Registry()
         r = self.registry
         self.records_read = Counter(
             "records_read", "Records fetched from the source.", _BINDING, namespace=_NS, registry=r
@@ -197,10 +201,10 @@ class Metrics:
         self.last_apply.set(at)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.render()
 
 
-class OptionalGauge(Collector):
+class OptionalGauge:
     """A gauge whose sample is left out while its value is unknown.
 
     A placeholder such as -1 reads as "fresh" to an alert like ``staleness_seconds > 60``, so
@@ -214,18 +218,13 @@ class OptionalGauge(Collector):
         self._documentation = documentation
         self._value = value
 
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(self._name, self._documentation)
+    def collect(self) -> Iterable[Family]:
         value = self._value()
-        if value is not None:
-            family.add_metric([], value)
-        yield family
-
-    def describe(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily(self._name, self._documentation)
+        samples = [] if value is None else [Sample(self._name, {}, float(value))]
+        yield Family(self._name, self._documentation, "gauge", samples)
 
 
-class StateCollector(Collector):
+class StateCollector:
     """The state as gauges: one sample per reason (1 for the current one, 0 for the others,
     so the ``reason`` label is bounded and ``== 1`` selects it), and the hydration's
     progress in records."""
@@ -233,31 +232,29 @@ class StateCollector(Collector):
     def __init__(self, state: Callable[[], State]) -> None:
         self._state = state
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[Family]:
         state = self._state()
-        family = GaugeMetricFamily(
+        yield Family(
             STATE_METRIC,
             "1 for the hydrator's current state (reason hydrated, or why not), 0 for the others.",
-            labels=["reason"],
+            "gauge",
+            [
+                Sample(STATE_METRIC, {"reason": str(r)}, 1.0 if r is state.reason else 0.0)
+                for r in Reason
+            ],
         )
-        for reason in Reason:
-            family.add_metric([str(reason)], 1.0 if reason is state.reason else 0.0)
-        yield family
-        yield GaugeMetricFamily(
+        yield Family(
             HYDRATION_READ_METRIC,
             "Records read by the hydration under way (since the bindings were positioned).",
-            value=state.read_records,
+            "gauge",
+            [Sample(HYDRATION_READ_METRIC, {}, float(state.read_records))],
         )
-        yield GaugeMetricFamily(
+        yield Family(
             HYDRATION_TARGET_METRIC,
             "Records the hydration under way reads (to the ends snapshotted when positioned).",
-            value=state.target_records,
+            "gauge",
+            [Sample(HYDRATION_TARGET_METRIC, {}, float(state.target_records))],
         )
-
-    def describe(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily(STATE_METRIC, "", labels=["reason"])
-        yield GaugeMetricFamily(HYDRATION_READ_METRIC, "")
-        yield GaugeMetricFamily(HYDRATION_TARGET_METRIC, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +319,7 @@ class HealthServer:
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         path = parts[1].split(b"?", 1)[0]
         if path == b"/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
+            return "200 OK", CONTENT_TYPE, self._metrics.render()
         if path == b"/livez":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":

@@ -24,11 +24,9 @@ from sidecar_hydrator.aio import Stopped, sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig
 from sidecar_hydrator.consumer import Feed, NeedRebuild
 from sidecar_hydrator.health import Metrics
-from sidecar_hydrator.kafka_source import KafkaSource
 from sidecar_hydrator.reasons import Problem, Reason, State, progress_detail, worst
 from sidecar_hydrator.source import Source, SourceError
 from sidecar_hydrator.store import Store, StoreError, StoreState, ViewStore
-from sidecar_hydrator.store_lmdb import LmdbStore
 
 logger = logging.getLogger(__name__)
 
@@ -464,6 +462,10 @@ class Hydrator:
 def _store_of(config: HydratorConfig) -> ViewStore:
     """The store engine the config names: the Pod's Redis, or an LMDB environment."""
     if config.store_engine == "lmdb":
+        # Imported only for the LMDB engine (and Kafka's client only for a Kafka binding,
+        # below): what a hydrator does not use stays out of its memory.
+        from sidecar_hydrator.store_lmdb import LmdbStore
+
         return LmdbStore(
             path=config.lmdb_path,
             map_size=config.lmdb_map_size,
@@ -487,6 +489,11 @@ def _source_of(binding: BindingSource, config: HydratorConfig, metrics: Metrics)
         from sidecar_hydrator.nats_source import NatsSource
 
         return NatsSource(binding=binding, config=config, metrics=metrics)
+    from sidecar_hydrator import lazy_imports
+
+    lazy_imports.defer()  # before aiokafka is imported: its codecs load at the first use
+    from sidecar_hydrator.kafka_source import KafkaSource
+
     return KafkaSource(binding=binding, config=config, metrics=metrics)
 
 

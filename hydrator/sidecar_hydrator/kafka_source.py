@@ -39,6 +39,7 @@ from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnection
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_internals import (
+    LIGHT_RECORDS,
     connect_error,
     fetch_topic_ids,
     refresh_metadata,
@@ -87,6 +88,8 @@ def consumer_options(
         "request_timeout_ms": 10_000,
         "retry_backoff_ms": 100,
         "security_protocol": conn.security_protocol,
+        # Records as KafkaRecord tuples, not aiokafka's ConsumerRecord (see kafka_internals).
+        "value_deserializer": LIGHT_RECORDS,
     }
     if conn.security_protocol in ("SSL", "SASL_SSL"):
         # ``ca.crt`` is optional in the Secret: without it, the system's CAs verify the

@@ -19,9 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
-from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
+from sidecar_hydrator.config import CONFIG_ENV, ConfigError, HydratorConfig
 from sidecar_hydrator.health import HealthServer, Probes
 from sidecar_hydrator.hydrator import Hydrator
 
@@ -144,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         config = HydratorConfig.from_env()
-    except ValidationError as exc:
+    except ConfigError as exc:
         logger.error("invalid %s: %s", CONFIG_ENV, exc)
         return 2
     tune_gc()

@@ -65,7 +65,8 @@ class OperatorSettings(BaseSettings):
     hydrator_memory_request: str = InjectionDefaults().hydrator_memory_request
     hydrator_memory_limit: str = InjectionDefaults().hydrator_memory_limit
     redis_cpu_request: str = InjectionDefaults().redis_cpu_request
-    redis_cpu_limit: str = InjectionDefaults().redis_cpu_limit
+    #: Empty or unset: no CPU limit on Redis (the default; see InjectionDefaults).
+    redis_cpu_limit: str | None = InjectionDefaults().redis_cpu_limit
     allowed_bootstrap_servers: CommaList = Field(
         default=(),
         description="host:port patterns (* wildcards) a binding may read from; empty = any",
@@ -147,7 +148,7 @@ class OperatorSettings(BaseSettings):
             hydrator_memory_request=self.hydrator_memory_request,
             hydrator_memory_limit=self.hydrator_memory_limit,
             redis_cpu_request=self.redis_cpu_request,
-            redis_cpu_limit=self.redis_cpu_limit,
+            redis_cpu_limit=self.redis_cpu_limit or None,
             prometheus_annotations=self.prometheus_annotations,
             authz_loopback_port=self.istio_authorizer_port,
             excluded_namespaces=SYSTEM_NAMESPACES

@@ -112,7 +112,7 @@ def hydrator_config(pod: dict[str, Any]) -> HydratorConfig:
     containers = [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
     hydrator = next(c for c in containers if c["name"] == "sidecar-state-hydrator")
     raw = next(e["value"] for e in hydrator["env"] if e["name"] == CONFIG_ENV)
-    return HydratorConfig.model_validate_json(raw)
+    return HydratorConfig.from_json(raw)
 
 
 def redis_arg(pod: dict[str, Any], flag: str) -> str:

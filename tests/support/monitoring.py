@@ -56,7 +56,7 @@ def _sample_names(family_name: str, kind: str) -> set[str]:
     return {family_name}
 
 
-def _metric_series(metric: MetricWrapperBase) -> dict[str, frozenset[str]]:
+def _metric_series(metric: Any) -> dict[str, frozenset[str]]:
     labels = frozenset(getattr(metric, "_labelnames", ()))
     return {
         name: labels | ({"le"} if name.endswith("_bucket") else set())
@@ -68,12 +68,13 @@ def _metric_series(metric: MetricWrapperBase) -> dict[str, frozenset[str]]:
 def exported_series() -> dict[str, frozenset[str]]:
     """Every series name the hydrator and the operator export -> its label names."""
     from sidecar_hydrator.health import Metrics, OptionalGauge
+    from sidecar_hydrator.metrics import Metric as HydratorMetric
     from sidecar_operator import metrics as operator_metrics
 
     series: dict[str, frozenset[str]] = {}
     hydrator = Metrics()
     for value in [*vars(hydrator).values(), *vars(operator_metrics).values()]:
-        if isinstance(value, MetricWrapperBase):
+        if isinstance(value, MetricWrapperBase | HydratorMetric):
             series.update(_metric_series(value))
         elif isinstance(value, OptionalGauge):  # a gauge with no sample while unknown
             series[value.name] = frozenset()

@@ -135,7 +135,7 @@ sidecar_operator.webhook_config.namespace_selector builds, and as the operator e
 - name: SIDECAR_STATE_REDIS_CPU_REQUEST
   value: {{ .redis.requests.cpu | quote }}
 - name: SIDECAR_STATE_REDIS_CPU_LIMIT
-  value: {{ .redis.limits.cpu | quote }}
+  value: {{ (.redis.limits | default dict).cpu | default "" | quote }}
 {{- end }}
 - name: SIDECAR_STATE_PROMETHEUS_ANNOTATIONS
   value: {{ .Values.monitoring.prometheusAnnotations | quote }}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar_hydrator.config import CONFIG_ENV
+from sidecar_hydrator.config_pydantic import rendered
 from sidecar_operator.api.quantity import format_bytes, quantity_bytes
 from sidecar_operator.injection.defaults import InjectionDefaults
 from sidecar_operator.injection.names import (
@@ -62,7 +63,7 @@ def build_hydrator_container(*, plan: SidecarPlan, defaults: InjectionDefaults) 
         "imagePullPolicy": defaults.image_pull_policy,
         "command": ["sidecar-state-hydrator"],
         "env": [
-            {"name": CONFIG_ENV, "value": plan.hydrator_config.to_env_value()},
+            {"name": CONFIG_ENV, "value": rendered(plan.hydrator_config)},
             *_secret_env(plan),
         ],
         "ports": [{"name": "state-metrics", "containerPort": port, "protocol": "TCP"}],

@@ -20,6 +20,7 @@ from sidecar_hydrator.config import (
     NatsKv,
     NatsSourceConfig,
     NatsStream,
+    parse,
     prefix_overlaps,
 )
 from sidecar_operator.api.models import NatsSource, StateBinding
@@ -181,8 +182,8 @@ def _nats_source(
     elif any(server.startswith("tls://") for server in nats.servers or ()):
         auth = {"tls": True}
     return NatsSourceConfig(
-        connection=NatsConnection.model_validate(
-            {"servers": nats.servers or defaults.nats_servers, **auth}
+        connection=parse(
+            NatsConnection, {"servers": list(nats.servers or defaults.nats_servers), **auth}
         ),
         kv=None if nats.kv is None else NatsKv(bucket=nats.kv.bucket, keys=nats.kv.keys),
         stream=None

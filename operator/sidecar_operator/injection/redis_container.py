@@ -76,7 +76,11 @@ def build_redis_container(*, plan: SidecarPlan, defaults: InjectionDefaults) -> 
         ),
         "resources": {
             "requests": {"cpu": defaults.redis_cpu_request, "memory": memory},
-            "limits": {"cpu": defaults.redis_cpu_limit, "memory": memory},
+            "limits": (
+                {"cpu": defaults.redis_cpu_limit, "memory": memory}
+                if defaults.redis_cpu_limit
+                else {"memory": memory}
+            ),
         },
         "volumeMounts": [
             {"name": SOCKET_VOLUME, "mountPath": defaults.socket_dir},

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar_hydrator.config import HydratorConfig
+from sidecar_hydrator.config import HydratorConfig, replace
 from sidecar_hydrator.main import serve
 from tests.integration.hydrator.support import (
     eventually,
@@ -229,11 +229,10 @@ async def test_alerts_fire_on_series_scraped_from_real_hydrators(
     nowhere = make_redis_server(config=sidecar_redis_config())
     config = make_config(broker=kafka_broker, redis=nowhere, topics=[make_topic()],
                          name="flags", http_port=free_port())  # fmt: skip
-    config = config.model_copy(update={"bindings": tuple(
-        b.model_copy(update={"kafka": b.kafka.model_copy(
-            update={"bootstrap_servers": (f"127.0.0.1:{free_port()}",)})})
+    config = replace(config, bindings=tuple(
+        replace(b, kafka=replace(b.kafka, bootstrap_servers=(f"127.0.0.1:{free_port()}",)))
         for b in config.bindings
-    )})  # fmt: skip
+    ))  # fmt: skip
     async with serving(config) as scrape:
         await asyncio.sleep(2)
         cold = await scrape()

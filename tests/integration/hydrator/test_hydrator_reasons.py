@@ -21,6 +21,7 @@ from sidecar_hydrator.config import (
     NatsConnection,
     NatsKv,
     NatsSourceConfig,
+    replace,
 )
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.reasons import Reason
@@ -119,14 +120,9 @@ async def test_a_wrong_bootstrap_address_is_unreachable(
     topic = make_topic()
     closed = "127.0.0.1:1"  # nothing listens on port 1
     config = make_config(broker=kafka_broker, redis=redis_server, topics=[topic])
-    wrong = config.model_copy(
-        update={
-            "bindings": (
-                config.bindings[0].model_copy(
-                    update={"kafka": KafkaConnection(bootstrap_servers=(closed,))}
-                ),
-            )
-        }
+    wrong = replace(
+        config,
+        bindings=(replace(config.bindings[0], kafka=KafkaConnection(bootstrap_servers=(closed,))),),
     )
     async with serving(wrong) as (hydrator, port):
         await says(

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
 from sidecar_hydrator.batch import Batch
-from sidecar_hydrator.config import KeyMapping
+from sidecar_hydrator.config import KeyMapping, replace
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.records import table_index_key
 from sidecar_hydrator.store import Store
@@ -114,13 +114,8 @@ async def test_debezium_truncate_removes_that_tables_rows_of_that_binding_only(
     orders = make_config(
         broker=kafka_broker, redis=redis_server, topics=[topic], format="debezium", prefix="o:"
     )
-    other = orders.bindings[0].model_copy(
-        update={
-            "name": "mirror",
-            "keys": KeyMapping(prefix="m:"),
-        }
-    )
-    config = orders.model_copy(update={"bindings": (*orders.bindings, other)})
+    other = replace(orders.bindings[0], name="mirror", keys=KeyMapping(prefix="m:"))
+    config = replace(orders, bindings=(*orders.bindings, other))
     async with running(config) as hydrator:
         await hydrated(hydrator)
         assert await view(app_redis, b"o:") == {
@@ -183,10 +178,10 @@ async def test_debezium_keys_string_converter_composite_and_mongodb_after(
         prefix="i:",
         key_field="sku",
     )
-    by_key = by_sku.bindings[0].model_copy(
-        update={"name": "lines", "topics": (composite,), "keys": KeyMapping(prefix="l:")}
+    by_key = replace(
+        by_sku.bindings[0], name="lines", topics=(composite,), keys=KeyMapping(prefix="l:")
     )
-    config = by_sku.model_copy(update={"bindings": (*by_sku.bindings, by_key)})
+    config = replace(by_sku, bindings=(*by_sku.bindings, by_key))
     async with running(config) as hydrator:
         await hydrated(hydrator)
         assert await view(app_redis, b"i:") == {

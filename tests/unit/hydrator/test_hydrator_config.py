@@ -7,9 +7,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from sidecar_hydrator.config import CONFIG_ENV, HydratorConfig
+from sidecar_hydrator.config import CONFIG_ENV, ConfigError, HydratorConfig
 from sidecar_hydrator.kafka_source import KafkaConfigError, consumer_options
 
 MINIMAL = {
@@ -34,7 +33,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
 
 
 def test_round_trip_through_the_env_value() -> None:
-    config = HydratorConfig.model_validate(MINIMAL)
+    config = HydratorConfig.parse(MINIMAL)
     assert HydratorConfig.from_env({CONFIG_ENV: config.to_env_value()}) == config
 
 
@@ -54,19 +53,19 @@ def test_missing_env_is_a_clear_exit() -> None:
     ],
 )
 def test_invalid_configs_are_rejected(patch: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        HydratorConfig.model_validate({**MINIMAL, **patch})
+    with pytest.raises(ConfigError):
+        HydratorConfig.parse({**MINIMAL, **patch})
 
 
 def test_invalid_binding_format_is_rejected() -> None:
     doc = json.loads(json.dumps(MINIMAL))
     doc["bindings"][0]["format"] = "avro"
-    with pytest.raises(ValidationError, match="format"):
-        HydratorConfig.model_validate(doc)
+    with pytest.raises(ConfigError, match="format"):
+        HydratorConfig.parse(doc)
 
 
 def test_consumer_options_plaintext_has_no_group_and_never_auto_resets() -> None:
-    config = HydratorConfig.model_validate(MINIMAL)
+    config = HydratorConfig.parse(MINIMAL)
     options = consumer_options(config.bindings[0].kafka, client_id="c", config=config)
     assert options["group_id"] is None
     assert options["enable_auto_commit"] is False
@@ -87,7 +86,7 @@ def test_consumer_options_sasl_ssl_reads_credentials_from_env(
         username_env="KAFKA_USER",
         password_env="KAFKA_PASSWORD",
     )
-    config = HydratorConfig.model_validate(doc)
+    config = HydratorConfig.parse(doc)
     options = consumer_options(config.bindings[0].kafka, client_id="c", config=config)
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
@@ -131,8 +130,8 @@ def test_credentials_are_never_silently_dropped_nor_made_up(
 ) -> None:
     doc = json.loads(json.dumps(MINIMAL))
     doc["bindings"][0]["kafka"].update(kafka)
-    with pytest.raises(ValidationError, match=fragment):
-        HydratorConfig.model_validate(doc)
+    with pytest.raises(ConfigError, match=fragment):
+        HydratorConfig.parse(doc)
 
 
 def _two_bindings(first: str, second: str) -> dict[str, object]:
@@ -147,12 +146,12 @@ def _two_bindings(first: str, second: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(("first", "second"), [("", "x:"), ("flag:", "flag:"), ("fl", "flag:")])
 def test_overlapping_key_prefixes_are_refused(first: str, second: str) -> None:
-    with pytest.raises(ValidationError, match=r"bindings a and b: key prefixes .* overlap"):
-        HydratorConfig.model_validate(_two_bindings(first, second))
+    with pytest.raises(ConfigError, match=r"bindings a and b: key prefixes .* overlap"):
+        HydratorConfig.parse(_two_bindings(first, second))
 
 
 def test_disjoint_key_prefixes_are_accepted() -> None:
-    config = HydratorConfig.model_validate(_two_bindings("flag:", "price:"))
+    config = HydratorConfig.parse(_two_bindings("flag:", "price:"))
     assert [b.keys.prefix for b in config.bindings] == ["flag:", "price:"]
 
 
@@ -167,14 +166,14 @@ def test_disjoint_key_prefixes_are_accepted() -> None:
     ],
 )
 def test_the_hydrators_namespace_is_its_own(override: dict[str, object], message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        HydratorConfig.model_validate({**MINIMAL, **override})
+    with pytest.raises(ConfigError, match=message):
+        HydratorConfig.parse({**MINIMAL, **override})
 
 
 def _tls(ca_file: str) -> HydratorConfig:
     doc = json.loads(json.dumps(MINIMAL))
     doc["bindings"][0]["kafka"].update(security_protocol="SSL", ca_file=ca_file)
-    return HydratorConfig.model_validate(doc)
+    return HydratorConfig.parse(doc)
 
 
 def test_tls_without_a_ca_file_verifies_with_the_system_cas(tmp_path: Path) -> None:

@@ -13,10 +13,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from sidecar_hydrator import credentials
-from sidecar_hydrator.config import HydratorConfig
+from sidecar_hydrator.config import ConfigError, HydratorConfig
 from sidecar_hydrator.credentials import (
     ACL_FILE,
     HYDRATOR_REDIS_USER,
@@ -110,7 +109,7 @@ def test_main_reports_an_unwritable_directory(tmp_path: Path, capsys: pytest.Cap
 
 def test_config_reads_the_password_from_its_file(tmp_path: Path):
     write_credentials(directory=tmp_path)
-    config = HydratorConfig.model_validate(
+    config = HydratorConfig.parse(
         {
             "bindings": BINDINGS,
             "redis_user": HYDRATOR_REDIS_USER,
@@ -122,7 +121,7 @@ def test_config_reads_the_password_from_its_file(tmp_path: Path):
 
 
 def test_config_without_credentials_connects_as_default():
-    config = HydratorConfig.model_validate({"bindings": BINDINGS})
+    config = HydratorConfig.parse({"bindings": BINDINGS})
 
     assert (config.redis_user, config.redis_password()) == (None, None)
 
@@ -131,12 +130,12 @@ def test_config_without_credentials_connects_as_default():
     "half", [{"redis_user": "u"}, {"redis_password_file": "/var/run/x/redis-password"}]
 )
 def test_a_user_without_a_password_file_or_the_reverse_is_refused(half: dict[str, str]):
-    with pytest.raises(ValidationError, match="redis_user and redis_password_file"):
-        HydratorConfig.model_validate({"bindings": BINDINGS, **half})
+    with pytest.raises(ConfigError, match="redis_user and redis_password_file"):
+        HydratorConfig.parse({"bindings": BINDINGS, **half})
 
 
 def test_a_missing_password_file_is_a_clear_exit(tmp_path: Path):
-    config = HydratorConfig.model_validate(
+    config = HydratorConfig.parse(
         {"bindings": BINDINGS, "redis_user": "u", "redis_password_file": str(tmp_path / "none")}
     )
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sidecar_hydrator.config import NatsConnection, NatsKv, NatsSourceConfig
+from sidecar_hydrator.config import NatsConnection, NatsKv, NatsSourceConfig, parse
 from sidecar_hydrator.nats_auth import PREFIX_USER, Nkey
 from sidecar_hydrator.nats_source import (
     PUBLIC_NKEY,
@@ -21,7 +21,7 @@ from sidecar_hydrator.nats_source import (
 
 def source(**connection: object) -> NatsSourceConfig:
     return NatsSourceConfig(
-        connection=NatsConnection.model_validate({"servers": ["nats://n:4222"], **connection}),
+        connection=parse(NatsConnection, {"servers": ["nats://n:4222"], **connection}),
         kv=NatsKv(bucket="flags"),
     )
 

@@ -236,7 +236,7 @@ class InjectedPod:
 
     @property
     def hydrator_config(self) -> HydratorConfig:
-        return HydratorConfig.model_validate_json(self.hydrator_config_json)
+        return HydratorConfig.from_json(self.hydrator_config_json)
 
     def volume(self, name: str) -> dict[str, Any]:
         matches = [v for v in self.spec.get("volumes") or [] if v["name"] == name]

@@ -80,7 +80,7 @@ def test_redis_memory_request_equals_its_limit(seed_injected):
 
 
 def test_hydrator_config_is_valid_json_for_the_hydrator(seed_injected):
-    config = HydratorConfig.model_validate_json(seed_injected.hydrator_config_json)
+    config = HydratorConfig.from_json(seed_injected.hydrator_config_json)
 
     assert config.redis_socket == SOCKET
 
@@ -229,9 +229,21 @@ def test_sidecars_set_requests_and_limits(seed_injected, name):
     resources = seed_injected.container(name)["resources"]
 
     for kind in ("cpu", "memory"):
+        if name == REDIS_CONTAINER and kind == "cpu":
+            continue  # requested, never limited by default: the next test
         request = parse_quantity(resources["requests"][kind])
         limit = parse_quantity(resources["limits"][kind])
         assert 0 < request <= limit, f"{name} {kind}: request {request}, limit {limit}"
+
+
+def test_redis_has_a_cpu_request_and_no_cpu_limit_by_default(seed_injected):
+    """A CFS quota would throttle Redis's one thread mid-burst while the hydrator writes at
+    full speed, and the app's reads would wait out the period behind it."""
+    resources = seed_injected.container(REDIS_CONTAINER)["resources"]
+
+    assert parse_quantity(resources["requests"]["cpu"]) >= parse_quantity("100m")
+    assert "cpu" not in resources["limits"]
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
 
 
 @pytest.mark.parametrize("name", [CREDENTIALS_CONTAINER, REDIS_CONTAINER, HYDRATOR_CONTAINER])
@@ -280,3 +292,15 @@ def test_no_pull_secrets_configured_leaves_the_pod_without(make_pod, make_bindin
     result = injected(make_pod(), make_binding())
 
     assert "imagePullSecrets" not in result.pod["spec"]
+
+
+@pytest.mark.parametrize(("env", "limit"), [(None, None), ("", None), ("500m", "500m")])
+def test_the_redis_cpu_limit_setting_is_unset_empty_or_a_quantity(monkeypatch, env, limit):
+    """The Helm chart renders an empty SIDECAR_STATE_REDIS_CPU_LIMIT when no limit is set."""
+    from sidecar_operator.settings import OperatorSettings
+
+    if env is None:
+        monkeypatch.delenv("SIDECAR_STATE_REDIS_CPU_LIMIT", raising=False)
+    else:
+        monkeypatch.setenv("SIDECAR_STATE_REDIS_CPU_LIMIT", env)
+    assert OperatorSettings().injection_defaults().redis_cpu_limit == limit

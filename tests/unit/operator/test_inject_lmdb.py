@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from sidecar_hydrator.config import LMDB_MAX_KEY_BYTES, BindingSource, HydratorConfig
+from sidecar_hydrator.config import (
+    LMDB_MAX_KEY_BYTES,
+    BindingSource,
+    ConfigError,
+    HydratorConfig,
+    parse,
+)
 from sidecar_operator.api.models import parse_binding
 from sidecar_operator.api.quantity import quantity_bytes
 from sidecar_operator.injection import InjectionConflict
@@ -114,8 +119,8 @@ def test_lmdb_with_an_eviction_policy_is_refused(binding_doc):
 
 
 def test_the_hydrator_refuses_keys_lmdb_cannot_hold():
-    binding = BindingSource.model_validate(
-        {"name": "b", "kafka": {"bootstrap_servers": ["k:9092"]}, "topics": ["t"]}
+    binding = parse(
+        BindingSource, {"name": "b", "kafka": {"bootstrap_servers": ["k:9092"]}, "topics": ["t"]}
     )
-    with pytest.raises(ValidationError, match="LMDB keys are at most 511 bytes"):
+    with pytest.raises(ConfigError, match="LMDB keys are at most 511 bytes"):
         HydratorConfig(bindings=(binding,), store_engine="lmdb", max_key_bytes=16 * 1024)

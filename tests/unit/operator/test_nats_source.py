@@ -193,7 +193,7 @@ def test_hydrator_config_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one of kafka and nats"):
         BindingSource(name="b")
     with pytest.raises(ValueError, match="needs creds_file"):
-        HydratorConfig.model_validate(
+        HydratorConfig.parse(
             {
                 "bindings": [
                     {
