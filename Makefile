@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help setup lint crds test test-unit test-integration test-e2e \
         cluster-build cluster-up cluster-down bench demo demo-session demo-down test-node \
-        images lock test-kind kind-up kind-down
+        images lock test-kind kind-up kind-down test-e2e-local
 
 help:
 	@echo "make test    - install everything, then lint, unit, integration and e2e tests"
@@ -49,6 +49,12 @@ test-integration:
 test-e2e:
 	scripts/setup.sh cluster
 	$(TIMED) e2e $(PYTEST) tests/e2e -q --ignore=tests/e2e/node
+
+# Only the scenarios that need that host control plane (marker local_cluster: the operator's
+# metrics port, a stand-in mesh webhook on 127.0.0.1, Istio's CRDs); kind skips them.
+test-e2e-local:
+	scripts/setup.sh cluster
+	$(TIMED) e2e-local $(PYTEST) tests/e2e -q --ignore=tests/e2e/node -m local_cluster
 
 # Every image from its Dockerfile; with REGISTRY=registry.example/team, also pushed there.
 images:

@@ -64,18 +64,27 @@ ACTIONLINT=${SIDECAR_STATE_CACHE:-$HOME/.cache/sidecar-state}/tools/actionlint-$
 PROMTOOL_VERSION=v0.316.0
 PROMTOOL=${SIDECAR_STATE_CACHE:-$HOME/.cache/sidecar-state}/tools/promtool-$PROMTOOL_VERSION
 
+# Every Go build here gets the environment of localkube.gobuild.go_env (change both
+# together): the same flags, so Go's build cache shares the standard library and the modules
+# the builds have in common instead of compiling them once per flag set; -s -w at link.
+go_install() {
+  local target=$1; shift
+  GOBIN="$target" CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false -mod=mod" GOTOOLCHAIN=local \
+    go install -ldflags="-s -w" "$@"
+}
+
 tools() {
   if [ ! -x "$ACTIONLINT/actionlint" ]; then
     step "actionlint $ACTIONLINT_VERSION (Go module)"
-    GOBIN="$ACTIONLINT" GOFLAGS=-trimpath go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+    go_install "$ACTIONLINT" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
   fi
   if [ ! -x "$PROMTOOL/promtool" ]; then
     step "promtool $PROMTOOL_VERSION (Go module; a cold build takes minutes)"
     local started=$SECONDS
     # remove_all_sd (Prometheus' plugins/*.go build tags) leaves out the cloud service-discovery
     # plugins (AWS, Azure, GCE, ...): less than half the source to compile, and only rules and
-    # their unit tests are checked here. -s -w: no symbol tables, a shorter link.
-    GOBIN="$PROMTOOL" GOFLAGS=-trimpath go install -tags remove_all_sd -ldflags="-s -w" \
+    # their unit tests are checked here.
+    go_install "$PROMTOOL" -tags remove_all_sd \
       "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
     echo "promtool built in $((SECONDS - started)) s"
   fi
@@ -139,11 +148,15 @@ case "$what" in
   kind) timed system; timed python_deps; timed cluster; timed docker_daemon; timed images
         timed kind ;;
   all) timed system; timed python_deps
-       # The Docker steps wait on the network (mmdebstrap, apt, PyPI) more than on the CPU, the
-       # Go builds keep both cores busy: on a cold machine they overlap. kind needs both.
+       # The Docker steps and Kafka's jars wait on the network (mmdebstrap, apt, PyPI, Maven
+       # Central) more than on the CPU, the Go builds keep both cores busy: on a cold machine
+       # they overlap. kind needs both.
        ( timed docker_daemon && timed images ) &
        docker_steps=$!
-       timed tools; timed kafka; timed nats; timed cluster
+       timed kafka &
+       kafka_step=$!
+       timed tools; timed nats; timed cluster
+       wait "$kafka_step"
        wait "$docker_steps"
        timed kind ;;
   -h|--help) echo "$usage"; echo "Installs what the tests, benchmarks and demo need; cached by version." ;;

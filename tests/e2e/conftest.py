@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from localkube.pytest_plugin import cluster_mode
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Say what to install when the plugin that provides ``cluster`` is missing."""
@@ -18,3 +20,14 @@ def pytest_configure(config: pytest.Config) -> None:
             "the e2e suite needs localkube's pytest plugin: run `scripts/setup.sh python` "
             "(it installs tools/ editable into .venv), and do not pass -p no:localkube"
         )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an existing cluster, skip the ``local_cluster`` scenarios: they need the operator as
+    a process on this machine, or install what only the suite's own cluster may get."""
+    if cluster_mode() != "existing":
+        return
+    skip = pytest.mark.skip(reason="local_cluster: needs the suite's own control plane")
+    for item in items:
+        if item.get_closest_marker("local_cluster"):
+            item.add_marker(skip)

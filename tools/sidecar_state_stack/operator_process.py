@@ -26,9 +26,12 @@ from sidecar_operator.injection import InjectionDefaults
 from sidecar_operator.settings import OperatorSettings
 from sidecar_operator.webhook_config import DEFAULT_NAME, FailurePolicy
 from sidecar_operator.webhook_tls.x509 import write_webhook_certs
+from sidecar_state_stack.objects import binding, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "sidecar-state-system"
+#: How the apiserver says it could not call a webhook; any other answer came from the webhook.
+UNREACHABLE = "failed calling webhook"
 E2E_IMAGES = {
     "SIDECAR_STATE_REDIS_IMAGE": "ghcr.io/sidecar-state/redis:7.0-bookworm",
     "SIDECAR_STATE_HYDRATOR_IMAGE": "sidecar-state/hydrator:e2e",
@@ -155,10 +158,16 @@ class ChartOperator:
 
     Outages are made by scaling its Deployments to zero; the failure policy is patched on the
     chart's webhook configuration. Same methods as :class:`LocalOperator`.
+
+    ``kubectl scale`` and ``rollout status`` return before the cluster has caught up: a Pod
+    scaled away still runs (and repairs) until it is gone, and a Pod that is Ready is not yet
+    behind the webhook's Service (the EndpointSlice, then kube-proxy's rules on the node, follow
+    it). So every step waits for the condition the next one depends on, not for the command.
     """
 
     def __init__(self, *, cluster: ClusterAccess, release: str = "sidecar-state") -> None:
         self.cluster = cluster
+        self.release = release
         self.webhook = f"{release}-webhook"
         self.controller = f"{release}-controller"
         self.configuration = release
@@ -168,10 +177,26 @@ class ChartOperator:
             "scale", "deployment", deployment, "-n", OPERATOR_NAMESPACE, f"--replicas={replicas}"
         )
 
+    def _pods(self, role: str) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component={role}"
+        found = self.cluster.kubectl_json("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", selector)
+        return list(found["items"])
+
+    def _wait_gone(self, role: str, *, timeout: float = 120.0) -> None:
+        wait_for(
+            lambda: not self._pods(role) or None, timeout=timeout, interval=0.5,
+            what=f"the {role} Pods to be gone",
+        )  # fmt: skip
+
     def start(self) -> None:
         self._scale(self.webhook, 2)
         self._scale(self.controller, 1)
         self.wait_ready()
+
+    def stop_controller(self) -> None:
+        """The controller scaled to zero and its Pod gone: nothing repairs labels or status."""
+        self._scale(self.controller, 0)
+        self._wait_gone("controller")
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         for deployment in (self.webhook, self.controller):
@@ -179,15 +204,52 @@ class ChartOperator:
                 "rollout", "status", "deployment", deployment, "-n", OPERATOR_NAMESPACE,
                 f"--timeout={int(timeout)}s", timeout=timeout + 10,
             )  # fmt: skip
+        wait_for(
+            self._only_ready_pods_behind_the_service, timeout=timeout, interval=0.5,
+            what=f"the {self.webhook} Service to hold exactly its Deployment's ready Pods",
+        )  # fmt: skip
+        # Then through the Service's ClusterIP, as the apiserver calls a webhook: a dry-run
+        # StateBinding reaches the validating webhook, three times running (kube-proxy picks
+        # an endpoint per connection).
+        streak = [0]
+
+        def answered() -> bool:
+            streak[0] = streak[0] + 1 if self._webhook_answers() else 0
+            return streak[0] >= 3
+
+        wait_for(answered, timeout=timeout, interval=0.3,
+                 what=f"the apiserver to reach {self.webhook} through its Service")  # fmt: skip
+
+    def _only_ready_pods_behind_the_service(self) -> bool:
+        deployment = self.cluster.kubectl_json(
+            "get", "deployment", self.webhook, "-n", OPERATOR_NAMESPACE
+        )
+        wanted = deployment["spec"].get("replicas", 1)
+        pods = {
+            p["status"].get("podIP") for p in self._pods("webhook")
+            if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in p["status"].get("conditions", []))
+        }  # fmt: skip
+        slices = self.cluster.kubectl_json(
+            "get", "endpointslices", "-n", OPERATOR_NAMESPACE,
+            "-l", f"kubernetes.io/service-name={self.webhook}",
+        )["items"]  # fmt: skip
+        return endpoints_settled(slices, pod_ips=pods, replicas=wanted)
+
+    def _webhook_answers(self) -> bool:
+        probe = binding("webhook-probe", OPERATOR_NAMESPACE)
+        proc = self.cluster.kubectl_run(
+            "create", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False
+        )
+        # Allowed, or refused by the webhook itself: either way it answered.
+        return UNREACHABLE not in proc.stderr
 
     def stop(self) -> None:
         for deployment in (self.webhook, self.controller):
             self._scale(deployment, 0)
-        self.cluster.kubectl_run(
-            "wait", "--for=delete", "pod", "-n", OPERATOR_NAMESPACE,
-            "-l", "app.kubernetes.io/part-of=sidecar-state", "--timeout=120s",
-            check=False, timeout=130,
-        )  # fmt: skip
+        for role in ("webhook", "controller"):
+            self._wait_gone(role)
 
     def register_webhooks(self, failure_policy: FailurePolicy = "Fail") -> None:
         patch = json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy",
@@ -241,6 +303,22 @@ class ChartOperator:
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
         settings: dict[str, Any] = _settings_from_env(env)
         return OperatorSettings(**settings).injection_defaults()
+
+
+def endpoints_settled(
+    slices: list[dict[str, Any]], *, pod_ips: set[str | None], replicas: int
+) -> bool:
+    """True when a Service's EndpointSlices hold exactly ``pod_ips`` as ready endpoints, all
+    ``replicas`` of them, and nothing else (no endpoint of a Pod on its way out)."""
+    ready: set[str | None] = set()
+    other = 0
+    for piece in slices:
+        for endpoint in piece.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready"):
+                ready.update(endpoint.get("addresses") or [])
+            else:
+                other += 1
+    return len(pod_ips) == replicas and ready == pod_ips and other == 0
 
 
 OperatorHandle = LocalOperator | ChartOperator

@@ -6,8 +6,10 @@ a binding that is not Ready each fail (exit 1) with the ✗ line and its advice.
 
 The controller repairs the label and the status within seconds (its watchdog), so the cases
 that break those run with the controller paused: locally the operator is replaced by one that
-runs the webhook role only; on an existing cluster the controller is scaled to zero (its own
-check then fails too).
+runs the webhook role only; on an existing cluster the controller is scaled to zero and its Pod
+waited out (its own check then fails too). The chart's webhook role restores a wiped caBundle
+within seconds (handlers/ca_bundle.py); that case takes away its right to patch the
+configurations meanwhile, as a tightened RBAC would.
 
 The last case fires the operator's alerts (missed injection, webhook refusals) with
 ``promtool test rules`` on series scraped from the real operator's ``/metrics``.
@@ -33,7 +35,13 @@ from sidecar_operator.check import FAILED, OK
 from sidecar_operator.webhook_config import DEFAULT_NAME
 from sidecar_state_stack.monitoring import find_helm, find_promtool, rendered_rules, run_promtool
 from sidecar_state_stack.objects import binding, get_binding, pod, wait_for
-from sidecar_state_stack.operator_process import REPO, ChartOperator, LocalOperator, OperatorHandle
+from sidecar_state_stack.operator_process import (
+    OPERATOR_NAMESPACE,
+    REPO,
+    ChartOperator,
+    LocalOperator,
+    OperatorHandle,
+)
 
 LABEL = "sidecarstate.dev/injection"
 
@@ -61,10 +69,7 @@ def controller_paused(
     cluster: ClusterAccess, operator: OperatorHandle, workdir: Path
 ) -> Iterator[None]:
     if isinstance(operator, ChartOperator):
-        operator.cluster.kubectl_run(
-            "scale", "deployment", operator.controller, "-n", "sidecar-state-system",
-            "--replicas=0",
-        )  # fmt: skip
+        operator.stop_controller()
         try:
             yield
         finally:
@@ -81,6 +86,44 @@ def controller_paused(
         webhook.stop()
         operator.start()
         operator.register_webhooks(policy)
+
+
+@contextlib.contextmanager
+def ca_bundle_repair_paused(operator: OperatorHandle) -> Iterator[None]:
+    """The chart's webhook role without ``patch`` on its webhook configurations, until the
+    authorizer says so (``kubectl auth can-i`` as its ServiceAccount); a local operator
+    registered with ``register-webhooks`` repairs nothing, so there it changes nothing."""
+    if not isinstance(operator, ChartOperator):
+        yield
+        return
+    cluster, role = operator.cluster, operator.webhook
+    rules = cluster.kubectl_json("get", "clusterrole", role)["rules"]
+    ours = [
+        {**r, "verbs": [v for v in r["verbs"] if v != "patch"]}
+        if r.get("apiGroups") == ["admissionregistration.k8s.io"] and "patch" in r["verbs"]
+        else r
+        for r in rules
+    ]
+    assert ours != rules, f"ClusterRole {role} grants no patch on webhook configurations"
+
+    def can_patch() -> bool:
+        proc = cluster.kubectl_run(
+            "auth", "can-i", "patch", f"mutatingwebhookconfigurations/{operator.configuration}",
+            f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{role}", check=False,
+        )  # fmt: skip
+        return proc.stdout.strip() == "yes"
+
+    def set_rules(value: list[dict[str, object]], *, allowed: bool) -> None:
+        patch = json.dumps([{"op": "replace", "path": "/rules", "value": value}])
+        cluster.kubectl_run("patch", "clusterrole", role, "--type=json", "-p", patch)
+        wait_for(lambda: can_patch() == allowed, timeout=30,
+                 what=f"{role} {'' if allowed else 'not '}allowed to patch")  # fmt: skip
+
+    set_rules(ours, allowed=False)
+    try:
+        yield
+    finally:
+        set_rules(rules, allowed=True)
 
 
 def reconciled(cluster: ClusterAccess, name: str, namespace: str) -> None:
@@ -149,18 +192,21 @@ def test_a_wiped_ca_bundle_fails(
     saved = config["webhooks"][0]["clientConfig"]["caBundle"]
     assert base64.b64decode(saved).startswith(b"-----BEGIN CERTIFICATE-----")
     wipe = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]
-    cluster.kubectl_run("patch", "mutatingwebhookconfiguration", name, "--type=json",
-                        "-p", json.dumps(wipe))  # fmt: skip
-    try:
-        proc = sidecar_state_check(cluster, "--namespace", namespace)
-        # What the apiserver does meanwhile, and what SidecarStateWebhookFailing reads.
-        matching = json.dumps(pod("p", namespace, labels={"app": "flags"}))
-        refused = cluster.kubectl_run("create", "-f", "-", input=matching, check=False)
-        metrics = cluster.kubectl_run("get", "--raw", "/metrics").stdout
-    finally:
-        restore = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": saved}]
+    with ca_bundle_repair_paused(operator):
         cluster.kubectl_run("patch", "mutatingwebhookconfiguration", name, "--type=json",
-                            "-p", json.dumps(restore))  # fmt: skip
+                            "-p", json.dumps(wipe))  # fmt: skip
+        try:
+            proc = sidecar_state_check(cluster, "--namespace", namespace)
+            # What the apiserver does meanwhile, and what SidecarStateWebhookFailing reads.
+            matching = json.dumps(pod("p", namespace, labels={"app": "flags"}))
+            refused = cluster.kubectl_run("create", "-f", "-", input=matching, check=False)
+            metrics = cluster.kubectl_run("get", "--raw", "/metrics").stdout
+        finally:
+            restore = [
+                {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": saved}
+            ]
+            cluster.kubectl_run("patch", "mutatingwebhookconfiguration", name, "--type=json",
+                                "-p", json.dumps(restore))  # fmt: skip
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (failure,) = failures(proc.stdout)
@@ -229,12 +275,14 @@ def _scraped(text: str, *, target: dict[str, str]) -> list[dict[str, str]]:
     return series
 
 
+@pytest.mark.local_cluster  # the local operator's metrics port
 def test_operator_alerts_fire_on_the_operators_real_series(
     cluster: ClusterAccess, namespace: str, operator: OperatorHandle, tmp_path: Path
 ) -> None:
     helm, promtool = find_helm(), find_promtool()
-    if not isinstance(operator, LocalOperator) or helm is None or promtool is None:
-        pytest.skip("needs the local operator's metrics port, helm and promtool")
+    assert isinstance(operator, LocalOperator)
+    if helm is None or promtool is None:
+        pytest.skip("needs helm and promtool (scripts/setup.sh tools)")
     # A refused Pod (a container name of ours) and a Pod created while the webhook was away.
     cluster.apply(binding("watched", namespace))
     reconciled(cluster, "watched", namespace)
