@@ -468,7 +468,8 @@ def shortfalls(results: dict[str, dict[str, Any]]) -> list[str]:
         short = [f for f in figures_of(name, data) if f["met"] is False]
         if short:
             listed = "; ".join(f"{f['figure']}: {fmt(f['value'])} {f['unit']}" for f in short)
-            notes.append(note("other", name=name, listed=listed, where=where))
+            which = name if (TEMPLATES / "shortfalls" / f"{name}.md").exists() else "other"
+            notes.append(note(which, name=name, listed=listed, where=where))
     return notes
 
 
