@@ -182,7 +182,7 @@ def _config() -> HydratorConfig:
     )
 
 
-async def run(
+async def measure(
     sizes: list[int], partitions: int, formats: list[RecordFormat], repeat: int
 ) -> dict[str, Any]:
     results: dict[str, Any] = {
@@ -343,7 +343,7 @@ def main() -> None:
     tune_gc()  # as the sidecar process does
     sizes = [int(s) for s in args.sizes.split(",")]
     formats = [cast(RecordFormat, f) for f in args.formats.split(",")]
-    results = asyncio.run(run(sizes, args.partitions, formats, args.repeat))
+    results = asyncio.run(measure(sizes, args.partitions, formats, args.repeat))
     path = write_results("hydration", results)
     print(f"written {path}")
 
