@@ -18,6 +18,7 @@ help:
 	@echo "make bench   - benchmarks, results in benchmarks/results/"
 	@echo "make images  - build the images from their Dockerfiles (REGISTRY=r: push them to r)"
 	@echo "make test-kind - a kind cluster here, the chart installed, the e2e suite against it"
+	@echo "make test-e2e  - the e2e suite on a control plane of host processes (no Docker)"
 	@echo "make test-node - the same kind cluster, the node scenarios (tests/e2e/node) only"
 
 setup:
@@ -33,7 +34,9 @@ lint:
 crds:
 	$(PYTHON) -m sidecar_operator.cli crd --write crds charts/sidecar-state/crds
 
-test: setup lint test-unit test-integration test-e2e test-kind
+# Each e2e scenario runs once: on kind (test-kind: node, operator and chart scenarios against the
+# chart's operator), but for the few only the host control plane can run (test-e2e-local).
+test: setup lint test-unit test-integration test-e2e-local test-kind
 
 test-unit:
 	scripts/setup.sh python
@@ -65,8 +68,8 @@ lock:
 	$(PYTHON) -m images.lock
 
 # The e2e-kind job of .github/workflows/ci.yaml, step for step, on this machine: a kind cluster,
-# the Dockerfile images loaded, the chart installed, the node scenarios and the chart's tests
-# (the operator scenarios run in test-e2e; `... cluster test -- tests/e2e` runs them on kind too).
+# the Dockerfile images loaded, the chart installed, the whole e2e suite against it (node,
+# operator and chart scenarios; the local_cluster ones are skipped there).
 test-kind:
 	scripts/setup.sh kind
 	$(TIMED) kind $(PYTHON) -m localkube.kind.cluster test

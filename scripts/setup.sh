@@ -120,11 +120,17 @@ images() {
 }
 
 kind() {
-  # kind, kubeadm, crictl (Go modules), kubelet, kube-proxy and pause (the control plane's
+  # kind, kubeadm (Go modules), kubelet, kube-proxy and pause (the control plane's
   # Kubernetes release), and the kind node image (assembled, cached by content hash).
   apt_install gcc libc6-dev  # pause.c, compiled statically
-  step "kind, kubeadm, crictl, kubelet, kube-proxy, pause and the kind node image (cached)"
+  step "kind, kubeadm, kubelet, kube-proxy, pause and the kind node image (cached)"
   "$PYTHON" -m localkube.kind.build >/dev/null
+}
+
+kind_layers() {
+  # The node and component images' Debian packages: no binary needed, so during the Go builds.
+  step "the kind node image's package layers (Docker's cache)"
+  "$PYTHON" -m localkube.kind.build layers
 }
 
 timed() {
@@ -151,7 +157,7 @@ case "$what" in
        # The Docker steps and Kafka's jars wait on the network (mmdebstrap, apt, PyPI, Maven
        # Central) more than on the CPU, the Go builds keep both cores busy: on a cold machine
        # they overlap. kind needs both.
-       ( timed docker_daemon && timed images ) &
+       ( timed docker_daemon && timed images && timed kind_layers ) &
        docker_steps=$!
        timed kafka &
        kafka_step=$!

@@ -1,16 +1,19 @@
-"""What a kind cluster here needs: kind itself, kubeadm and crictl, and a node image, all cached.
+"""What a kind cluster here needs: kind itself, kubeadm, and a node image, all cached.
 
 Why assemble the node image ourselves: ``kind build node-image`` always pulls kindnetd and
 local-path, and these machines reach no registry. kind's node contract (read from its create
 flow) is small: systemd as PID 1, containerd on ``/run/containerd/containerd.sock``, kubeadm,
-kubelet, kubectl and crictl on PATH, ``/kind/version``, ``/kind/manifests/default-storage.yaml``,
-and the images kubeadm will run already in containerd's ``k8s.io`` namespace. So:
+kubelet and kubectl on PATH, ``/kind/version``, ``/kind/manifests/default-storage.yaml``, and
+the images kubeadm will run already in containerd's ``k8s.io`` namespace. No crictl: kubeadm
+1.34 talks CRI through its client library (cmd/kubeadm runs no crictl), and kind calls
+``crictl inspecti`` only to skip loading an image the node already has (pkg/cluster/nodeutils;
+when that fails it loads, as a fresh cluster must anyway) and in ``kind export logs``. So:
 
 1. binaries: kubelet, kube-proxy and kubeadm from the same ``k8s.io/kubernetes`` release as the
    control plane (``build.py``'s wrapper-module recipe, sharing Go's build cache with it, so only
-   their own packages and links are new work), crictl and kind from their Go modules; the control
-   plane and etcd are the project's cached builds; the pause image is compiled from the same
-   module's ``build/pause/linux/pause.c``;
+   their own packages and links are new work), kind from its Go module; the control plane and
+   etcd are the project's cached builds; the pause image is compiled from the same module's
+   ``build/pause/linux/pause.c``;
 2. component images: each control-plane binary on ``debian:bookworm-slim``
    (``component.Dockerfile``), tagged as kubeadm expects (``registry.k8s.io/...``);
 3. the node: ``node/Dockerfile`` (Debian's systemd, containerd 1.6, runc, CNI plugins, iptables,
@@ -20,11 +23,12 @@ and the images kubeadm will run already in containerd's ``k8s.io`` namespace. So
 The node image is tagged by a hash of everything it is made of (Dockerfiles, files, binaries,
 component image IDs): a warm call only inspects one tag.
 
-    python -m localkube.kind.build
+    python -m localkube.kind.build [layers]
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import os
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -44,7 +49,6 @@ from localkube.errors import BuildError, KindBuildError
 from localkube.gobuild import Progress, go_env, go_install, locked
 
 KIND_VERSION = "v0.33.0"
-CRICTL_VERSION = "v1.34.0"
 HERE = Path(__file__).resolve().parent
 NODE_CONTEXT = HERE / "node"
 COMPONENT_DOCKERFILE = HERE / "component.Dockerfile"
@@ -55,6 +59,8 @@ REGISTRY = "registry.k8s.io"
 SKIPPED_KUBEADM_PHASES = ("addon/coredns",)
 #: The node's own Kubernetes commands, built beside the control plane (see ``node_dir``).
 NODE_COMMANDS = ("kubelet", "kube-proxy")
+#: What the node image carries on PATH (the rest run as component images).
+NODE_BINARIES = ("kubelet", "kubeadm", "kubectl")
 #: Upstream's pause release for Kubernetes 1.34 (build/pause/Makefile ``TAG``); the name is what
 #: the node's containerd config pins as its sandbox image.
 PAUSE_TAG = "3.10.1"
@@ -182,7 +188,7 @@ def build_node_binaries(*, out: TextIO) -> Path:
 
 
 def build_binaries(*, out: TextIO) -> Path:
-    """kubeadm, crictl and kind into ``tools_dir()`` (serialised with the other Go builds)."""
+    """kubeadm and kind into ``tools_dir()`` (serialised with the other Go builds)."""
     directory = tools_dir()
     group = build_mod.WrapperModule(
         name="kubernetes",
@@ -205,12 +211,6 @@ def build_binaries(*, out: TextIO) -> Path:
                 progress=Progress(out),
             )
         go_install(
-            f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}",
-            target=directory,
-            out=out,
-            label="kind-build",
-        )
-        go_install(
             f"sigs.k8s.io/kind@{KIND_VERSION}", target=directory, out=out, label="kind-build"
         )
     return directory
@@ -229,6 +229,30 @@ def _file_digest(path: Path) -> bytes:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.digest()
+
+
+def build_layers(*, out: TextIO | None = None) -> None:
+    """The Debian-package layers of the node and component images, which need no binary: built
+    while a cold setup's Go builds still run (``setup.sh all``), so that assembling the node
+    after them is only the binaries' layers, the import and the commit (Docker's cache)."""
+    out = out or sys.stderr
+    if external_node_image() is not None:
+        return
+    started = time.monotonic()
+    base.ensure_bases(out=out)
+    with tempfile.TemporaryDirectory(prefix="sstate-node-layers-") as tmp:
+        docker.run(
+            ["build", "--quiet", "--target", "packages", "-f", str(NODE_CONTEXT / "Dockerfile"),
+             str(NODE_CONTEXT)],
+            capture=True,
+        )  # fmt: skip
+        for packages in sorted({p for _, p in component_images().values() if p}):
+            docker.run(
+                ["build", "--quiet", "--target", "packages", "--build-arg",
+                 f"PACKAGES={packages}", "-f", str(COMPONENT_DOCKERFILE), tmp],
+                capture=True,
+            )  # fmt: skip
+    _say(f"node and component package layers ready in {time.monotonic() - started:.0f}s", out)
 
 
 def _build_components(*, binaries: dict[str, Path], out: TextIO) -> dict[str, str]:
@@ -265,7 +289,6 @@ def _node_binaries() -> dict[str, Path]:
         "kubelet": node / "kubelet",
         "kube-proxy": node / "kube-proxy",
         "kubeadm": tools / "kubeadm",
-        "crictl": tools / "crictl",
     }
 
 
@@ -273,7 +296,7 @@ def node_image_key(*, binaries: dict[str, Path], component_ids: dict[str, str]) 
     digest = hashlib.sha256()
     _hash_tree(digest, NODE_CONTEXT)
     digest.update(COMPONENT_DOCKERFILE.read_bytes())
-    for name in ("kubelet", "kubeadm", "kubectl", "crictl"):
+    for name in NODE_BINARIES:
         digest.update(name.encode() + _file_digest(binaries[name]))
     for name, image_id in sorted(component_ids.items()):
         digest.update(f"{name}={image_id}".encode())
@@ -292,7 +315,7 @@ def _assemble_node(*, ref: str, binaries: dict[str, Path], images: list[str], ou
         context = Path(tmp) / "context"
         shutil.copytree(NODE_CONTEXT, context, symlinks=True)
         (context / "bin").mkdir()
-        for name in ("kubelet", "kubeadm", "kubectl", "crictl"):
+        for name in NODE_BINARIES:
             shutil.copy2(binaries[name], context / "bin" / name)
         docker.run(["build", "--quiet", "-t", f"{ref}-base", str(context)], capture=True)
     container = f"sstate-node-build-{os.getpid()}"
@@ -386,8 +409,17 @@ def build(*, out: TextIO | None = None) -> KindTools:
     )
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localkube.kind.build", description=__doc__)
+    parser.add_argument(
+        "what", nargs="?", choices=["all", "layers"], default="all",
+        help="all: everything, print the node image; layers: only the package layers",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
     try:
+        if args.what == "layers":
+            build_layers()
+            return 0
         tools = build()
     except (DockerError, KindBuildError, BuildError) as error:
         print(f"[kind-build] error: {error}", file=sys.stderr)
