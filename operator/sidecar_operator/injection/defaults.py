@@ -58,14 +58,14 @@ class InjectionDefaults(BaseModel):
     hydrator_cpu_limit: str = "200m"
     hydrator_memory_request: str = "64Mi"
     hydrator_memory_limit: str = "128Mi"
-    #: Redis is given a real CPU request and, by default, no CPU limit: a CFS quota throttles
-    #: its one command thread mid-burst while the hydrator writes at full speed, and every app
-    #: read queued behind it waits out the rest of the period (the app's GET p99). A limit can
-    #: still be set (Helm ``sidecars.resources.redis.limits.cpu``, a binding's
-    #: ``spec.store.resources``, the ``redis-cpu-limit`` annotation), e.g. for a LimitRange
-    #: with ``maxLimitRequestRatio``.
+    #: Redis gets a real CPU request and a limit twice that: a tight CFS quota throttles its one
+    #: command thread mid-burst while the hydrator writes at full speed, and every app read
+    #: queued behind it waits out the rest of the period (the app's GET p99). The limit stays by
+    #: default, at the hydrator's ratio of 2, because a namespace whose LimitRange sets a CPU
+    #: ``maxLimitRequestRatio`` refuses a container without one: dropping it on upgrade would
+    #: make new Pods there forbidden. ``None`` (an empty setting) removes it.
     redis_cpu_request: str = "100m"
-    redis_cpu_limit: str | None = None
+    redis_cpu_limit: str | None = "200m"
     hydration_timeout_seconds: int = Field(default=600, ge=10)
     prometheus_annotations: bool = Field(
         default=False,

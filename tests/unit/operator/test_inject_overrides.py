@@ -15,11 +15,6 @@ def test_default_limit_request_ratios_pass_a_common_limit_range(seed_injected):
     for name in (REDIS_CONTAINER, HYDRATOR_CONTAINER):
         resources = seed_injected.container(name)["resources"]
         for kind in ("cpu", "memory"):
-            if name == REDIS_CONTAINER and kind == "cpu":
-                # No CPU limit on Redis by default (a quota throttles its one thread while the
-                # hydrator writes); a LimitRange's default limit, or the Helm value, sets one.
-                assert kind not in resources["limits"]
-                continue
             ratio = parse_quantity(resources["limits"][kind]) / parse_quantity(
                 resources["requests"][kind]
             )
