@@ -129,7 +129,8 @@ def test_a_hydrator_killed_mid_bootstrap_resumes_and_the_app_starts_on_the_whole
 
     # The app started after the second hydrator, on a complete view built by it.
     app_started = _ts(container_status(pod, "app")["state"]["running"]["startedAt"])
-    assert app_started >= second_start, (app_started, second_start)
+    hydrator_now = container_status(pod, HYDRATOR)
+    assert app_started >= second_start, (app_started, second_start, hydrator_now)
     status = app_json(ip, "/status")
     assert status["meta"]["hydrated"] == "1", status
     assert int(status["meta"]["built_at_ms"]) <= status["started_at_ms"], status
