@@ -65,7 +65,7 @@ class OperatorSettings(BaseSettings):
     hydrator_memory_request: str = InjectionDefaults().hydrator_memory_request
     hydrator_memory_limit: str = InjectionDefaults().hydrator_memory_limit
     redis_cpu_request: str = InjectionDefaults().redis_cpu_request
-    #: Empty or unset: no CPU limit on Redis (the default; see InjectionDefaults).
+    #: Unset: the default limit (twice the request; see InjectionDefaults). Empty: none.
     redis_cpu_limit: str | None = InjectionDefaults().redis_cpu_limit
     allowed_bootstrap_servers: CommaList = Field(
         default=(),

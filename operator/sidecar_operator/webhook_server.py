@@ -209,6 +209,6 @@ class AdmissionServer:
                     self.ssl_context()
                     context.load_cert_chain(self.cert_file, self.key_file)
                     stamp = now
-                    logger.warning("Reloaded the webhook's renewed certificate files")
+                    logger.info("Reloaded the webhook's renewed certificate files")
             except (OSError, ssl.SSLError) as error:  # mid-write: the next check retries
                 logger.warning(f"Could not reload the webhook certificate yet: {error}")
