@@ -34,9 +34,12 @@ lint:
 crds:
 	$(PYTHON) -m sidecar_operator.cli crd --write crds charts/sidecar-state/crds
 
-# Each e2e scenario runs once: on kind (test-kind: node, operator and chart scenarios against the
-# chart's operator), but for the few only the host control plane can run (test-e2e-local).
-test: setup lint test-unit test-integration test-e2e-local test-kind
+# lint, test-unit, test-integration, test-e2e-local and test-kind, each as soon as what it needs
+# is installed, while the rest builds (scripts/test.sh --help). Each e2e scenario runs once: on
+# kind (node, operator and chart scenarios against the chart's operator), but for the few only
+# the host control plane can run (test-e2e-local).
+test:
+	scripts/test.sh
 
 test-unit:
 	scripts/setup.sh python

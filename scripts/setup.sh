@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests, the benchmarks and the demo need, on a fresh Debian machine.
 # Every step is idempotent and cached by version: a second run takes seconds.
-#   scripts/setup.sh [system|python|tools|kafka|nats|cluster|docker|images|kind|all]
-#   (default: all)
+#   scripts/setup.sh [system|python|tools|kafka|nats|helm|cluster|docker|images|containers|
+#                     kind-binaries|kind|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -28,7 +28,8 @@ apt_install() {
 }
 
 system() {
-  apt_install redis-server redis-tools python3-venv iproute2
+  # gcc: kind's pause image is pause.c compiled statically.
+  apt_install redis-server redis-tools python3-venv iproute2 gcc libc6-dev
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   command -v mvn >/dev/null || apt_install maven
   if ! command -v go >/dev/null; then
@@ -100,6 +101,12 @@ nats() {
   "$PYTHON" -m sidecar_state_stack.nats_server install >/dev/null
 }
 
+helm() {
+  # Only helm, of the control plane's binaries: the chart's unit and integration tests need it.
+  step "helm (Go module, cached by version)"
+  "$PYTHON" -m localkube build --only helm >/dev/null
+}
+
 cluster() {
   step "Kubernetes control plane binaries (Go modules, cached by version)"
   "$PYTHON" -m localkube build
@@ -119,10 +126,15 @@ images() {
   "$PYTHON" -m images.build >/dev/null
 }
 
+kind_binaries() {
+  # The Go builds of kind(): no Docker needed.
+  step "kind, kubeadm, kubelet, kube-proxy and pause (Go modules, cached by version)"
+  "$PYTHON" -m localkube.kind.build binaries
+}
+
 kind() {
   # kind, kubeadm (Go modules), kubelet, kube-proxy and pause (the control plane's
   # Kubernetes release), and the kind node image (assembled, cached by content hash).
-  apt_install gcc libc6-dev  # pause.c, compiled statically
   step "kind, kubeadm, kubelet, kube-proxy, pause and the kind node image (cached)"
   "$PYTHON" -m localkube.kind.build >/dev/null
 }
@@ -140,7 +152,7 @@ timed() {
   printf 'time: setup %s took %d s\n' "$1" "$((SECONDS - started))" >&2
 }
 
-usage="usage: $0 [system|python|tools|kafka|nats|cluster|docker|images|kind|all]"
+usage="usage: $0 [system|python|tools|kafka|nats|helm|cluster|docker|images|containers|kind-binaries|kind|all]"
 case "$what" in
   system) timed system ;;
   # The last two lines name the tools, for the Makefile and the tests.
@@ -148,9 +160,15 @@ case "$what" in
   python) timed python_deps ;;
   kafka) timed system; timed python_deps; timed kafka ;;
   nats) timed system; timed python_deps; timed nats ;;
+  helm) timed system; timed python_deps; timed helm ;;
   cluster) timed system; timed python_deps; timed cluster ;;
   docker) timed system; timed python_deps; timed docker_daemon ;;
   images) timed system; timed python_deps; timed docker_daemon; timed images ;;
+  # What kind needs of Docker (the daemon, the images, the node's package layers): mostly
+  # waiting on the network, so scripts/test.sh runs it beside the Go builds.
+  containers) timed system; timed python_deps; timed docker_daemon; timed images
+              timed kind_layers ;;
+  kind-binaries) timed system; timed python_deps; timed cluster; timed kind_binaries ;;
   kind) timed system; timed python_deps; timed cluster; timed docker_daemon; timed images
         timed kind ;;
   all) timed system; timed python_deps

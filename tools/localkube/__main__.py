@@ -128,14 +128,15 @@ def cmd_status(workdir: Path) -> int:
     return 0 if ok else 1
 
 
-def cmd_build(*, force: bool, jobs: int | None) -> int:
+def cmd_build(*, force: bool, jobs: int | None, only: Sequence[str]) -> int:
     try:
-        binaries = build_mod.build(force=force, jobs=jobs)
+        binaries = build_mod.build(force=force, jobs=jobs, only=only)
     except BuildError as error:
         print(f"cluster build failed: {error}", file=sys.stderr)
         return 1
     for path in binaries.all():
-        print(path)
+        if path.exists():
+            print(path)
     return 0
 
 
@@ -165,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "build":
             cmd.add_argument("--force", action="store_true", help="rebuild even if cached")
             cmd.add_argument("--jobs", type=int, default=None, help="go build -p")
+            cmd.add_argument(
+                "--only", type=build_mod.group_names, default=build_mod.GROUPS,
+                help=f"comma-separated, of {','.join(build_mod.GROUPS)} (default: all)",
+            )  # fmt: skip
     args = parser.parse_args(argv)
     workdir: Path = args.workdir.expanduser().resolve()
     if args.command == "up":
@@ -173,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_down(workdir)
     if args.command == "status":
         return cmd_status(workdir)
-    return cmd_build(force=args.force, jobs=args.jobs)
+    return cmd_build(force=args.force, jobs=args.jobs, only=args.only)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ on injected Pods.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -58,7 +59,7 @@ ALL_ON = {
 def helm() -> Path:
     found = find_helm()
     if found is None:
-        pytest.skip("no helm: set $HELM, or build it with `python -m localkube build`")
+        missing("no helm: set $HELM, or build it with `scripts/setup.sh helm`")
     return found
 
 
@@ -66,8 +67,15 @@ def helm() -> Path:
 def promtool() -> Path:
     found = find_promtool()
     if found is None:
-        pytest.skip("no promtool: set $PROMTOOL, or build it with `scripts/setup.sh tools`")
+        missing("no promtool: set $PROMTOOL, or build it with `scripts/setup.sh tools`")
     return found
+
+
+def missing(message: str) -> NoReturn:
+    """Skip on a developer's machine; fail in CI, where setup must have built the tool."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ mode, and the public API the tests, the demo and the benchmarks import."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import ipaddress
 import os
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import localkube
+from localkube import build as build_mod
 from localkube import gobuild, pytest_plugin
 from localkube.cache import CACHE_ENV, cache_root
 from localkube.errors import BuildError, ControlPlaneError, KindBuildError, LocalkubeError
@@ -111,6 +113,29 @@ def test_go_install_of_a_cached_binary_runs_nothing(
     assert gobuild.go_install("sigs.k8s.io/kind@v0", target=tmp_path, out=io.StringIO()) == (
         tmp_path / "kind"
     )
+
+
+def test_a_build_of_some_groups_checks_only_their_stamps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("PATH", "")  # no go: a build attempt would fail
+    helm_group = next(g for g in build_mod._groups() if g.name == "helm")
+    directory = build_mod.bin_dir()
+    directory.mkdir(parents=True)
+    (directory / "helm").write_text("#!/bin/sh\n")
+    (directory / "helm").chmod(0o755)
+    build_mod._stamp(directory, helm_group).write_text(build_mod._stamp_text(helm_group))
+    assert build_mod.build(only=("helm",), out=io.StringIO()).helm == directory / "helm"
+    assert not build_mod.is_built()  # etcd and Kubernetes are still missing
+
+
+def test_a_build_of_an_unknown_group_names_the_known_ones() -> None:
+    with pytest.raises(BuildError, match=r"no such build group \['kubelet'\].*'helm'"):
+        build_mod.build(only=("kubelet",), out=io.StringIO())
+    assert build_mod.group_names("helm, etcd") == ("helm", "etcd")
+    with pytest.raises(argparse.ArgumentTypeError, match="kubelet"):
+        build_mod.group_names("helm,kubelet")
 
 
 def test_go_install_without_go_says_what_to_install(

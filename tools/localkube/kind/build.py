@@ -380,6 +380,15 @@ def on_path(name: str) -> Path:
     return Path(found)
 
 
+def build_go_binaries(*, out: TextIO) -> Path:
+    """Every Go build the node image needs (no Docker): the control plane's, kubelet,
+    kube-proxy, pause, kubeadm and kind. ``make test`` runs this while the suites that need
+    none of them run; it returns kind's directory."""
+    build_mod.build(out=out)
+    build_node_binaries(out=out)
+    return build_binaries(out=out)
+
+
 def build(*, out: TextIO | None = None) -> KindTools:
     """Everything ``kind create cluster`` needs here; cached, so a warm call takes seconds."""
     out = out or sys.stderr
@@ -390,9 +399,7 @@ def build(*, out: TextIO | None = None) -> KindTools:
             kind=on_path("kind"), kubectl=on_path("kubectl"), helm=on_path("helm"),
             node_image=given,
         )  # fmt: skip
-    build_mod.build(out=out)
-    build_node_binaries(out=out)
-    directory = build_binaries(out=out)
+    directory = build_go_binaries(out=out)
     base.ensure_bases(out=out)
     binaries = _node_binaries()
     component_ids = _build_components(binaries=binaries, out=out)
@@ -412,13 +419,17 @@ def build(*, out: TextIO | None = None) -> KindTools:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localkube.kind.build", description=__doc__)
     parser.add_argument(
-        "what", nargs="?", choices=["all", "layers"], default="all",
-        help="all: everything, print the node image; layers: only the package layers",
+        "what", nargs="?", choices=["all", "layers", "binaries"], default="all",
+        help="all: everything, print the node image; layers: only the package layers (Docker); "
+        "binaries: only the Go builds (no Docker)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.what == "layers":
             build_layers()
+            return 0
+        if args.what == "binaries":
+            build_go_binaries(out=sys.stderr)
             return 0
         tools = build()
     except (DockerError, KindBuildError, BuildError) as error:
