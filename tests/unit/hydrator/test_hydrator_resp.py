@@ -95,7 +95,8 @@ def test_pairs_and_info() -> None:
     assert resp.pairs([b"a", b"1", b"b", b"2"]) == {b"a": b"1", b"b": b"2"}
     assert resp.pairs([]) == {}
     info = b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n\r\n# Memory\r\nused_memory:12\r\n"
-    assert resp.parse_info(info) == {"redis_version": "7.0.15", "run_id": "abc", "used_memory": "12"}
+    parsed = resp.parse_info(info)
+    assert parsed == {"redis_version": "7.0.15", "run_id": "abc", "used_memory": "12"}
 
 
 # -- framing: replies matched to requests, over a socket pair ---------------------------------
@@ -213,8 +214,8 @@ async def test_call_raises_an_error_reply(pair: tuple[resp.Connection, Peer]) ->
     assert connection.alive  # an error reply is an answer: the stream is in step
 
 
-async def _until(condition: Any, timeout: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(condition: Any, within: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
