@@ -188,7 +188,7 @@ class Connection(asyncio.Protocol):
         """Send ``payload`` (``count`` commands); the future gets their ``count`` replies."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         if self._lost is not None or self._transport is None:
-            future.set_exception(self._lost or ConnectionError("Connection closed."))
+            future.set_exception(_fresh(self._lost or ConnectionError("Connection closed.")))
             return future
         self._pending.append(_Pending(future, count))
         self._transport.write(payload)
@@ -223,7 +223,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lost is None:
-            reason = f"Error while reading from socket: {exc}" if exc else "Connection closed."
+            reason = (
+                f"Error while reading from socket: {exc}" if exc else "Connection closed by server."
+            )
             self._lost = ConnectionError(reason)
         self._fail_pending()
         if not self._closed.done():
@@ -242,13 +244,19 @@ class Connection(asyncio.Protocol):
         while self._pending:
             future = self._pending.popleft().future
             if not future.done():
-                future.set_exception(self._lost)
+                future.set_exception(_fresh(self._lost))
 
     async def close(self) -> None:
         """Close the socket and wait (briefly) until the loop has let go of it."""
         self.fail(ConnectionError("Connection closed by the client."))
         if self._transport is not None:
             await asyncio.wait([self._closed], timeout=1.0)
+
+
+def _fresh(error: RedisError) -> RedisError:
+    """A copy of ``error`` for one more request: one instance raised in several places would
+    collect all their tracebacks."""
+    return type(error)(*error.args)
 
 
 async def _answered(connection: Connection, future: asyncio.Future[list[Any]]) -> list[Any]:
