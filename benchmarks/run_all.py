@@ -390,8 +390,9 @@ def _footprint_notes(fp: dict[str, Any]) -> list[str]:
         redis_file=idle["redis"]["rss_file_mib"], redis_pss=idle["redis"]["pss_mib"],
         hydrator_rss=idle["hydrator"]["rss_mib"], steps=steps,
         together_pss=idle["together_pss_mib"],
-        hydrator_target=fp["targets"]["idle_hydrator_rss_mib"],
-        together_verdict=f"{'within' if together <= target else 'over'} its {target:.0f} MiB",
+        hydrator_target=f"{fp['targets']['idle_hydrator_rss_mib']:.0f}",
+        together_verdict=f"{'within' if together <= target else 'over'} the {target:.0f} MiB"
+        " target",
         python_mib=profile[0]["rss_mib"] if profile else "?", ssl_mib=added.get("ssl", "?"),
         asyncio_mib=added.get("asyncio", "?"), aiokafka_mib=added.get("aiokafka", "?"),
         bytecode=fp["parameters"].get("bytecode", "the hydrator's package compiled at each start"),
