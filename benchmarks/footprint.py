@@ -10,6 +10,11 @@ processes are read, with the peak RSS (VmHWM) and Redis's own ``used_memory``. S
 idle footprint: the sidecars running, hydrated, on an empty topic.
 Targets (issue 17): at idle the hydrator <= 25 MiB RSS, both sidecars <= 40 MiB together.
 
+The hydrator's package runs from compiled bytecode, as in the image (its Dockerfile ends with
+``compileall``): a checkout run with ``PYTHONDONTWRITEBYTECODE=1`` would compile every module
+of the package at each start, and the compiler's memory stays resident (``--bytecode source``
+measures that way).
+
 This module also holds what ``reader_impact`` shares: the hydrator as a process, /proc memory,
 and the record generator.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import itertools
 import json
@@ -36,6 +42,7 @@ from typing import IO, Any, Final
 
 import redis
 
+import sidecar_hydrator
 from benchmarks._common import broker, machine, produce_bulk, write_results
 from benchmarks.lib.processes import sidecar_redis
 from localkube.ports import free_port
@@ -143,12 +150,39 @@ def hydrator_config(socket_path: str, bootstrap: str, topic: str, port: int) -> 
     )
 
 
-class HydratorProcess:
-    """The real ``sidecar-state-hydrator``, configured as the webhook configures it."""
+def compiled_package(workdir: Path) -> Path:
+    """A directory holding a copy of the hydrator's package with its bytecode compiled, to go
+    first on the hydrator's ``PYTHONPATH``: the image runs compiled bytecode, and the standard
+    library and site-packages here have theirs already. A copy, so that no bytecode is written
+    into the checkout (and none of it goes stale there)."""
+    root = workdir / "compiled"
+    shutil.copytree(
+        Path(sidecar_hydrator.__file__).parent,
+        root / "sidecar_hydrator",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    if not compileall.compile_dir(root, quiet=1):
+        raise RuntimeError(f"compileall failed in {root}")
+    return root
 
-    def __init__(self, config: HydratorConfig, log_path: Path) -> None:
+
+def with_pythonpath(env: dict[str, str], first: Path | None) -> dict[str, str]:
+    if first is None:
+        return env
+    rest = env.get("PYTHONPATH")
+    return {**env, "PYTHONPATH": str(first) + (os.pathsep + rest if rest else "")}
+
+
+class HydratorProcess:
+    """The real ``sidecar-state-hydrator``, configured as the webhook configures it;
+    ``pythonpath`` (see :func:`compiled_package`) goes first on its ``PYTHONPATH``."""
+
+    def __init__(
+        self, config: HydratorConfig, log_path: Path, *, pythonpath: Path | None = None
+    ) -> None:
         self.config = config
         self.log_path = log_path
+        self.pythonpath = pythonpath
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -161,7 +195,9 @@ class HydratorProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             hydrator_command(),
-            env={**os.environ, CONFIG_ENV: self.config.to_env_value()},
+            env=with_pythonpath(
+                {**os.environ, CONFIG_ENV: self.config.to_env_value()}, self.pythonpath
+            ),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -244,26 +280,28 @@ print(json.dumps(steps))
 """
 
 #: The hydrator's imports in dependency order; each step's RSS growth is attributed to it.
-#: ``importlib.metadata`` is redis-py's (it reads package versions at import), counted apart
-#: so that redis-py's own share shows; ``kafka_source`` is imported once a Kafka binding is
-#: built (``main`` alone no longer loads any source's client).
+#: ``ssl`` is asyncio's (it imports it whatever the config; libssl and libcrypto), counted
+#: apart so that asyncio's own share shows; ``sidecar_hydrator.store`` brings the hydrator's
+#: Redis client (``resp``, hiredis); ``kafka_source`` is imported once a Kafka binding is
+#: built (``main`` alone loads no source's client).
 IMPORT_STEPS: Final = (
+    "ssl",
     "asyncio",
     "orjson",
     "sidecar_hydrator.config",
-    "importlib.metadata",
-    "redis.asyncio",
+    "sidecar_hydrator.store",
     "aiokafka",
     "sidecar_hydrator.main",
     "sidecar_hydrator.kafka_source",
 )
 
 
-def import_profile() -> list[dict[str, Any]]:
+def import_profile(pythonpath: Path | None = None) -> list[dict[str, Any]]:
     """RSS growth of a fresh interpreter per import: what the hydrator's idle RSS is made of."""
     proc = subprocess.run(
         [sys.executable, "-c", _IMPORT_PROBE, *IMPORT_STEPS],
         capture_output=True, text=True, check=True, timeout=60,
+        env=with_pythonpath(dict(os.environ), pythonpath),
     )  # fmt: skip
     steps = json.loads(proc.stdout)
     rows = [{"step": steps[0][0], "rss_mib": round(steps[0][1], 1), "added_mib": None}]
@@ -277,7 +315,9 @@ def import_profile() -> list[dict[str, Any]]:
 # -- the benchmark ------------------------------------------------------------------------------
 
 
-def one_size(kafka: KafkaBroker, n: int, workdir: Path, settle_s: float) -> dict[str, Any]:
+def one_size(
+    kafka: KafkaBroker, n: int, workdir: Path, settle_s: float, pythonpath: Path | None
+) -> dict[str, Any]:
     topic = f"footprint-{n}"
     produce_s = make_topic(kafka, topic, n)
     server = sidecar_redis(max_memory_bytes=max(64 * MIB, n * 400))
@@ -286,7 +326,8 @@ def one_size(kafka: KafkaBroker, n: int, workdir: Path, settle_s: float) -> dict
         redis_idle_before = memory(server.pid)
         port = free_port()
         config = hydrator_config(str(server.socket_path), kafka.bootstrap_servers, topic, port)
-        with HydratorProcess(config, workdir / f"hydrator-{n}.log") as hydrator:
+        log = workdir / f"hydrator-{n}.log"
+        with HydratorProcess(config, log, pythonpath=pythonpath) as hydrator:
             started = time.monotonic()
             hydrator.wait("/readyz")
             ready_s = time.monotonic() - started
@@ -328,7 +369,7 @@ def one_size(kafka: KafkaBroker, n: int, workdir: Path, settle_s: float) -> dict
     }
 
 
-def measure(sizes: Sequence[int], settle_s: float) -> dict[str, Any]:
+def measure(sizes: Sequence[int], settle_s: float, bytecode: str = "compiled") -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "footprint",
         "machine": machine(),
@@ -340,19 +381,25 @@ def measure(sizes: Sequence[int], settle_s: float) -> dict[str, Any]:
             "redis": "redis_server_args() config, maxmemory max(64 MiB, 400 B/key)",
             "hydrator": " ".join(hydrator_command()) + f" ({CONFIG_ENV})",
             "measured": "/proc/<pid>/status VmRSS, VmHWM; /proc/<pid>/smaps_rollup Pss",
+            "bytecode": {
+                "compiled": "the hydrator's package compiled beforehand, as in the image",
+                "source": "the hydrator's package compiled at each start"
+                + (" (PYTHONDONTWRITEBYTECODE=1)" if sys.flags.dont_write_bytecode else ""),
+            }[bytecode],
         },
         "runs": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="ssb-fp-", dir="/tmp"))
     try:
+        pythonpath = compiled_package(workdir) if bytecode == "compiled" else None
         with broker() as kafka:
             for n in sizes:
-                row = one_size(kafka, n, workdir, settle_s)
+                row = one_size(kafka, n, workdir, settle_s, pythonpath)
                 results["runs"].append(row)
                 print_row(row)
+        results["hydrator_import_profile"] = import_profile(pythonpath)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results["hydrator_import_profile"] = import_profile()
     idle = next((r for r in results["runs"] if r["keys"] == 0), None)
     python_mib = results["hydrator_import_profile"][0]["rss_mib"]
     results["figures"] = figures(results["runs"], idle, python_mib=python_mib)
@@ -433,11 +480,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default="0,100000,1000000")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds idle before reading")
     parser.add_argument("--quick", action="store_true", help="sizes 0,100000; 2 s settle")
+    parser.add_argument(
+        "--bytecode",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="run the hydrator's package from bytecode compiled beforehand (as the image"
+        " does; default) or from source (compiled at each start when PYTHONDONTWRITEBYTECODE"
+        " is set)",
+    )
     args = parser.parse_args(argv)
     sizes = [0, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     settle_s = 2.0 if args.quick else args.settle
     started = time.monotonic()
-    results = measure(sizes, settle_s)
+    results = measure(sizes, settle_s, bytecode=args.bytecode)
     results["seconds"] = round(time.monotonic() - started, 1)
     print("hydrator RSS by import:", ", ".join(
         f"{r['step']} {r['rss_mib']}" for r in results["hydrator_import_profile"]))  # fmt: skip

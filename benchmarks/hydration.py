@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -36,7 +37,7 @@ from sidecar_hydrator.config import (
 from sidecar_hydrator.hydrator import Hydrator
 from sidecar_hydrator.kafka_source import consumer_options
 from sidecar_hydrator.main import tune_gc
-from sidecar_hydrator.store import PackedConnection
+from sidecar_hydrator.resp import Client
 
 TARGET_RECORDS_PER_S = 250_000
 #: Records/s of the hydrator / of a bare aiokafka consumer reading the same topic (issue 17).
@@ -59,12 +60,6 @@ def expected_pairs(n: int, fmt: RecordFormat) -> Iterator[tuple[bytes, bytes]]:
             yield b"item:" + key, value
 
 
-def packed_client(socket: str) -> aioredis.Redis:
-    """The hydrator's own client stack (hiredis-packed commands), minus the hydrator."""
-    pool = aioredis.ConnectionPool(connection_class=PackedConnection, path=socket)
-    return aioredis.Redis(connection_pool=pool)
-
-
 def _last_pair(n: int, fmt: RecordFormat) -> Iterator[tuple[bytes, bytes]]:
     key = f"item-{n - 1:08d}"
     if fmt == "json":
@@ -78,21 +73,20 @@ def _last_pair(n: int, fmt: RecordFormat) -> Iterator[tuple[bytes, bytes]]:
 
 async def mset_rate(socket: str, n: int, fmt: RecordFormat, batch: int) -> float:
     """Keys/s of MSET in MULTI/EXEC, same keys, values and batch size as the hydrator's."""
-    client = packed_client(socket)
+    client = Client(path=socket)  # the hydrator's own client (sidecar_hydrator.resp)
     try:
-        await client.flushall()
+        await client.execute("FLUSHALL")
         pairs = list(expected_pairs(n, fmt))
         started = time.perf_counter()
         for i in range(0, n, batch):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.mset(dict(pairs[i : i + batch]))
-                await pipe.execute()
+            chunk = itertools.chain.from_iterable(pairs[i : i + batch])
+            await client.transaction([("MSET", *chunk)])
         elapsed = time.perf_counter() - started
-        assert await client.dbsize() == n
-        await client.flushall()
+        assert await client.execute("DBSIZE") == n
+        await client.execute("FLUSHALL")
         return n / elapsed
     finally:
-        await client.aclose()
+        await client.disconnect()
 
 
 async def hydrate(

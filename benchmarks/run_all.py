@@ -379,16 +379,23 @@ def _footprint_notes(fp: dict[str, Any]) -> list[str]:
     if fp.get("targets", {}).get("met") is not False:
         return []
     idle = next(r for r in fp["runs"] if r["keys"] == 0)
+    profile = fp.get("hydrator_import_profile", [])
     steps = ", ".join(
-        f"{s['step']} +{s['added_mib']}"
-        for s in fp.get("hydrator_import_profile", [])
-        if s["added_mib"] is not None
+        f"{s['step']} +{s['added_mib']}" for s in profile if s["added_mib"] is not None
     )
+    added = {s["step"]: s["added_mib"] for s in profile}
+    together, target = idle["together_rss_mib"], fp["targets"]["idle_together_rss_mib"]
     return [note(
-        "footprint", together_rss=idle["together_rss_mib"], redis_rss=idle["redis"]["rss_mib"],
+        "footprint", together_rss=together, redis_rss=idle["redis"]["rss_mib"],
         redis_file=idle["redis"]["rss_file_mib"], redis_pss=idle["redis"]["pss_mib"],
         hydrator_rss=idle["hydrator"]["rss_mib"], steps=steps,
         together_pss=idle["together_pss_mib"],
+        hydrator_target=f"{fp['targets']['idle_hydrator_rss_mib']:.0f}",
+        together_verdict=f"{'within' if together <= target else 'over'} the {target:.0f} MiB"
+        " target",
+        python_mib=profile[0]["rss_mib"] if profile else "?", ssl_mib=added.get("ssl", "?"),
+        asyncio_mib=added.get("asyncio", "?"), aiokafka_mib=added.get("aiokafka", "?"),
+        bytecode=fp["parameters"].get("bytecode", "the hydrator's package compiled at each start"),
     )]  # fmt: skip
 
 

@@ -33,7 +33,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from orjson import JSONDecodeError as _OrjsonError
@@ -483,6 +482,9 @@ def _decimal_text(unscaled_base64: Any, scale: Any) -> Any:
     """
     if not isinstance(unscaled_base64, str):
         return unscaled_base64
+    # Imported here: only Debezium decimal columns need it (libmpdec, ~0.6 MiB resident).
+    from decimal import Decimal
+
     unscaled = int.from_bytes(base64.b64decode(unscaled_base64, validate=True), "big", signed=True)
     digits = tuple(int(d) for d in str(abs(unscaled)))
     return format(Decimal((1 if unscaled < 0 else 0, digits, -int(scale))), "f")

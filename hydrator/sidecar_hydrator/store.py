@@ -12,11 +12,11 @@ Layout (all in database 0, the one the app reads):
   topics the positions belong to). Every key under ``sidecar-state:`` is the hydrator's; no
   record can write there (see :func:`sidecar_hydrator.batch.guard_reserved`).
 
-Why the connection hook: redis-py reconnects transparently, so after the Redis container
-restarts (empty — it has no persistence) a write could land in the fresh instance and store
-offsets that claim data which is not there. Every new connection therefore checks the server's
-``run_id`` against the one the view was built in and refuses with :class:`DataLost`; no write
-ever reaches a Redis the hydrator has not inspected.
+Why the connection hook: the client (:mod:`sidecar_hydrator.resp`) reconnects by itself, so after
+the Redis container restarts (empty — it has no persistence) a write could land in the fresh
+instance and store offsets that claim data which is not there. Every new connection therefore
+checks the server's ``run_id`` against the one the view was built in and refuses with
+:class:`DataLost`; no write ever reaches a Redis the hydrator has not inspected.
 
 A rebuild is written into ``spare_db`` and published with ``SWAPDB``, so readers see the old
 view (or an empty one after a restart) until the new one is complete, never a half-built one.
@@ -33,17 +33,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar
 
-import hiredis
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection, UnixDomainSocketConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
-from redis.typing import EncodableT, FieldT
-
+from sidecar_hydrator import resp
 from sidecar_hydrator.aio import sleep_or_stop
 from sidecar_hydrator.config import RESERVED_PREFIX
 from sidecar_hydrator.records import table_index_key
@@ -117,20 +109,20 @@ _R = TypeVar("_R")
 
 
 def _store_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
-    """Translate redis-py's errors (and socket errors) into :class:`StoreError` at the
+    """Translate the client's errors (and socket errors) into :class:`StoreError` at the
     store's edge, so that its callers stay store-neutral."""
 
     @functools.wraps(method)
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await method(*args, **kwargs)
-        except (RedisError, OSError) as exc:
+        except (resp.RedisError, OSError) as exc:
             raise StoreError(str(exc), kind=type(exc).__name__) from exc
 
     return translated
 
 
-class DataLost(RedisConnectionError):
+class DataLost(resp.ConnectionError):
     """The Redis behind the socket is not the one the served view was built in."""
 
 
@@ -293,7 +285,6 @@ class Store:
         self._run_id: str | None = None
         self._served = self._client(db=0)
         self._spare = self._client(db=spare_db)
-        self._heartbeat_script = self._served.register_script(_HEARTBEAT_LUA)
         self._target = self._served
         #: Serialises batch writes with the swap: a batch meant for the spare database must
         #: not land after ``SWAPDB`` (it would be flushed with the old view).
@@ -307,26 +298,21 @@ class Store:
     def spare(self) -> str:
         return f"db {self.spare_db}"
 
-    def _client(self, *, db: int) -> Redis:
-        pool = ConnectionPool(
-            connection_class=PackedConnection,
+    def _client(self, *, db: int) -> resp.Client:
+        # The client never retries: a failed command surfaces, so the hydrator re-inspects
+        # the store before writing again (see the module docstring).
+        return resp.Client(
             path=self.socket_path,
             db=db,
             username=self._username,
             password=self._password,
-            # No automatic retries: a failed command must surface, so the hydrator
-            # re-inspects the store before writing again (see the module docstring).
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=self._socket_timeout,
-            socket_connect_timeout=2.0,
-            redis_connect_func=self._on_connect,
+            timeout=self._socket_timeout,
+            connect_timeout=2.0,
+            on_connect=self._on_connect,
         )
-        return Redis(connection_pool=pool)
 
-    async def _on_connect(self, connection: AbstractConnection) -> None:
-        await connection.on_connect()
-        await connection.send_command("INFO", "server")
-        run_id = parse_run_id(await connection.read_response())
+    async def _on_connect(self, connection: resp.Connection) -> None:
+        run_id = parse_run_id(await connection.call("INFO", "server"))
         if self._run_id is not None and run_id != self._run_id:
             raise DataLost(f"Redis restarted: run_id {self._run_id} -> {run_id}")
 
@@ -336,11 +322,11 @@ class Store:
         reported = False
         while not stop.is_set():
             try:
-                await self._served.ping()
+                await self._served.execute("PING")
                 return True
             except DataLost:
                 return True  # it answers; that it is a new instance is for inspect() to handle
-            except (RedisError, OSError) as exc:
+            except (resp.RedisError, OSError) as exc:
                 if not reported:
                     logger.info("waiting for Redis at %s: %s", self.socket_path, exc)
                     reported = True
@@ -353,29 +339,30 @@ class Store:
         """Read what database 0 holds, and adopt the current server as the one to write to."""
         self._run_id = None
         self._target = self._served  # a rebuild that failed half-way is abandoned
-        await self._served.connection_pool.disconnect()
-        await self._spare.connection_pool.disconnect()
-        info = await self._served.info("server")
-        run_id = str(info["run_id"])
+        await self._served.disconnect()
+        await self._spare.disconnect()
+        run_id = parse_run_id(await self._served.execute("INFO", "server"))
         self._run_id = run_id
-        async with self._served.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.metadata_key)
-            pipe.hgetall(self.offsets_key)
-            pipe.hget(SENTINEL_KEY, _GENERATION)
-            pipe.hgetall(TOPIC_IDS_KEY)
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await self._served.transaction(
+            [
+                ("HGETALL", self.metadata_key),
+                ("HGETALL", self.offsets_key),
+                ("HGET", SENTINEL_KEY, _GENERATION),
+                ("HGETALL", TOPIC_IDS_KEY),
+            ]
+        )
         meta_raw, offsets_raw, sentinel, topic_ids_raw = replies
-        wrong = [r for r in replies if isinstance(r, Exception)]
-        if any(not isinstance(r, ResponseError) for r in wrong):
-            raise next(r for r in wrong if not isinstance(r, ResponseError))
+        wrong = [r for r in replies if isinstance(r, resp.RedisError)]
+        if any(not isinstance(r, resp.ResponseError) for r in wrong):
+            raise next(r for r in wrong if not isinstance(r, resp.ResponseError))
         if wrong:  # WRONGTYPE: a bookkeeping key was written over; rebuild, do not loop
             return StoreState(run_id=run_id, meta={}, offsets={}, wrong_type=True)
         return StoreState(
             run_id=run_id,
-            meta={k.decode(): v.decode() for k, v in meta_raw.items()},
-            offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
+            meta=_texts(meta_raw),
+            offsets={k.decode(): int(v) for k, v in resp.pairs(offsets_raw).items()},
             sentinel=sentinel.decode() if sentinel is not None else None,
-            topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
+            topic_ids=_texts(topic_ids_raw),
         )
 
     @_store_errors
@@ -383,7 +370,7 @@ class Store:
         """Remember the topic IDs of the view being written (served or being rebuilt)."""
         if ids:
             async with self._lock:
-                await self._target.hset(TOPIC_IDS_KEY, mapping=_fields(ids))
+                await self._target.execute("HSET", TOPIC_IDS_KEY, *_flat(ids))
 
     @_store_errors
     async def discard_spare(self) -> int:
@@ -394,9 +381,9 @@ class Store:
         finished. Either would keep a whole copy's worth of ``maxmemory`` for nothing.
         """
         async with self._lock:
-            keys = int(await self._spare.dbsize())
+            keys = int(await self._spare.execute("DBSIZE"))
             if keys:
-                await self._spare.flushdb(asynchronous=True)
+                await self._spare.execute("FLUSHDB", "ASYNC")
             return keys
 
     @_store_errors
@@ -415,23 +402,27 @@ class Store:
         async with self._lock:
             self._target = self._spare
             if resume:
-                async with self._spare.pipeline(transaction=True) as pipe:
-                    pipe.hgetall(self.metadata_key)
-                    pipe.hgetall(self.offsets_key)
-                    pipe.hgetall(TOPIC_IDS_KEY)
-                    replies = await pipe.execute(raise_on_error=False)
-                if not any(isinstance(r, Exception) for r in replies):
-                    meta_raw, offsets_raw, topic_ids_raw = replies
-                    mark = meta_raw.get(REBUILD_MARK.encode(), b"").decode()
-                    if mark == self._run_id and offsets_raw:
+                replies = await self._spare.transaction(
+                    [
+                        ("HGETALL", self.metadata_key),
+                        ("HGETALL", self.offsets_key),
+                        ("HGETALL", TOPIC_IDS_KEY),
+                    ]
+                )
+                if not any(isinstance(r, resp.RedisError) for r in replies):
+                    meta, offsets_raw, topic_ids_raw = replies
+                    meta_text = _texts(meta)
+                    if meta_text.get(REBUILD_MARK) == self._run_id and offsets_raw:
                         return StoreState(
                             run_id=self._run_id,
-                            meta={k.decode(): v.decode() for k, v in meta_raw.items()},
-                            offsets={k.decode(): int(v) for k, v in offsets_raw.items()},
-                            topic_ids={k.decode(): v.decode() for k, v in topic_ids_raw.items()},
+                            meta=meta_text,
+                            offsets={
+                                k.decode(): int(v) for k, v in resp.pairs(offsets_raw).items()
+                            },
+                            topic_ids=_texts(topic_ids_raw),
                         )
-            await self._spare.flushdb(asynchronous=True)
-            await self._spare.hset(self.metadata_key, REBUILD_MARK, self._run_id)
+            await self._spare.execute("FLUSHDB", "ASYNC")
+            await self._spare.execute("HSET", self.metadata_key, REBUILD_MARK, self._run_id)
             return None
 
     @_store_errors
@@ -458,10 +449,10 @@ class Store:
                     own = [k for k in keys if not (is_data and k.startswith(reserved))]
                     if not own:
                         continue
-                    async with self._served.pipeline(transaction=False) as pipe:
-                        for key in own:
-                            pipe.execute_command("COPY", key, key, "DB", self.spare_db, "REPLACE")
-                        copied += sum(1 for done in await pipe.execute() if done)
+                    done = await self._served.pipeline(
+                        [("COPY", key, key, "DB", self.spare_db, "REPLACE") for key in own]
+                    )
+                    copied += sum(1 for copy in resp.raise_first(done) if copy)
         return copied
 
     @_store_errors
@@ -479,7 +470,7 @@ class Store:
         restarted hydrator rebuilds it rather than resuming a view with holes.
         """
         assert self._run_id is not None, "inspect() first"
-        fields = _fields(
+        fields = _flat(
             {
                 **meta,
                 "hydrated": 1 if complete else 0,
@@ -489,32 +480,27 @@ class Store:
                 "built_at_ms": int(time.time() * 1000),
             }
         )
+        bookkeeping: list[resp.Command] = [
+            *([("HSET", self.offsets_key, *_flat(offsets))] if offsets else []),
+            ("HSET", self.metadata_key, *fields),
+            ("HDEL", self.metadata_key, REBUILD_MARK),
+            ("HSET", SENTINEL_KEY, _GENERATION, generation),
+        ]
         async with self._lock:
             try:
-                async with self._spare.pipeline(transaction=True) as pipe:
-                    if offsets:
-                        pipe.hset(self.offsets_key, mapping=_fields(offsets))
-                    pipe.hset(self.metadata_key, mapping=fields)
-                    pipe.hdel(self.metadata_key, REBUILD_MARK)
-                    pipe.hset(SENTINEL_KEY, _GENERATION, generation)
-                    pipe.swapdb(0, self.spare_db)
-                    await pipe.execute()
-            except OutOfMemoryError:
+                resp.raise_first(
+                    await self._spare.transaction([*bookkeeping, ("SWAPDB", 0, self.spare_db)])
+                )
+            except resp.OutOfMemoryError:
                 # Full (only an incomplete view gets here): swap first, free the old view,
                 # then write the bookkeeping. Until it is written, database 0 has no
                 # ``hydrated=1``, so a crash in between means a rebuild, never a resume.
-                await self._spare.swapdb(0, self.spare_db)
-                await self._spare.flushdb()
-                async with self._served.pipeline(transaction=True) as pipe:
-                    if offsets:
-                        pipe.hset(self.offsets_key, mapping=_fields(offsets))
-                    pipe.hset(self.metadata_key, mapping=fields)
-                    pipe.hdel(self.metadata_key, REBUILD_MARK)
-                    pipe.hset(SENTINEL_KEY, _GENERATION, generation)
-                    await pipe.execute()
+                await self._spare.execute("SWAPDB", 0, self.spare_db)
+                await self._spare.execute("FLUSHDB")
+                resp.raise_first(await self._served.transaction(bookkeeping))
             self._target = self._served
             # The old view now sits in the spare database; free it off the main thread.
-            await self._spare.flushdb(asynchronous=True)
+            await self._spare.execute("FLUSHDB", "ASYNC")
 
     @_store_errors
     async def apply(
@@ -525,7 +511,7 @@ class Store:
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
         notify: tuple[str, bytes] | Callable[[], tuple[str, bytes]] | None = None,
-        commands: Sequence[Sequence[EncodableT]] = (),
+        commands: Sequence[resp.Command] = (),
     ) -> ApplyResult:
         """Write one batch, its offsets and metadata atomically (one ``MULTI/EXEC``).
 
@@ -547,32 +533,29 @@ class Store:
                 return await self._apply_unseen(
                     sets=sets, deletes=deletes, offsets=offsets, meta=meta, commands=commands
                 )
-            async with self._target.pipeline(transaction=True) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                if deletes:
-                    pipe.unlink(*deletes)
-                if sets:
-                    pipe.mset(dict(sets))
-                if offsets:
-                    pipe.hset(self.offsets_key, mapping=_fields(offsets))
-                if meta:
-                    pipe.hset(self.metadata_key, mapping=_fields(meta))
-                if notify is not None:
-                    pipe.publish(*(notify() if callable(notify) else notify))
-                try:
-                    await pipe.execute()
-                except OutOfMemoryError:
-                    pass
-                else:
-                    return ApplyResult(applied=len(sets) + len(deletes), refused={})
+            batch: list[resp.Command] = list(commands)
+            if deletes:
+                batch.append(("UNLINK", *deletes))
+            if sets:
+                batch.append(("MSET", *itertools.chain.from_iterable(sets.items())))
+            if offsets:
+                batch.append(("HSET", self.offsets_key, *_flat(offsets)))
+            if meta:
+                batch.append(("HSET", self.metadata_key, *_flat(meta)))
+            if notify is not None:
+                batch.append(("PUBLISH", *(notify() if callable(notify) else notify)))
+            try:
+                resp.raise_first(await self._target.transaction(batch))
+            except resp.OutOfMemoryError:
+                pass
+            else:
+                return ApplyResult(applied=len(sets) + len(deletes), refused={})
             # Not a transaction: a full Redis refuses every command queued in MULTI, even
             # the ones that only free memory.
-            async with self._target.pipeline(transaction=False) as pipe:
-                pipe.hdel(self.metadata_key, "hydrated", "complete")
-                if deletes:
-                    pipe.unlink(*deletes)
-                await pipe.execute()
+            freeing: list[resp.Command] = [("HDEL", self.metadata_key, "hydrated", "complete")]
+            if deletes:
+                freeing.append(("UNLINK", *deletes))
+            resp.raise_first(await self._target.pipeline(freeing))
             if commands:
                 # A truncate only frees memory, so it runs on a full Redis too. Index entries
                 # of refused keys may get in: a member whose key is missing costs nothing.
@@ -586,7 +569,7 @@ class Store:
         deletes: list[bytes],
         offsets: Mapping[str, int],
         meta: Mapping[str, str | int],
-        commands: Sequence[Sequence[EncodableT]],
+        commands: Sequence[resp.Command],
     ) -> ApplyResult:
         """Write a batch into the spare database, which no reader sees until the swap.
 
@@ -597,38 +580,33 @@ class Store:
         is idempotent: last write per key wins).
         """
         items = list(sets.items())
-        async with self._target.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            for start in range(0, len(deletes), UNSEEN_CHUNK_KEYS):
-                pipe.unlink(*deletes[start : start + UNSEEN_CHUNK_KEYS])
-            chunks = [
-                items[start : start + UNSEEN_CHUNK_KEYS]
-                for start in range(0, len(items), UNSEEN_CHUNK_KEYS)
-            ]
-            for chunk in chunks:
-                # MSET's arguments straight from the pairs: redis-py's mset() copies them
-                # through a dict and a Python loop first.
-                pipe.execute_command("MSET", *itertools.chain.from_iterable(chunk))
-            results = await pipe.execute(raise_on_error=False)
-        failures = [r for r in results if isinstance(r, Exception)]
+        batch: list[resp.Command] = list(commands)
+        for start in range(0, len(deletes), UNSEEN_CHUNK_KEYS):
+            batch.append(("UNLINK", *deletes[start : start + UNSEEN_CHUNK_KEYS]))
+        chunks = [
+            items[start : start + UNSEEN_CHUNK_KEYS]
+            for start in range(0, len(items), UNSEEN_CHUNK_KEYS)
+        ]
+        batch += [("MSET", *itertools.chain.from_iterable(chunk)) for chunk in chunks]
+        results = await self._target.pipeline(batch)
+        failures = [r for r in results if isinstance(r, resp.RedisError)]
         refused: dict[bytes, bytes] = {}
         for chunk, result in zip(chunks, results[len(results) - len(chunks) :], strict=True):
-            if isinstance(result, OutOfMemoryError):
+            if isinstance(result, resp.OutOfMemoryError):
                 refused.update(chunk)
-        if any(not isinstance(f, OutOfMemoryError) for f in failures):
-            raise next(f for f in failures if not isinstance(f, OutOfMemoryError))
+        if any(not isinstance(f, resp.OutOfMemoryError) for f in failures):
+            raise next(f for f in failures if not isinstance(f, resp.OutOfMemoryError))
         if refused:
             # The refused writes live only in this process: a rebuild with holes must start
             # over rather than be resumed after a restart (HDEL works on a full Redis).
-            await self._target.hdel(self.metadata_key, REBUILD_MARK)
+            await self._target.execute("HDEL", self.metadata_key, REBUILD_MARK)
             return ApplyResult(applied=len(deletes) + len(items) - len(refused), refused=refused)
-        async with self._target.pipeline(transaction=True) as pipe:
-            if offsets:
-                pipe.hset(self.offsets_key, mapping=_fields(offsets))
-            if meta:
-                pipe.hset(self.metadata_key, mapping=_fields(meta))
-            await pipe.execute()
+        bookkeeping: list[resp.Command] = []
+        if offsets:
+            bookkeeping.append(("HSET", self.offsets_key, *_flat(offsets)))
+        if meta:
+            bookkeeping.append(("HSET", self.metadata_key, *_flat(meta)))
+        resp.raise_first(await self._target.transaction(bookkeeping))
         return ApplyResult(applied=len(deletes) + len(items), refused={})
 
     @_store_errors
@@ -642,54 +620,46 @@ class Store:
         ``generation`` ``None`` (no view of ours is served) the metadata says ``hydrated=0``
         and claims no freshness.
         """
-        args: list[EncodableT] = [generation or ""]
-        for name, value in fields.items():
-            args += [name, value]
-        intact, error = await self._heartbeat_script(
-            keys=[SENTINEL_KEY, self.metadata_key, self.offsets_key], args=args
+        # EVAL, not EVALSHA: the script is a kilobyte once a second, and Redis keeps it
+        # compiled in its script cache either way.
+        intact, error = await self._served.execute(
+            "EVAL",
+            _HEARTBEAT_LUA,
+            3,
+            SENTINEL_KEY,
+            self.metadata_key,
+            self.offsets_key,
+            generation or "",
+            *_flat(fields),
         )
         message = error.decode() if isinstance(error, bytes) else str(error)
         if message and not message.startswith("OOM"):
-            raise ResponseError(message)
+            raise resp.ResponseError(message)
         return HeartbeatResult(
             intact=generation is not None and bool(intact), full=message.startswith("OOM")
         )
 
     @_store_errors
     async def used_memory(self) -> int:
-        info = await self._served.info("memory")
+        info = resp.parse_info(await self._served.execute("INFO", "memory"))
         return int(info["used_memory"])
 
+    @_store_errors
     async def memory_usage(self) -> tuple[int, int]:
         """(used_memory, maxmemory) from one INFO: dashboards plot one against the other."""
-        info = await self._served.info("memory")
+        info = resp.parse_info(await self._served.execute("INFO", "memory"))
         return int(info["used_memory"]), int(info["maxmemory"])
 
     async def close(self) -> None:
-        await self._served.aclose()
-        await self._spare.aclose()
+        await self._served.disconnect()
+        await self._spare.disconnect()
 
 
-async def _run_allowing_oom(client: Redis, commands: Sequence[Sequence[EncodableT]]) -> None:
+async def _run_allowing_oom(client: resp.Client, commands: Sequence[resp.Command]) -> None:
     """Run ``commands`` one by one, skipping those a full Redis refuses; raise other errors."""
-    async with client.pipeline(transaction=False) as pipe:
-        for command in commands:
-            pipe.execute_command(*command)
-        results = await pipe.execute(raise_on_error=False)
-    for result in results:
-        if isinstance(result, Exception) and not isinstance(result, OutOfMemoryError):
+    for result in await client.pipeline(commands):
+        if isinstance(result, resp.RedisError) and not isinstance(result, resp.OutOfMemoryError):
             raise result
-
-
-class PackedConnection(UnixDomainSocketConnection):
-    """Packs commands in C (hiredis) instead of redis-py's Python loop: a bootstrap batch is
-    one MSET of 10,000 arguments, and packing them in Python took longer than Redis took to
-    execute them."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " in args[0]:
-            args = (*args[0].split(), *args[1:])  # "CLIENT SETINFO" -> "CLIENT", "SETINFO"
-        return [hiredis.pack_command(cast(Any, args))]
 
 
 def parse_run_id(info: bytes | str) -> str:
@@ -698,16 +668,18 @@ def parse_run_id(info: bytes | str) -> str:
     for line in text.splitlines():
         if line.startswith("run_id:"):
             return line[len("run_id:") :].strip()
-    raise RedisError("INFO server has no run_id")
+    raise resp.ResponseError("INFO server has no run_id")
 
 
-async def _scan_pages(client: Redis, *, pattern: bytes) -> AsyncIterator[list[bytes]]:
-    cursor = 0
+async def _scan_pages(client: resp.Client, *, pattern: bytes) -> AsyncIterator[list[bytes]]:
+    cursor = b"0"
     while True:
-        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=UNSEEN_CHUNK_KEYS)
+        cursor, keys = await client.execute(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", UNSEEN_CHUNK_KEYS
+        )
         if keys:
-            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-        if cursor == 0:
+            yield keys
+        if cursor == b"0":
             return
 
 
@@ -721,5 +693,11 @@ def _glob_escape(text: bytes) -> bytes:
     return bytes(out)
 
 
-def _fields(mapping: Mapping[str, str | int]) -> dict[FieldT, EncodableT]:
-    return {k: v for k, v in mapping.items()}
+def _flat(mapping: Mapping[str, str | int]) -> list[resp.Arg]:
+    """``HSET``'s field/value arguments."""
+    return [*itertools.chain.from_iterable(mapping.items())]
+
+
+def _texts(reply: Sequence[bytes]) -> dict[str, str]:
+    """A ``HGETALL`` reply as text."""
+    return {k.decode(): v.decode() for k, v in resp.pairs(reply).items()}

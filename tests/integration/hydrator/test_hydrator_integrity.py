@@ -90,6 +90,30 @@ async def test_an_apply_loop_that_keeps_failing_turns_readyz_503_logs_once_and_c
         await eventually(lambda: _status_is(port, "/readyz", 200), within=10, what="ready")
 
 
+async def test_a_redis_that_refuses_the_memory_sample_is_a_store_failure_not_an_exit(
+    pod: KafkaPod,
+) -> None:
+    """The heartbeat's INFO memory fails like every other store call: counted, the cycle
+    ends and the store is inspected again, and the hydrator recovers once Redis answers
+    (it used to escape the store's error translation and end the hydrator)."""
+    topic = await pod.topic_with([(b"a", b"1")])
+    config = pod.config(topic, format="raw")
+    async with running_hydrated(config) as hydrator:
+        await pod.app.execute_command("ACL", "SETUSER", "default", "-info")
+        try:
+            await eventually(
+                lambda: sample(hydrator, "store_failures_total", kind="NoPermissionError") >= 1,
+                within=10,
+                what="the refused INFO counted",
+            )
+        finally:
+            await pod.app.execute_command("ACL", "SETUSER", "default", "+info")
+        await pod.produce(topic, [(b"a", b"2")])
+        await eventually(lambda: value_is(pod.app, b"a", b"2"), within=10, what="recovery")
+        await hydrated(hydrator)
+        assert (await pod.app.hgetall(b"sidecar-state:meta"))[b"hydrated"] == b"1"
+
+
 async def _status_is(port: int, path: str, status: int) -> bool:
     return await http_status(port, path) == status
 

@@ -11,9 +11,13 @@ import pytest
 KAFKA = {"name": "k", "kafka": {"bootstrap_servers": ["127.0.0.1:1"]}, "topics": ["t"]}
 NATS = {"name": "n", "nats": {"connection": {"servers": ["nats://127.0.0.1:1"]},
                               "kv": {"bucket": "b"}}}  # fmt: skip
-#: Top-level packages (and hydrator modules) that only some configs need.
+#: Top-level packages (and hydrator modules) that only some configs need, and some that no
+#: config does: redis-py (the store has its own client, sidecar_hydrator.resp; redis-py and
+#: the importlib.metadata it reads its version with were ~8.7 MiB), argparse (only for
+#: --help) and decimal (only when a Debezium decimal is decoded).
 OPTIONAL = ("nats", "aiokafka", "lmdb", "sidecar_hydrator.nats_source",
-            "sidecar_hydrator.kafka_source", "sidecar_hydrator.store_lmdb")  # fmt: skip
+            "sidecar_hydrator.kafka_source", "sidecar_hydrator.store_lmdb",
+            "redis", "importlib.metadata", "argparse", "decimal")  # fmt: skip
 
 
 def _loaded_by(config: dict[str, object]) -> set[str]:
@@ -40,7 +44,8 @@ def _loaded_by(config: dict[str, object]) -> set[str]:
     [
         # nats-py (and what it pulls in) was over a quarter of an idle hydrator's RSS.
         ({"bindings": [KAFKA]}, {"aiokafka", "sidecar_hydrator.kafka_source"}),
-        ({"bindings": [NATS]}, {"nats", "sidecar_hydrator.nats_source"}),
+        # nats-py reads its own version with importlib.metadata.
+        ({"bindings": [NATS]}, {"nats", "sidecar_hydrator.nats_source", "importlib.metadata"}),
         (
             {"bindings": [KAFKA], "store_engine": "lmdb", "max_key_bytes": 511},
             {"aiokafka", "sidecar_hydrator.kafka_source", "lmdb", "sidecar_hydrator.store_lmdb"},
