@@ -27,6 +27,7 @@ from sidecar_operator.injection.placement import reposition
 from sidecar_operator.settings import OperatorSettings
 
 NAMESPACE = "shop"
+SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def _context(defaults: InjectionDefaults) -> OperatorContext:
@@ -120,6 +121,14 @@ CORPUS: dict[str, Callable[[Any, Any], tuple[dict[str, Any], list[Any], Injectio
     "lmdb": lambda pod, b: (
         pod(), [b(patch={"spec.store.engine": "lmdb"})], InjectionDefaults(),
     ),
+    "the service-account token the apiserver mounted": lambda pod, b: (
+        pod(containers=[{"name": "app", "image": "shop/checkout:1",
+                         "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": True,
+                                           "mountPath": SA_TOKEN_PATH}]}],
+            volumes=[{"name": "kube-api-access-x7k2p", "projected": {"sources": []}}],
+            serviceAccountName="default"),
+        [b()], InjectionDefaults(),
+    ),
     "already injected, a mesh init container behind ours": lambda pod, b: (
         _already_injected(pod, b()), [b()], InjectionDefaults(),
     ),
@@ -148,8 +157,10 @@ def test_the_patch_is_the_one_kopf_sent(case, make_pod, make_binding):
 
 
 @pytest.mark.parametrize(
-    "case", ["seed", "behind a mesh", "lmdb", "annotations, env, mounts, volumes"]
-)
+    "case",
+    ["seed", "behind a mesh", "lmdb", "annotations, env, mounts, volumes",
+     "the service-account token the apiserver mounted"],
+)  # fmt: skip
 def test_applying_the_patch_gives_the_engines_pod(case, make_pod, make_binding):
     pod, bindings, defaults = CORPUS[case](make_pod, make_binding)
     obj = _as_sent(pod)
