@@ -48,6 +48,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from benchmarks._common import machine, write_results
+from benchmarks.lib import pprof
 from benchmarks.lib.processes import sigterm_as_exit
 from benchmarks.lib.stats import percentile
 from localkube.access import ClusterAccess
@@ -67,6 +68,29 @@ WEBHOOK_METRIC: Final = "apiserver_admission_webhook_admission_duration_seconds"
 REQUEST_METRIC: Final = "apiserver_request_duration_seconds"
 HANDLER_METRIC: Final = "sidecar_state_admission_seconds"
 IDLE_SECONDS: Final = 4.0
+#: Length of kube-apiserver's CPU profile in each profiled phase (1 concurrent, off and on).
+PPROF_SECONDS: Final = 10
+#: Where kube-apiserver's CPU goes, by frame (inclusive: a sample counts in every category one
+#: of its frames matches, so the categories overlap). Per Pod created, webhook off and on.
+APISERVER_CATEGORIES: Final = (
+    ("POST pods (the create request)", r"handlers\.createHandler"),
+    ("admission (all plugins, reinvocation included)", r"admission\.\(\*reinvoker\)\.Admit"),
+    ("mutating webhook calls", r"\(\*mutatingDispatcher\)\.Dispatch"),
+    ("  AdmissionReview built and encoded", r"CreateAdmissionObjects|rest\.\(\*Request\)\.Body"),
+    ("  round trip (HTTP/1.1, TLS)", r"rest\.\(\*Request\)\.(Do|request)\b"),
+    ("  response decoded", r"rest\.Result\.Into"),
+    ("  JSON patch applied", r"json-patch.*\.Apply"),
+    ("  reinvocation bookkeeping (deep copy, deep equal)", r"webhookReinvokeContext"),
+    ("Pod validation", r"validation\.ValidatePod"),
+    ("storage (etcd client)", r"etcd3\.\(\*store\)|go\.etcd\.io/etcd/client"),
+    ("watch cache and watchers", r"storage/cacher\.|\(\*WatchServer\)\.(HandleHTTP|ServeHTTP)"),
+    ("response to the client", r"responsewriters\.WriteObjectNegotiated"),
+    ("DELETE (the rounds' clean-up)", r"handlers\.(DeleteCollection|DeleteResource)"),
+    ("TLS (all)", r"^crypto/tls\."),
+    ("JSON (all)", r"^encoding/json\.|json-iterator|^sigs\.k8s\.io/json"),
+    ("protobuf (all)", r"\.Marshal(ToSizedBuffer)?$|\.Unmarshal$|gogo/protobuf"),
+    ("garbage collection", r"^runtime\.(gcBgMarkWorker|gcAssistAlloc|bgsweep|bgscavenge)"),
+)  # fmt: skip
 
 
 def pod_body() -> dict[str, Any]:
@@ -366,6 +390,80 @@ class Bench:
         return samples
 
 
+class ApiserverProfile:
+    """kube-apiserver's CPU profile over ``seconds`` (``/debug/pprof/profile``, which answers
+    only when they are over), fetched in a thread while the caller keeps creating Pods."""
+
+    def __init__(self, bench: Bench, *, seconds: int, out: Path) -> None:
+        self.bench, self.seconds, self.out = bench, seconds, out
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._fetch, daemon=True)
+
+    def _fetch(self) -> None:
+        try:
+            status, data = self.bench.request("GET", f"/debug/pprof/profile?seconds={self.seconds}")
+        except Exception as error:  # the summary says so instead of the benchmark failing
+            self.error = repr(error)
+            return
+        if status != 200:
+            self.error = f"{status}: {data[:200]!r}"
+            return
+        self.out.write_bytes(data)
+
+    def __enter__(self) -> ApiserverProfile:
+        self.thread.start()
+        return self
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def __exit__(self, *_: object) -> None:
+        self.thread.join(self.seconds + 60)
+
+
+def profiled_phase(
+    bench: Bench, *, webhook: bool, pids: dict[str, int], pool: ThreadPoolExecutor, workdir: Path
+) -> dict[str, Any]:
+    """Pods created one at a time for as long as kube-apiserver's CPU profile runs, with the
+    operator's two processes under py-spy: where each component's CPU per Pod goes. Not among
+    the figures (the profilers take CPU of their own on the same cores)."""
+    bench.set_webhook(webhook)
+    tag = "on" if webhook else "off"
+    spies = {
+        name: Profiler(pids[name], workdir / f"{name}-{tag}.pyspy")
+        for name in (("operator", "controller") if webhook else ("controller",))
+    }
+    api = ApiserverProfile(bench, seconds=PPROF_SECONDS, out=workdir / f"apiserver-{tag}.pprof")
+    pods = 0
+    with contextlib.ExitStack() as stack:
+        for spy in spies.values():
+            stack.enter_context(spy)
+        stack.enter_context(api)
+        while api.running():
+            pods += len(bench.phase(1, 10, pool)) + 1  # its warm-up create included
+    stacks = pprof.read_stacks(api.out) if api.error is None else None
+    return {
+        "webhook": webhook,
+        "pods": pods,
+        "seconds": PPROF_SECONDS,
+        "apiserver": None if not stacks else pprof.summarize(
+            stacks, per=pods, categories=APISERVER_CATEGORIES
+        ),
+        "apiserver_error": api.error,
+        **{f"{name}_pyspy": spy.summary() for name, spy in spies.items()},
+    }  # fmt: skip
+
+
+def print_profile(row: dict[str, Any]) -> None:
+    api = row.get("apiserver")
+    if api is None:
+        print(f"apiserver profile, webhook {row['webhook']}: none ({row['apiserver_error']})")
+        return
+    cats = ", ".join(f"{k.strip()} {v}" for k, v in api["categories_ms_per_pod"].items())
+    print(f"apiserver profile, webhook {'on' if row['webhook'] else 'off'}, {row['pods']} Pods: "
+          f"{api['cpu_ms_per_pod']} ms CPU per Pod; {cats}", flush=True)  # fmt: skip
+
+
 def direct_calls(
     operator: LocalOperator, *, concurrency: int, calls: int, namespace: str
 ) -> dict[str, Any]:
@@ -425,7 +523,11 @@ def summarize(samples: Sequence[int]) -> dict[str, Any]:
 
 
 def measure(
-    levels: Sequence[int], rounds: dict[int, int], *, count_accepts: bool = False
+    levels: Sequence[int],
+    rounds: dict[int, int],
+    *,
+    count_accepts: bool = False,
+    profile: bool = True,
 ) -> dict[str, Any]:
     """Every phase's figures (``runs``) and the figures against the targets (``figures``)."""
     results: dict[str, Any] = {
@@ -440,13 +542,17 @@ def measure(
             "webhook": "operator's mutating webhook, failurePolicy Fail, url: https://127.0.0.1",
             "operator": "two processes: role webhook (registered) and role controller",
             "count_accepts": count_accepts,
+            "profile": f"after the measured phases, 1 concurrent, off then on: kube-apiserver's "
+            f"CPU profile over {PPROF_SECONDS} s, py-spy of the operator's processes"
+            if profile
+            else None,
             "order": "per concurrency: without, then with the webhook",
             "note": "apiserver, etcd, controllers, operator and client share 2 cores",
         },
         "runs": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="ssb-adm-", dir="/tmp"))
-    plane = LocalControlPlane(workdir=workdir / "cluster")
+    plane = LocalControlPlane(workdir=workdir / "cluster", apiserver_profiling=profile)
     operator: LocalOperator | None = None
     controller: LocalOperator | None = None
     try:
@@ -551,6 +657,13 @@ def measure(
                             results["operator_profile_at_max_concurrency"] = profiler.summary()
                     results["runs"].append(row)
                     print_row(row)
+            if profile:
+                results["profile_1_concurrent"] = {}
+                for webhook in (False, True):
+                    phase = profiled_phase(bench, webhook=webhook, pids=pids, pool=pool,
+                                           workdir=workdir)  # fmt: skip
+                    results["profile_1_concurrent"]["on" if webhook else "off"] = phase
+                    print_profile(phase)
     finally:
         if operator is not None:
             with contextlib.suppress(Exception):
@@ -672,6 +785,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.admission")
     parser.add_argument("--levels", default="1,10,50")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the profiled phases (kube-apiserver's pprof, py-spy) after "
+                        "the measured ones")  # fmt: skip
     parser.add_argument("--count-accepts", action="store_true",
                         help="count the webhook's accept calls with strace (slows it: counts "
                         "only, for an operator without its connection counter)")  # fmt: skip
@@ -683,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rounds = {c: max(2, r // 3) for c, r in rounds.items()}
     sigterm_as_exit()
     started = time.monotonic()
-    results = measure(levels, rounds, count_accepts=args.count_accepts)
+    results = measure(levels, rounds, count_accepts=args.count_accepts,
+                      profile=not args.no_profile)  # fmt: skip
     results["seconds"] = round(time.monotonic() - started, 1)
     for row in results["figures"]:
         verdict = {True: "MET", False: "SHORT", None: ""}[row["met"]]
