@@ -646,6 +646,10 @@ def measure(
                         row["apiserver_webhook_call"] = phase_histogram(
                             api_after, api_before, WEBHOOK_METRIC, _mutating_pods
                         )
+                        # Creates in the phase: its samples and its warm-up burst.
+                        creates = len(samples) + concurrency
+                        calls = row["apiserver_webhook_call"]["count"]
+                        row["webhook_calls_per_pod"] = round(calls / creates, 3)
                         row["operator_handler"] = phase_histogram(
                             op_after, op_before, HANDLER_METRIC, _any
                         )
@@ -733,12 +737,14 @@ def _create_rows(concurrency: int, on: dict[str, Any], off: dict[str, Any]) -> l
     elif concurrency == 50:
         target, met = f"p99 with / without <= {TARGET_P99_RATIO:g}", ratio <= TARGET_P99_RATIO
     connections = on.get("webhook_connections_per_pod")
+    calls = on.get("webhook_calls_per_pod")
     rows = [{
         "figure": f"Pod create with webhook, {concurrency} concurrent, p50 / p99",
         "value": f"{with_['p50_ms']} / {with_['p99_ms']}",
         "unit": "ms",
         "baseline": f"without {without['p50_ms']} / {without['p99_ms']} ms;"
         f" added {added_p50} / {added_p99} ms"
+        + ("" if calls is None else f"; {calls} webhook calls per Pod")
         + ("" if connections is None else f"; {connections} TLS connections per Pod"),
         "ratio": ratio,
         "target": target,
@@ -770,7 +776,8 @@ def print_row(row: dict[str, Any]) -> None:
         extra = (
             f" | webhook call p50/p99 ~{call['p50_ms_interpolated']}/"
             f"{call['p99_ms_interpolated']} ms ({call['share_within_5ms']} <= 5 ms) | handler "
-            f"p99 ~{handler['p99_ms_interpolated']} ms | TLS connections per Pod "
+            f"p99 ~{handler['p99_ms_interpolated']} ms | webhook calls per Pod "
+            f"{row.get('webhook_calls_per_pod')} | TLS connections per Pod "
             f"{row.get('webhook_connections_per_pod')}"
         )
     print(
