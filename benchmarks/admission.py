@@ -73,7 +73,7 @@ PPROF_SECONDS: Final = 10
 #: Where kube-apiserver's CPU goes, by frame (inclusive: a sample counts in every category one
 #: of its frames matches, so the categories overlap). Per Pod created, webhook off and on.
 APISERVER_CATEGORIES: Final = (
-    ("POST pods (the create request)", r"handlers\.createHandler"),
+    ("Store.Create (validation, etcd)", r"registry\.\(\*Store\)\.Create\b"),
     ("admission (all plugins, reinvocation included)", r"admission\.\(\*reinvoker\)\.Admit"),
     ("mutating webhook calls", r"\(\*mutatingDispatcher\)\.Dispatch"),
     ("  AdmissionReview built and encoded", r"CreateAdmissionObjects|rest\.\(\*Request\)\.Body"),
@@ -676,6 +676,13 @@ def measure(
         if controller is not None:
             controller.stop()
         plane.stop()
+        if profile:  # kept for `go tool pprof` / flame graphs; the summary is in the results
+            kept = Path(tempfile.gettempdir()) / "admission-profiles"
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.mkdir()
+            for path in [*workdir.glob("*.pprof"), *workdir.glob("*.pyspy")]:
+                shutil.copy2(path, kept / path.name)
+            results["profiles_kept_in"] = str(kept)
         shutil.rmtree(workdir, ignore_errors=True)
     results["figures"] = figures(results)
     gated = [f for f in results["figures"] if f["met"] is not None]
