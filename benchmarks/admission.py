@@ -236,6 +236,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_waits(pid: int) -> dict[str, int]:
+    """Per thread of a process, the nanoseconds it has spent runnable but waiting for a core
+    (the second field of /proc/<pid>/task/<tid>/schedstat)."""
+    waits = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            waits[stat.parent.name] = int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waits
+
+
+def waited_seconds(after: dict[str, int], before: dict[str, int]) -> float:
+    """Run-queue wait between two :func:`runqueue_waits` (threads that ended in between are
+    missing: a lower bound)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
+
+
 #: Frames every sample passes through (event loop, thread pool, start-up): not informative.
 _GENERIC_FRAMES: Final = (
     "asyncio/", "threading.py", "concurrent/futures", "runpy", "sidecar_operator/run.py",
@@ -617,6 +635,7 @@ def measure(
                     switch_s = bench.set_webhook(webhook)
                     api_before, op_before = bench.apiserver_metrics(), bench.operator_metrics()
                     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                    wait_before = {name: runqueue_waits(pid) for name, pid in pids.items()}
                     profiled = webhook and concurrency == max(levels) and not count_accepts
                     profiler = Profiler(pids["operator"], workdir / "operator.pyspy")
                     accepts = AcceptCounter(pids["operator"], workdir / f"accept-{concurrency}")
@@ -630,6 +649,13 @@ def measure(
                         name: round((cpu_seconds(pid) - cpu_before[name]) / len(samples) * 1e3, 2)
                         for name, pid in pids.items()
                     }
+                    waited = {
+                        name: round(
+                            waited_seconds(runqueue_waits(pid), wait_before[name])
+                            / len(samples) * 1e3, 2,
+                        )
+                        for name, pid in pids.items()
+                    }  # fmt: skip
                     api_after, op_after = bench.apiserver_metrics(), bench.operator_metrics()
 
                     row = {
@@ -638,6 +664,7 @@ def measure(
                         "switch_seconds": round(switch_s, 2),
                         "create": summarize(samples),
                         "cpu_ms_per_pod": cpu,
+                        "runqueue_wait_ms_per_pod": waited,
                         "apiserver_post_pods": phase_histogram(
                             api_after, api_before, REQUEST_METRIC, _post_pods
                         ),

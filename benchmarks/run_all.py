@@ -597,7 +597,11 @@ def _admission_section(adm: dict[str, Any]) -> list[str]:
     for r in adm["runs"]:
         call = r.get("apiserver_webhook_call", {})
         handler = r.get("operator_handler", {})
-        cpu = ", ".join(f"{k} {v}" for k, v in r.get("cpu_ms_per_pod", {}).items())
+        waits = r.get("runqueue_wait_ms_per_pod", {})
+        cpu = ", ".join(
+            f"{k} {v}" + (f" (waited {waits[k]})" if k in waits else "")
+            for k, v in r.get("cpu_ms_per_pod", {}).items()
+        )
         out.append(
             f"| {r['concurrency']} | {'on' if r['webhook'] else 'off'} | "
             f"{r['create']['p50_ms']} / {r['create']['p99_ms']} | "
