@@ -48,6 +48,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from benchmarks._common import machine, write_results
+from benchmarks.lib import pprof
 from benchmarks.lib.processes import sigterm_as_exit
 from benchmarks.lib.stats import percentile
 from localkube.access import ClusterAccess
@@ -67,6 +68,29 @@ WEBHOOK_METRIC: Final = "apiserver_admission_webhook_admission_duration_seconds"
 REQUEST_METRIC: Final = "apiserver_request_duration_seconds"
 HANDLER_METRIC: Final = "sidecar_state_admission_seconds"
 IDLE_SECONDS: Final = 4.0
+#: Length of kube-apiserver's CPU profile in each profiled phase (1 concurrent, off and on).
+PPROF_SECONDS: Final = 10
+#: Where kube-apiserver's CPU goes, by frame (inclusive: a sample counts in every category one
+#: of its frames matches, so the categories overlap). Per Pod created, webhook off and on.
+APISERVER_CATEGORIES: Final = (
+    ("Store.Create (validation, etcd)", r"registry\.\(\*Store\)\.Create\b"),
+    ("admission (all plugins, reinvocation included)", r"admission\.\(\*reinvoker\)\.Admit"),
+    ("mutating webhook calls", r"\(\*mutatingDispatcher\)\.Dispatch"),
+    ("  AdmissionReview built and encoded", r"CreateAdmissionObjects|rest\.\(\*Request\)\.Body"),
+    ("  round trip (HTTP/1.1, TLS)", r"rest\.\(\*Request\)\.(Do|request)\b"),
+    ("  response decoded", r"rest\.Result\.Into"),
+    ("  JSON patch applied", r"json-patch.*\.Apply"),
+    ("  reinvocation bookkeeping (deep copy, deep equal)", r"webhookReinvokeContext"),
+    ("Pod validation", r"validation\.ValidatePod"),
+    ("storage (etcd client)", r"etcd3\.\(\*store\)|go\.etcd\.io/etcd/client"),
+    ("watch cache and watchers", r"storage/cacher\.|\(\*WatchServer\)\.(HandleHTTP|ServeHTTP)"),
+    ("response to the client", r"responsewriters\.WriteObjectNegotiated"),
+    ("DELETE (the rounds' clean-up)", r"handlers\.(DeleteCollection|DeleteResource)"),
+    ("TLS (all)", r"^crypto/tls\."),
+    ("JSON (all)", r"^encoding/json\.|json-iterator|^sigs\.k8s\.io/json"),
+    ("protobuf (all)", r"\.Marshal(ToSizedBuffer)?$|\.Unmarshal$|gogo/protobuf"),
+    ("garbage collection", r"^runtime\.(gcBgMarkWorker|gcAssistAlloc|bgsweep|bgscavenge)"),
+)  # fmt: skip
 
 
 def pod_body() -> dict[str, Any]:
@@ -210,6 +234,24 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_waits(pid: int) -> dict[str, int]:
+    """Per thread of a process, the nanoseconds it has spent runnable but waiting for a core
+    (the second field of /proc/<pid>/task/<tid>/schedstat)."""
+    waits = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            waits[stat.parent.name] = int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waits
+
+
+def waited_seconds(after: dict[str, int], before: dict[str, int]) -> float:
+    """Run-queue wait between two :func:`runqueue_waits` (threads that ended in between are
+    missing: a lower bound)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
 
 
 #: Frames every sample passes through (event loop, thread pool, start-up): not informative.
@@ -366,6 +408,80 @@ class Bench:
         return samples
 
 
+class ApiserverProfile:
+    """kube-apiserver's CPU profile over ``seconds`` (``/debug/pprof/profile``, which answers
+    only when they are over), fetched in a thread while the caller keeps creating Pods."""
+
+    def __init__(self, bench: Bench, *, seconds: int, out: Path) -> None:
+        self.bench, self.seconds, self.out = bench, seconds, out
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._fetch, daemon=True)
+
+    def _fetch(self) -> None:
+        try:
+            status, data = self.bench.request("GET", f"/debug/pprof/profile?seconds={self.seconds}")
+        except Exception as error:  # the summary says so instead of the benchmark failing
+            self.error = repr(error)
+            return
+        if status != 200:
+            self.error = f"{status}: {data[:200]!r}"
+            return
+        self.out.write_bytes(data)
+
+    def __enter__(self) -> ApiserverProfile:
+        self.thread.start()
+        return self
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def __exit__(self, *_: object) -> None:
+        self.thread.join(self.seconds + 60)
+
+
+def profiled_phase(
+    bench: Bench, *, webhook: bool, pids: dict[str, int], pool: ThreadPoolExecutor, workdir: Path
+) -> dict[str, Any]:
+    """Pods created one at a time for as long as kube-apiserver's CPU profile runs, with the
+    operator's two processes under py-spy: where each component's CPU per Pod goes. Not among
+    the figures (the profilers take CPU of their own on the same cores)."""
+    bench.set_webhook(webhook)
+    tag = "on" if webhook else "off"
+    spies = {
+        name: Profiler(pids[name], workdir / f"{name}-{tag}.pyspy")
+        for name in (("operator", "controller") if webhook else ("controller",))
+    }
+    api = ApiserverProfile(bench, seconds=PPROF_SECONDS, out=workdir / f"apiserver-{tag}.pprof")
+    pods = 0
+    with contextlib.ExitStack() as stack:
+        for spy in spies.values():
+            stack.enter_context(spy)
+        stack.enter_context(api)
+        while api.running():
+            pods += len(bench.phase(1, 10, pool)) + 1  # its warm-up create included
+    stacks = pprof.read_stacks(api.out) if api.error is None else None
+    return {
+        "webhook": webhook,
+        "pods": pods,
+        "seconds": PPROF_SECONDS,
+        "apiserver": None if not stacks else pprof.summarize(
+            stacks, per=pods, categories=APISERVER_CATEGORIES
+        ),
+        "apiserver_error": api.error,
+        **{f"{name}_pyspy": spy.summary() for name, spy in spies.items()},
+    }  # fmt: skip
+
+
+def print_profile(row: dict[str, Any]) -> None:
+    api = row.get("apiserver")
+    if api is None:
+        print(f"apiserver profile, webhook {row['webhook']}: none ({row['apiserver_error']})")
+        return
+    cats = ", ".join(f"{k.strip()} {v}" for k, v in api["categories_ms_per_pod"].items())
+    print(f"apiserver profile, webhook {'on' if row['webhook'] else 'off'}, {row['pods']} Pods: "
+          f"{api['cpu_ms_per_pod']} ms CPU per Pod; {cats}", flush=True)  # fmt: skip
+
+
 def direct_calls(
     operator: LocalOperator, *, concurrency: int, calls: int, namespace: str
 ) -> dict[str, Any]:
@@ -425,7 +541,11 @@ def summarize(samples: Sequence[int]) -> dict[str, Any]:
 
 
 def measure(
-    levels: Sequence[int], rounds: dict[int, int], *, count_accepts: bool = False
+    levels: Sequence[int],
+    rounds: dict[int, int],
+    *,
+    count_accepts: bool = False,
+    profile: bool = True,
 ) -> dict[str, Any]:
     """Every phase's figures (``runs``) and the figures against the targets (``figures``)."""
     results: dict[str, Any] = {
@@ -440,13 +560,17 @@ def measure(
             "webhook": "operator's mutating webhook, failurePolicy Fail, url: https://127.0.0.1",
             "operator": "two processes: role webhook (registered) and role controller",
             "count_accepts": count_accepts,
+            "profile": f"after the measured phases, 1 concurrent, off then on: kube-apiserver's "
+            f"CPU profile over {PPROF_SECONDS} s, py-spy of the operator's processes"
+            if profile
+            else None,
             "order": "per concurrency: without, then with the webhook",
             "note": "apiserver, etcd, controllers, operator and client share 2 cores",
         },
         "runs": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="ssb-adm-", dir="/tmp"))
-    plane = LocalControlPlane(workdir=workdir / "cluster")
+    plane = LocalControlPlane(workdir=workdir / "cluster", apiserver_profiling=profile)
     operator: LocalOperator | None = None
     controller: LocalOperator | None = None
     try:
@@ -511,6 +635,7 @@ def measure(
                     switch_s = bench.set_webhook(webhook)
                     api_before, op_before = bench.apiserver_metrics(), bench.operator_metrics()
                     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                    wait_before = {name: runqueue_waits(pid) for name, pid in pids.items()}
                     profiled = webhook and concurrency == max(levels) and not count_accepts
                     profiler = Profiler(pids["operator"], workdir / "operator.pyspy")
                     accepts = AcceptCounter(pids["operator"], workdir / f"accept-{concurrency}")
@@ -524,6 +649,13 @@ def measure(
                         name: round((cpu_seconds(pid) - cpu_before[name]) / len(samples) * 1e3, 2)
                         for name, pid in pids.items()
                     }
+                    waited = {
+                        name: round(
+                            waited_seconds(runqueue_waits(pid), wait_before[name])
+                            / len(samples) * 1e3, 2,
+                        )
+                        for name, pid in pids.items()
+                    }  # fmt: skip
                     api_after, op_after = bench.apiserver_metrics(), bench.operator_metrics()
 
                     row = {
@@ -532,6 +664,7 @@ def measure(
                         "switch_seconds": round(switch_s, 2),
                         "create": summarize(samples),
                         "cpu_ms_per_pod": cpu,
+                        "runqueue_wait_ms_per_pod": waited,
                         "apiserver_post_pods": phase_histogram(
                             api_after, api_before, REQUEST_METRIC, _post_pods
                         ),
@@ -540,6 +673,10 @@ def measure(
                         row["apiserver_webhook_call"] = phase_histogram(
                             api_after, api_before, WEBHOOK_METRIC, _mutating_pods
                         )
+                        # Creates in the phase: its samples and its warm-up burst.
+                        creates = len(samples) + concurrency
+                        calls = row["apiserver_webhook_call"]["count"]
+                        row["webhook_calls_per_pod"] = round(calls / creates, 3)
                         row["operator_handler"] = phase_histogram(
                             op_after, op_before, HANDLER_METRIC, _any
                         )
@@ -551,6 +688,13 @@ def measure(
                             results["operator_profile_at_max_concurrency"] = profiler.summary()
                     results["runs"].append(row)
                     print_row(row)
+            if profile:
+                results["profile_1_concurrent"] = {}
+                for webhook in (False, True):
+                    phase = profiled_phase(bench, webhook=webhook, pids=pids, pool=pool,
+                                           workdir=workdir)  # fmt: skip
+                    results["profile_1_concurrent"]["on" if webhook else "off"] = phase
+                    print_profile(phase)
     finally:
         if operator is not None:
             with contextlib.suppress(Exception):
@@ -559,6 +703,13 @@ def measure(
         if controller is not None:
             controller.stop()
         plane.stop()
+        if profile:  # kept for `go tool pprof` / flame graphs; the summary is in the results
+            kept = Path(tempfile.gettempdir()) / "admission-profiles"
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.mkdir()
+            for path in [*workdir.glob("*.pprof"), *workdir.glob("*.pyspy")]:
+                shutil.copy2(path, kept / path.name)
+            results["profiles_kept_in"] = str(kept)
         shutil.rmtree(workdir, ignore_errors=True)
     results["figures"] = figures(results)
     gated = [f for f in results["figures"] if f["met"] is not None]
@@ -620,12 +771,14 @@ def _create_rows(concurrency: int, on: dict[str, Any], off: dict[str, Any]) -> l
     elif concurrency == 50:
         target, met = f"p99 with / without <= {TARGET_P99_RATIO:g}", ratio <= TARGET_P99_RATIO
     connections = on.get("webhook_connections_per_pod")
+    calls = on.get("webhook_calls_per_pod")
     rows = [{
         "figure": f"Pod create with webhook, {concurrency} concurrent, p50 / p99",
         "value": f"{with_['p50_ms']} / {with_['p99_ms']}",
         "unit": "ms",
         "baseline": f"without {without['p50_ms']} / {without['p99_ms']} ms;"
         f" added {added_p50} / {added_p99} ms"
+        + ("" if calls is None else f"; {calls} webhook calls per Pod")
         + ("" if connections is None else f"; {connections} TLS connections per Pod"),
         "ratio": ratio,
         "target": target,
@@ -657,7 +810,8 @@ def print_row(row: dict[str, Any]) -> None:
         extra = (
             f" | webhook call p50/p99 ~{call['p50_ms_interpolated']}/"
             f"{call['p99_ms_interpolated']} ms ({call['share_within_5ms']} <= 5 ms) | handler "
-            f"p99 ~{handler['p99_ms_interpolated']} ms | TLS connections per Pod "
+            f"p99 ~{handler['p99_ms_interpolated']} ms | webhook calls per Pod "
+            f"{row.get('webhook_calls_per_pod')} | TLS connections per Pod "
             f"{row.get('webhook_connections_per_pod')}"
         )
     print(
@@ -672,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.admission")
     parser.add_argument("--levels", default="1,10,50")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the profiled phases (kube-apiserver's pprof, py-spy) after "
+                        "the measured ones")  # fmt: skip
     parser.add_argument("--count-accepts", action="store_true",
                         help="count the webhook's accept calls with strace (slows it: counts "
                         "only, for an operator without its connection counter)")  # fmt: skip
@@ -683,7 +840,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rounds = {c: max(2, r // 3) for c, r in rounds.items()}
     sigterm_as_exit()
     started = time.monotonic()
-    results = measure(levels, rounds, count_accepts=args.count_accepts)
+    results = measure(levels, rounds, count_accepts=args.count_accepts,
+                      profile=not args.no_profile)  # fmt: skip
     results["seconds"] = round(time.monotonic() - started, 1)
     for row in results["figures"]:
         verdict = {True: "MET", False: "SHORT", None: ""}[row["met"]]

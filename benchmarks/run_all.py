@@ -422,7 +422,9 @@ def _admission_notes(adm: dict[str, Any]) -> list[str]:
     one = next((r for r in adm["runs"] if r["concurrency"] == 1 and r["webhook"]), on)
     one_off = next((r for r in adm["runs"] if r["concurrency"] == 1 and not r["webhook"]), off)
     return [note(
-        "admission", top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
+        "admission", **_admission_profile(adm),
+        calls_1=fmt(one.get("webhook_calls_per_pod")), calls=fmt(on.get("webhook_calls_per_pod")),
+        top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
         call1_p50=one["apiserver_webhook_call"]["p50_ms_interpolated"],
         connections_1=fmt(one.get("webhook_connections_per_pod")),
         added1_p50=fmt(round(one["create"]["p50_ms"] - one_off["create"]["p50_ms"], 2)),
@@ -434,6 +436,34 @@ def _admission_notes(adm: dict[str, Any]) -> list[str]:
         apiserver_cpu_off=off["cpu_ms_per_pod"].get("kube-apiserver"),
         handling=f"{handling:.0%}", own=own, direct=direct,
     )]  # fmt: skip
+
+
+def _admission_profile(adm: dict[str, Any]) -> dict[str, str]:
+    """The profiled 1-concurrent phases in words: kube-apiserver's CPU per Pod with and
+    without the webhook and where the difference goes (pprof), and the operator's own time."""
+    prof = adm.get("profile_1_concurrent") or {}
+    on, off = prof.get("on") or {}, prof.get("off") or {}
+    api_on, api_off = on.get("apiserver"), off.get("apiserver")
+    if not api_on or not api_off:
+        return {"api_on": "(not profiled)", "api_off": "(not profiled)", "api_where": "",
+                "operator_where": "", "controller_where": ""}  # fmt: skip
+    deltas = {
+        name.strip(): api_on["categories_ms_per_pod"][name]
+        - api_off["categories_ms_per_pod"].get(name, 0.0)
+        for name in api_on["categories_ms_per_pod"]
+    }
+    where = "; ".join(f"{name} {delta:+.1f}" for name, delta in deltas.items() if abs(delta) >= 0.3)
+
+    def own(summary: dict[str, Any] | None) -> str:
+        return "; ".join(
+            f"{p['function']} {p['share']:.0%}" for p in (summary or {}).get("top_own", [])[:5]
+        )
+
+    return {
+        "api_on": fmt(api_on["cpu_ms_per_pod"]), "api_off": fmt(api_off["cpu_ms_per_pod"]),
+        "api_where": where, "operator_where": own(on.get("operator_pyspy")),
+        "controller_where": own(on.get("controller_pyspy")),
+    }  # fmt: skip
 
 
 def _nats_notes(nats: dict[str, Any]) -> list[str]:
@@ -574,12 +604,17 @@ def _admission_section(adm: dict[str, Any]) -> list[str]:
     for r in adm["runs"]:
         call = r.get("apiserver_webhook_call", {})
         handler = r.get("operator_handler", {})
-        cpu = ", ".join(f"{k} {v}" for k, v in r.get("cpu_ms_per_pod", {}).items())
+        waits = r.get("runqueue_wait_ms_per_pod", {})
+        cpu = ", ".join(
+            f"{k} {v}" + (f" (waited {waits[k]})" if k in waits else "")
+            for k, v in r.get("cpu_ms_per_pod", {}).items()
+        )
         out.append(
             f"| {r['concurrency']} | {'on' if r['webhook'] else 'off'} | "
             f"{r['create']['p50_ms']} / {r['create']['p99_ms']} | "
             f"{call.get('p50_ms_interpolated', '')} / {call.get('p99_ms_interpolated', '')} "
             f"| {handler.get('p99_ms_interpolated', '')} "
+            f"| {fmt(r.get('webhook_calls_per_pod'))} "
             f"| {fmt(r.get('webhook_connections_per_pod'))} | {cpu} |"
         )
     return out

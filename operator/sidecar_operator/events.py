@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -88,6 +89,7 @@ class EventRecorder:
         from sidecar_operator import kube  # the client is only needed by the posting task
 
         host = os.environ.get("HOSTNAME") or socket.gethostname()
+        api = None  # made on the first post, kept while posts succeed (kube.events_api)
         while True:
             batch = [await self._queue.get()]
             await asyncio.sleep(COALESCE_SECONDS)  # fifty Pods at once make one API call
@@ -96,8 +98,13 @@ class EventRecorder:
             for event in coalesce(batch):
                 body = build_event(event, now=dt.datetime.now(dt.UTC), host=host)
                 try:
-                    await asyncio.to_thread(kube.create_event, event.target.namespace, body)
+                    if api is None:
+                        api = await asyncio.to_thread(kube.events_api)
+                    await asyncio.to_thread(
+                        functools.partial(kube.create_event, event.target.namespace, body, api=api)
+                    )
                 except Exception as error:  # an Event is worth a log line, not a crash
+                    api = None  # a new client (connection, credentials) for the next one
                     DROPPED.inc()
                     where = f"{event.target.namespace}/{event.target.name}"
                     logger.warning(f"Could not post Event {event.reason} on {where}: {error}")

@@ -85,9 +85,25 @@ def custom_objects(response: object) -> dict[str, Any]:
     return cast(dict[str, Any], response)
 
 
-def create_event(namespace: str, body: dict[str, Any]) -> None:
+def events_api() -> kubernetes.client.CoreV1Api:
+    """A client for the Event recorder to keep: :func:`client` reads the kubeconfig (or the
+    in-cluster token) and each new client opens a new TLS connection to the apiserver, which
+    cost more CPU than the Event itself. The in-cluster configuration re-reads its rotating
+    token on its own; the recorder makes a new client after any failed post."""
+    return kubernetes.client.CoreV1Api(client())
+
+
+def create_event(
+    namespace: str, body: dict[str, Any], *, api: kubernetes.client.CoreV1Api | None = None
+) -> None:
+    """Post one Event; the answer is not decoded (into the client's models: nothing reads
+    it). ``api``: a client to reuse (:func:`events_api`), else a new one."""
+    api = api if api is not None else events_api()
     # The client serializes a plain dict as well as its own model (the stubs name only that).
-    kubernetes.client.CoreV1Api(client()).create_namespaced_event(namespace, cast(Any, body))
+    # With _preload_content=False the client returns urllib3's response (its stubs do not say).
+    response: Any = api.create_namespaced_event(namespace, cast(Any, body), _preload_content=False)
+    response.read()
+    response.release_conn()
 
 
 def list_workloads(namespace: str) -> list[dict[str, Any]]:

@@ -206,6 +206,7 @@ class LocalControlPlane(StartStopContext):
         log: TextIO | None = None,
         bind_address: str = "127.0.0.1",
         advertise_address: str | None = None,
+        apiserver_profiling: bool = False,
     ) -> None:
         self._owns_workdir = workdir is None
         self.workdir = (
@@ -220,6 +221,9 @@ class LocalControlPlane(StartStopContext):
         self._log = log if log is not None else sys.stderr
         self._bind_address = bind_address
         self._advertise_address = advertise_address
+        # Off unless asked for: a benchmark reads kube-apiserver's CPU profile
+        # (/debug/pprof/profile, admin only) to see where its side of a request goes.
+        self._apiserver_profiling = apiserver_profiling
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self.records: list[ProcessRecord] = []
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -429,7 +433,7 @@ class LocalControlPlane(StartStopContext):
                 "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
                 # Aggregated APIs (none yet) would be reached by endpoint IP, not via kube-proxy.
                 "--enable-aggregator-routing=true",
-                "--profiling=false",
+                f"--profiling={str(self._apiserver_profiling).lower()}",
             ],
         )
         self._wait("kube-apiserver /readyz", lambda: self._get("/readyz") == 200)

@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonpatch
-
 from sidecar_operator import kube, metrics
 from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import KafkaAuth, NatsAuth, StateBinding, parse_binding
@@ -133,39 +131,66 @@ def _warn_missing(
 
 
 def _json_patch(original: Mapping[str, Any], changed: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The JSON patch from ``original`` to ``changed``: the operations kopf sent, which were
-    jsonpatch's diff of the whole objects, computed for less.
+    """The JSON patch from ``original`` to ``changed``, read off the way the engine renders.
 
-    ``changed`` shares what it did not change with ``original`` (no deep copy), and members
-    that are the very same object produce no operation, so they are left out of both sides
-    before diffing (the order of the others, and so the operations, stay as they were).
+    :func:`~sidecar_operator.injection.render` (``share=True``) builds new objects only where
+    it changes something and shares the rest with the request's object, so members that are
+    the very same object produce no operation and are never looked into. What it does change
+    it changes in few ways: members added to objects, items appended to lists, items changed
+    in place in lists of the same length; those become ``add`` operations at the deepest
+    level where they differ, and any other change of a list (our init containers placed
+    before the app's own) replaces that list. The operations are equal in effect to
+    jsonpatch's diff, not always equal in form; their values are the rendered objects
+    themselves (nothing is copied: they are only serialised).
     """
-    src, dst = _without_shared(original, changed)
-    ops: list[dict[str, Any]] = jsonpatch.JsonPatch.from_diff(src, dst).patch
+    ops: list[dict[str, Any]] = []
+    _diff("", original, changed, ops)
     return ops
 
 
-def _without_shared(
-    src: Mapping[str, Any], dst: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``src`` and ``dst`` without the members both have as the same object, at every level
-    where both are objects (lists are diffed by position and content, so kept whole)."""
-    kept_src: dict[str, Any] = {}
-    kept_dst: dict[str, Any] = {}
-    for key, value in src.items():
-        if key not in dst:
-            kept_src[key] = value
-            continue
-        other = dst[key]
-        if other is value:
-            continue
-        if isinstance(value, dict) and isinstance(other, dict):
-            value, other = _without_shared(value, other)
-        kept_src[key] = value
-        kept_dst[key] = other
-    # dst's own order: the members src lacks keep their places relative to the shared ones
-    ordered = {key: kept_dst.get(key, dst[key]) for key in dst if key in kept_dst or key not in src}
-    return kept_src, ordered
+def _pointer(path: str, key: str | int) -> str:
+    """``path`` extended by one member (RFC 6901: ``~`` and ``/`` escaped)."""
+    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
+
+
+def _same_item(a: Any, b: Any) -> bool:
+    """Whether list item ``b`` is ``a``, perhaps changed: the same object, equal values, or
+    objects of the same ``name`` (containers, volumes, env, mounts are lists of named items)."""
+    if a is b:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return bool(a.get("name") == b.get("name"))
+    if isinstance(a, list) and isinstance(b, list):
+        return True
+    return type(a) is type(b) and bool(a == b)
+
+
+def _diff(path: str, src: Any, dst: Any, ops: list[dict[str, Any]]) -> None:
+    if src is dst:
+        return
+    if isinstance(src, dict) and isinstance(dst, dict):
+        for key in src:
+            if key not in dst:
+                ops.append({"op": "remove", "path": _pointer(path, key)})
+        for key, value in dst.items():
+            if key in src:
+                _diff(_pointer(path, key), src[key], value, ops)
+            else:
+                ops.append({"op": "add", "path": _pointer(path, key), "value": value})
+        return
+    if isinstance(src, list) and isinstance(dst, list):
+        kept = len(src)
+        if len(dst) >= kept and all(map(_same_item, src, dst)):
+            # The same length, or items appended: the kept items diffed in place.
+            for index in range(kept):
+                _diff(_pointer(path, index), src[index], dst[index], ops)
+            for index in range(kept, len(dst)):
+                ops.append({"op": "add", "path": _pointer(path, index), "value": dst[index]})
+            return
+        ops.append({"op": "replace", "path": path, "value": dst})
+        return
+    if type(src) is not type(dst) or src != dst:
+        ops.append({"op": "replace", "path": path, "value": dst})
 
 
 def pod_mutate(

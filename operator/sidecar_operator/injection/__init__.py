@@ -2,7 +2,8 @@
 
 One module per concern of the injected Pod, so anyone can find where a field is set:
 ``redis_container``, ``hydrator_container``, ``volumes``, ``app_containers`` (env and mounts),
-``security``; with ``spec.intercept`` also ``intercept_plan`` (the binding meets the Pod),
+``security``, ``service_account`` (the token mount the apiserver would add to our containers);
+with ``spec.intercept`` also ``intercept_plan`` (the binding meets the Pod),
 ``authorizer_container``, ``envoy_container`` and ``envoy_bootstrap`` (Envoy's whole
 configuration); ``plan`` merges bindings, ``pod`` decides (:func:`decide`) and puts it
 together (:func:`render`). The annotations and labels it reads and writes are part of the API:

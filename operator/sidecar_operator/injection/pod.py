@@ -43,6 +43,7 @@ from sidecar_operator.injection.plan import (
 )
 from sidecar_operator.injection.redis_container import build_redis_container
 from sidecar_operator.injection.selector import selector_matches
+from sidecar_operator.injection.service_account import mount_service_account_token
 from sidecar_operator.injection.volumes import build_volumes
 
 WINDOWS_SKIP = (
@@ -497,6 +498,10 @@ def render(decision: Decision, *, share: bool = False) -> Injected:
     else:
         new_spec["initContainers"] = place(app_inits, ours.setup)
         new_spec["containers"] = apps + ours.running
+    # What the apiserver's ServiceAccount plugin would add to our containers after this
+    # webhook, and call the webhook again for (see injection.service_account). Not in the
+    # config hash: it is the Pod's own token, not part of what we inject.
+    mount_service_account_token(new_spec)
     new_spec["volumes"] = [*(new_spec.get("volumes") or []), *ours.volumes]
     if defaults.user_ids == "fixed":
         _add_supplemental_group(new_spec, defaults.socket_group)

@@ -1,10 +1,12 @@
-"""The webhook's JSON patches are the ones kopf's admission path answered, Pod for Pod.
+"""The webhook's JSON patches do what kopf's admission path did, Pod for Pod.
 
 The reference below is what the handler did under kopf: it appended functions to a
 ``kopf.Patch`` that set the injected spec, annotations and labels (or moved our init
 containers), and kopf's ``Patch.as_json_patch`` deep-copied the whole object, applied them
-and diffed. The server now diffs once, without kopf and without the deep copy; for every Pod
-of the corpus the operations must be equal, and applying them must give the engine's Pod.
+and diffed (jsonpatch). The server now reads the operations off the rendered Pod, without a
+diff of the whole objects and without copies: for every Pod of the corpus, applying them must
+give what applying kopf's gave (equal in effect; the form may differ: a list the engine
+reorders is replaced whole), and the engine's Pod.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import jsonpatch
 import kopf
+import orjson
 import pytest
 
 from sidecar_operator.controller.rollout import RolloutThrottle
@@ -27,6 +30,7 @@ from sidecar_operator.injection.placement import reposition
 from sidecar_operator.settings import OperatorSettings
 
 NAMESPACE = "shop"
+SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def _context(defaults: InjectionDefaults) -> OperatorContext:
@@ -120,6 +124,14 @@ CORPUS: dict[str, Callable[[Any, Any], tuple[dict[str, Any], list[Any], Injectio
     "lmdb": lambda pod, b: (
         pod(), [b(patch={"spec.store.engine": "lmdb"})], InjectionDefaults(),
     ),
+    "the service-account token the apiserver mounted": lambda pod, b: (
+        pod(containers=[{"name": "app", "image": "shop/checkout:1",
+                         "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": True,
+                                           "mountPath": SA_TOKEN_PATH}]}],
+            volumes=[{"name": "kube-api-access-x7k2p", "projected": {"sources": []}}],
+            serviceAccountName="default"),
+        [b()], InjectionDefaults(),
+    ),
     "already injected, a mesh init container behind ours": lambda pod, b: (
         _already_injected(pod, b()), [b()], InjectionDefaults(),
     ),
@@ -131,7 +143,7 @@ CORPUS: dict[str, Callable[[Any, Any], tuple[dict[str, Any], list[Any], Injectio
 
 
 @pytest.mark.parametrize("case", list(CORPUS))
-def test_the_patch_is_the_one_kopf_sent(case, make_pod, make_binding):
+def test_the_patch_does_what_kopfs_did(case, make_pod, make_binding):
     pod, bindings, defaults = CORPUS[case](make_pod, make_binding)
     obj = _as_sent(pod)
     sent = copy.deepcopy(obj)
@@ -139,8 +151,11 @@ def test_the_patch_is_the_one_kopf_sent(case, make_pod, make_binding):
     verdict = pod_mutate(obj, namespace=NAMESPACE, dryrun=True, bindings=bindings,
                          memo=_context(defaults))  # fmt: skip
 
-    assert verdict.patch == kopf_reference(obj, bindings, defaults)
+    reference = kopf_reference(obj, bindings, defaults)
+    assert jsonpatch.apply_patch(sent, verdict.patch) == jsonpatch.apply_patch(sent, reference)
     assert obj == sent, "the request's object is not changed"
+    # Serialised as the server sends it: plain JSON values, no objects of the engine's.
+    assert orjson.loads(orjson.dumps(verdict.patch)) == verdict.patch
     if case in {"not selected", "opted out"}:
         assert verdict.patch == []
     else:
@@ -148,8 +163,10 @@ def test_the_patch_is_the_one_kopf_sent(case, make_pod, make_binding):
 
 
 @pytest.mark.parametrize(
-    "case", ["seed", "behind a mesh", "lmdb", "annotations, env, mounts, volumes"]
-)
+    "case",
+    ["seed", "behind a mesh", "lmdb", "annotations, env, mounts, volumes",
+     "the service-account token the apiserver mounted"],
+)  # fmt: skip
 def test_applying_the_patch_gives_the_engines_pod(case, make_pod, make_binding):
     pod, bindings, defaults = CORPUS[case](make_pod, make_binding)
     obj = _as_sent(pod)
@@ -160,3 +177,63 @@ def test_applying_the_patch_gives_the_engines_pod(case, make_pod, make_binding):
     expected = inject_pod(obj, bindings=bindings, namespace=NAMESPACE, defaults=defaults)
     assert isinstance(expected, Injected)
     assert jsonpatch.apply_patch(obj, verdict.patch) == expected.pod
+
+
+PAIRS = {
+    "members added, changed and removed": (
+        {"a": 1, "b": {"c": [1, 2]}, "gone": True},
+        {"a": 2, "b": {"c": [1, 2], "d": None}, "new": {"x": []}},
+    ),
+    "items appended and changed in place": (
+        {"volumes": [{"name": "a", "emptyDir": {}}], "env": [{"name": "X", "value": "1"}]},
+        {"volumes": [{"name": "a", "emptyDir": {"medium": "Memory"}}, {"name": "b"}],
+         "env": [{"name": "X", "value": "2"}, {"name": "Y", "value": "3"}]},
+    ),
+    "an item inserted before others": (
+        {"initContainers": [{"name": "mesh"}, {"name": "migrate"}]},
+        {"initContainers": [{"name": "mesh"}, {"name": "ours"}, {"name": "migrate"}]},
+    ),
+    "items removed, scalars retyped": ({"l": [1, 2, 3], "n": 1, "s": "1"},
+                                      {"l": [1, 2], "n": 1.0, "s": 1}),
+    "keys that need escaping": ({"annotations": {"a/b": "1"}},
+                                {"annotations": {"a/b": "2", "c~d/e": "3"}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(PAIRS))
+def test_the_patch_turns_the_original_into_the_changed_object(case):
+    from sidecar_operator.handlers.webhook import _json_patch
+
+    src, dst = PAIRS[case]
+    original = copy.deepcopy(src)
+
+    ops = _json_patch(src, dst)
+
+    assert jsonpatch.apply_patch(src, ops) == dst
+    assert src == original
+    if case == "an item inserted before others":
+        assert ops == [{"op": "replace", "path": "/initContainers", "value": dst["initContainers"]}]
+    if case == "items appended and changed in place":
+        assert {"op": "add", "path": "/volumes/1", "value": {"name": "b"}} in ops
+        assert {"op": "add", "path": "/volumes/0/emptyDir/medium", "value": "Memory"} in ops
+    if case == "keys that need escaping":
+        assert {op["path"] for op in ops} == {"/annotations/a~1b", "/annotations/c~0d~1e"}
+
+
+def test_shared_members_are_not_looked_into():
+    """What the engine did not change is the request's own object: no operation, and its
+    contents are never compared (a Pod's large unchanged fields cost nothing)."""
+    from sidecar_operator.handlers.webhook import _json_patch
+
+    class Untouchable(dict):  # type: ignore[type-arg]
+        def __eq__(self, other: object) -> bool:
+            raise AssertionError("compared")
+
+        def items(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("walked")
+
+    shared = Untouchable(big="x" * 1000)
+    assert _json_patch({"spec": {"affinity": shared, "a": 1}},
+                       {"spec": {"affinity": shared, "a": 2}}) == [
+        {"op": "replace", "path": "/spec/a", "value": 2}
+    ]  # fmt: skip
