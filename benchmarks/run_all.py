@@ -52,13 +52,13 @@ class Spec:
 #: In order: the cheap, self-contained ones first; the control plane last.
 BENCHMARKS: Final = (
     Spec("latency", [], ["--quick"], 240, 120),
-    Spec("reader_impact", [], ["--quick"], 240, 120),
+    Spec("reader_impact", [], ["--quick"], 420, 180),
     Spec("interceptor", [], ["--quick"], 240, 120, owner="interceptor"),
     Spec("footprint", [], ["--quick"], 300, 120),
     Spec("lmdb", [], ["--quick"], 420, 240, owner="lmdb"),
     Spec("hydration", [], ["--sizes", "100000", "--repeat", "1", "--formats", "json,raw"],
          420, 150, owner="hydration/freshness"),
-    Spec("freshness", [], ["--rates", "100,1000", "--seconds", "3"], 240, 120,
+    Spec("freshness", ["--profile"], ["--rates", "100,1000", "--seconds", "3"], 300, 120,
          owner="hydration/freshness"),
     Spec("nats", [], ["--keys", "100000", "--repeat", "1", "--seconds", "3"], 300, 200,
          owner="nats"),
@@ -192,20 +192,24 @@ def _plot_latency(lat: dict[str, Any], plt: Any) -> Any:
 
 def _plot_reader_impact(ri: dict[str, Any], plt: Any) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
-    series = [("idle", ri["idle"])] + [
-        (f"hydrating, batch {b}", s) for b, s in ri.get("hydrating", {}).items()
-    ]
-    for label, summary in series:
-        quantiles = summary.get("quantiles_ms", {})
-        if quantiles:
-            ax.plot([float(q) * 100 for q in quantiles], list(quantiles.values()), marker="o",
-                    label=label)  # fmt: skip
+    placements = ri.get("placements") or {"": {"idle": ri["idle"], "hydrating": ri["hydrating"]}}
+    for name, summary in placements.items():
+        where = f"{name}, " if name else ""
+        style = "-" if name == ri.get("judged_placement", name) else ":"
+        series = [(f"{where}idle", summary["idle"])] + [
+            (f"{where}hydrating, batch {b}", s) for b, s in summary["hydrating"].items()
+        ]
+        for label, values in series:
+            quantiles = values.get("quantiles_ms", {})
+            if quantiles:
+                ax.plot([float(q) * 100 for q in quantiles], list(quantiles.values()),
+                        marker="o", linestyle=style, label=label)  # fmt: skip
     ax.axhline(1.0, color="red", linestyle="--", label="target p99 1 ms")
     ax.set_yscale("log")
     ax.set_xlabel("percentile")
     ax.set_ylabel("app GET latency, ms (log)")
     ax.set_title("App reads over the socket while the hydrator bootstraps")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return fig
 
 
@@ -362,8 +366,65 @@ def _reader_impact_notes(ri: dict[str, Any]) -> list[str]:
         for r in ri["runs"]
     }
     exec_text = ", ".join(f"{us:,} µs at batch {b}" for b, us in exec_max.items())
-    return [note("reader_impact", value=rows[0]["value"], idle_p99_ms=ri["idle"]["p99_ms"],
-                 idle_p50_ms=ri["idle"]["p50_ms"], exec_text=exec_text)]  # fmt: skip
+    judged = ri.get("judged_placement", "bare")
+    context = [f for f in ri["figures"] if f["met"] is None and "bare" in f["figure"]]
+    cpu = sorted(
+        r["hydrator_cpu_seconds"]
+        for r in ri["runs"]
+        if r.get("placement", "bare") == judged and r.get("hydrator_cpu_seconds") is not None
+    )
+    windows = sorted(r["window_seconds"] for r in ri["runs"])
+    return [note(
+        "reader_impact", value=rows[0]["value"], ratio=rows[0]["ratio"],
+        idle_p99_ms=ri["idle"]["p99_ms"], idle_p50_ms=ri["idle"]["p50_ms"], exec_text=exec_text,
+        placement=judged, bare_value=context[0]["value"] if context else "(not measured)",
+        bare_ratio=context[0]["ratio"] if context else "",
+        hydrator_cpu=f"{cpu[0]} to {cpu[-1]} s" if cpu else "?",
+        windows=f"{windows[0]} to {windows[-1]} s" if windows else "?",
+    )]  # fmt: skip
+
+
+def _freshness_notes(fr: dict[str, Any]) -> list[str]:
+    short = [f for f in figures_of("freshness", fr) if f["met"] is False]
+    if not short:
+        return []
+    at_1k = next((r for r in fr.get("runs", []) if r["rate"] == 1000), None)
+    if at_1k is None or "ratios" not in at_1k:
+        listed = "; ".join(f"{f['figure']}: {fmt(f['value'])} {f['unit']}" for f in short)
+        where = "a bare aiokafka consumer's receive latency (the Kafka floor)"
+        return [note("other", name="freshness", listed=listed, where=where)]
+    ratios = at_1k["ratios"]
+    prof = fr.get("hydrator_profile_at_1k") or {}
+    own = "; ".join(
+        f"{p['function'].split(' (')[0]} {p['share']:.0%}" for p in prof.get("top_own", [])[:6]
+    )
+    inclusive = prof.get("top_inclusive", [])
+    fetching = next((p["share"] for p in inclusive if "_proc_fetch_request" in p["function"]), None)
+    repeats = ", ".join(
+        f"x{r['p50_over_kafka_floor']} / x{r['p99_over_kafka_floor']}"
+        for r in at_1k.get("repeats", [])
+    )
+    writes = {}
+    for line in fr.get("hydrator_writes", []):
+        name, _, value = line.partition(" ")
+        writes[name.split("{")[0]] = float(value)
+    count = writes.get("sidecar_state_hydrator_batch_apply_seconds_count") or 0.0
+    seconds = writes.get("sidecar_state_hydrator_batch_apply_seconds_sum", 0.0)
+    records = writes.get("sidecar_state_hydrator_records_applied_total", 0.0)
+    apply_ms = f"{1000 * seconds / count:.1f}" if count else "?"
+    per_write = f"{records / count:.1f}" if count else "?"
+    return [note(
+        "freshness", p50=at_1k["p50_ms"], p99=at_1k["p99_ms"],
+        apply_ms=apply_ms, per_write=per_write,
+        fetching=f"{fetching:.0%}" if fetching is not None else "?",
+        rates=", ".join(f"{r['rate']:,}" for r in fr.get("runs", [])),
+        floor_p50=at_1k["kafka_floor_p50_ms"], floor_p99=at_1k["kafka_floor_p99_ms"],
+        r50=ratios["p50_over_kafka_floor"], r99=ratios["p99_over_kafka_floor"],
+        in_process_r50=ratios.get("p50_over_kafka_floor_in_process"),
+        in_process_r99=ratios.get("p99_over_kafka_floor_in_process"),
+        repeats=repeats or "one run", own=own or "(not profiled: run with --profile)",
+        load=", ".join(f"{x:.1f}" for x in fr.get("load_average_before", [])) or "unknown",
+    )]  # fmt: skip
 
 
 def _interceptor_notes(ic: dict[str, Any]) -> list[str]:
@@ -477,13 +538,13 @@ def _nats_notes(nats: dict[str, Any]) -> list[str]:
 #: Where a figure of a benchmark without its own notes is measured against.
 _BASELINES: Final = {
     "hydration": "raw MSET rate and a bare aiokafka consumer's rate",
-    "freshness": "a bare aiokafka consumer's receive latency (the Kafka floor)",
 }
 
 #: Per benchmark, why its figures that miss their target miss it (from its profiles).
 NOTES: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "latency": _latency_notes,
     "reader_impact": _reader_impact_notes,
+    "freshness": _freshness_notes,
     "interceptor": _interceptor_notes,
     "footprint": _footprint_notes,
     "admission": _admission_notes,
@@ -573,16 +634,63 @@ def _latency_section(lat: dict[str, Any]) -> list[str]:
 
 
 def _reader_impact_section(ri: dict[str, Any]) -> list[str]:
+    cpu = ri.get("cpu_groups") or {}
+    pod = cpu.get("pod_millicores") or {}
+    requests = ", ".join(
+        f"{name} {m['request']}m" + (f" (limit {m['limit']}m)" if m.get("limit") else "")
+        for name, m in pod.items()
+    )
+    if cpu.get("available"):
+        placement = (
+            f"In the judged runs the app, Redis and the hydrator each run in a CPU cgroup "
+            f"(cgroup {cpu.get('version')}) weighted as the Pod's requests ({requests}), in a "
+            f"Pod cgroup beside the broker's ({cpu.get('broker_millicores')}m), as the kubelet "
+            f"places containers; the same processes bare (no cgroups) are context."
+        )
+    elif cpu:
+        placement = f"No CPU cgroups here ({cpu.get('why')}): bare processes only."
+    else:
+        placement = "Bare processes (no cgroups)."
     out = template("reader_impact", records=f"{ri['parameters']['records']:,}",
-                   app_reads_per_s=ri["parameters"]["app_reads_per_s"],
+                   app_reads_per_s=ri["parameters"]["app_reads_per_s"], placement=placement,
                    idle_p50_ms=ri["idle"]["p50_ms"], idle_p99_ms=ri["idle"]["p99_ms"])  # fmt: skip
+    for name, summary in (ri.get("placements") or {}).items():
+        idle = summary["idle"]
+        out.append(f"- {name}, idle: GET p50/p99 {idle['p50_ms']} / {idle['p99_ms']} ms")
     for run in ri["runs"]:
         g = run["gets_during"]
+        cpu_s = run.get("hydrator_cpu_seconds")
         out.append(
-            f"- batch {run['bootstrap_batch_max_keys']}: "
-            f"{run['hydration_records_per_s']:,} rec/s over {run['window_seconds']} s; "
-            f"app GET p50/p99/max {g['p50_ms']} / {g['p99_ms']} / {g['max_ms']} ms "
+            f"- {run.get('placement', 'bare')}, batch {run['bootstrap_batch_max_keys']}: "
+            f"{run['hydration_records_per_s']:,} rec/s over {run['window_seconds']} s"
+            + (f" (hydrator {cpu_s} s of CPU)" if cpu_s is not None else "")
+            + f"; app GET p50/p99/max {g['p50_ms']} / {g['p99_ms']} / {g['max_ms']} ms "
             f"(n={g['n']})"
+        )
+    return out
+
+
+def _freshness_section(fr: dict[str, Any]) -> list[str]:
+    out = template("freshness")
+    for run in fr.get("runs", []):
+        r = run.get("ratios") or {}
+        repeats = "; ".join(
+            f"x{x.get('p50_over_kafka_floor')} / x{x.get('p99_over_kafka_floor')}"
+            for x in run.get("repeats", [])
+        )
+        out.append(
+            f"- {run['rate']:,} rec/s ({run['records']:,} records): visible p50/p99 "
+            f"{run['p50_ms']} / {run['p99_ms']} ms; floor as observed "
+            f"{run['kafka_floor_p50_ms']} / {run['kafka_floor_p99_ms']} ms"
+            + (
+                f", in the consumer's process {run['kafka_floor_in_process_p50_ms']} / "
+                f"{run['kafka_floor_in_process_p99_ms']} ms "
+                f"(x{r.get('p50_over_kafka_floor_in_process')} / "
+                f"x{r.get('p99_over_kafka_floor_in_process')})"
+                if "kafka_floor_in_process_p50_ms" in run
+                else ""
+            )
+            + (f"; per run {repeats}" if repeats else "")
         )
     return out
 
@@ -662,7 +770,7 @@ SECTIONS: Final[dict[str, Callable[[dict[str, Any]], list[str]] | None]] = {
     "footprint": _footprint_section,
     "admission": _admission_section,
     "hydration": None,
-    "freshness": None,
+    "freshness": _freshness_section,
     "nats": _nats_section,
     "controller_pass": _controller_pass_section,
 }

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar_hydrator.hydrator import Hydrator
-from sidecar_state_stack.redis_server import sidecar_redis_config
+from sidecar_hydrator.store import Store, StoreError
+from sidecar_state_stack.redis_server import RedisServer, sidecar_redis_config
 from tests.integration.hydrator.support import (
     MIB,
     KafkaPod,
@@ -236,3 +237,47 @@ async def test_a_redis_restarted_empty_while_kafka_is_down_claims_neither_comple
 
 async def _counted(hydrator: Hydrator, *, kind: str, count: int) -> bool:
     return sample(hydrator, "bad_records_total", binding="b", kind=kind) == count
+
+
+async def test_a_batch_is_all_or_nothing_and_a_failed_one_leaves_the_socket_usable(
+    redis_server: RedisServer, app_redis: aioredis.Redis
+) -> None:
+    store = Store(
+        socket_path=str(redis_server.socket_path),
+        offsets_key="sidecar-state:offsets",
+        metadata_key="sidecar-state:meta",
+        spare_db=1,
+    )
+    await store.inspect()
+    changes = app_redis.pubsub()  # type: ignore[no-untyped-call]
+    await changes.subscribe("sidecar-state:changes:b")
+    await changes.get_message(timeout=1)  # the subscribe confirmation
+    try:
+        # Refused while queued (a command Redis does not know): none of the batch lands.
+        with pytest.raises(StoreError):
+            await store.apply(
+                sets={b"k:a": b"1"}, deletes=(), offsets={"b/t/0": 1}, meta={"last_apply_ms": 1},
+                notify=("sidecar-state:changes:b", b"a"), commands=[("NO-SUCH-COMMAND",)],
+            )  # fmt: skip
+        assert await view(app_redis, b"k:") == {}
+        assert await app_redis.exists("sidecar-state:offsets", "sidecar-state:meta") == 0
+        # Failing while it runs (the offsets hash written over): raised, not swallowed.
+        await app_redis.set("sidecar-state:offsets", "not a hash")
+        with pytest.raises(StoreError) as failed:
+            await store.apply(sets={b"k:b": b"2"}, deletes=(), offsets={"b/t/0": 2}, meta={})
+        assert failed.value.kind == "ResponseError"
+        await app_redis.delete("sidecar-state:offsets")
+        # The next batch goes through on the same socket, all of it with its notification.
+        result = await store.apply(
+            sets={b"k:c": b"3"}, deletes={b"k:b"}, offsets={"b/t/0": 3},
+            meta={"last_apply_ms": 5}, notify=("sidecar-state:changes:b", b"c"),
+        )  # fmt: skip
+        assert result.applied == 2
+        assert await view(app_redis, b"k:") == {b"k:c": b"3"}
+        assert await app_redis.hgetall("sidecar-state:offsets") == {b"b/t/0": b"3"}
+        assert await app_redis.hget("sidecar-state:meta", "last_apply_ms") == b"5"
+        message = await changes.get_message(ignore_subscribe_messages=True, timeout=2)
+        assert message is not None and message["data"] == b"c"
+    finally:
+        await changes.aclose()
+        await store.close()
