@@ -485,6 +485,11 @@ def _admission_notes(adm: dict[str, Any]) -> list[str]:
     return [note(
         "admission", **_admission_profile(adm),
         calls_1=fmt(one.get("webhook_calls_per_pod")), calls=fmt(on.get("webhook_calls_per_pod")),
+        operator_cpu_1=fmt(one["cpu_ms_per_pod"].get("operator")),
+        operator_wait_1=fmt((one.get("runqueue_wait_ms_per_pod") or {}).get("operator")),
+        apiserver_wait_1=fmt((one.get("runqueue_wait_ms_per_pod") or {}).get("kube-apiserver")),
+        handler1_p50=(one.get("operator_handler") or {}).get("p50_ms_interpolated"),
+        handler1_p99=(one.get("operator_handler") or {}).get("p99_ms_interpolated"),
         top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
         call1_p50=one["apiserver_webhook_call"]["p50_ms_interpolated"],
         connections_1=fmt(one.get("webhook_connections_per_pod")),
