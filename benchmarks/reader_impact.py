@@ -83,14 +83,17 @@ def millicores(quantity: str) -> int:
     return round(float(quantity) * 1000)
 
 
-def pod_resources(*, app_request: int, limits: bool) -> dict[str, Cpu]:
-    """The Pod's containers as the operator injects them (its default requests and limits)."""
+def pod_resources(
+    *, app_request: int, limits: bool, redis_request: int | None = None
+) -> dict[str, Cpu]:
+    """The Pod's containers as the operator injects them (its default requests and limits;
+    ``redis_request`` overrides Redis's, to measure another default)."""
     d = InjectionDefaults()
     hydrator_limit = millicores(d.hydrator_cpu_limit) if limits else None
     redis_limit = millicores(d.redis_cpu_limit) if limits and d.redis_cpu_limit else None
     return {
         "app": Cpu(app_request),
-        "redis": Cpu(millicores(d.redis_cpu_request), redis_limit),
+        "redis": Cpu(redis_request or millicores(d.redis_cpu_request), redis_limit),
         "hydrator": Cpu(millicores(d.hydrator_cpu_request), hydrator_limit),
     }
 
@@ -349,10 +352,11 @@ def measure(
     placements: Sequence[str] = (POD, BARE),
     app_request: int = APP_CPU_REQUEST,
     limits: bool = False,
+    redis_request: int | None = None,
 ) -> dict[str, Any]:
     """Idle, then one rebuild per batch size, per placement, ``repeat`` rounds interleaved;
     the first placement is the one judged (the others are context)."""
-    resources = pod_resources(app_request=app_request, limits=limits)
+    resources = pod_resources(app_request=app_request, limits=limits, redis_request=redis_request)
     hierarchy, why = probe() if POD in placements else (None, "not asked for")
     if hierarchy is None:
         placements = [p for p in placements if p != POD] or [BARE]
@@ -550,6 +554,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--limits", action="store_true", help="also the sidecars' CPU limits, as CFS quotas"
     )
+    parser.add_argument(
+        "--redis-cpu-request", type=int, default=None,
+        help="Redis's CPU request, millicores, instead of the operator's default",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="100k records, 1 run per batch")
     args = parser.parse_args(argv)
     n, repeat = (100_000, 1) if args.quick else (args.records, args.repeat)
@@ -561,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = measure(
         n, repeat, args.rate, 2.0 if args.quick else args.idle_seconds, batches,
         placements=placements, app_request=args.app_cpu_request, limits=args.limits,
+        redis_request=args.redis_cpu_request,
     )  # fmt: skip
     results["seconds"] = round(time.monotonic() - started, 1)
     for row in results["figures"]:
