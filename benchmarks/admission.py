@@ -49,7 +49,7 @@ from kubernetes import config as k8s_config
 
 from benchmarks._common import machine, write_results
 from benchmarks.lib import pprof
-from benchmarks.lib.processes import sigterm_as_exit
+from benchmarks.lib.processes import cpu_seconds, sigterm_as_exit
 from benchmarks.lib.stats import percentile
 from localkube.access import ClusterAccess
 from localkube.controlplane import LocalControlPlane
@@ -225,15 +225,6 @@ class AcceptCounter:
 
 
 # -- where the time goes: CPU per component, and a py-spy profile of the operator -------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (its threads included), from /proc/<pid>/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def runqueue_waits(pid: int) -> dict[str, int]:

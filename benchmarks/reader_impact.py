@@ -29,7 +29,6 @@ import contextlib
 import functools
 import multiprocessing
 import multiprocessing.connection
-import os
 import random
 import shutil
 import tempfile
@@ -51,7 +50,7 @@ from benchmarks.footprint import (
     redis_value,
 )
 from benchmarks.lib.cgroups import Cpu, CpuGroups, probe, remove_stale
-from benchmarks.lib.processes import sidecar_redis
+from benchmarks.lib.processes import cpu_seconds, sidecar_redis
 from benchmarks.lib.stats import percentile
 from localkube.ports import free_port
 from sidecar_hydrator.config import HydratorConfig, default, replace
@@ -96,15 +95,6 @@ def pod_resources(
         "redis": Cpu(redis_request or millicores(d.redis_cpu_request), redis_limit),
         "hydrator": Cpu(millicores(d.hydrator_cpu_request), hydrator_limit),
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reader(
