@@ -65,11 +65,12 @@ def subscriber(
     socket_path: str,
     pattern: str,
     conn: multiprocessing.connection.Connection,
-    floor_rx: multiprocessing.connection.Connection,
+    floor_rx: multiprocessing.connection.Connection | None = None,
 ) -> None:
     """Child process: the observer. Records (key, arrival ns) for every key written under
     ``pattern`` (keyspace notifications) and for every key the floor's consumer received
-    (``floor_rx``: it sends the keys of each fetch the moment it has them).
+    (``floor_rx``: it sends the keys of each fetch the moment it has them; ``None`` where the
+    floor is timestamped elsewhere, as in the NATS benchmark). Sends ``(seen, floor_seen)``.
 
     Both sides are timestamped the same way, by this process: once per read, after parsing
     what that read brought (hiredis, in C), for every key in it; each through one hop from the
@@ -100,12 +101,14 @@ def subscriber(
     floor_seen: dict[bytes, int] = {}
     clock = time.time_ns
     stop = False
+    waiting: list[Any] = [sock] if floor_rx is None else [sock, floor_rx]
     while not stop:
-        for ready in multiprocessing.connection.wait([sock, floor_rx]):
+        for ready in multiprocessing.connection.wait(waiting):
             if ready is floor_rx:
                 try:
                     keys = floor_rx.recv_bytes()
-                except EOFError:
+                except EOFError:  # the floor is done: stop waiting on its pipe
+                    waiting.remove(floor_rx)
                     continue
                 now = clock()
                 for key in keys.split(b"\n"):

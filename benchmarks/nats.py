@@ -292,7 +292,7 @@ def one_rate(url: str, server: RedisServer, rate: int, seconds: float, tag: str)
     bare_seen: dict[bytes, int] = bare_parent.recv()
     time.sleep(0.5)  # let the last keys land in Redis
     redis.Redis(unix_socket_path=str(server.socket_path)).publish(STOP_CHANNEL, "stop")
-    seen: dict[bytes, int] = sub_parent.recv()
+    seen: dict[bytes, int] = sub_parent.recv()[0]  # (seen, floor_seen): no floor pipe here
     for proc in watchers:
         proc.join(10)
     visible = sorted((seen[k] - at) / 1e6 for k, at in sent.items() if k in seen)
