@@ -11,17 +11,14 @@ scenario (tests/e2e/operator/test_injection.py) checks the same on the real apis
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import jsonpatch
 
-from sidecar_operator.controller.rollout import RolloutThrottle
-from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.handlers.webhook import pod_mutate
 from sidecar_operator.injection import Injected, InjectionDefaults, inject_pod
 from sidecar_operator.injection.service_account import TOKEN_MOUNT_PATH
-from sidecar_operator.settings import OperatorSettings
+from tests.unit.operator.support import webhook_context
 
 NAMESPACE = "shop"
 TOKEN_VOLUME = "kube-api-access-x7k2p"
@@ -62,18 +59,9 @@ def _as_admitted(pod: dict[str, Any]) -> dict[str, Any]:
     return service_account_plugin(obj)
 
 
-def _context(defaults: InjectionDefaults) -> OperatorContext:
-    context = OperatorContext(
-        settings=OperatorSettings(), injection_defaults=defaults, webhook_tls=None,
-        rollout_throttle=RolloutThrottle(per_minute=6, per_namespace=1, now=time.monotonic()),
-    )  # fmt: skip
-    context.index_ready.set()
-    return context
-
-
 def _patched(obj: dict[str, Any], bindings: list[Any], defaults: InjectionDefaults) -> Any:
     verdict = pod_mutate(obj, namespace=NAMESPACE, dryrun=True, bindings=bindings,
-                         memo=_context(defaults))  # fmt: skip
+                         memo=webhook_context(defaults))  # fmt: skip
     return jsonpatch.apply_patch(obj, verdict.patch)
 
 

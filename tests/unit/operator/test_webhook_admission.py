@@ -5,29 +5,17 @@ object of an AdmissionReview."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jsonpatch
 from prometheus_client import REGISTRY
 
-from sidecar_operator.controller.rollout import RolloutThrottle
 from sidecar_operator.events import Event
-from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.handlers.webhook import Verdict, pod_mutate
 from sidecar_operator.injection import Injected, InjectionDefaults, inject_pod
-from sidecar_operator.settings import OperatorSettings
+from tests.unit.operator.support import webhook_context
 
 DEFAULTS = InjectionDefaults(excluded_namespaces=("kube-system",))
-
-
-def _context() -> OperatorContext:
-    context = OperatorContext(
-        settings=OperatorSettings(), injection_defaults=DEFAULTS, webhook_tls=None,
-        rollout_throttle=RolloutThrottle(per_minute=6, per_namespace=1, now=time.monotonic()),
-    )  # fmt: skip
-    context.index_ready.set()
-    return context
 
 
 def _admit(
@@ -35,7 +23,7 @@ def _admit(
 ) -> tuple[Verdict, list[Event]]:
     """Admit ``pod`` (created in ``namespace``) as the webhook server would, with ``bindings``
     indexed."""
-    context = _context()
+    context = webhook_context(DEFAULTS)
     pod["metadata"]["namespace"] = namespace
     verdict = pod_mutate(pod, namespace=namespace, dryrun=False, bindings=bindings, memo=context)
     queue = context.events._queue

@@ -12,7 +12,6 @@ reorders is replaced whole), and the engine's Pod.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,25 +20,14 @@ import kopf
 import orjson
 import pytest
 
-from sidecar_operator.controller.rollout import RolloutThrottle
-from sidecar_operator.handlers.context import OperatorContext
 from sidecar_operator.handlers.webhook import pod_mutate
 from sidecar_operator.injection import Injected, InjectionDefaults, SkipReason, decide, inject_pod
 from sidecar_operator.injection import render as render_pod
 from sidecar_operator.injection.placement import reposition
-from sidecar_operator.settings import OperatorSettings
+from tests.unit.operator.support import webhook_context
 
 NAMESPACE = "shop"
 SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-def _context(defaults: InjectionDefaults) -> OperatorContext:
-    context = OperatorContext(
-        settings=OperatorSettings(), injection_defaults=defaults, webhook_tls=None,
-        rollout_throttle=RolloutThrottle(per_minute=6, per_namespace=1, now=time.monotonic()),
-    )  # fmt: skip
-    context.index_ready.set()
-    return context
 
 
 def kopf_reference(obj: dict[str, Any], bindings: list[Any], defaults: InjectionDefaults) -> Any:
@@ -149,7 +137,7 @@ def test_the_patch_does_what_kopfs_did(case, make_pod, make_binding):
     sent = copy.deepcopy(obj)
 
     verdict = pod_mutate(obj, namespace=NAMESPACE, dryrun=True, bindings=bindings,
-                         memo=_context(defaults))  # fmt: skip
+                         memo=webhook_context(defaults))  # fmt: skip
 
     reference = kopf_reference(obj, bindings, defaults)
     assert jsonpatch.apply_patch(sent, verdict.patch) == jsonpatch.apply_patch(sent, reference)
@@ -172,7 +160,7 @@ def test_applying_the_patch_gives_the_engines_pod(case, make_pod, make_binding):
     obj = _as_sent(pod)
 
     verdict = pod_mutate(obj, namespace=NAMESPACE, dryrun=True, bindings=bindings,
-                         memo=_context(defaults))  # fmt: skip
+                         memo=webhook_context(defaults))  # fmt: skip
 
     expected = inject_pod(obj, bindings=bindings, namespace=NAMESPACE, defaults=defaults)
     assert isinstance(expected, Injected)
