@@ -34,7 +34,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -141,14 +141,61 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
     return options
 
 
-async def connect(options: Mapping[str, Any], **callbacks: Any) -> Client:
+#: A message as it came off the wire: subject, reply subject, payload, and its headers
+#: (``None`` when it has none; parsed by nats-py when it has any).
+RawMsg = tuple[bytes, bytes, bytes, dict[str, str] | None]
+RawHandler = Callable[[bytes, bytes, bytes, dict[str, str] | None], None]
+
+
+class RawClient(Client):
+    """nats-py's client, with subscriptions whose messages go to a plain function as they come
+    off the wire (:meth:`subscribe_raw`).
+
+    nats-py hands every message through a ``Msg`` built with decoded subjects, a queue, and a
+    task that awaits the callback: one event-loop turn and about as much CPU again as the
+    protocol parser's per message. A pull consumer's inbox needs none of it, since its
+    messages are taken in runs and decoded in one loop (:func:`records_of`). The hook is
+    nats-py's ``Client._process_msg``, which its protocol parser calls once per message
+    with the subscription's id (guarded by a unit test); every other subscription is nats-py's
+    own. Headers, rare here (KV deletes, statuses), are parsed by nats-py as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw_handlers: dict[int, RawHandler] = {}
+
+    async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
+        """Subscribe to ``subject`` with ``handler`` called for each message. For inboxes that
+        get nothing until asked (pull requests): a message that came between the ``SUB`` and
+        the handler's registration would go to the subscription's unread iterator."""
+        sub = await self.subscribe(subject)
+        self._raw_handlers[sub._id] = handler
+        return sub
+
+    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
+        self._raw_handlers.pop(sid, None)
+        super()._remove_sub(sid, max_msgs)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        handler = self._raw_handlers.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        handler(subject, reply, data, await self._process_headers(headers) if headers else None)
+
+
+async def connect(options: Mapping[str, Any], **callbacks: Any) -> RawClient:
     """Connect with :func:`connect_options`' settings. An nkey's public key has no ``connect``
     argument (nats-py derives it only through the ``nkeys`` package), so it is set on the
     client before connecting: ``Client._public_nkey``, which nats-py sends as ``nkey`` with
     the signature (guarded by a unit test and the nkey integration test)."""
     settings = dict(options)
     public = settings.pop(PUBLIC_NKEY, None)
-    nc = Client()
+    nc = RawClient()
     if public is not None:
         nc._public_nkey = public
     await nc.connect(**settings, **callbacks)
@@ -169,7 +216,7 @@ class Run(NamedTuple):
 
 
 def records_of(
-    msgs: Sequence[Msg], *, stream: str, subject_prefix: str, consumer_seq: int, position: int
+    msgs: Sequence[RawMsg], *, stream: str, subject_prefix: str, consumer_seq: int, position: int
 ) -> Run:
     """The records of delivered messages, in order (pure), up to the first one that breaks
     the ordered consumer's sequence (``consumer_seq`` is the last one read).
@@ -177,21 +224,22 @@ def records_of(
     Sequences, time and pending come from each message's reply subject, read directly
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or with domain
     and account hash after ``ACK``): nats-py's ``Msg.metadata`` builds three dataclasses and a
-    datetime per message, a third of a bootstrap's CPU. KV deletes, purges and server markers
-    (TTL expiry, ``Nats-Marker-Reason``) carry no value, so they delete the key. This loop
-    runs once per message, hence the locals."""
+    datetime per message, a third of a bootstrap's CPU. Subjects stay bytes, as they came, so
+    a KV key is a slice of one. KV deletes, purges and server markers (TTL expiry,
+    ``Nats-Marker-Reason``) carry no value, so they delete the key. This loop runs once per
+    message, hence the locals."""
     records: list[NatsRecord] = []
     append = records.append
-    cut = len(subject_prefix)
-    tokens: list[str] = []
+    prefix = subject_prefix.encode()
+    cut = len(prefix)
+    tokens: list[bytes] = []
     base = 2
-    for msg in msgs:
-        reply = msg.reply or ""
-        tokens = reply.split(".")
+    for subject, reply, data, headers in msgs:
+        tokens = reply.split(b".")
         count = len(tokens)
         base = 2 if count == 9 else 4
-        if (count != 9 and count < 11) or tokens[0] != "$JS" or tokens[1] != "ACK":
-            broken = f"not a JetStream message (reply subject {reply!r})"
+        if (count != 9 and count < 11) or tokens[0] != b"$JS" or tokens[1] != b"ACK":
+            broken = f"not a JetStream message (reply subject {reply.decode(errors='replace')!r})"
             return Run(records, consumer_seq, position, None, broken)
         seq = int(tokens[base + 4])
         if seq != consumer_seq + 1:
@@ -199,16 +247,12 @@ def records_of(
             return Run(records, consumer_seq, position, None, broken)
         consumer_seq = seq
         offset = int(tokens[base + 3])
-        headers = msg.headers
         deleting = headers is not None and (
             headers.get(_KV_OPERATION) in _DELETING_OPERATIONS or _MARKER_REASON in headers
         )
-        subject = msg.subject
-        key = subject[cut:] if subject.startswith(subject_prefix) else subject
+        key = subject[cut:] if subject.startswith(prefix) else subject
         timestamp = int(tokens[base + 5]) // 1_000_000
-        append(
-            NatsRecord(stream, 0, offset, key.encode(), None if deleting else msg.data, timestamp)
-        )
+        append(NatsRecord(stream, 0, offset, key, None if deleting else data, timestamp))
         position = offset + 1
     pending = int(tokens[base + 6]) if records else None
     return Run(records, consumer_seq, position, pending)
@@ -227,13 +271,13 @@ class _Pull:
     subject of its own, so a status that ends one (408: expired) names it; messages fill the
     requests in order, as the server serves them."""
 
-    def __init__(self, *, nc: Client, stream: str, name: str) -> None:
+    def __init__(self, *, nc: RawClient, stream: str, name: str) -> None:
         self.nc = nc
         self.stream = stream
         self.name = name
         self.inbox = nc.new_inbox()
-        self.sub: Any = None
-        self.buffer: list[Msg] = []
+        self.sub: Subscription | None = None
+        self.buffer: list[RawMsg] = []
         self.arrived = asyncio.Event()
         #: Open requests, oldest first: reply subject -> (messages still owed, expiry).
         self.open: dict[str, list[float]] = {}
@@ -246,27 +290,29 @@ class _Pull:
         return int(sum(owed for owed, _ in self.open.values()))
 
     async def start(self) -> None:
-        self.sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_message)
+        self.sub = await self.nc.subscribe_raw(f"{self.inbox}.*", self._on_message)
 
-    async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers
+    def _on_message(
+        self, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
+    ) -> None:
         status = headers.get(_STATUS) if headers else None
         if status is None:
-            self.buffer.append(msg)
+            self.buffer.append((subject, reply, data, headers))
             if self.open:
-                subject = next(iter(self.open))
-                credit = self.open[subject]
+                oldest = next(iter(self.open))
+                credit = self.open[oldest]
                 credit[0] -= 1
                 if credit[0] <= 0:
-                    del self.open[subject]
+                    del self.open[oldest]
         elif status == "100":  # an idle heartbeat
             return
         else:  # 404 no messages, 408 request expired, 409 / 503: that request is over
-            self.open.pop(msg.subject, None)
+            assert headers is not None
+            self.open.pop(subject.decode(errors="replace"), None)
             self.lost = (
                 self.lost
                 or status == "503"
-                or (status == "409" and "deleted" in (headers or {}).get(_DESCRIPTION, "").lower())
+                or (status == "409" and "deleted" in headers.get(_DESCRIPTION, "").lower())
             )
         self.arrived.set()
 
@@ -289,7 +335,7 @@ class _Pull:
             reply=reply,
         )
 
-    def take(self, limit: int) -> list[Msg]:
+    def take(self, limit: int) -> list[RawMsg]:
         run, self.buffer = self.buffer[:limit], self.buffer[limit:]
         if not self.buffer:
             self.arrived.clear()
@@ -336,7 +382,7 @@ class NatsSource:
         self._metrics = metrics
         self._stream = binding.nats.stream_name
         self._partition = StreamPartition(self._stream, 0)
-        self._nc: Client | None = None
+        self._nc: RawClient | None = None
         self._js: JetStreamContext | None = None
         self._sub: _Pull | None = None
         #: Consumers being removed in the background (awaited on close).

@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import sys
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import pytest
+from nats.aio.subscription import Subscription
 
 from sidecar_hydrator.config import NatsConnection, NatsKv, NatsSourceConfig, parse
 from sidecar_hydrator.nats_auth import PREFIX_USER, Nkey
 from sidecar_hydrator.nats_source import (
     PUBLIC_NKEY,
     NatsConfigError,
+    RawClient,
+    RawMsg,
     connect_options,
     records_of,
 )
@@ -100,8 +102,9 @@ _NS = int(_AT.timestamp()) * 10**9
 
 
 def _msg(subject, data, headers=None, *, sseq=7, cseq=1, pending=0):
+    """A message as :class:`RawClient` hands it over: bytes as they came, headers parsed."""
     reply = f"$JS.ACK.KV_flags.c1.1.{sseq}.{cseq}.{_NS}.{pending}"
-    return SimpleNamespace(subject=subject, data=data, headers=headers, reply=reply)
+    return (subject.encode(), reply.encode(), data, headers)
 
 
 def _read(msgs, *, stream="KV_flags", prefix="$KV.flags.", consumer_seq=0):
@@ -157,8 +160,7 @@ def test_a_consumer_sequence_gap_stops_the_run_before_it():
 def test_the_reply_subject_gives_sequences_time_and_pending_as_nats_py_reads_them(reply):
     from nats.aio.msg import Msg
 
-    msg = SimpleNamespace(subject="$KV.flags.a", data=b"1", headers=None, reply=reply)
-    run = _read([msg], consumer_seq=2)
+    run = _read([(b"$KV.flags.a", reply.encode(), b"1", None)], consumer_seq=2)
     reference = Msg.Metadata._from_reply(reply)
 
     (record,) = run.records
@@ -170,11 +172,71 @@ def test_the_reply_subject_gives_sequences_time_and_pending_as_nats_py_reads_the
     assert record.timestamp == int(reference.timestamp.timestamp() * 1000)
 
 
-@pytest.mark.parametrize("reply", ["_INBOX.abc", "$JS.ACK.a.b.c", "$JS.ACK.1.2.3.4.5.6.7.8", None])
+@pytest.mark.parametrize(
+    "reply", [b"_INBOX.abc", b"$JS.ACK.a.b.c", b"$JS.ACK.1.2.3.4.5.6.7.8", b""]
+)
 def test_a_message_that_is_no_jetstream_delivery_breaks_the_run(reply):
-    msg = SimpleNamespace(subject="$KV.flags.a", data=b"1", headers=None, reply=reply)
-
-    run = _read([msg])
+    run = _read([(b"$KV.flags.a", reply, b"1", None)])
 
     assert run.records == [] and run.broken is not None
     assert run.broken.startswith("not a JetStream message")
+
+
+def _raw_client_with_inbox() -> tuple[RawClient, list[RawMsg], int]:
+    """A client (not connected) whose subscription 7 takes its messages raw."""
+    nc = RawClient()
+    taken: list[RawMsg] = []
+    nc._subs[7] = Subscription(nc, 7, "_INBOX.x.*")
+    nc._raw_handlers[7] = lambda *msg: taken.append(msg)
+    return nc, taken, 7
+
+
+async def test_a_raw_subscription_gets_wire_bytes_and_parsed_headers_from_the_parser():
+    nc, taken, _ = _raw_client_with_inbox()
+    reply = b"$JS.ACK.KV_flags.c1.1.7.1.1767225600000000000.0"
+    headers = b"NATS/1.0\r\nKV-Operation: DEL\r\n\r\n"
+    wire = (
+        b"MSG $KV.flags.a 7 " + reply + b" 2\r\nv1\r\n"
+        b"HMSG $KV.flags.b 7 " + reply + b" %d %d\r\n" % (len(headers), len(headers))
+        + headers + b"\r\n"
+        b"HMSG _INBOX.x.1 7 16 16\r\nNATS/1.0 408\r\n\r\n\r\n"
+    )  # fmt: skip
+
+    for at in range(0, len(wire), 5):  # split across reads anywhere
+        await nc._ps.parse(wire[at : at + 5])
+
+    assert taken == [
+        (b"$KV.flags.a", reply, b"v1", None),
+        (b"$KV.flags.b", reply, b"", {"KV-Operation": "DEL"}),
+        (b"_INBOX.x.1", b"", b"", {"Status": "408"}),
+    ]
+    assert nc.stats["in_msgs"] == 3
+
+
+async def test_other_subscriptions_and_an_unsubscribed_inbox_are_nats_pys_own():
+    nc, taken, sid = _raw_client_with_inbox()
+    nc._remove_sub(sid)  # what Subscription.unsubscribe calls
+
+    await nc._ps.parse(b"MSG $KV.flags.a 7 2\r\nv1\r\n")
+
+    assert taken == [] and sid not in nc._raw_handlers
+
+
+def test_the_nats_py_hooks_of_the_raw_client_still_exist():
+    """nats-py's parser hands each message to ``Client._process_msg`` (sid, subject, reply,
+    payload, headers); ``unsubscribe`` forgets a subscription through ``Client._remove_sub``;
+    a subscription without a callback starts no task."""
+    import inspect
+
+    from nats.aio.client import Client
+    from nats.aio.subscription import Subscription as NatsSubscription
+    from nats.protocol.parser import Parser
+
+    assert "self.nc._process_msg(sid, subject, reply, payload, hdr)" in inspect.getsource(
+        Parser.parse
+    )
+    assert list(inspect.signature(Client._process_msg).parameters) == [
+        "self", "sid", "subject", "reply", "data", "headers",
+    ]  # fmt: skip
+    assert "self._conn._remove_sub(self._id)" in inspect.getsource(NatsSubscription.unsubscribe)
+    assert "if self._cb:" in inspect.getsource(NatsSubscription._start)
