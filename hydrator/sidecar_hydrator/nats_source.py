@@ -35,8 +35,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import ProtocolError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 from sidecar_hydrator.aio import sleep_or_stop, until
 from sidecar_hydrator.config import BindingSource, HydratorConfig, NatsSourceConfig
@@ -162,6 +164,7 @@ class RawClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._raw_handlers: dict[int, RawHandler] = {}
+        self._ps = WireParser(self, raw_handlers=self._raw_handlers)
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
         """Subscribe to ``subject`` with ``handler`` called for each message. For inboxes that
@@ -186,6 +189,99 @@ class RawClient(Client):
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         handler(subject, reply, data, await self._process_headers(headers) if headers else None)
+
+
+class WireParser(Parser):
+    """nats-py's protocol parser, with the operation nearly all bytes are (``MSG``/``HMSG``)
+    read by offsets into one copy of what was received, and a raw subscription's message
+    without headers handed to its handler in the same loop.
+
+    nats-py matches two regular expressions per message, copies each payload twice and
+    deletes it from the front of its buffer, then awaits ``Client._process_msg``: most of
+    a bootstrap's CPU past the hydrator's own. Messages split across reads wait in nats-py's
+    own state (``msg_arg``, ``needed``, ``header_needed``), so both parsers can take turns on
+    one buffer: anything but a message (``PING``, ``INFO``, ``-ERR``...) goes to nats-py's
+    parser, which reads the rest of that buffer itself."""
+
+    def __init__(self, nc: Client, *, raw_handlers: Mapping[int, RawHandler]) -> None:
+        super().__init__(nc)
+        self._raw_handlers = raw_handlers
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        if self.state == AWAITING_MSG_PAYLOAD and len(buf) < self.needed + 2:
+            return  # a large payload still arriving: no copy per read
+        wire = bytes(buf)
+        end = len(wire)
+        pos = 0
+        nc = self.nc
+        handlers = self._raw_handlers
+        delivered = delivered_bytes = 0
+        try:
+            while pos < end:
+                if self.state == AWAITING_MSG_PAYLOAD:
+                    arg = self.msg_arg
+                    subject, sid, reply = arg["subject"], arg["sid"], arg["reply"]
+                    header_size, size = self.header_needed, self.needed
+                    if end - pos < size + 2:
+                        break
+                    self.state = AWAITING_CONTROL_LINE
+                    self.header_needed = 0
+                elif wire.startswith(b"MSG ", pos) or wire.startswith(b"HMSG ", pos):
+                    eol = wire.find(b"\r\n", pos)
+                    if eol < 0:
+                        break
+                    subject, sid, reply, header_size, size = _message_line(wire[pos:eol])
+                    pos = eol + 2
+                    if end - pos < size + 2:
+                        self.msg_arg = {"subject": subject, "sid": sid, "reply": reply}
+                        self.needed, self.header_needed = size, header_size
+                        self.state = AWAITING_MSG_PAYLOAD
+                        break
+                else:
+                    del buf[:pos]
+                    pos = 0
+                    await super().parse()
+                    return
+                at, pos = pos, pos + size + 2
+                handler = None if header_size else handlers.get(sid)
+                if handler is not None:
+                    delivered += 1
+                    delivered_bytes += size
+                    handler(subject, reply, wire[at : at + size], None)
+                    continue
+                headers = wire[at : at + header_size] if header_size else None
+                payload = wire[at + header_size : at + size]
+                await nc._process_msg(sid, subject, reply, payload, headers)
+                if self.buf is not buf:  # reset meanwhile (a reconnect): nothing left to read
+                    pos = 0
+                    return
+        finally:
+            del buf[:pos]
+            if delivered:
+                stats = nc.stats
+                stats["in_msgs"] += delivered
+                stats["in_bytes"] += delivered_bytes
+
+
+def _message_line(line: bytes) -> tuple[bytes, int, bytes, int, int]:
+    """``MSG <subject> <sid> [reply] <size>`` or ``HMSG <subject> <sid> [reply] <header size>
+    <size>`` (pure): subject, sid, reply (``b""``: none), header size, size."""
+    fields = line.split()
+    plain = fields[0] == b"MSG"
+    count = len(fields) - (0 if plain else 1)  # as many as a MSG line's
+    if count not in (4, 5):
+        raise ProtocolError("nats: malformed MSG")
+    try:
+        sid, size = int(fields[2]), int(fields[-1])
+        header_size = 0 if plain else int(fields[-2])
+    except ValueError:
+        raise ProtocolError("nats: malformed MSG") from None
+    if not 0 <= header_size <= size:
+        raise ProtocolError("nats: malformed MSG")
+    reply = fields[3] if count == 5 else b""
+    return fields[1], sid, reply, header_size, size
 
 
 async def connect(options: Mapping[str, Any], **callbacks: Any) -> RawClient:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from nats.aio.subscription import Subscription
+from nats.errors import ProtocolError
 
 from sidecar_hydrator.config import NatsConnection, NatsKv, NatsSourceConfig, parse
 from sidecar_hydrator.nats_auth import PREFIX_USER, Nkey
@@ -16,6 +17,7 @@ from sidecar_hydrator.nats_source import (
     NatsConfigError,
     RawClient,
     RawMsg,
+    WireParser,
     connect_options,
     records_of,
 )
@@ -240,3 +242,84 @@ def test_the_nats_py_hooks_of_the_raw_client_still_exist():
     ]  # fmt: skip
     assert "self._conn._remove_sub(self._id)" in inspect.getsource(NatsSubscription.unsubscribe)
     assert "if self._cb:" in inspect.getsource(NatsSubscription._start)
+
+
+def _wire_stream() -> bytes:
+    """Messages as nats-server sends them, with and without reply, headers and payload,
+    payloads that look like protocol, and operations that are no messages between them."""
+    reply = b"$JS.ACK.KV_flags.c1.1.7.1.1767225600000000000.0"
+    status = b"NATS/1.0 408 Request Timeout\r\n\r\n"
+    headers = b"NATS/1.0\r\nKV-Operation: PURGE\r\nNats-Rollup: sub\r\n\r\n"
+    return b"".join(
+        [
+            b"MSG $KV.flags.a 7 " + reply + b" 2\r\nv1\r\n",
+            b"MSG plain.subject 9 0\r\n\r\n",
+            b"PING\r\n",
+            b"HMSG $KV.flags.b 7 " + reply + b" %d %d\r\n" % (len(headers), len(headers) + 3),
+            headers + b"abc\r\n",
+            b"+OK\r\n",
+            b"MSG $KV.flags.c 7 " + reply + b" 14\r\nMSG x 7 1\r\ny\r\n\r\n",
+            b"HMSG _INBOX.x.1 7 %d %d\r\n" % (len(status), len(status)) + status + b"\r\n",
+            b"MSG\t$KV.flags.d  7 \t" + reply + b"  1\r\nz\r\n",  # odd but valid whitespace
+            b"MSG $KV.flags.e 7 " + reply + b" 5\r\n" + bytes(range(5)) + b"\r\n",
+        ]
+    )
+
+
+async def _parsed(parser_class: type | None, wire: bytes, chunks: list[int]) -> list[tuple]:
+    """What reaches nats-py's ``_process_msg`` or the raw handler, read in ``chunks``."""
+    nc = RawClient()
+    calls: list[tuple] = []
+
+    async def process(sid, subject, reply, data, headers):
+        calls.append((sid, subject, reply, data, headers))
+
+    async def ignore() -> None:
+        pass
+
+    nc._process_msg = process
+    nc._process_ping = ignore
+    if parser_class is None:  # nats-py's own
+        from nats.protocol.parser import Parser
+
+        nc._ps = Parser(nc)
+    else:
+        nc._raw_handlers[7] = lambda subject, reply, data, headers: calls.append(
+            (7, subject, reply, data, headers)
+        )
+    at = 0
+    for size in chunks:
+        await nc._ps.parse(wire[at : at + size])
+        at += size
+    await nc._ps.parse(wire[at:])
+    return calls
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_the_wire_parser_reads_what_nats_pys_parser_reads_however_the_reads_split(seed):
+    import random
+
+    wire = _wire_stream()
+    rng = random.Random(seed)
+    chunks = [rng.randint(1, 40) for _ in range(len(wire) // 10)]
+
+    reference = await _parsed(None, wire, [len(wire)])
+    assert len(reference) == 7
+    assert await _parsed(WireParser, wire, chunks) == reference
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"MSG a 7\r\n",
+        b"MSG a b 1\r\n",
+        b"MSG a 7 r s 1\r\n",
+        b"HMSG a 7 5 3\r\n",
+        b"MSG a 7 -1\r\n",
+    ],
+)
+async def test_a_malformed_message_line_is_a_protocol_error(line):
+    nc, _, _ = _raw_client_with_inbox()
+
+    with pytest.raises(ProtocolError):
+        await nc._ps.parse(line + b"xxxxxx\r\n")
