@@ -76,14 +76,21 @@ class StreamPartition(NamedTuple):
 class NatsRecord(NamedTuple):
     """One message as the decoders read it: the key is the KV key or the subject, the
     stream sequence is the offset, and a delete (or purge, or expiry) has no value. A named
-    tuple: built once per message, it costs a third of a frozen dataclass."""
+    tuple: built once per message, it costs a third of a frozen dataclass. The time is kept
+    as the reply subject's digits and read when asked for: a batch reads its last one."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: int
+    #: When the server stored the message: nanoseconds since the epoch, in decimal digits.
+    published_ns: bytes
+
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch."""
+        return int(self.published_ns) // 1_000_000
 
 
 class NatsConfigError(Exception):
@@ -326,6 +333,7 @@ def records_of(
     message, hence the locals."""
     records: list[NatsRecord] = []
     append = records.append
+    new = tuple.__new__  # NatsRecord(...) without its Python-level __new__
     prefix = subject_prefix.encode()
     cut = len(prefix)
     tokens: list[bytes] = []
@@ -334,23 +342,32 @@ def records_of(
         tokens = reply.split(b".")
         count = len(tokens)
         base = 2 if count == 9 else 4
-        if (count != 9 and count < 11) or tokens[0] != b"$JS" or tokens[1] != b"ACK":
+        try:
+            if (count != 9 and count < 11) or tokens[0] != b"$JS" or tokens[1] != b"ACK":
+                raise ValueError(reply)
+            seq = int(tokens[base + 4])
+            offset = int(tokens[base + 3])
+            published = tokens[base + 5]
+            if not published.isdigit():
+                raise ValueError(published)
+        except ValueError:
             broken = f"not a JetStream message (reply subject {reply.decode(errors='replace')!r})"
             return Run(records, consumer_seq, position, None, broken)
-        seq = int(tokens[base + 4])
         if seq != consumer_seq + 1:
             broken = f"consumer sequence gap ({seq} after {consumer_seq})"
             return Run(records, consumer_seq, position, None, broken)
         consumer_seq = seq
-        offset = int(tokens[base + 3])
         deleting = headers is not None and (
             headers.get(_KV_OPERATION) in _DELETING_OPERATIONS or _MARKER_REASON in headers
         )
         key = subject[cut:] if subject.startswith(prefix) else subject
-        timestamp = int(tokens[base + 5]) // 1_000_000
-        append(NatsRecord(stream, 0, offset, key, None if deleting else data, timestamp))
+        value = None if deleting else data
+        append(new(NatsRecord, (stream, 0, offset, key, value, published)))
         position = offset + 1
-    pending = int(tokens[base + 6]) if records else None
+    pending = None
+    if records:
+        with contextlib.suppress(ValueError):  # unknown, as if nothing had been taken
+            pending = int(tokens[base + 6])
     return Run(records, consumer_seq, position, pending)
 
 
@@ -377,12 +394,15 @@ class _Pull:
         self.arrived = asyncio.Event()
         #: Open requests, oldest first: reply subject -> (messages still owed, expiry).
         self.open: dict[str, list[float]] = {}
+        #: Messages received and not yet charged to the open requests (:meth:`_settle`).
+        self._unsettled = 0
         self._next = 0
         #: The server said the consumer is gone (or never was): re-create it.
         self.lost = False
 
     @property
     def owed(self) -> int:
+        self._settle()
         return int(sum(owed for owed, _ in self.open.values()))
 
     async def start(self) -> None:
@@ -394,16 +414,12 @@ class _Pull:
         status = headers.get(_STATUS) if headers else None
         if status is None:
             self.buffer.append((subject, reply, data, headers))
-            if self.open:
-                oldest = next(iter(self.open))
-                credit = self.open[oldest]
-                credit[0] -= 1
-                if credit[0] <= 0:
-                    del self.open[oldest]
+            self._unsettled += 1
         elif status == "100":  # an idle heartbeat
             return
         else:  # 404 no messages, 408 request expired, 409 / 503: that request is over
             assert headers is not None
+            self._settle()
             self.open.pop(subject.decode(errors="replace"), None)
             self.lost = (
                 self.lost
@@ -412,10 +428,24 @@ class _Pull:
             )
         self.arrived.set()
 
+    def _settle(self) -> None:
+        """Charge the messages received since the last call to the open requests, oldest
+        first, as the server filled them; once per run rather than per message."""
+        unsettled, self._unsettled = self._unsettled, 0
+        while unsettled and self.open:
+            oldest = next(iter(self.open))
+            credit = self.open[oldest]
+            charged = min(unsettled, int(credit[0]))
+            credit[0] -= charged
+            unsettled -= charged
+            if credit[0] <= 0:
+                del self.open[oldest]
+
     async def request(self, *, batch: int, expires_s: float) -> None:
         """Ask for another ``batch`` once what is owed drops to half a batch (at most two
         requests open)."""
         now = time.monotonic()
+        self._settle()
         for subject, (_, expires_at) in list(self.open.items()):
             if now > expires_at:  # its end never arrived (a lost status): forget it
                 del self.open[subject]

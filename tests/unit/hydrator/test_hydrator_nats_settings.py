@@ -175,7 +175,15 @@ def test_the_reply_subject_gives_sequences_time_and_pending_as_nats_py_reads_the
 
 
 @pytest.mark.parametrize(
-    "reply", [b"_INBOX.abc", b"$JS.ACK.a.b.c", b"$JS.ACK.1.2.3.4.5.6.7.8", b""]
+    "reply",
+    [
+        b"_INBOX.abc",
+        b"$JS.ACK.a.b.c",
+        b"$JS.ACK.1.2.3.4.5.6.7.8",
+        b"",
+        b"$JS.ACK.KV_flags.c1.1.x.1.1767225600000000000.0",  # no stream sequence
+        b"$JS.ACK.KV_flags.c1.1.7.1.-1767225600000000000.0",  # no time
+    ],
 )
 def test_a_message_that_is_no_jetstream_delivery_breaks_the_run(reply):
     run = _read([(b"$KV.flags.a", reply, b"1", None)])
