@@ -441,3 +441,43 @@ async def test_restart_while_the_server_is_down_serves_the_stored_view_then_catc
         await eventually(
             lambda: _view_equals(app_redis, {b"a": b"1", b"b": b"2"}), within=20, what="caught up"
         )
+
+
+async def test_wire_reads_of_every_size_and_shape_are_what_the_app_reads(
+    nats_server: NatsServer, redis_server: RedisServer, app_redis: aioredis.Redis, client: Client
+) -> None:
+    """The hydrator's own reading of the wire (raw inbox, its own parser): payloads larger
+    than a socket read and than many messages together, payloads that look like protocol,
+    empty ones, puts that carry headers, KV deletes and purges among thousands of puts, a
+    pull request that expires while idle (its 408 status), then live writes."""
+    kv = await client.jetstream().create_key_value(bucket="flags", history=1)
+    js = client.jetstream()
+    expected: dict[bytes, bytes] = {}
+    for i in range(3000):
+        value = f"v{i}".encode() * (i % 7)
+        await js.publish(f"$KV.flags.k{i}", value)
+        expected[f"k{i}".encode()] = value
+    shapes = {
+        b"big": bytes(range(256)) * 1024,  # 256 KiB: several reads
+        b"protocol": b"\r\nMSG $KV.flags.x 1 2\r\nhi\r\nPING\r\nHMSG a 1 2 3\r\n",
+        b"empty": b"",
+    }
+    for key, value in shapes.items():
+        await kv.put(key.decode(), value)
+    await js.publish("$KV.flags.headed", b"kept", headers={"X-Trace": "1"})
+    expected |= shapes | {b"headed": b"kept"}
+    for i in range(0, 3000, 10):
+        await (kv.delete if i % 20 else kv.purge)(f"k{i}")
+        del expected[f"k{i}".encode()]
+    config = nats_config(server=nats_server, redis=redis_server, kv=NatsKv(bucket="flags"))
+    async with running_hydrated(config) as hydrator:
+        assert await view(app_redis, b"") == expected
+        assert sample(hydrator, "bad_records_total", binding="flags") == 0
+        await asyncio.sleep(1.5)  # the open pull request expires (408)
+        await kv.put("live", b"1")
+        await kv.delete("k1")
+        await kv.put("big", b"small now")
+        await eventually(
+            lambda: _view_has(app_redis, {b"live": b"1", b"big": b"small now"}, absent=(b"k1",)),
+            what="live writes after an idle pull expired",
+        )
