@@ -153,20 +153,23 @@ def connect_options(nats_source: NatsSourceConfig, *, name: str) -> dict[str, An
 #: A message as it came off the wire: subject, reply subject, payload, and its headers
 #: (``None`` when it has none; parsed by nats-py when it has any).
 RawMsg = tuple[bytes, bytes, bytes, dict[str, str] | None]
-RawHandler = Callable[[bytes, bytes, bytes, dict[str, str] | None], None]
+#: Takes a run of a subscription's messages, in the order they came: messages without
+#: headers together (all of one read), a message with headers alone.
+RawHandler = Callable[[list[RawMsg]], None]
 
 
 class RawClient(Client):
     """nats-py's client, with subscriptions whose messages go to a plain function as they come
-    off the wire (:meth:`subscribe_raw`).
+    off the wire (:meth:`subscribe_raw`), a read's worth at a time.
 
     nats-py hands every message through a ``Msg`` built with decoded subjects, a queue, and a
     task that awaits the callback: one event-loop turn and about as much CPU again as the
     protocol parser's per message. A pull consumer's inbox needs none of it, since its
-    messages are taken in runs and decoded in one loop (:func:`records_of`). The hook is
-    nats-py's ``Client._process_msg``, which its protocol parser calls once per message
-    with the subscription's id (guarded by a unit test); every other subscription is nats-py's
-    own. Headers, rare here (KV deletes, statuses), are parsed by nats-py as before."""
+    messages are taken in runs and decoded in one loop (:func:`records_of`). Its own parser
+    (:class:`WireParser`) hands them over; whatever nats-py's parser reads comes through
+    nats-py's ``Client._process_msg``, which its parser calls once per message with the
+    subscription's id (guarded by a unit test). Every other subscription is nats-py's own.
+    Headers, rare here (KV deletes, statuses), are parsed by nats-py as before."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -174,9 +177,9 @@ class RawClient(Client):
         self._ps = WireParser(self, raw_handlers=self._raw_handlers)
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
-        """Subscribe to ``subject`` with ``handler`` called for each message. For inboxes that
-        get nothing until asked (pull requests): a message that came between the ``SUB`` and
-        the handler's registration would go to the subscription's unread iterator."""
+        """Subscribe to ``subject``, its messages handed to ``handler``. For inboxes that get
+        nothing until asked (pull requests): a message that came between the ``SUB`` and the
+        handler's registration would go to the subscription's unread iterator."""
         sub = await self.subscribe(subject)
         self._raw_handlers[sub._id] = handler
         return sub
@@ -195,13 +198,14 @@ class RawClient(Client):
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        handler(subject, reply, data, await self._process_headers(headers) if headers else None)
+        parsed = await self._process_headers(headers) if headers else None
+        handler([(subject, reply, data, parsed)])
 
 
 class WireParser(Parser):
     """nats-py's protocol parser, with the operation nearly all bytes are (``MSG``/``HMSG``)
-    read by offsets into one copy of what was received, and a raw subscription's message
-    without headers handed to its handler in the same loop.
+    read by offsets into one copy of what was received, and a raw subscription's messages
+    without headers handed to its handler together, once per read.
 
     nats-py matches two regular expressions per message, copies each payload twice and
     deletes it from the front of its buffer, then awaits ``Client._process_msg``: most of
@@ -224,6 +228,9 @@ class WireParser(Parser):
         pos = 0
         nc = self.nc
         handlers = self._raw_handlers
+        # Messages for one raw handler, handed over before anything else is.
+        run: list[RawMsg] = []
+        run_handler: RawHandler = run.extend  # none yet: a stand-in no handler is
         delivered = delivered_bytes = 0
         try:
             while pos < end:
@@ -239,7 +246,17 @@ class WireParser(Parser):
                     eol = wire.find(b"\r\n", pos)
                     if eol < 0:
                         break
-                    subject, sid, reply, header_size, size = _message_line(wire[pos:eol])
+                    fields = wire[pos:eol].split()
+                    if (
+                        len(fields) == 5
+                        and fields[0] == b"MSG"
+                        and fields[2].isdigit()
+                        and fields[4].isdigit()
+                    ):  # a delivery (it has a reply subject) without headers: most messages
+                        subject, sid, reply, header_size = fields[1], int(fields[2]), fields[3], 0
+                        size = int(fields[4])
+                    else:
+                        subject, sid, reply, header_size, size = _message_line(fields)
                     pos = eol + 2
                     if end - pos < size + 2:
                         self.msg_arg = {"subject": subject, "sid": sid, "reply": reply}
@@ -247,6 +264,9 @@ class WireParser(Parser):
                         self.state = AWAITING_MSG_PAYLOAD
                         break
                 else:
+                    if run:
+                        run_handler(run)
+                        run = []
                     del buf[:pos]
                     pos = 0
                     await super().parse()
@@ -254,10 +274,17 @@ class WireParser(Parser):
                 at, pos = pos, pos + size + 2
                 handler = None if header_size else handlers.get(sid)
                 if handler is not None:
+                    if handler is not run_handler:
+                        if run:
+                            run_handler(run)
+                        run, run_handler = [], handler
+                    run.append((subject, reply, wire[at : at + size], None))
                     delivered += 1
                     delivered_bytes += size
-                    handler(subject, reply, wire[at : at + size], None)
                     continue
+                if run:
+                    run_handler(run)
+                    run = []
                 headers = wire[at : at + header_size] if header_size else None
                 payload = wire[at + header_size : at + size]
                 await nc._process_msg(sid, subject, reply, payload, headers)
@@ -266,26 +293,26 @@ class WireParser(Parser):
                     return
         finally:
             del buf[:pos]
-            if delivered:
+            if delivered:  # counted as nats-py counts each message
                 stats = nc.stats
                 stats["in_msgs"] += delivered
                 stats["in_bytes"] += delivered_bytes
+            if run:
+                run_handler(run)
 
 
-def _message_line(line: bytes) -> tuple[bytes, int, bytes, int, int]:
+def _message_line(fields: list[bytes]) -> tuple[bytes, int, bytes, int, int]:
     """``MSG <subject> <sid> [reply] <size>`` or ``HMSG <subject> <sid> [reply] <header size>
-    <size>`` (pure): subject, sid, reply (``b""``: none), header size, size."""
-    fields = line.split()
+    <size>``, split at whitespace (pure): subject, sid, reply (``b""``: none), header size,
+    size."""
     plain = fields[0] == b"MSG"
+    numbers = fields[-1:] if plain else fields[-2:]
     count = len(fields) - (0 if plain else 1)  # as many as a MSG line's
-    if count not in (4, 5):
+    if count not in (4, 5) or not all(n.isdigit() for n in [fields[2], *numbers]):
         raise ProtocolError("nats: malformed MSG")
-    try:
-        sid, size = int(fields[2]), int(fields[-1])
-        header_size = 0 if plain else int(fields[-2])
-    except ValueError:
-        raise ProtocolError("nats: malformed MSG") from None
-    if not 0 <= header_size <= size:
+    sid, size = int(fields[2]), int(fields[-1])
+    header_size = 0 if plain else int(fields[-2])
+    if header_size > size:
         raise ProtocolError("nats: malformed MSG")
     reply = fields[3] if count == 5 else b""
     return fields[1], sid, reply, header_size, size
@@ -406,21 +433,20 @@ class _Pull:
         return int(sum(owed for owed, _ in self.open.values()))
 
     async def start(self) -> None:
-        self.sub = await self.nc.subscribe_raw(f"{self.inbox}.*", self._on_message)
+        self.sub = await self.nc.subscribe_raw(f"{self.inbox}.*", self._on_messages)
 
-    def _on_message(
-        self, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
-    ) -> None:
+    def _on_messages(self, run: list[RawMsg]) -> None:
+        headers = run[0][3]  # a message with headers comes alone
         status = headers.get(_STATUS) if headers else None
         if status is None:
-            self.buffer.append((subject, reply, data, headers))
-            self._unsettled += 1
+            self.buffer += run
+            self._unsettled += len(run)
         elif status == "100":  # an idle heartbeat
             return
         else:  # 404 no messages, 408 request expired, 409 / 503: that request is over
             assert headers is not None
             self._settle()
-            self.open.pop(subject.decode(errors="replace"), None)
+            self.open.pop(run[0][0].decode(errors="replace"), None)
             self.lost = (
                 self.lost
                 or status == "503"

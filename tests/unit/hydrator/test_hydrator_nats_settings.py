@@ -18,6 +18,7 @@ from sidecar_hydrator.nats_source import (
     RawClient,
     RawMsg,
     WireParser,
+    _Pull,
     connect_options,
     records_of,
 )
@@ -197,7 +198,7 @@ def _raw_client_with_inbox() -> tuple[RawClient, list[RawMsg], int]:
     nc = RawClient()
     taken: list[RawMsg] = []
     nc._subs[7] = Subscription(nc, 7, "_INBOX.x.*")
-    nc._raw_handlers[7] = lambda *msg: taken.append(msg)
+    nc._raw_handlers[7] = taken.extend
     return nc, taken, 7
 
 
@@ -292,9 +293,7 @@ async def _parsed(parser_class: type | None, wire: bytes, chunks: list[int]) -> 
 
         nc._ps = Parser(nc)
     else:
-        nc._raw_handlers[7] = lambda subject, reply, data, headers: calls.append(
-            (7, subject, reply, data, headers)
-        )
+        nc._raw_handlers[7] = lambda run: calls.extend((7, *msg) for msg in run)
     at = 0
     for size in chunks:
         await nc._ps.parse(wire[at : at + size])
@@ -324,6 +323,8 @@ async def test_the_wire_parser_reads_what_nats_pys_parser_reads_however_the_read
         b"MSG a 7 r s 1\r\n",
         b"HMSG a 7 5 3\r\n",
         b"MSG a 7 -1\r\n",
+        b"MSG a 7 r +1\r\n",
+        b"HMSG a 7 r 1 x\r\n",
     ],
 )
 async def test_a_malformed_message_line_is_a_protocol_error(line):
@@ -331,3 +332,31 @@ async def test_a_malformed_message_line_is_a_protocol_error(line):
 
     with pytest.raises(ProtocolError):
         await nc._ps.parse(line + b"xxxxxx\r\n")
+
+
+async def test_a_pull_charges_its_requests_in_order_and_a_status_ends_the_one_it_names():
+    nc = RawClient()
+    pull = _Pull(nc=nc, stream="KV_flags", name="c1")
+    nc._subs[7] = Subscription(nc, 7, f"{pull.inbox}.*")
+    nc._raw_handlers[7] = pull._on_messages
+    pull.open = {f"{pull.inbox}.1": [3, 1e12], f"{pull.inbox}.2": [3, 1e12]}
+    reply = b"$JS.ACK.KV_flags.c1.1.7.1.1767225600000000000.0"
+    data = b"MSG $KV.flags.a 7 " + reply + b" 1\r\nx\r\n"
+
+    await nc._ps.parse(data * 4)  # the first request is filled, one charged to the second
+    assert (len(pull.buffer), pull.owed, list(pull.open)) == (4, 2, [f"{pull.inbox}.2"])
+
+    def status(request: int, line: bytes) -> bytes:
+        headers = b"NATS/1.0 " + line + b"\r\n\r\n"
+        subject = f"{pull.inbox}.{request}".encode()
+        return b"HMSG %s 7 %d %d\r\n%s\r\n" % (subject, len(headers), len(headers), headers)
+
+    await nc._ps.parse(status(2, b"100 Idle Heartbeat"))
+    assert pull.owed == 2 and not pull.lost
+
+    await nc._ps.parse(status(2, b"408 Request Timeout"))
+    assert pull.open == {} and not pull.lost and pull.arrived.is_set()
+
+    await nc._ps.parse(status(3, b"409 Consumer Deleted"))
+    assert pull.lost
+    assert len(pull.take(10)) == 4 and not pull.arrived.is_set()
