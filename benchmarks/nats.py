@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from importlib import metadata
 from typing import Any
 
@@ -105,8 +106,9 @@ async def fill_bucket(url: str, n: int) -> float:
         await nc.close()
 
 
-async def bare_bootstrap(url: str, n: int) -> float:
-    """Records/s of a bare ordered consumer reading the bucket (a callback that counts)."""
+async def bare_bootstrap(url: str, n: int) -> tuple[float, float]:
+    """Records/s of a bare ordered consumer reading the bucket (a callback that counts), and
+    the µs of this process's CPU it spent per record."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
@@ -119,6 +121,7 @@ async def bare_bootstrap(url: str, n: int) -> float:
             if got >= n:
                 done.set()
 
+        cpu_started = time.process_time()
         started = time.perf_counter()
         sub = await js.subscribe(
             f"$KV.{BOOT_BUCKET}.>",
@@ -130,8 +133,9 @@ async def bare_bootstrap(url: str, n: int) -> float:
         )
         await asyncio.wait_for(done.wait(), timeout=300)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         await sub.unsubscribe()
-        return n / elapsed
+        return n / elapsed, cpu / n * 1e6
     finally:
         await nc.close()
 
@@ -187,7 +191,10 @@ async def bootstrap(
     url: str, socket: str, n: int, repeat: int, fmt: RecordFormat
 ) -> dict[str, Any]:
     fill_s = await fill_bucket(url, n)
-    bare = [await bare_bootstrap(url, n) for _ in range(repeat)]
+    load = os.getloadavg()[0]
+    bare_runs = [await bare_bootstrap(url, n) for _ in range(repeat)]
+    bare = [rate for rate, _ in bare_runs]
+    _, bare_cpu = max(bare_runs)  # the fastest run's CPU, as the hydrator's best
     tries = [await hydrate(url, socket, n, fmt, profile=False) for _ in range(repeat)]
     profiled = await hydrate(url, socket, n, fmt, profile=True)
     best = min(tries, key=lambda t: t["seconds"])
@@ -201,6 +208,8 @@ async def bootstrap(
         "hydration_records_per_s": round(best["records_per_s"]),
         "hydration_all": [round(t["records_per_s"]) for t in tries],
         "hydrator_cpu_us_per_record": round(best["cpu_us_per_record"], 2),
+        "bare_cpu_us_per_record": round(bare_cpu, 2),
+        "uptime_load_1m": load,
         "ratio_to_bare": round(best["records_per_s"] / max(bare), 3),
         "profile_top_tottime": profiled.get("profile_top_tottime", []),
     }
@@ -208,7 +217,8 @@ async def bootstrap(
     print(
         f"bootstrap {n:,} keys ({fmt}): hydrator {row['hydration_records_per_s']:,} rec/s "
         f"({row['hydration_seconds']} s, {row['hydrator_cpu_us_per_record']} us CPU/rec) | bare "
-        f"ordered consumer {row['bare_ordered_consumer_records_per_s']:,} rec/s | "
+        f"ordered consumer {row['bare_ordered_consumer_records_per_s']:,} rec/s "
+        f"({row['bare_cpu_us_per_record']} us CPU/rec) | "
         f"x{row['ratio_to_bare']} (target >= {TARGET_BOOTSTRAP_RATIO})",
         flush=True,
     )
@@ -330,7 +340,16 @@ def freshness(url: str, rate: int, seconds: float) -> dict[str, Any]:
         )
         wait_ready(port, hydrator)
         one_rate(url, server, rate, min(seconds, 2.0), "warmup")  # not measured
+        cpu_before, writes_before = process_cpu_seconds(hydrator.pid), write_totals(port)
         row = one_rate(url, server, rate, seconds, f"r{rate}")
+        cpu, writes = process_cpu_seconds(hydrator.pid) - cpu_before, write_totals(port)
+        count, spent, applied = (writes[k] - writes_before[k] for k in WRITE_METRICS)
+        row["uptime_load_1m"] = os.getloadavg()[0]
+        # What the hydrator process spent per live record (its whole process: the NATS
+        # read, the decode, the Redis write and its own bookkeeping), and how it wrote.
+        row["hydrator_cpu_us_per_record"] = round(cpu / max(1, row["records"]) * 1e6, 1)
+        row["write_ms_avg"] = round(1000 * spent / count, 3) if count else None
+        row["records_per_write"] = round(applied / count, 2) if count else None
     finally:
         if hydrator is not None:
             hydrator.terminate()
@@ -340,10 +359,40 @@ def freshness(url: str, rate: int, seconds: float) -> dict[str, Any]:
     print(
         f"put -> visible at {rate}/s: p50 {row['p50_ms']} p99 {row['p99_ms']} ms | bare ordered "
         f"consumer p50 {row['bare_p50_ms']} p99 {row['bare_p99_ms']} ms | p99 x{row['p99_ratio']} "
-        f"(target <= {TARGET_P99_RATIO}) | {row['visible']}/{row['records']} visible",
+        f"(target <= {TARGET_P99_RATIO}) | {row['visible']}/{row['records']} visible | "
+        f"hydrator {row['hydrator_cpu_us_per_record']} us CPU/rec, writes of "
+        f"{row['records_per_write']} records in {row['write_ms_avg']} ms on average",
         flush=True,
     )
     return row
+
+
+#: The hydrator's write metrics (summed over bindings): transactions, their seconds, records.
+WRITE_METRICS = (
+    "sidecar_state_hydrator_batch_apply_seconds_count",
+    "sidecar_state_hydrator_batch_apply_seconds_sum",
+    "sidecar_state_hydrator_records_applied_total",
+)
+
+
+def write_totals(port: int) -> dict[str, float]:
+    """:data:`WRITE_METRICS` as the hydrator's ``/metrics`` says now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        lines = response.read().decode().splitlines()
+    totals = dict.fromkeys(WRITE_METRICS, 0.0)
+    for line in lines:
+        name, _, value = line.partition(" ")
+        base = name.split("{")[0]
+        if base in totals:
+            totals[base] += float(value)
+    return totals
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has spent (Linux ``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _create_bucket(url: str, bucket: str) -> None:
