@@ -64,7 +64,12 @@ def test_the_private_aiokafka_attributes_the_hydrator_uses_still_exist() -> None
     assert "self._fetcher" in inspect.getsource(AIOKafkaConsumer)
     for name in ("send", "get_random_node", "set_topics", "force_metadata_update"):
         assert callable(getattr(AIOKafkaClient, name)), name
-    assert "self._max_partition_fetch_bytes" in inspect.getsource(Fetcher.__init__)
+    fetcher_init = inspect.getsource(Fetcher.__init__)
+    for name in (
+        "_max_partition_fetch_bytes", "_fetch_max_wait_ms", "_fetch_min_bytes",
+        "_fetch_max_bytes", "_isolation_level", "_check_crcs",
+    ):  # fmt: skip
+        assert f"self.{name} = " in fetcher_init, name
 
 
 def _partition_records(*, value_deserializer: object, batches: list[bytes]) -> PartitionRecords:
