@@ -28,7 +28,6 @@ changes any of these.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import ssl
 import time
 import uuid
@@ -39,8 +38,9 @@ from typing import Any, NamedTuple, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.conn import create_conn
-from aiokafka.consumer.fetcher import PartitionRecords
+from aiokafka.consumer.fetcher import READ_COMMITTED, PartitionRecords
 from aiokafka.errors import (
+    CorruptRecordException,
     IncompatibleBrokerVersion,
     KafkaConnectionError,
     KafkaError,
@@ -58,6 +58,7 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
+from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 
@@ -300,26 +301,119 @@ class HandOver(Exception):
     """
 
 
-class _Batches:
-    """Record batches already split off a fetch response, as ``PartitionRecords`` reads them
-    (``MemoryRecords``' interface): splitting first tells where the next fetch starts."""
+class PartitionBatches:
+    """One partition's record batches of one fetch response, unpacked a batch at a time.
 
-    __slots__ = ("_batches",)
+    What ``PartitionRecords._unpack_records`` yields, filtered as it filters (read_committed:
+    the batches of aborted transactions, and control batches, are skipped, their offsets
+    passed), but a whole batch's records built in one comprehension instead of one generator
+    step and one ``_consumer_record`` call per record. Only one batch is unpacked at a time:
+    a response's records as tuples would take several times its bytes.
+    """
 
-    def __init__(self, batches: list[Any]) -> None:
+    __slots__ = (
+        "_aborted", "_aborted_producers", "_batches", "_check_crcs", "_current",
+        "_current_end", "_cursor", "_partition", "_read_committed", "_topic", "next_fetch_offset",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        batches: Iterable[Any],
+        *,
+        aborted_transactions: Iterable[tuple[int, int]] | None,
+        fetch_offset: int,
+        read_committed: bool,
+        check_crcs: bool,
+    ) -> None:
+        self._topic: str = tp.topic
+        self._partition: int = tp.partition
         self._batches = deque(batches)
+        #: (producer id, first offset), by first offset: the transactions that aborted.
+        self._aborted = deque(sorted(aborted_transactions or (), key=lambda t: t[1]))
+        self._aborted_producers: set[int] = set()
+        self._read_committed = read_committed
+        self._check_crcs = check_crcs
+        self._current: list[KafkaRecord] = []
+        self._cursor = 0
+        self._current_end = fetch_offset
+        #: The offset to read next: past every record taken, and past every batch that holds
+        #: nothing more to take.
+        self.next_fetch_offset = fetch_offset
 
-    def has_next(self) -> bool:
-        return bool(self._batches)
+    def take(self, most: int) -> list[KafkaRecord]:
+        """Up to ``most`` records, in order; ``[]`` once drained."""
+        taken: list[KafkaRecord] = []
+        while most > 0:
+            if self._cursor >= len(self._current) and not self._unpack_next():
+                break
+            chunk = self._current[self._cursor : self._cursor + most]
+            self._cursor += len(chunk)
+            most -= len(chunk)
+            taken += chunk
+            if self._cursor < len(self._current):
+                self.next_fetch_offset = chunk[-1].offset + 1
+            else:  # the rest of the batch's offsets were compacted away
+                self.next_fetch_offset = self._current_end
+        return taken
 
-    def next_batch(self) -> Any:
-        return self._batches.popleft()
+    def _unpack_next(self) -> bool:
+        """The next batch with records to hand out, as ``PartitionRecords`` filters them."""
+        self._current, self._cursor = [], 0
+        while self._batches:
+            batch = self._batches.popleft()
+            if self._check_crcs and not batch.validate_crc():
+                raise CorruptRecordException(f"Invalid CRC - {self._topic}-{self._partition}")
+            if self._read_committed and batch.producer_id is not None:
+                aborted = self._aborted
+                while aborted and aborted[0][1] <= batch.base_offset:
+                    self._aborted_producers.add(aborted.popleft()[0])
+                if batch.is_control_batch and _is_abort_marker(batch):
+                    # discard: Kafka may send an abort marker for an otherwise empty partition
+                    self._aborted_producers.discard(batch.producer_id)
+                if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                    self.next_fetch_offset = batch.next_offset
+                    continue
+            if batch.is_control_batch:
+                self.next_fetch_offset = batch.next_offset
+                continue
+            topic, partition, start = self._topic, self._partition, self.next_fetch_offset
+            if batch.base_offset < start:  # a batch the fetch position falls inside of
+                records = [
+                    _new_tuple(
+                        KafkaRecord, (topic, partition, r.offset, r.timestamp, r.key, r.value)
+                    )
+                    for r in batch
+                    if r.offset >= start
+                ]
+            else:
+                records = [
+                    _new_tuple(
+                        KafkaRecord, (topic, partition, r.offset, r.timestamp, r.key, r.value)
+                    )
+                    for r in batch
+                ]
+            if not records:
+                self.next_fetch_offset = batch.next_offset
+                continue
+            self._current, self._current_end = records, batch.next_offset
+            return True
+        return False
+
+
+def _is_abort_marker(control_batch: Any) -> bool:
+    """``PartitionRecords._contains_abort_marker``: a control batch's first record says."""
+    try:
+        control_record = next(control_batch)
+    except StopIteration:
+        raise KafkaError("Control batch did not contain any records") from None
+    return bool(ControlRecord.parse(control_record.key) == ABORT_MARKER)
 
 
 class _Fetched(NamedTuple):
     """One partition of a fetch response: its records, and the end the broker reported."""
 
-    records: PartitionRecords | None
+    records: PartitionBatches | None
     next_fetch: int
     end: int
     reported_ms: float
@@ -335,10 +429,10 @@ class BootstrapFetcher:
     request asks for half the consumer's per-partition fetch size: one response in use and
     one in flight hold what aiokafka's single buffer held.
 
-    Records come out of aiokafka's own ``PartitionRecords``, given the response's aborted
-    transactions: aborted batches and control batches are dropped, and positions move past
-    them, by the code that does it for every other consumer (read_committed is kept as is).
-    The consumer's partitions must be paused meanwhile, so that its fetcher sends nothing.
+    Records come out of :class:`PartitionBatches`, given the response's aborted transactions:
+    aborted batches and control batches are dropped and positions move past them as aiokafka
+    does it for every other consumer (read_committed is kept as is). The consumer's
+    partitions must be paused meanwhile, so that its fetcher sends nothing.
     Anything unusual raises :class:`HandOver`; :attr:`positions` then say where the
     consumer must go on.
     """
@@ -360,7 +454,7 @@ class BootstrapFetcher:
         #: last stable offset) and when it was received (ms since the epoch).
         self.ends: dict[TopicPartition, int] = {}
         self.reported_ms: dict[TopicPartition, float] = {}
-        self._serving: dict[TopicPartition, PartitionRecords] = {}
+        self._serving: dict[TopicPartition, PartitionBatches] = {}
         self._next: asyncio.Task[dict[TopicPartition, _Fetched]] | None = None
         self._failed: HandOver | None = None
 
@@ -380,10 +474,13 @@ class BootstrapFetcher:
             task, self._next = self._next, None
             self._take(task.result())
             self._next = asyncio.create_task(self._fetch(dict(self._fetch_from)))
+            # One loop step: the request goes out now, not after the records served below
+            # are decoded.
+            await asyncio.sleep(0)
         served: dict[TopicPartition, list[KafkaRecord]] = {}
         for tp, records in list(self._serving.items()):
             try:
-                taken: list[KafkaRecord] = list(itertools.islice(records, max_records))
+                taken = records.take(max_records)
             except KafkaError as exc:  # a corrupt batch: aiokafka fetches it again
                 # Records served so far are consumed (their positions moved): they go out
                 # first, and the next call hands over.
@@ -431,22 +528,28 @@ class BootstrapFetcher:
             if node_id is None or node_id == -1:
                 raise HandOver(f"no leader known for {tp}")
             by_node[node_id][tp.topic].append((tp.partition, offset, self._partition_bytes))
-        responses = await asyncio.gather(
-            *(
-                self._client.send(
-                    node_id,
-                    FetchRequest(
-                        self._max_wait_ms,
-                        self._min_bytes,
-                        self._max_bytes,
-                        self._isolation_level,
-                        list(topics.items()),
-                    ),
-                )
-                for node_id, topics in by_node.items()
-            ),
-            return_exceptions=True,
-        )
+        requests = [
+            self._client.send(
+                node_id,
+                FetchRequest(
+                    self._max_wait_ms,
+                    self._min_bytes,
+                    self._max_bytes,
+                    self._isolation_level,
+                    list(topics.items()),
+                ),
+            )
+            for node_id, topics in by_node.items()
+        ]
+        responses: list[Any]
+        if len(requests) == 1:
+            # Awaited in this task, so that its first step already writes the request.
+            try:
+                responses = [await requests[0]]
+            except KafkaError as exc:
+                responses = [exc]
+        else:
+            responses = await asyncio.gather(*requests, return_exceptions=True)
         fetched: dict[TopicPartition, _Fetched] = {}
         for response in responses:
             if isinstance(response, BaseException):
@@ -492,9 +595,13 @@ class BootstrapFetcher:
                         raise HandOver(f"{tp}: a record larger than the fetch size at {offset}")
                     fetched[tp] = _Fetched(None, offset, end, received_ms)
                     continue
-                records = PartitionRecords(
-                    tp, _Batches(batches), aborted, offset,
-                    None, LIGHT_RECORDS, self._check_crcs, self._isolation_level,
-                )  # fmt: skip
+                records = PartitionBatches(
+                    tp,
+                    batches,
+                    aborted_transactions=aborted,
+                    fetch_offset=offset,
+                    read_committed=self._isolation_level == READ_COMMITTED,
+                    check_crcs=self._check_crcs,
+                )
                 fetched[tp] = _Fetched(records, batches[-1].next_offset, end, received_ms)
         return fetched
