@@ -28,6 +28,7 @@ changes any of these.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import time
 import uuid
@@ -301,19 +302,24 @@ class HandOver(Exception):
     """
 
 
+#: Records unpacked at once from one batch: a compressed batch may hold a hundred thousand.
+UNPACK_CHUNK = 4096
+
+
 class PartitionBatches:
-    """One partition's record batches of one fetch response, unpacked a batch at a time.
+    """One partition's record batches of one fetch response, unpacked a chunk at a time.
 
     What ``PartitionRecords._unpack_records`` yields, filtered as it filters (read_committed:
     the batches of aborted transactions, and control batches, are skipped, their offsets
-    passed), but a whole batch's records built in one comprehension instead of one generator
-    step and one ``_consumer_record`` call per record. Only one batch is unpacked at a time:
+    passed), but up to ``chunk`` records of a batch built in one comprehension instead of one
+    generator step and one ``_consumer_record`` call per record. Chunks keep memory bounded:
     a response's records as tuples would take several times its bytes.
     """
 
     __slots__ = (
-        "_aborted", "_aborted_producers", "_batches", "_check_crcs", "_current",
-        "_current_end", "_cursor", "_partition", "_read_committed", "_topic", "next_fetch_offset",
+        "_aborted", "_aborted_producers", "_batches", "_check_crcs", "_chunk", "_closing",
+        "_current", "_cursor", "_open", "_open_end", "_partition", "_read_committed",
+        "_skip_below", "_topic", "next_fetch_offset",
     )  # fmt: skip
 
     def __init__(
@@ -325,6 +331,7 @@ class PartitionBatches:
         fetch_offset: int,
         read_committed: bool,
         check_crcs: bool,
+        chunk: int = UNPACK_CHUNK,
     ) -> None:
         self._topic: str = tp.topic
         self._partition: int = tp.partition
@@ -334,9 +341,15 @@ class PartitionBatches:
         self._aborted_producers: set[int] = set()
         self._read_committed = read_committed
         self._check_crcs = check_crcs
+        self._chunk = chunk
         self._current: list[KafkaRecord] = []
         self._cursor = 0
-        self._current_end = fetch_offset
+        #: The batch being unpacked (its records iterator), where it ends, and the offset
+        #: below which its records were read already (the fetch position fell inside it).
+        self._open: Any = None
+        self._closing = False
+        self._open_end = fetch_offset
+        self._skip_below: int | None = None
         #: The offset to read next: past every record taken, and past every batch that holds
         #: nothing more to take.
         self.next_fetch_offset = fetch_offset
@@ -351,16 +364,38 @@ class PartitionBatches:
             self._cursor += len(chunk)
             most -= len(chunk)
             taken += chunk
-            if self._cursor < len(self._current):
-                self.next_fetch_offset = chunk[-1].offset + 1
-            else:  # the rest of the batch's offsets were compacted away
-                self.next_fetch_offset = self._current_end
+            self.next_fetch_offset = chunk[-1].offset + 1
         return taken
 
     def _unpack_next(self) -> bool:
-        """The next batch with records to hand out, as ``PartitionRecords`` filters them."""
+        """The next records to hand out, from the open batch or the next one with any, as
+        ``PartitionRecords`` filters batches."""
         self._current, self._cursor = [], 0
-        while self._batches:
+        while True:
+            if self._open is not None:
+                # map(next, ...): any C-level consumer calls iter() again, which aiokafka's
+                # batch refuses; and no next() once it raised StopIteration (it reads on).
+                topic, partition = self._topic, self._partition
+                records = [
+                    _new_tuple(
+                        KafkaRecord, (topic, partition, r.offset, r.timestamp, r.key, r.value)
+                    )
+                    for r in map(next, itertools.repeat(self._open, self._chunk))
+                ]
+                if len(records) < self._chunk:
+                    self._open, self._closing = None, True
+                below = self._skip_below
+                if below is not None and records and records[0].offset < below:
+                    records = [r for r in records if r.offset >= below]
+                if records:
+                    self._current = records
+                    return True
+                continue  # the batch's next records, or past it
+            if self._closing:
+                # Past the batch, whose last offsets may have been compacted away.
+                self.next_fetch_offset, self._closing = self._open_end, False
+            if not self._batches:
+                return False
             batch = self._batches.popleft()
             if self._check_crcs and not batch.validate_crc():
                 raise CorruptRecordException(f"Invalid CRC - {self._topic}-{self._partition}")
@@ -377,28 +412,10 @@ class PartitionBatches:
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
-            topic, partition, start = self._topic, self._partition, self.next_fetch_offset
-            if batch.base_offset < start:  # a batch the fetch position falls inside of
-                records = [
-                    _new_tuple(
-                        KafkaRecord, (topic, partition, r.offset, r.timestamp, r.key, r.value)
-                    )
-                    for r in batch
-                    if r.offset >= start
-                ]
-            else:
-                records = [
-                    _new_tuple(
-                        KafkaRecord, (topic, partition, r.offset, r.timestamp, r.key, r.value)
-                    )
-                    for r in batch
-                ]
-            if not records:
-                self.next_fetch_offset = batch.next_offset
-                continue
-            self._current, self._current_end = records, batch.next_offset
-            return True
-        return False
+            self._open, self._open_end = iter(batch), batch.next_offset
+            # A batch the position falls inside of: its records before it were read.
+            position = self.next_fetch_offset
+            self._skip_below = position if batch.base_offset < position else None
 
 
 def _is_abort_marker(control_batch: Any) -> bool:

@@ -4,6 +4,7 @@ aiokafka attributes it relies on (an upgrade that changes them must fail here, l
 from __future__ import annotations
 
 import inspect
+import itertools
 import uuid
 from io import BytesIO
 
@@ -206,7 +207,8 @@ def _batches_of(data: bytes) -> list[object]:
 def test_partition_batches_serve_what_aiokafka_serves_at_every_take_size() -> None:
     """The bootstrap fetcher's batch unpacking against aiokafka's PartitionRecords, from
     every fetch offset (inside a batch too: a broker's response starts at the batch holding
-    it) and in takes of every size: the same records, aborted ones and markers dropped, and
+    it), in takes of every size and unpacked in chunks of every size: the same records,
+    aborted ones and markers dropped, and
     the same position once drained."""
     from aiokafka.record.memory_records import MemoryRecords
 
@@ -223,17 +225,17 @@ def test_partition_batches_serve_what_aiokafka_serves_at_every_take_size() -> No
         )  # fmt: skip
         expected = list(stock)
         assert all(r.offset >= fetch_offset for r in expected)
-        for size in (1, 2, 3, 100):
+        for size, chunk in itertools.product((1, 2, 3, 100), (1, 2, 4096)):
             ours = PartitionBatches(
                 tp, _batches_of(data), aborted_transactions=aborted, fetch_offset=fetch_offset,
-                read_committed=True, check_crcs=False,
+                read_committed=True, check_crcs=False, chunk=chunk,
             )  # fmt: skip
             served: list[KafkaRecord] = []
             while taken := ours.take(size):
                 assert len(taken) <= size
                 assert ours.next_fetch_offset > taken[-1].offset
                 served += taken
-            assert served == expected, (fetch_offset, size)
+            assert served == expected, (fetch_offset, size, chunk)
             assert ours.next_fetch_offset == stock.next_fetch_offset == 15
         if fetch_offset == 0:
             assert [(r.offset, r.key, r.value) for r in expected] == [
