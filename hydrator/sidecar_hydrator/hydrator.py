@@ -123,6 +123,9 @@ class Hydrator:
         self._forced: str | None = None
         #: The one binding the forced rebuild is for (``None``: all of them).
         self._forced_binding: str | None = None
+        #: The rebuild in the spare database is what was found wanting (a stored offset of it
+        #: gone, writes of it refused): the next rebuild starts the spare afresh, not from it.
+        self._spare_spent = False
         self.failures = FailureStreak(metrics=self.metrics)
         #: Waiting for Redis to answer on the socket (it starts before us, but may restart).
         self._store_waiting = True
@@ -284,6 +287,7 @@ class Hydrator:
                     self._damaged = self._damaged or exc.reason == "damaged"
                     self._forced = exc.reason
                     self._forced_binding = exc.binding
+                    self._spare_spent = self._spare_spent or self._rebuilding
                 except StoreError as exc:
                     self.failures.failed(exc)
                     await sleep_or_stop(stop, backoff)
@@ -324,7 +328,11 @@ class Hydrator:
             logger.info("rebuilding into %s (%s)", self.store.spare, reason)
             forced_binding = self._forced_binding
             partial = loss is None and forced_binding is not None and forced_binding in rebuilt
-            interrupted = await self.store.begin_rebuild(resume=not partial)
+            # Going on from a spent spare would meet the same gone offset again, forever.
+            interrupted = await self.store.begin_rebuild(
+                resume=not partial and not self._spare_spent
+            )
+            self._spare_spent = False
             self._rebuilding = True
             if interrupted is not None:
                 logger.info(

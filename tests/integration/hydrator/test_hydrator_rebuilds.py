@@ -102,6 +102,34 @@ async def test_a_transient_redis_error_after_a_forced_rebuild_does_not_rebuild_a
     assert await view(pod.app, b"k") == {f"k{i}".encode(): b"new" for i in range(5, 10)}
 
 
+async def test_retention_overtaking_the_first_bootstrap_starts_the_spare_afresh_once(
+    pod: KafkaPod,
+) -> None:
+    """Nothing served yet, and the records not read yet are deleted: the rebuild in the spare
+    database is spent (its stored offsets are gone too). Going on from it met the same gone
+    offset again each cycle, thousands of rebuilds a minute and never a view; the next rebuild
+    starts the spare afresh from what the topic still holds."""
+    count, kept_from = 20_000, 19_890
+    topic = await pod.topic_with(
+        [(b"k%05d" % i, b"v%05d" % i) for i in range(count)], compacted=False
+    )
+    config = pod.config(topic, format="raw", catchup_fetch_bytes=1024, bootstrap_batch_max_keys=1)
+    async with running(config) as hydrator:
+        await eventually(
+            lambda: sample(hydrator, "records_read_total", binding="b") > 0,
+            within=20,
+            what="a first record read",
+        )
+        assert not hydrator.hydrated, "the first bootstrap must still be under way"
+        await pod.delete_before(topic, kept_from)
+        await rebuilt(hydrator, reason="offset_out_of_range", within=30)
+        await hydrated(hydrator)
+        assert await view(pod.app, b"") == {
+            b"k%05d" % i: b"v%05d" % i for i in range(kept_from, count)
+        }
+        assert sample(hydrator, "rebuilds_total", reason="offset_out_of_range") == 1
+
+
 async def test_one_bindings_forced_rebuild_keeps_the_other_bindings_keys(pod: KafkaPod) -> None:
     earliest = pod.new_topic(compacted=False, suffix="earliest")
     latest = pod.new_topic(suffix="latest")
