@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
@@ -303,6 +306,48 @@ def build_sidecars(
     )
 
 
+@dataclass(frozen=True)
+class _BuiltSidecars:
+    """:func:`build_sidecars`'s result as JSON (a fresh copy is read off it for each Pod), and
+    its :func:`config_hash`."""
+
+    sidecars: bytes
+    digest: str
+
+
+@functools.lru_cache(maxsize=64)
+def _built_sidecars(
+    plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None
+) -> _BuiltSidecars:
+    ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
+    return _BuiltSidecars(
+        sidecars=orjson.dumps([ours.setup, ours.running, ours.volumes]),
+        digest=config_hash([*ours.setup, *ours.running], ours.volumes),
+    )
+
+
+def sidecars_and_digest(
+    *, plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None
+) -> tuple[Sidecars, str]:
+    """:func:`build_sidecars` and its :func:`config_hash`, built once per distinct plan.
+
+    Every Pod of a workload has the same plan, and building the containers (the hydrator's
+    configuration rendered and checked by pydantic, the digest's sorted JSON) was most of
+    the webhook's CPU per Pod. The plan's parts are immutable and compared by value, so equal
+    plans get equal sidecars; each call gets objects of its own (read off the cached JSON),
+    which the caller may change. A plan with a part that cannot be hashed (an interceptor's
+    API model) is built each time.
+    """
+    try:
+        hash((plan, defaults, intercept))
+    except TypeError:
+        ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
+        return ours, config_hash([*ours.setup, *ours.running], ours.volumes)
+    built = _built_sidecars(plan, defaults, intercept)
+    setup, running, volumes = orjson.loads(built.sidecars)
+    return Sidecars(setup=setup, running=running, volumes=volumes), built.digest
+
+
 def _check_shared_process_namespace(spec: Mapping[str, Any]) -> None:
     """LMDB's reader table is keyed by PID: in separate PID namespaces every container's
     process is PID 1 and their read transactions collide, so an LMDB Pod shares one. A Pod
@@ -470,8 +515,8 @@ def render(decision: Decision, *, share: bool = False) -> Injected:
         raise ValueError(f"a skipped Pod is not rendered: {decision.reason}")
     plan = decision.plan
     defaults = plan.defaults
-    ours = build_sidecars(plan=plan.sidecars, defaults=defaults, intercept=plan.intercept)
-    digest = config_hash([*ours.setup, *ours.running], ours.volumes)
+    ours, digest = sidecars_and_digest(plan=plan.sidecars, defaults=defaults,
+                                       intercept=plan.intercept)  # fmt: skip
 
     original = decision.pod if share else copy.deepcopy(dict(decision.pod))
     injected = {**original, "spec": dict(original.get("spec") or {}),
