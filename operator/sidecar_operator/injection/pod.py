@@ -15,6 +15,7 @@ import enum
 import functools
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -443,6 +444,41 @@ def select(
     return Selection(pod=pod, namespace=namespace, selected=selected, missing=missing, skip=reason)
 
 
+@dataclass(frozen=True)
+class _Planned:
+    bindings: tuple[StateBinding, ...]
+    """The very objects planned for: held, so that no other object gets their ids."""
+    plan: SidecarPlan
+    bindings_hash: str
+
+
+#: Plans by the ids of the bindings they were made for and the effective defaults.
+_PLANNED: dict[tuple[tuple[int, ...], InjectionDefaults], _Planned] = {}
+_PLANNED_MAX: int = 64
+
+
+def _planned(
+    selected: Sequence[StateBinding], *, defaults: InjectionDefaults
+) -> tuple[SidecarPlan, str]:
+    """:func:`plan_sidecars` and :func:`binding_content_hash` of ``selected``, made once per
+    set of binding objects and defaults.
+
+    Bindings are frozen models, and a changed binding is a new object (the index parses
+    every version anew), so the objects themselves are the key: the Pods a binding selects
+    share one plan until it changes. Raises what :func:`plan_sidecars` raises (not kept).
+    """
+    key = (tuple(map(id, selected)), defaults)
+    known = _PLANNED.get(key)
+    if known is not None and all(map(operator.is_, known.bindings, selected)):
+        return known.plan, known.bindings_hash
+    planned = _Planned(bindings=tuple(selected), plan=plan_sidecars(selected, defaults=defaults),
+                       bindings_hash=binding_content_hash(selected))  # fmt: skip
+    if len(_PLANNED) >= _PLANNED_MAX:
+        _PLANNED.clear()  # bindings come and go: the plans of the ones in use are made again
+    _PLANNED[key] = planned
+    return planned.plan, planned.bindings_hash
+
+
 def decide(
     pod: Mapping[str, Any],
     *,
@@ -482,7 +518,7 @@ def decide(
         raise InvalidPod(str(error)) from None
     _check_conflicts(spec, defaults=effective)
     try:
-        sidecars = plan_sidecars(selected, defaults=effective)
+        sidecars, selected_hash = _planned(selected, defaults=effective)
     except (OverlappingPrefixes, MixedEngines) as error:
         raise InjectionConflict(str(error)) from None
     try:
@@ -497,7 +533,7 @@ def decide(
             )
         _check_shared_process_namespace(spec)
     plan = PodPlan(defaults=effective, sidecars=sidecars, intercept=intercept,
-                   bindings_hash=binding_content_hash(selected))  # fmt: skip
+                   bindings_hash=selected_hash)  # fmt: skip
     return Decision(pod=pod, namespace=namespace, selected=selection.selected,
                     missing=selection.missing, skip=None, plan=plan)  # fmt: skip
 

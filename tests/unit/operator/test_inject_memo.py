@@ -3,7 +3,9 @@ same containers and digest, as objects of its own."""
 
 from __future__ import annotations
 
-from sidecar_operator.injection import InjectionDefaults, decide, render
+import pytest
+
+from sidecar_operator.injection import InjectionConflict, InjectionDefaults, decide, render
 from sidecar_operator.injection.names import HYDRATOR_CONTAINER
 from sidecar_operator.injection.pod import build_sidecars, config_hash, sidecars_and_digest
 
@@ -28,9 +30,7 @@ def test_the_memo_answers_what_building_answers(make_pod, make_binding):
         assert digest == config_hash([*built.setup, *built.running], built.volumes)
 
 
-def test_a_rendered_pod_changed_by_its_caller_leaves_the_next_one_as_it_was(
-    make_pod, make_binding
-):
+def test_a_changed_render_leaves_the_next_one_as_it_was(make_pod, make_binding):
     binding = make_binding()
     first = render(decide(make_pod(), bindings=[binding], namespace="shop",
                           defaults=InjectionDefaults()))  # fmt: skip
@@ -77,3 +77,29 @@ def test_other_defaults_get_their_own_sidecars(make_pod, make_binding):
 
     assert image(ours) == "registry.example/h:2"
     assert image(plain_ours) == InjectionDefaults().hydrator_image
+
+
+def test_a_changed_binding_gets_a_plan_of_its_own(make_pod, make_binding):
+    before = _plan(make_pod(), make_binding(max_memory="64Mi", prefix="flag:"))
+    # The index parses every version of a binding anew: a changed one is another object.
+    after = _plan(make_pod(), make_binding(max_memory="64Mi", prefix="feature:"))
+
+    assert before.bindings_hash != after.bindings_hash
+    prefixes = [b.keys.prefix for b in after.sidecars.hydrator_config.bindings]
+    assert prefixes == ["feature:"]
+
+
+def test_the_same_binding_objects_share_one_plan(make_pod, make_binding):
+    binding = make_binding()
+
+    first, second = _plan(make_pod(), binding), _plan(make_pod(name="other"), binding)
+
+    assert first.sidecars is second.sidecars
+    assert first.bindings_hash == second.bindings_hash
+
+
+def test_overlapping_bindings_are_refused_every_time(make_pod, make_binding):
+    both = [make_binding("a", prefix="flag:"), make_binding("b", prefix="flag:x")]
+    for _ in range(2):
+        with pytest.raises(InjectionConflict, match="overlap"):
+            decide(make_pod(), bindings=both, namespace="shop", defaults=InjectionDefaults())
