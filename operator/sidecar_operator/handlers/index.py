@@ -74,8 +74,10 @@ class ParsedBindings:
 _PARSED = ParsedBindings()
 
 
+# A coroutine: kopf runs a plain function in its thread pool, a hop per event (most of them
+# the controller's status writes) on the process that serves admissions.
 @kopf.index(GROUP, VERSION, PLURAL)
-def bindings_by_namespace(
+async def bindings_by_namespace(
     body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> dict[str, StateBinding]:
     try:
