@@ -429,6 +429,7 @@ class Bench:
         """What the webhook makes of the benchmark's Pod, in bytes: the JSON patch it answers
         (as the apiserver applies it) and the Pod as stored, without and with it (the
         dry-run create's answer: what every watcher is sent, in JSON)."""
+        self.set_webhook(False)
         plain = len(self.request("POST", self.pods + "?dryRun=All", self.body)[1])
         self.set_webhook(True)
         status, data = self.request("POST", self.pods + "?dryRun=All", self.body)
