@@ -195,6 +195,17 @@ def counter(text: str, metric: str) -> float | None:
     return None
 
 
+def labelled_sum(text: str, metric: str, match: Callable[[str], bool]) -> float:
+    """The sum of the series of ``metric`` whose label text satisfies ``match``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            labels, _, value = line[len(metric) + 1 :].rpartition("} ")
+            if match(labels):
+                total += float(value)
+    return total
+
+
 class AcceptCounter:
     """``strace -e accept4`` of one process for a block: the connections it accepted, for an
     operator that does not count them itself. ptrace slows the process: count, not time."""
@@ -254,6 +265,12 @@ _GENERIC_FRAMES: Final = (
 )  # fmt: skip
 #: py-spy's sampling rate (samples per second of each thread that is not idle).
 PYSPY_RATE: Final = 250
+#: Leaf frames of a thread that waits (py-spy's ``--nonblocking`` samples do not always tell
+#: a waiting thread from a running one): the event loop in epoll, a pool thread on its queue.
+_WAITING_LEAVES: Final = re.compile(
+    r"^(\w*Selector\.select \(selectors\.py\)|_worker \(concurrent/futures/thread\.py\)"
+    r"|\w+\.wait \(threading\.py\))$"
+)
 #: Where the webhook process's time goes, by frame (py-spy's "function (file)"): each sample
 #: counts once, in the category of the frame nearest its leaf that matches one (the first
 #: matching pattern of that frame), so the categories add up to the process's sampled time.
@@ -294,13 +311,18 @@ def pyspy_summary(
 ) -> dict[str, Any] | None:
     """Own and inclusive sample shares per function, and the samples by category (see
     :data:`OPERATOR_CATEGORIES`): as shares and, with ``per`` (Pods created while sampling),
-    as milliseconds per Pod of time not idle (on a core, or waiting for one)."""
+    as milliseconds per Pod of time not idle (on a core, or waiting for one). Samples of a
+    thread waiting for work (:data:`_WAITING_LEAVES`) are counted apart."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     compiled = [(name, re.compile(pattern)) for name, pattern in categories]
     by_category = dict.fromkeys([name for name, _ in categories] + ["other"], 0)
     total = 0
+    waiting = 0
     for count, frames in read_collapsed(text):
+        if _WAITING_LEAVES.match(frames[-1]):
+            waiting += count
+            continue
         total += count
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames):
@@ -315,7 +337,8 @@ def pyspy_summary(
         return [{"function": name, "share": round(n / total, 3)} for name, n in ranked]
 
     summary: dict[str, Any] = {
-        "samples": total, "top_own": shares(own), "top_inclusive": shares(inclusive),
+        "samples": total, "waiting_samples": waiting,
+        "top_own": shares(own), "top_inclusive": shares(inclusive),
         "category_shares": {name: round(n / total, 3) for name, n in by_category.items()},
     }  # fmt: skip
     if per:
@@ -741,7 +764,12 @@ def measure(
                         "apiserver_post_pods": phase_histogram(
                             api_after, api_before, REQUEST_METRIC, _post_pods
                         ),
-                    }
+                        "binding_status_writes_per_pod": round(
+                            (labelled_sum(api_after, "apiserver_request_total", _binding_status)
+                             - labelled_sum(api_before, "apiserver_request_total",
+                                            _binding_status)) / (len(samples) + concurrency), 2,
+                        ),
+                    }  # fmt: skip
                     if webhook:
                         row["apiserver_webhook_call"] = phase_histogram(
                             api_after, api_before, WEBHOOK_METRIC, _mutating_pods
@@ -810,6 +838,15 @@ def connections_per_pod(
 
 def _post_pods(labels: str) -> bool:
     return 'verb="POST"' in labels and 'resource="pods"' in labels and 'subresource=""' in labels
+
+
+def _binding_status(labels: str) -> bool:
+    """The controller's writes of StateBinding status (each one an event to both processes)."""
+    return (
+        'resource="statebindings"' in labels
+        and 'subresource="status"' in labels
+        and ('verb="PATCH"' in labels or 'verb="UPDATE"' in labels)
+    )
 
 
 def _mutating_pods(labels: str) -> bool:
@@ -996,6 +1033,10 @@ def shortfall_values(results: dict[str, Any]) -> dict[str, str]:
         "etcd1_off": _num(one_off["cpu_ms_per_pod"].get("etcd")),
         "cpu1_on": _num(_total(one_on["cpu_ms_per_pod"])),
         "cpu1_off": _num(_total(one_off["cpu_ms_per_pod"])),
+        "status1_on": _num(one_on.get("binding_status_writes_per_pod")),
+        "status1_off": _num(one_off.get("binding_status_writes_per_pod")),
+        "status_top_on": _num(top_on.get("binding_status_writes_per_pod")),
+        "status_top_off": _num(top_off.get("binding_status_writes_per_pod")),
         "wait1_on": _num(_total(one_on.get("runqueue_wait_ms_per_pod") or {})),
         "wait1_off": _num(_total(one_off.get("runqueue_wait_ms_per_pod") or {})),
         "ratio": _num(top_on["create"]["p99_ms"] / top_off["create"]["p99_ms"]),
