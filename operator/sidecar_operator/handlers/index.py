@@ -43,45 +43,12 @@ def bindings_index(kwargs: Mapping[str, Any]) -> kopf.Index[str, StateBinding]:
     return index_argument(kwargs, "bindings_by_namespace")
 
 
-class ParsedBindings:
-    """The last parse of each StateBinding (by uid), given again while what the index keeps
-    of it is unchanged.
-
-    The controller writes a binding's status as the Pods it selects come and go, so most
-    events of a binding change nothing the index keeps; answering them with the same object
-    spares the parse, and lets the injection engine's plans (kept per binding object) serve
-    every Pod until the binding itself changes.
-    """
-
-    def __init__(self, *, capacity: int = 4096) -> None:
-        self._by_uid: dict[str, tuple[dict[str, Any], StateBinding]] = {}
-        self._capacity = capacity
-
-    def parse(self, trimmed: dict[str, Any]) -> StateBinding:
-        """:func:`parse_binding` of ``trimmed``; raises its ``ValueError``."""
-        uid = str(trimmed["metadata"].get("uid") or "")
-        known = self._by_uid.get(uid)
-        if uid and known is not None and known[0] == trimmed:
-            return known[1]
-        binding = parse_binding(trimmed)
-        if uid:
-            if len(self._by_uid) >= self._capacity:
-                self._by_uid.clear()  # deleted bindings' entries go; live ones are parsed again
-            self._by_uid[uid] = (trimmed, binding)
-        return binding
-
-
-_PARSED = ParsedBindings()
-
-
-# A coroutine: kopf runs a plain function in its thread pool, a hop per event (most of them
-# the controller's status writes) on the process that serves admissions.
 @kopf.index(GROUP, VERSION, PLURAL)
-async def bindings_by_namespace(
+def bindings_by_namespace(
     body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> dict[str, StateBinding]:
     try:
-        return {namespace_of(namespace): _PARSED.parse(_trimmed(body))}
+        return {namespace_of(namespace): parse_binding(_trimmed(body))}
     except ValueError as error:
         # The validating webhook refuses these; one may still exist from before it ran.
         logger.warning(f"StateBinding is invalid and is ignored: {error}")
