@@ -102,7 +102,7 @@ def test_the_notes_say_where_the_added_time_goes_at_1_and_at_50_concurrent():
     assert "9 KiB of JSON with 4 containers, against 2 KiB" in one
     assert "handler (decide, render, JSON patch) 50%" in one
     assert "Next levers" in one
-    assert "0.5 per Pod against 0.2 without" in one
+    assert "status writes, 0.5 per Pod against 0.2 without" in one
     assert "p99 with / without x2.38 (190 against 80 ms" in burst
     assert "0.5 ms of CPU each (one event loop: 50 of them are ~25 ms of work in a row)" in burst
     assert "Next lever" in burst
