@@ -461,75 +461,10 @@ def _footprint_notes(fp: dict[str, Any]) -> list[str]:
 
 
 def _admission_notes(adm: dict[str, Any]) -> list[str]:
-    if adm.get("targets", {}).get("met") is not False:
-        return []
-    top = max(r["concurrency"] for r in adm["runs"])
-    on = next(r for r in adm["runs"] if r["concurrency"] == top and r["webhook"])
-    off = next(r for r in adm["runs"] if r["concurrency"] == top and not r["webhook"])
-    prof = adm.get("operator_profile_at_max_concurrency") or {}
-    inclusive = {p["function"]: p["share"] for p in prof.get("top_inclusive", [])}
-    handling = max((v for k, v in inclusive.items() if "_handle_request" in k), default=None)
-    if handling is None or "operator_handler" not in on:
-        return [note("admission_unprofiled", top=top)]
-    own = "; ".join(f"{p['function']} {p['share']:.0%}" for p in prof.get("top_own", [])[:6])
-    direct = (
-        "; ".join(
-            f"p50 / p99 {d['p50_ms']} / {d['p99_ms']} ms at {d['concurrency']} concurrent "
-            f"({d['operator_cpu_ms_per_call']} ms of CPU each)"
-            for d in adm.get("direct", [])
-        )
-        or "(not measured)"
-    )
-    one = next((r for r in adm["runs"] if r["concurrency"] == 1 and r["webhook"]), on)
-    one_off = next((r for r in adm["runs"] if r["concurrency"] == 1 and not r["webhook"]), off)
-    return [note(
-        "admission", **_admission_profile(adm),
-        calls_1=fmt(one.get("webhook_calls_per_pod")), calls=fmt(on.get("webhook_calls_per_pod")),
-        operator_cpu_1=fmt(one["cpu_ms_per_pod"].get("operator")),
-        operator_wait_1=fmt((one.get("runqueue_wait_ms_per_pod") or {}).get("operator")),
-        apiserver_wait_1=fmt((one.get("runqueue_wait_ms_per_pod") or {}).get("kube-apiserver")),
-        handler1_p50=(one.get("operator_handler") or {}).get("p50_ms_interpolated"),
-        handler1_p99=(one.get("operator_handler") or {}).get("p99_ms_interpolated"),
-        top=top, call_p99=on["apiserver_webhook_call"]["p99_ms_interpolated"],
-        call1_p50=one["apiserver_webhook_call"]["p50_ms_interpolated"],
-        connections_1=fmt(one.get("webhook_connections_per_pod")),
-        added1_p50=fmt(round(one["create"]["p50_ms"] - one_off["create"]["p50_ms"], 2)),
-        connections=fmt(on.get("webhook_connections_per_pod")),
-        handler_p50=on["operator_handler"]["p50_ms_interpolated"],
-        handler_p99=on["operator_handler"]["p99_ms_interpolated"],
-        operator_cpu=on["cpu_ms_per_pod"].get("operator"),
-        apiserver_cpu=on["cpu_ms_per_pod"].get("kube-apiserver"),
-        apiserver_cpu_off=off["cpu_ms_per_pod"].get("kube-apiserver"),
-        handling=f"{handling:.0%}", own=own, direct=direct,
-    )]  # fmt: skip
+    """Written by the benchmark itself, from its profiles (benchmarks.admission)."""
+    from benchmarks.admission import shortfall_notes  # the kubernetes client, only here
 
-
-def _admission_profile(adm: dict[str, Any]) -> dict[str, str]:
-    """The profiled 1-concurrent phases in words: kube-apiserver's CPU per Pod with and
-    without the webhook and where the difference goes (pprof), and the operator's own time."""
-    prof = adm.get("profile_1_concurrent") or {}
-    on, off = prof.get("on") or {}, prof.get("off") or {}
-    api_on, api_off = on.get("apiserver"), off.get("apiserver")
-    if not api_on or not api_off:
-        return {"api_on": "(not profiled)", "api_off": "(not profiled)", "api_where": "",
-                "operator_where": "", "controller_where": ""}  # fmt: skip
-    deltas = {
-        name.strip(): api_on["categories_ms_per_pod"][name]
-        - api_off["categories_ms_per_pod"].get(name, 0.0)
-        for name in api_on["categories_ms_per_pod"]
-    }
-    where = "; ".join(f"{name} {delta:+.1f}" for name, delta in deltas.items() if abs(delta) >= 0.3)
-
-    def own(summary: dict[str, Any] | None) -> str:
-        return "; ".join(
-            f"{p['function']} {p['share']:.0%}" for p in (summary or {}).get("top_own", [])[:5]
-        )
-
-    return {
-        "api_on": fmt(api_on["cpu_ms_per_pod"]), "api_off": fmt(api_off["cpu_ms_per_pod"]),
-        "api_where": where, "operator_where": own(on.get("operator_pyspy")),
-        "controller_where": own(on.get("controller_pyspy")),
-    }  # fmt: skip
+    return shortfall_notes(adm)
 
 
 def _nats_notes(nats: dict[str, Any]) -> list[str]:

@@ -93,6 +93,17 @@ def events_api() -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(client())
 
 
+def preload_events_api() -> None:
+    """Import what :func:`events_api` needs, now rather than at the first Event.
+
+    The kubernetes client imports ``CoreV1Api`` (and the models it names) on first use: over
+    a second of CPU, under the GIL. Done by the Event recorder's thread a second after the
+    first Pod is admitted, it took the GIL from the event loop serving admissions for that
+    long; done before the operator starts, it delays only the start.
+    """
+    _ = kubernetes.client.CoreV1Api
+
+
 def create_event(
     namespace: str, body: dict[str, Any], *, api: kubernetes.client.CoreV1Api | None = None
 ) -> None:

@@ -135,6 +135,9 @@ def cmd_run(settings: OperatorSettings) -> None:
         ),
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per probe
+    from sidecar_operator import kube  # the kubernetes client: imported by the handlers anyway
+
+    kube.preload_events_api()
     # A namespaced install (watch_namespaces) watches only those namespaces, with Roles there;
     # kopf still watches cluster-scoped kinds (CRDs, webhook configurations) cluster-wide.
     namespaces = list(settings.watch_namespaces)

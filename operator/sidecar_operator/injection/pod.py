@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from sidecar_operator.api import labels as ann
 from sidecar_operator.api.models import StateBinding
@@ -303,6 +307,48 @@ def build_sidecars(
     )
 
 
+@dataclass(frozen=True)
+class _BuiltSidecars:
+    """:func:`build_sidecars`'s result as JSON (a fresh copy is read off it for each Pod), and
+    its :func:`config_hash`."""
+
+    sidecars: bytes
+    digest: str
+
+
+@functools.lru_cache(maxsize=64)
+def _built_sidecars(
+    plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None
+) -> _BuiltSidecars:
+    ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
+    return _BuiltSidecars(
+        sidecars=orjson.dumps([ours.setup, ours.running, ours.volumes]),
+        digest=config_hash([*ours.setup, *ours.running], ours.volumes),
+    )
+
+
+def sidecars_and_digest(
+    *, plan: SidecarPlan, defaults: InjectionDefaults, intercept: InterceptPlan | None
+) -> tuple[Sidecars, str]:
+    """:func:`build_sidecars` and its :func:`config_hash`, built once per distinct plan.
+
+    Every Pod of a workload has the same plan, and building the containers (the hydrator's
+    configuration rendered and checked by pydantic, the digest's sorted JSON) was most of
+    the webhook's CPU per Pod. The plan's parts are immutable and compared by value, so equal
+    plans get equal sidecars; each call gets objects of its own (read off the cached JSON),
+    which the caller may change. A plan with a part that cannot be hashed (an interceptor's
+    API model) is built each time.
+    """
+    try:
+        hash((plan, defaults, intercept))
+    except TypeError:
+        ours = build_sidecars(plan=plan, defaults=defaults, intercept=intercept)
+        return ours, config_hash([*ours.setup, *ours.running], ours.volumes)
+    built = _built_sidecars(plan, defaults, intercept)
+    setup, running, volumes = orjson.loads(built.sidecars)
+    return Sidecars(setup=setup, running=running, volumes=volumes), built.digest
+
+
 def _check_shared_process_namespace(spec: Mapping[str, Any]) -> None:
     """LMDB's reader table is keyed by PID: in separate PID namespaces every container's
     process is PID 1 and their read transactions collide, so an LMDB Pod shares one. A Pod
@@ -398,6 +444,41 @@ def select(
     return Selection(pod=pod, namespace=namespace, selected=selected, missing=missing, skip=reason)
 
 
+@dataclass(frozen=True)
+class _Planned:
+    bindings: tuple[StateBinding, ...]
+    """The very objects planned for: held, so that no other object gets their ids."""
+    plan: SidecarPlan
+    bindings_hash: str
+
+
+#: Plans by the ids of the bindings they were made for and the effective defaults.
+_PLANNED: dict[tuple[tuple[int, ...], InjectionDefaults], _Planned] = {}
+_PLANNED_MAX: int = 64
+
+
+def _planned(
+    selected: Sequence[StateBinding], *, defaults: InjectionDefaults
+) -> tuple[SidecarPlan, str]:
+    """:func:`plan_sidecars` and :func:`binding_content_hash` of ``selected``, made once per
+    set of binding objects and defaults.
+
+    Bindings are frozen models, and a changed binding is a new object (the index parses
+    every version anew), so the objects themselves are the key: the Pods a binding selects
+    share one plan until it changes. Raises what :func:`plan_sidecars` raises (not kept).
+    """
+    key = (tuple(map(id, selected)), defaults)
+    known = _PLANNED.get(key)
+    if known is not None and all(map(operator.is_, known.bindings, selected)):
+        return known.plan, known.bindings_hash
+    planned = _Planned(bindings=tuple(selected), plan=plan_sidecars(selected, defaults=defaults),
+                       bindings_hash=binding_content_hash(selected))  # fmt: skip
+    if len(_PLANNED) >= _PLANNED_MAX:
+        _PLANNED.clear()  # bindings come and go: the plans of the ones in use are made again
+    _PLANNED[key] = planned
+    return planned.plan, planned.bindings_hash
+
+
 def decide(
     pod: Mapping[str, Any],
     *,
@@ -437,7 +518,7 @@ def decide(
         raise InvalidPod(str(error)) from None
     _check_conflicts(spec, defaults=effective)
     try:
-        sidecars = plan_sidecars(selected, defaults=effective)
+        sidecars, selected_hash = _planned(selected, defaults=effective)
     except (OverlappingPrefixes, MixedEngines) as error:
         raise InjectionConflict(str(error)) from None
     try:
@@ -452,7 +533,7 @@ def decide(
             )
         _check_shared_process_namespace(spec)
     plan = PodPlan(defaults=effective, sidecars=sidecars, intercept=intercept,
-                   bindings_hash=binding_content_hash(selected))  # fmt: skip
+                   bindings_hash=selected_hash)  # fmt: skip
     return Decision(pod=pod, namespace=namespace, selected=selection.selected,
                     missing=selection.missing, skip=None, plan=plan)  # fmt: skip
 
@@ -470,8 +551,8 @@ def render(decision: Decision, *, share: bool = False) -> Injected:
         raise ValueError(f"a skipped Pod is not rendered: {decision.reason}")
     plan = decision.plan
     defaults = plan.defaults
-    ours = build_sidecars(plan=plan.sidecars, defaults=defaults, intercept=plan.intercept)
-    digest = config_hash([*ours.setup, *ours.running], ours.volumes)
+    ours, digest = sidecars_and_digest(plan=plan.sidecars, defaults=defaults,
+                                       intercept=plan.intercept)  # fmt: skip
 
     original = decision.pod if share else copy.deepcopy(dict(decision.pod))
     injected = {**original, "spec": dict(original.get("spec") or {}),
