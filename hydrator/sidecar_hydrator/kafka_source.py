@@ -7,11 +7,6 @@ a broker that went away — the Pod keeps serving the last view (fail static) an
 grows instead. Reads are ``read_committed``: aborted transactions never reach the view, and
 the consumer's position (not the last record's offset) is the progress, so commit markers do
 not keep a partition from its end.
-
-Until the view has caught up, a :class:`~sidecar_hydrator.kafka_internals.BootstrapFetcher`
-reads the partitions (the consumer's own fetcher paused), with the next fetch in flight while
-the last one is decoded and written; once live, or on anything it does not handle, the
-consumer goes on from its positions.
 """
 
 from __future__ import annotations
@@ -45,8 +40,6 @@ from sidecar_hydrator.config import BindingSource, HydratorConfig, KafkaConnecti
 from sidecar_hydrator.health import Metrics
 from sidecar_hydrator.kafka_internals import (
     LIGHT_RECORDS,
-    BootstrapFetcher,
-    HandOver,
     connect_error,
     fetch_topic_ids,
     refresh_metadata,
@@ -191,11 +184,6 @@ class KafkaSource:
         self._config = config
         self._metrics = metrics
         self._consumer: AIOKafkaConsumer | None = None
-        #: Reads the partitions until the view is live (``None``: the consumer does).
-        self._bootstrap: BootstrapFetcher | None = None
-        #: Set by go_live(), cleared by snapshot(): a (re)positioning reads through
-        #: the bootstrap fetcher, partitions added once live through the consumer.
-        self._is_live = False
         #: Why the binding cannot be read right now (``None``: nothing known to be wrong).
         self.problem: Problem | None = None
         self._servers = ",".join(self._kafka.bootstrap_servers)
@@ -220,8 +208,6 @@ class KafkaSource:
                 backoff = min(backoff * 2, 5.0)
                 continue
             self._report(None)
-            self._drop_bootstrap()
-            self._is_live = False
             set_fetch_bytes(consumer, self._config.catchup_fetch_bytes)
             return Snapshot(
                 beginnings=beginnings, ends=ends, identities=identities, taken_ms=taken_ms
@@ -230,25 +216,14 @@ class KafkaSource:
     def assign(self, starts: Mapping[Partition, int]) -> None:
         with self._errors():
             consumer = self._live()
-            self._drop_bootstrap()
-            partitions = sorted(starts, key=lambda p: (p.topic, p.partition))
-            consumer.assign(partitions)
+            consumer.assign(sorted(starts, key=lambda p: (p.topic, p.partition)))
             for partition, offset in starts.items():
                 consumer.seek(partition, offset)
-            if not self._is_live:
-                consumer.pause(*partitions)  # the bootstrap fetcher reads them
-                self._bootstrap = BootstrapFetcher(consumer, starts=starts)
 
     @_kafka_errors
     async def fetch(
         self, *, max_records: int, timeout_ms: int, stop: asyncio.Event
     ) -> Mapping[Partition, Sequence[RecordLike]]:
-        if self._bootstrap is not None:
-            try:
-                return await self._bootstrap.getmany(max_records=max_records, timeout_ms=timeout_ms)
-            except HandOver as exc:
-                logger.info("binding %s: the consumer reads on (%s)", self._binding.name, exc)
-                self._hand_over()
         try:
             data: Mapping[Partition, Sequence[RecordLike]] = await self._live().getmany(
                 timeout_ms=timeout_ms, max_records=max_records
@@ -263,8 +238,6 @@ class KafkaSource:
 
     @_kafka_errors
     async def position(self, partition: Partition) -> int:
-        if self._bootstrap is not None:
-            return self._bootstrap.positions[partition]
         return int(await self._live().position(partition))
 
     def end(self, partition: Partition) -> int | None:
@@ -272,8 +245,6 @@ class KafkaSource:
         consumer = self._consumer
         if consumer is None:
             return None
-        if self._bootstrap is not None:
-            return self._bootstrap.ends.get(partition)
         lso = consumer.last_stable_offset(partition)
         if lso is not None and lso >= 0:
             return int(lso)
@@ -282,15 +253,11 @@ class KafkaSource:
 
     def reported_at(self, partition: Partition) -> float | None:
         consumer = self._consumer
-        if consumer is not None and self._bootstrap is not None:
-            return self._bootstrap.reported_ms.get(partition)
         polled = None if consumer is None else consumer.last_poll_timestamp(partition)
         return None if polled is None else float(polled)
 
     def go_live(self) -> None:
-        self._is_live = True
         if self._consumer is not None:
-            self._hand_over()
             set_fetch_bytes(self._consumer, LIVE_FETCH_BYTES)
 
     @_kafka_errors
@@ -325,7 +292,6 @@ class KafkaSource:
         return beginnings
 
     async def close(self) -> None:
-        self._drop_bootstrap()
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             try:
@@ -339,22 +305,6 @@ class KafkaSource:
         """aiokafka's errors, should one get out of a method here, as a :class:`SourceError`
         (the hydrator knows no aiokafka)."""
         return raising_source_errors((KafkaError,), source="kafka", binding=self._binding.name)
-
-    def _hand_over(self) -> None:
-        """The consumer reads on from where the bootstrap fetcher got to."""
-        bootstrap, self._bootstrap = self._bootstrap, None
-        if bootstrap is None or self._consumer is None:
-            return
-        bootstrap.close()
-        for partition, offset in bootstrap.positions.items():
-            self._consumer.seek(partition, offset)
-        self._consumer.resume(*bootstrap.positions)
-
-    def _drop_bootstrap(self) -> None:
-        """Forget the bootstrap fetcher: a new assignment positions the consumer itself."""
-        if self._bootstrap is not None:
-            self._bootstrap.close()
-            self._bootstrap = None
 
     def _live(self) -> AIOKafkaConsumer:
         assert self._consumer is not None, "snapshot() first"
