@@ -44,6 +44,7 @@ from nats.js.api import DeliverPolicy
 
 from benchmarks._common import machine, write_results
 from benchmarks.freshness import STOP_CHANNEL, subscriber, summary, wait_ready
+from benchmarks.lib.processes import cpu_seconds
 from localkube.ports import free_port
 from sidecar_hydrator.config import (
     CONFIG_ENV,
@@ -340,9 +341,9 @@ def freshness(url: str, rate: int, seconds: float) -> dict[str, Any]:
         )
         wait_ready(port, hydrator)
         one_rate(url, server, rate, min(seconds, 2.0), "warmup")  # not measured
-        cpu_before, writes_before = process_cpu_seconds(hydrator.pid), write_totals(port)
+        cpu_before, writes_before = cpu_seconds(hydrator.pid), write_totals(port)
         row = one_rate(url, server, rate, seconds, f"r{rate}")
-        cpu, writes = process_cpu_seconds(hydrator.pid) - cpu_before, write_totals(port)
+        cpu, writes = cpu_seconds(hydrator.pid) - cpu_before, write_totals(port)
         count, spent, applied = (writes[k] - writes_before[k] for k in WRITE_METRICS)
         row["uptime_load_1m"] = os.getloadavg()[0]
         # What the hydrator process spent per live record (its whole process: the NATS
@@ -386,13 +387,6 @@ def write_totals(port: int) -> dict[str, float]:
         if base in totals:
             totals[base] += float(value)
     return totals
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU a process has spent (Linux ``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _create_bucket(url: str, bucket: str) -> None:
